@@ -1,0 +1,13 @@
+"""taylorc: collapsed Taylor mode for the differential operators of scientific machine learning.
+
+``taylorc.compile(model, operator="laplacian")`` traces the model with torch.fx,
+rewrites the graph into forward Taylor propagation (collapsed), and returns a
+module computing the operator per sample. See docs/architecture.md.
+"""
+
+from . import errors, operators
+from .api import CompiledOperator, compile
+from .passes.rules import register_rule
+
+__all__ = ["CompiledOperator", "compile", "errors", "operators", "register_rule"]
+__version__ = "0.1.0"

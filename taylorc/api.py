@@ -1,0 +1,213 @@
+"""The front door: :func:`compile` and :class:`CompiledOperator`."""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable
+
+import torch
+
+from . import operators as _ops
+from .capture import Captured, capture
+from .debug import Dumper, format_records
+from .passes import PassContext, PassManager
+from .passes.cleanup import CleanupPass
+from .passes.collapse import CollapsePass
+from .passes.taylor import TaylorPass
+from .reference import nested
+
+METHODS = ("collapsed", "taylor", "nested")
+BACKENDS = ("eager", "inductor")
+
+
+class CompiledOperator(torch.nn.Module):
+    """A linear differential operator of a model, compiled to a Taylor-mode graph.
+
+    Call it on coordinates ``x`` of shape ``(B, D)`` (or ``(B, *in)``, D being
+    ``prod(in)``), float32 or float64, on the model's device. It returns a
+    tensor shaped like ``model(x)`` (the gradient appends a dimension D), or a
+    dict of them when the operator was a dict -- all from ONE propagation.
+
+    The user's model is a submodule: ``state_dict()``, ``.to()``, pickling and
+    optimiser steps go through it, and the graph reads the live parameters at
+    every call (gradients flow to them). One graph is built and cached per
+    input shape, dtype and device.
+
+    Methods (DESIGN.md): ``"collapsed"`` (Dangel et al. 2025: the top-order
+    coefficient is propagated summed over directions), ``"taylor"`` (standard
+    Taylor mode, summed at the output), ``"nested"`` (torch.func nested
+    autograd, the reference).
+
+    Raises (at call time):
+        ValueError: input not of shape ``(B, *in)``, not floating point, on
+            another device than the model, or of another per-sample shape than
+            the first call.
+        taylorc.errors.UnsupportedOperatorError: an op without a Taylor rule.
+        taylorc.errors.TraceError: the model cannot be traced.
+    """
+
+    def __init__(self, model, operator, method: str = "collapsed", debug_dir=None, backend: str = "eager"):
+        super().__init__()
+        if method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        if not callable(model):
+            raise TypeError(f"model must be an nn.Module or a function, got {type(model).__name__}")
+        self.model = model if isinstance(model, torch.nn.Module) else None
+        self._fn = None if isinstance(model, torch.nn.Module) else model
+        self.single = not isinstance(operator, dict)
+        spec = {"out": operator} if self.single else operator
+        if not spec:
+            raise ValueError("operator dict is empty")
+        self.ops = {str(k): _ops.parse(v) for k, v in spec.items()}
+        self.method = method
+        self.backend = backend
+        self.debug_dir = debug_dir if debug_dir is not None else os.environ.get("TAYLORC_DEBUG_DIR")
+        self._graphs: dict = {}
+        self._in_shape: tuple[int, ...] | None = None
+        self._last = None
+
+    @property
+    def fn(self) -> Callable:
+        return self.model if self.model is not None else self._fn
+
+    # -- validation ---------------------------------------------------------------
+
+    def _check(self, x):
+        if not isinstance(x, torch.Tensor):
+            raise ValueError(f"expected a tensor of coordinates (B, D), got {type(x).__name__}")
+        if x.dim() < 2:
+            raise ValueError(f"expected a batch of coordinates of shape (B, D) (or (B, *in)), got shape {tuple(x.shape)}")
+        if not x.is_floating_point():
+            raise ValueError(f"expected floating-point coordinates (float32 or float64), got dtype {x.dtype}")
+        p = next(iter(self.model.parameters()), None) if self.model is not None else None
+        if p is not None and p.device != x.device:
+            raise ValueError(f"expected coordinates on the model's device {p.device}, got {x.device}")
+        if p is not None and p.dtype != x.dtype:
+            raise ValueError(f"expected coordinates of the model's dtype {p.dtype}, got {x.dtype}")
+        if self._in_shape is not None and tuple(x.shape[1:]) != self._in_shape:
+            raise ValueError(f"expected input shape (B, {', '.join(map(str, self._in_shape))}), got {tuple(x.shape)}")
+
+    def _expected_width(self):
+        for m in self.model.modules() if self.model is not None else []:
+            if hasattr(m, "in_features"):
+                return m.in_features
+        return None
+
+    # -- compilation ----------------------------------------------------------------
+
+    def graph_for(self, x: torch.Tensor):
+        """The compiled graph for inputs like ``x``: ``(GraphModule, Captured, PassContext)``.
+
+        Builds and caches it on first use (capture, then the passes of the method).
+        """
+        key = (tuple(x.shape), x.dtype, x.device)
+        hit = self._graphs.get(key)
+        if hit is not None:
+            return hit
+        try:
+            cap = capture(self.fn, x)
+        except RuntimeError as e:
+            if "shape" in str(e) or "size" in str(e):
+                w = self._expected_width()
+                exp = f"(B, {w})" if w is not None else "the model's input shape"
+                raise ValueError(f"expected input shape {exp}, got {tuple(x.shape)}: the model failed on it ({e})") from e
+            raise
+        plan = _ops.build_plan(self.ops, math.prod(x.shape[1:]))
+        ctx = PassContext(plan, cap.gm, cap.coord, x.dtype, x.device)
+        passes = [TaylorPass()]
+        if self.method == "collapsed":
+            passes.append(CollapsePass())
+        passes.append(CleanupPass())
+        dump = Dumper(self.debug_dir) if self.debug_dir else None
+        gm = PassManager(passes, dump).run(cap.gm, ctx)
+        if self.backend == "inductor":
+            gm = torch.compile(gm, backend="inductor", dynamic=False)
+        self._graphs[key] = (gm, cap, ctx)
+        self._last = ctx
+        return self._graphs[key]
+
+    @property
+    def plan(self) -> _ops.JetPlan | None:
+        """The jet plan of the last compiled input shape (None before the first call)."""
+        return self._last.plan if self._last is not None else None
+
+    # -- calling ------------------------------------------------------------------
+
+    def forward(self, x: torch.Tensor):
+        self._check(x)
+        if self.method == "nested":
+            out = nested(self.fn, self.ops, x)
+            outs = [out[n] for n in self.ops]
+        else:
+            gm, cap, _ = self.graph_for(x)
+            outs = gm(*cap.inputs(self.model, x))
+        if self._in_shape is None:
+            self._in_shape = tuple(x.shape[1:])
+        return outs[0] if self.single else dict(zip(self.ops, outs))
+
+    # -- inspection ---------------------------------------------------------------
+
+    def explain(self) -> str:
+        """Summary of the pipeline: operator, method, plan, and per pass time, nodes, FLOPs, memory."""
+        head = f"taylorc.CompiledOperator(operator={self._op_text()}, method={self.method!r}, backend={self.backend!r})"
+        if self.method == "nested":
+            return head + "\n  nested autograd (torch.func): no graph passes"
+        if self._last is None:
+            return head + "\n  not compiled yet: call it on a batch of coordinates"
+        return "\n".join([head, self._last.plan.describe(), format_records(self._last.records)])
+
+    def _op_text(self):
+        if self.single:
+            return repr(self.ops["out"])
+        return "{" + ", ".join(f"{k!r}: {v!r}" for k, v in self.ops.items()) + "}"
+
+    def extra_repr(self) -> str:
+        return self.explain()
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_graphs"], state["_last"] = {}, None
+        return state
+
+
+def compile(
+    model: torch.nn.Module | Callable,
+    operator="laplacian",
+    *,
+    method: str = "collapsed",
+    debug_dir: str | os.PathLike | None = None,
+    backend: str = "eager",
+) -> CompiledOperator:
+    """Compile a linear differential operator of ``model``.
+
+    Args:
+        model: ``nn.Module`` (parameters stay live) or function mapping
+            coordinates ``(B, D)`` / ``(B, *in)`` to ``(B, *out)``. Output row b
+            must depend on input row b only.
+        operator: ``"laplacian"`` (sum of d^2/dx_i^2), ``"biharmonic"`` (exact,
+            K = 4), ``"u"`` (the value), ``"gradient"`` (``(B, *out, D)``), a
+            :class:`taylorc.operators.Operator`, or a dict of these (one
+            propagation for all; the call returns a dict).
+        method: ``"collapsed"`` (default), ``"taylor"`` or ``"nested"``.
+        debug_dir: write every pass's graph, node table, picture and a summary
+            here (default: the ``TAYLORC_DEBUG_DIR`` environment variable).
+        backend: ``"eager"`` (run the fx graph op by op) or ``"inductor"``
+            (``torch.compile`` the rewritten graph).
+
+    Returns:
+        a :class:`CompiledOperator`; the graph is built at the first call.
+
+    Raises:
+        ValueError: unknown method, backend or operator name; empty dict.
+        TypeError: model not callable, operator of an unknown type.
+
+    Method: Dangel, Siebert, Zeinhofer, Walther, "Collapsing Taylor Mode
+    Automatic Differentiation" (NeurIPS 2025).
+    """
+    return CompiledOperator(model, operator, method=method, debug_dir=debug_dir, backend=backend)
+
+
+__all__ = ["CompiledOperator", "compile", "Captured"]

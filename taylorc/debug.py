@@ -1,0 +1,149 @@
+"""Debug dumps and graph statistics.
+
+With ``taylorc.compile(..., debug_dir=DIR)`` or ``TAYLORC_DEBUG_DIR=DIR``
+every stage of the pipeline is written to DIR:
+
+* ``NN_<pass>.py`` -- the graph as readable Python;
+* ``NN_<pass>.txt`` -- a node table: name, op, target, shape, and the
+  ``taylorc`` metadata (source node, order, collapsed, R);
+* ``NN_<pass>.svg`` -- a picture, when pydot and graphviz's ``dot`` are installed;
+* ``plan.txt`` -- the jet plan (directions, weights, coefficients);
+* ``summary.json`` -- per pass: seconds, node counts by op, estimated FLOPs
+  and coefficient bytes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections import Counter
+from pathlib import Path
+
+import torch
+import torch.fx
+
+aten = torch.ops.aten
+
+_FREE = {
+    "view", "reshape", "_unsafe_view", "expand", "permute", "transpose", "unsqueeze", "squeeze",
+    "select", "slice", "alias", "t", "detach", "lift_fresh_copy",
+}
+
+
+def _op_name(node: torch.fx.Node) -> str:
+    t = node.target
+    if isinstance(t, torch._ops.OpOverload):
+        return t._schema.name.split("::")[-1] + ("" if t._overloadname == "default" else "." + t._overloadname)
+    return str(getattr(t, "__name__", t))
+
+
+def node_flops(node: torch.fx.Node) -> int:
+    """Estimated floating-point operations of one node (2 per multiply-add; 1 per elementwise output)."""
+    if node.op != "call_function" or not isinstance(node.meta.get("val"), torch.Tensor):
+        return 0
+    out = node.meta["val"]
+    base = _op_name(node).split(".")[0]
+    if base in _FREE:
+        return 0
+    if base in ("mm", "bmm", "matmul", "addmm"):
+        a = node.args[1] if base == "addmm" else node.args[0]
+        inner = a.meta["val"].shape[-1] if isinstance(a, torch.fx.Node) and "val" in a.meta else 1
+        return 2 * out.numel() * inner
+    if base == "einsum":
+        sizes = [a.meta["val"].numel() for a in node.all_input_nodes if "val" in a.meta]
+        return 2 * max(sizes, default=0)
+    if base in ("sum", "mean"):
+        a = node.args[0]
+        return a.meta["val"].numel() if isinstance(a, torch.fx.Node) and "val" in a.meta else out.numel()
+    return out.numel()
+
+
+def graph_stats(gm: torch.fx.GraphModule) -> dict:
+    """Node counts by op, estimated FLOPs and coefficient bytes of a graph.
+
+    Shapes come from ``meta["val"]`` (annotated by fake-tensor propagation when
+    missing). Coefficient bytes count the materialised (non-view) tensors the
+    taylor pass created for orders >= 1.
+    """
+    from .passes.cleanup import annotate_shapes
+
+    if any("val" not in n.meta for n in gm.graph.nodes if n.op != "output"):
+        try:
+            annotate_shapes(gm)
+        except Exception:  # statistics must never break compilation
+            pass
+    counts = Counter(_op_name(n) for n in gm.graph.nodes if n.op == "call_function")
+    flops = sum(node_flops(n) for n in gm.graph.nodes)
+    coeff_bytes = 0
+    for n in gm.graph.nodes:
+        tag = n.meta.get("taylorc", {})
+        v = n.meta.get("val")
+        if tag.get("order", 0) >= 1 and isinstance(v, torch.Tensor) and _op_name(n).split(".")[0] not in _FREE:
+            coeff_bytes += v.numel() * v.element_size()
+    return {
+        "nodes": len(gm.graph.nodes),
+        "ops": dict(sorted(counts.items())),
+        "flops": int(flops),
+        "coefficient_bytes": int(coeff_bytes),
+    }
+
+
+def node_table(gm: torch.fx.GraphModule) -> str:
+    """A fixed-width table of the graph's nodes with shapes and ``taylorc`` metadata."""
+    rows = [("name", "op", "target", "shape", "taylorc")]
+    for n in gm.graph.nodes:
+        v = n.meta.get("val")
+        shape = tuple(v.shape) if isinstance(v, torch.Tensor) else ""
+        tag = n.meta.get("taylorc")
+        rows.append((n.name, n.op, _op_name(n) if n.op == "call_function" else str(n.target), str(shape),
+                     json.dumps(tag, default=str) if tag else ""))
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r[:4], widths)) + "  " + r[4] for r in rows) + "\n"
+
+
+class Dumper:
+    """Writes every stage of a compilation to a directory.
+
+    Args:
+        directory: created if missing; files of an earlier dump are overwritten.
+    """
+
+    def __init__(self, directory: str | os.PathLike):
+        self.dir = Path(directory)
+        self.dir.mkdir(parents=True, exist_ok=True)
+
+    def stage(self, index: int, name: str, gm: torch.fx.GraphModule) -> None:
+        stem = self.dir / f"{index:02d}_{name}"
+        stem.with_suffix(".py").write_text(f"# taylorc stage {index}: {name}\n" + gm.code)
+        stem.with_suffix(".txt").write_text(node_table(gm))
+        self._svg(gm, stem.with_suffix(".svg"))
+
+    def _svg(self, gm, path):
+        if shutil.which("dot") is None:
+            return
+        try:
+            from torch.fx.passes.graph_drawer import FxGraphDrawer
+
+            path.write_bytes(FxGraphDrawer(gm, path.stem).get_dot_graph().create_svg())
+        except Exception:  # pydot missing or graphviz failing: the picture is optional
+            pass
+
+    def summary(self, ctx) -> None:
+        (self.dir / "plan.txt").write_text(ctx.plan.describe() + "\n")
+        summary = {
+            "plan": {"D": ctx.plan.D, "K": ctx.plan.K, "R": ctx.plan.R, "G": ctx.plan.G,
+                     "collapsible": ctx.plan.collapsible,
+                     "coefficients_per_node": ctx.plan.coefficient_count()},
+            "passes": ctx.records,
+        }
+        (self.dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+
+
+def format_records(records: list[dict]) -> str:
+    """Text table of pass records (used by ``CompiledOperator.explain``)."""
+    lines = [f"{'pass':<10}{'ms':>8}{'nodes':>7}{'MFLOP':>11}{'coeff MB':>10}"]
+    for r in records:
+        lines.append(f"{r['pass']:<10}{1e3 * r['seconds']:>8.1f}{r['nodes']:>7}"
+                     f"{r['flops'] / 1e6:>11.2f}{r['coefficient_bytes'] / 2**20:>10.2f}")
+    return "\n".join(lines)

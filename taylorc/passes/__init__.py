@@ -1,0 +1,83 @@
+"""Graph passes: each a small object with a ``name`` and ``__call__(gm, ctx) -> gm``.
+
+The :class:`PassManager` runs them in order, lints and recompiles after each,
+records time and node counts, and dumps every stage when debugging.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import torch
+import torch.fx
+
+from ..operators.plan import JetPlan
+
+
+class Pass(Protocol):
+    """A graph pass: ``gm = pass_(gm, ctx)``."""
+
+    name: str
+
+    def __call__(self, gm: torch.fx.GraphModule, ctx: PassContext) -> torch.fx.GraphModule: ...
+
+
+@dataclass
+class PassContext:
+    """What every pass may read: the plan, the captured source graph, and the records.
+
+    Attributes:
+        plan: the :class:`~taylorc.operators.plan.JetPlan` being compiled.
+        source: the captured functional ATen graph (its nodes carry ``meta["val"]``).
+        coord: name of the source placeholder that holds the coordinates x.
+        dtype, device: of the coordinates; constants the passes create use them.
+        records: one dict per pass run (name, seconds, node counts, FLOPs, bytes).
+    """
+
+    plan: JetPlan
+    source: torch.fx.GraphModule
+    coord: str
+    dtype: torch.dtype
+    device: torch.device
+    records: list[dict[str, Any]] = field(default_factory=list)
+
+    def warn(self, message: str) -> None:
+        warnings.warn(message, UserWarning, stacklevel=4)
+
+
+class PassManager:
+    """Run passes in order; lint, recompile, record, and dump each stage.
+
+    Args:
+        passes: the passes, in order.
+        dump: a :class:`taylorc.debug.Dumper` or None.
+    """
+
+    def __init__(self, passes: list[Pass], dump=None):
+        self.passes = passes
+        self.dump = dump
+
+    def run(self, gm: torch.fx.GraphModule, ctx: PassContext) -> torch.fx.GraphModule:
+        from ..debug import graph_stats
+
+        self._record(gm, ctx, "capture", 0.0)
+        for p in self.passes:
+            t0 = time.perf_counter()
+            gm = p(gm, ctx)
+            gm.graph.lint()
+            gm.recompile()
+            self._record(gm, ctx, p.name, time.perf_counter() - t0)
+        if self.dump is not None:
+            self.dump.summary(ctx)
+        return gm
+
+    def _record(self, gm, ctx, name, seconds):
+        from ..debug import graph_stats
+
+        stats = graph_stats(gm)
+        ctx.records.append({"pass": name, "seconds": seconds, **stats})
+        if self.dump is not None:
+            self.dump.stage(len(ctx.records) - 1, name, gm)

@@ -1,0 +1,125 @@
+"""The cleanup pass: prune known-zero coefficients, then common-subexpression and dead-code elimination.
+
+Zeros come from the input jet (its coefficients of order >= 2 vanish: the
+input moves on a straight line) and from the collapsed seed. They are
+propagated through ops that are linear in the zero operand (products,
+matmuls, views, reductions), and sums with a zero operand become the other
+operand. Constants never carry coefficients (the taylor pass copies them).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.fx
+from torch._subclasses.fake_tensor import FakeTensorMode
+from torch.fx.passes.dialect.common.cse_pass import CSEPass
+from torch.fx.passes.fake_tensor_prop import FakeTensorProp
+
+from . import PassContext
+
+aten = torch.ops.aten
+
+ZERO_MAKERS = {aten.zeros.default, aten.zeros_like.default, aten.new_zeros.default}
+# zero if ANY tensor operand is zero
+ABSORBING = {aten.mul.Tensor, aten.matmul.default, aten.mm.default, aten.bmm.default, aten.einsum.default}
+# zero if the FIRST operand is zero
+LINEAR_IN_FIRST = {
+    aten.view.default, aten.reshape.default, aten._unsafe_view.default, aten.expand.default,
+    aten.permute.default, aten.transpose.int, aten.unsqueeze.default, aten.squeeze.dim,
+    aten.squeeze.dims, aten.squeeze.default, aten.sum.dim_IntList, aten.sum.default,
+    aten.mean.dim, aten.mean.default, aten.neg.default, aten.select.int, aten.slice.Tensor,
+    aten.clone.default, aten.alias.default, aten.flip.default, aten.index_select.default,
+    aten._to_copy.default, aten.div.Tensor, aten.t.default,
+}
+ALL_ZERO = {aten.cat.default, aten.stack.default}
+
+
+def annotate_shapes(gm: torch.fx.GraphModule) -> None:
+    """Set ``meta["val"]`` (fake tensors) on every node by fake-tensor propagation."""
+    mode = FakeTensorMode(allow_non_fake_inputs=True)
+    inputs = []
+    for n in gm.graph.nodes:
+        if n.op == "placeholder":
+            v = n.meta["val"]
+            with mode:
+                inputs.append(torch.empty_strided(v.shape, v.stride(), dtype=v.dtype, device=v.device))
+    FakeTensorProp(gm, mode).propagate(*inputs)
+
+
+def _tensor_args(node):
+    return [a for a in node.all_input_nodes]
+
+
+def prune_zeros(gm: torch.fx.GraphModule) -> int:
+    """Propagate known zeros; returns how many nodes were replaced."""
+    graph = gm.graph
+    zero: set[torch.fx.Node] = set()
+    replaced = 0
+
+    def make_zero(n):
+        v = n.meta["val"]
+        with graph.inserting_before(n):
+            z = graph.call_function(aten.zeros.default, (list(v.shape),), {"dtype": v.dtype, "device": v.device})
+        z.meta.update(n.meta)
+        n.replace_all_uses_with(z)
+        zero.add(z)
+
+    for n in list(graph.nodes):
+        if n.op != "call_function":
+            continue
+        t = n.target
+        if t in ZERO_MAKERS:
+            zero.add(n)
+            continue
+        ins = _tensor_args(n)
+        first = n.args[0] if n.args else None
+        if t in ABSORBING and any(a in zero for a in ins) or t in LINEAR_IN_FIRST and first in zero \
+                or t in ALL_ZERO and ins and all(a in zero for a in ins):
+            make_zero(n)
+            replaced += 1
+        elif t in (aten.add.Tensor, aten.sub.Tensor) and len(n.args) >= 2 and (n.args[0] in zero or n.args[1] in zero):
+            a, b = n.args[0], n.args[1]
+            alpha = n.kwargs.get("alpha", 1) * (-1 if t is aten.sub.Tensor else 1)
+            if a in zero and b in zero:
+                make_zero(n)
+            else:
+                keep, factor = (b, alpha) if a in zero else (a, 1)
+                _replace_by(graph, n, keep, factor)
+            replaced += 1
+    graph.eliminate_dead_code()
+    return replaced
+
+
+def _replace_by(graph, n, keep, factor):
+    """Replace ``n`` by ``factor * keep``, expanded to ``n``'s shape when ``keep`` broadcast."""
+    out = keep
+    v = n.meta["val"]
+    with graph.inserting_before(n):
+        if not isinstance(keep, torch.fx.Node):
+            out = graph.call_function(aten.full.default, (list(v.shape), keep * factor),
+                                      {"dtype": v.dtype, "device": v.device})
+            factor = 1
+        elif tuple(keep.meta["val"].shape) != tuple(v.shape):
+            out = graph.call_function(aten.expand.default, (keep, list(v.shape)))
+        if factor != 1:
+            out = graph.call_function(aten.mul.Tensor, (out, factor))
+    if out is not keep:
+        out.meta.update(n.meta)
+    n.replace_all_uses_with(out)
+
+
+class CleanupPass:
+    """Zero pruning, CSE (torch.fx's CSEPass) and DCE; keeps the module's constants and metadata."""
+
+    name = "cleanup"
+
+    def __call__(self, gm: torch.fx.GraphModule, ctx: PassContext) -> torch.fx.GraphModule:
+        annotate_shapes(gm)
+        prune_zeros(gm)
+        gm.recompile()
+        meta = dict(gm.meta)
+        result = CSEPass()(gm)
+        out = result.graph_module
+        out.meta.update(meta)
+        out.graph.eliminate_dead_code()
+        return out

@@ -1,0 +1,77 @@
+"""The collapse pass: propagate the top-order coefficient already summed over directions.
+
+Dangel, Siebert, Zeinhofer, Walther, "Collapsing Taylor Mode Automatic
+Differentiation" (NeurIPS 2025): a linear operator reads the top coefficient
+only through a weighted sum over directions, and every rule is linear in the
+top coefficients of its inputs (e.g. ``y_2 = g_1 x_2 + g_2 x_1^2``), so the
+sum can be pushed from the output to the input. The pass re-emits each node's
+order-K coefficient with its rule in collapsed mode, taking the lower orders
+from the standard Taylor graph, and replaces the output's ``contract_top``
+einsum by the collapsed coefficient. The old ``(R, *S)`` top-order chain dies
+(dead-code elimination).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.fx
+
+from . import PassContext
+from .jet import Jet, RuleContext
+from .taylor import Emitter, emit_coefficient, shape_of
+
+
+class CollapsePass:
+    """Replace the standard top-order chain of a Taylor graph by its collapsed form.
+
+    Reads ``gm.meta["taylorc"]["jets"]`` (made by the taylor pass) and
+    ``ctx.source``; a graph whose plan is not collapsible is returned unchanged.
+    """
+
+    name = "collapse"
+
+    def __call__(self, gm: torch.fx.GraphModule, ctx: PassContext) -> torch.fx.GraphModule:
+        plan = ctx.plan
+        info = gm.meta["taylorc"]
+        contract = next((n for n in gm.graph.nodes if n.meta.get("taylorc", {}).get("role") == "contract_top"
+                         and n.op == "call_function"), None)
+        if not plan.collapsible or contract is None:
+            return gm
+        nodes = {n.name: n for n in gm.graph.nodes}
+        K = plan.K
+        em = Emitter(gm.graph, plan.R)
+        jets = info["jets"]
+        with gm.graph.inserting_before(contract):
+            weights = None
+            if plan.top_weight_tensor(ctx.dtype, ctx.device) is not None:
+                weights = em.proxy(contract.args[1][0])  # the top_weights buffer
+            env: dict[torch.fx.Node, Jet] = {}
+            for node in ctx.source.graph.nodes:
+                if node.op == "output":
+                    continue
+                names = jets[node.name]
+                coeffs = [em.proxy(nodes[m]) if m is not None else None for m in names[:K]]
+                env[node] = Jet(coeffs, shape_of(node) if "val" in node.meta else ())
+                if len(names) <= K:
+                    continue  # constants carry the value only
+                marker = contract.prev
+                rctx = RuleContext(node, K, plan.R, collapsed=True, G=plan.G, weights=weights, warn=ctx.warn)
+                if node.op == "placeholder":
+                    seed = names[K] and em.proxy(nodes[names[K]])
+                    top = rctx.contract(seed) if seed is not None else None
+                else:
+                    rctx.value = coeffs[0]
+                    top = emit_coefficient(rctx, node, env, K)
+                env[node].coeffs.append(top)
+                em.tag_since(marker, node.name, K, True, stop=contract, coefficient=True)
+                jets[node.name] = names[:K] + [top.node.name if top is not None else None]
+        (result,) = [a for a in ctx.source.graph.nodes if a.op == "output"][0].args
+        if isinstance(result, (tuple, list)):
+            result = result[0]
+        top = env[result][K]
+        if top is None:
+            raise AssertionError("collapsed top coefficient vanished while the standard one did not")
+        contract.replace_all_uses_with(top.node)
+        gm.graph.erase_node(contract)
+        gm.graph.eliminate_dead_code()
+        return gm

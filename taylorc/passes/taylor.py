@@ -1,0 +1,294 @@
+"""The taylor pass: rewrite every node of the captured graph into its Taylor coefficients.
+
+Each source node becomes the nodes computing its coefficients ``x_0 .. x_K``
+along the plan's R directions (coefficients ``k >= 1`` shaped ``(R, *S)``),
+using the rules of :mod:`taylorc.passes.rules`. Nodes that do not depend on
+the coordinates (parameters, buffers, constants) are copied and carry no
+coefficients. The input's first coefficient is the direction matrix; its
+higher coefficients are zeros, which the cleanup pass prunes.
+
+The output computes every requested term; the order-K part of each term goes
+through one ``einsum`` over the directions tagged ``role="contract_top"``,
+which the collapse pass replaces. Method: Griewank & Walther, "Evaluating
+Derivatives" (2008), ch. 13; batched over directions as in Dangel et al. 2025.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.fx
+from torch.fx.experimental.proxy_tensor import make_fx
+
+from ..errors import UnsupportedOperatorError, user_source_line
+from . import PassContext
+from .jet import Jet, RuleContext
+from .rules import CONSTANT_OPS, RULES
+
+aten = torch.ops.aten
+
+
+class Emitter:
+    """Emits rule output into a graph and tags every new node with ``meta["taylorc"]``."""
+
+    def __init__(self, graph: torch.fx.Graph, R: int):
+        self.graph = graph
+        self.tracer = torch.fx.proxy.GraphAppendingTracer(graph)
+        self.R = R
+
+    def proxy(self, node: torch.fx.Node) -> torch.fx.Proxy:
+        return torch.fx.Proxy(node, self.tracer)
+
+    def last(self) -> torch.fx.Node:
+        return next(iter(reversed(self.graph.nodes)))
+
+    def tag_since(self, marker: torch.fx.Node, source: str, order: int, collapsed: bool, stop=None, **extra) -> None:
+        """Tag the nodes after ``marker`` (up to ``stop`` or the end) that have no tag yet."""
+        n = marker.next
+        while n is not self.graph._root and n is not stop:
+            n.meta.setdefault("taylorc", {"source": source, "order": order, "collapsed": collapsed, "R": self.R, **extra})
+            n = n.next
+
+
+def node_in_new_graph(em: Emitter, node: torch.fx.Node) -> torch.fx.Node:
+    """The placeholder of the new graph that mirrors the source placeholder ``node``."""
+    return next(n for n in em.graph.nodes if n.op == "placeholder" and n.name == node.name)
+
+
+def map_args(args, env, pick):
+    """Replace source nodes in (nested) args by ``pick(env[node])``."""
+    return torch.fx.node.map_arg(args, lambda n: pick(env[n]))
+
+
+def depends_on(graph: torch.fx.Graph, root: str) -> set[torch.fx.Node]:
+    """Nodes whose value depends on the placeholder named ``root``."""
+    out = set()
+    for n in graph.nodes:
+        if n.op == "placeholder" and n.name == root or any(a in out for a in n.all_input_nodes):
+            out.add(n)
+    return out
+
+
+def rule_for(node: torch.fx.Node):
+    info = RULES.get(node.target)
+    if info is None:
+        where = user_source_line(node)
+        raise UnsupportedOperatorError(
+            f"no Taylor rule for the ATen op {node.target} (graph node '{node.name}')"
+            + (f", from your code at\n  {where}" if where else "")
+            + "\nRegister one with taylorc.register_rule(" + f"torch.ops.{node.target}, rule)"
+            + " (see docs/architecture.md), or rewrite the model with supported ops."
+        )
+    return info
+
+
+def emit_value(node: torch.fx.Node, env: dict) -> torch.fx.Proxy:
+    """Order 0: the op itself on the values of its arguments."""
+    args = map_args(node.args, env, lambda j: j[0] if isinstance(j, Jet) else j)
+    kwargs = map_args(node.kwargs, env, lambda j: j[0] if isinstance(j, Jet) else j)
+    return node.target(*args, **kwargs)
+
+
+def emit_coefficient(ctx: RuleContext, node: torch.fx.Node, env: dict, k: int):
+    """Order k >= 1 of ``node`` by its registered rule."""
+    info = rule_for(node)
+    args = map_args(node.args, env, lambda j: j)
+    kwargs = map_args(node.kwargs, env, lambda j: j)
+    return info.rule(ctx, k, *args, **kwargs)
+
+
+def shape_of(node: torch.fx.Node) -> tuple[int, ...]:
+    return tuple(node.meta["val"].shape)
+
+
+class TaylorPass:
+    """Rewrite the captured graph into standard Taylor mode (order K, R directions).
+
+    Reads ``gm`` (the captured graph) and ``ctx.plan``; returns a new
+    GraphModule with the same placeholders whose output is the tuple of the
+    plan's terms. ``gm.meta["taylorc"]["jets"]`` maps each source node name to
+    the names of its coefficient nodes.
+
+    Raises:
+        UnsupportedOperatorError: an op in the graph has no rule.
+        ValueError: the model does not return a single tensor.
+    """
+
+    name = "taylor"
+
+    def __call__(self, gm: torch.fx.GraphModule, ctx: PassContext) -> torch.fx.GraphModule:
+        plan = ctx.plan
+        root = torch.nn.Module()
+        graph = torch.fx.Graph()
+        em = Emitter(graph, plan.R)
+        varying = depends_on(gm.graph, ctx.coord)
+        env: dict[torch.fx.Node, Jet] = {}
+        jets: dict[str, list] = {}
+        out_node = None
+        for node in gm.graph.nodes:
+            if node.op == "output":
+                out_node = node
+                continue
+            if node.op == "placeholder":
+                p = em.proxy(graph.placeholder(node.name))
+                p.node.meta["val"] = node.meta.get("val")
+                coeffs = [p] + (self._seed(em, root, node, ctx) if node.name == ctx.coord else [])
+            elif node not in varying or node.target in CONSTANT_OPS or node.op == "get_attr":
+                marker = em.last()
+                new = graph.node_copy(node, lambda n: env[n][0].node)
+                if node.op == "get_attr":
+                    setattr(root, node.target, getattr(gm, node.target))
+                em.tag_since(marker, node.name, 0, False, constant=True)
+                coeffs = [em.proxy(new)]
+            elif node.op == "call_function":
+                coeffs = self._propagate(em, node, env, plan, ctx)
+            else:
+                raise UnsupportedOperatorError(f"unsupported graph node {node.op} {node.target} ('{node.name}')")
+            env[node] = Jet(coeffs, shape_of(node) if "val" in node.meta else ())
+            jets[node.name] = [c.node.name if c is not None else None for c in coeffs]
+        result = self._outputs(em, root, out_node, env, ctx)
+        graph.output(tuple(r.node if isinstance(r, torch.fx.Proxy) else r for r in result))
+        new_gm = torch.fx.GraphModule(root, graph, class_name="TaylorGraph")
+        new_gm.meta["taylorc"] = {"jets": jets, "K": plan.K, "R": plan.R, "source": gm}
+        return new_gm
+
+    def _seed(self, em, root, node, ctx):
+        """Input jet: x_1 = the directions (broadcast over the batch), x_k = 0 for k >= 2."""
+        plan = ctx.plan
+        if plan.K == 0:
+            return []
+        shape = list(shape_of(node))
+        root.register_buffer("directions", plan.direction_tensor(ctx.dtype, ctx.device))
+        marker = em.last()
+        v = em.proxy(em.graph.get_attr("directions"))
+        x1 = aten.expand.default(aten.reshape.default(v, [plan.R, 1] + shape[1:]), [plan.R] + shape)
+        em.tag_since(marker, node.name, 1, False, coefficient=True, seed=True)
+        coeffs = [x1]
+        for k in range(2, plan.K + 1):
+            marker = em.last()
+            coeffs.append(aten.new_zeros.default(em.proxy(node_in_new_graph(em, node)), [plan.R] + shape))
+            em.tag_since(marker, node.name, k, False, coefficient=True, seed=True)
+        return coeffs
+
+    def _propagate(self, em, node, env, plan, ctx):
+        rctx = RuleContext(node, plan.K, plan.R, warn=ctx.warn)
+        rule_for(node)  # fail before emitting anything
+        marker = em.last()
+        rctx.value = emit_value(node, env)
+        em.tag_since(marker, node.name, 0, False, coefficient=True)
+        coeffs = [rctx.value]
+        for k in range(1, plan.K + 1):
+            marker = em.last()
+            coeffs.append(emit_coefficient(rctx, node, env, k))
+            em.tag_since(marker, node.name, k, False, coefficient=True)
+        return coeffs
+
+    def _outputs(self, em, root, out_node, env, ctx):
+        plan = ctx.plan
+        (result,) = out_node.args
+        if isinstance(result, (tuple, list)) and len(result) == 1:
+            result = result[0]
+        if not isinstance(result, torch.fx.Node) or not isinstance(env[result], Jet):
+            raise ValueError("taylorc needs a model that returns one tensor (B, *out); got " + str(type(result)))
+        y = env[result]
+        marker = em.last()
+        top = None
+        if plan.K > 0 and plan.G > 0 and y[plan.K] is not None:
+            w = plan.top_weight_tensor(ctx.dtype, ctx.device)
+            if w is None:
+                w = torch.ones(plan.R, dtype=ctx.dtype, device=ctx.device)
+            root.register_buffer("top_weights", w)
+            eq = "r,r...->..." if plan.G == 1 else "gr,r...->g..."
+            top = aten.einsum.default(eq, [em.proxy(em.graph.get_attr("top_weights")), y[plan.K]])
+        em.tag_since(marker, result.name, plan.K, False, role="contract_top")
+        marker = em.last()
+        outs = [read_term(t, y, top, plan, root, em, ctx) for t in plan.terms]
+        em.tag_since(marker, result.name, -1, False, role="extract")
+        return outs
+
+
+def read_term(term, y: Jet, top, plan, root, em, ctx):
+    """Emit one requested output from the output jet ``y`` and the top contraction."""
+    if term.kind == "gradient":
+        if y[1] is None:
+            return aten.new_zeros.default(y[0], list(y.shape) + [plan.D])
+        idx = torch.tensor(term.grad_rows, device=ctx.device)
+        rows = y[1]
+        if term.grad_rows != list(range(plan.R)):
+            root.register_buffer(f"grad_rows_{term.name}", idx)
+            rows = aten.index_select.default(rows, 0, em.proxy(em.graph.get_attr(f"grad_rows_{term.name}")))
+        return aten.permute.default(rows, list(range(1, y.ndim + 1)) + [0])
+    out = None
+    for k, w in sorted(term.weights.items()):
+        if k == 0:
+            part = aten.mul.Tensor(y[0], float(w[0])) if w[0] != 1 else y[0]
+        elif y[k] is None:
+            continue
+        else:
+            name = f"weights_{term.name}_{k}"
+            root.register_buffer(name, torch.tensor([float(x) for x in w], dtype=ctx.dtype, device=ctx.device))
+            part = aten.einsum.default("r,r...->...", [em.proxy(em.graph.get_attr(name)), y[k]])
+        out = part if out is None else aten.add.Tensor(out, part)
+    if term.top is not None and top is not None:
+        g, s = term.top
+        part = top if plan.G == 1 else aten.select.int(top, 0, g)
+        part = aten.mul.Tensor(part, float(s)) if s != 1 else part
+        out = part if out is None else aten.add.Tensor(out, part)
+    if out is None:
+        out = aten.zeros_like.default(y[0])
+    return out
+
+
+_COMPOSITES: dict = {}
+
+
+def propagate_composite(ctx: RuleContext, k: int, identity, args, kwargs, decompose: bool = False):
+    """Coefficient k of a composite op, by propagating jets through the trace of ``identity``.
+
+    The trace (ATen, core decompositions) is made once per identity and
+    argument shapes; the sub-jets of orders below k are kept in ``ctx.cache``
+    between the calls for successive orders.
+    """
+    from torch._decomp import core_aten_decompositions
+
+    state = ctx.cache.get("composite")
+    if state is None:
+        val = ctx.node.meta["val"]
+        tensors = [a for a in args if isinstance(a, Jet)]
+        key = (identity, tuple(t.shape for t in tensors), val.dtype, val.device.type)
+        sub = _COMPOSITES.get(key)
+        if sub is None:
+            def fn(*ts):
+                it = iter(ts)
+                real = [next(it) if isinstance(a, Jet) else a for a in args]
+                return identity(*real, **kwargs)
+
+            fake = [torch.empty(t.shape, dtype=val.dtype, device="meta") for t in tensors]
+            sub = make_fx(fn, decomposition_table=core_aten_decompositions(), tracing_mode="fake")(*fake)
+            _COMPOSITES[key] = sub
+        env, it = {}, iter(a for a in args if isinstance(a, Jet))
+        for n in sub.graph.nodes:
+            if n.op == "placeholder":
+                env[n] = next(it)
+        state = ctx.cache["composite"] = {"sub": sub, "env": env, "ctx": {}}
+    sub, env = state["sub"], state["env"]
+    for n in sub.graph.nodes:
+        if n.op == "placeholder":
+            continue
+        if n.op == "output":
+            return env[n.args[0][0] if isinstance(n.args[0], (tuple, list)) else n.args[0]][k]
+        if n not in state["ctx"]:
+            varying = any(isinstance(env.get(a), Jet) and not env[a].is_constant for a in n.all_input_nodes)
+            if n.op == "get_attr":
+                raise UnsupportedOperatorError(f"the composite rule of {ctx.node.target} creates a tensor constant")
+            sctx = None
+            if varying and n.target not in CONSTANT_OPS:
+                sctx = RuleContext(n, ctx.K, ctx.R, ctx.collapsed, ctx.G, ctx.weights, warn=ctx.warn)
+            value = emit_value(n, env)
+            if sctx is not None:
+                sctx.value = value
+            state["ctx"][n] = sctx
+            env[n] = Jet([value], shape_of(n))
+        sctx = state["ctx"][n]
+        while sctx is not None and len(env[n].coeffs) <= k:
+            env[n].coeffs.append(emit_coefficient(sctx, n, env, len(env[n].coeffs)))
+    raise AssertionError("composite trace has no output")
