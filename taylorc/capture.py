@@ -87,7 +87,7 @@ def capture(model: torch.nn.Module | Callable, x: torch.Tensor) -> Captured:
     example = list(params.values()) + list(buffers.values()) + [x]
     try:
         gm = make_fx(fn, decomposition_table=core_aten_decompositions(), tracing_mode="fake",
-                     record_stack_traces=True)(*example)
+                     record_stack_traces=True, _allow_non_fake_inputs=True)(*example)
     except Exception as e:  # noqa: BLE001 - re-raised with a diagnosis
         msg = str(e)
         if any(s in msg or s in type(e).__name__ for s in _DATA_DEPENDENT):

@@ -324,7 +324,7 @@ def lower_sympy(expr: sympy.Expr, env: dict, memo: dict):
         return memo[expr]
     if expr in env:
         return env[expr]
-    if expr.is_Number:
+    if expr.is_number:  # includes pi, sqrt(2), ...
         out = float(expr)
     elif expr.is_Add:
         coeff, terms = expr.as_coeff_add()

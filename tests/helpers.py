@@ -1,0 +1,71 @@
+"""Shared test helpers: models of the kinds PINN practice uses, and comparisons."""
+
+import sympy
+import torch
+from torch import nn
+
+import taylorc
+from taylorc.operators import Operator
+
+ACTIVATIONS = {"tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "sin": None, "softplus_exp": None}
+
+
+class Sin(nn.Module):
+    def forward(self, x):
+        return torch.sin(x)
+
+
+def act(name):
+    return {"tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "sin": Sin}[name]()
+
+
+def mlp(D, widths, activation="tanh", out=1):
+    layers, d = [], D
+    for w in widths:
+        layers += [nn.Linear(d, w), act(activation)]
+        d = w
+    layers.append(nn.Linear(d, out))
+    return nn.Sequential(*layers).double()
+
+
+class Directional(Operator):
+    """D^k u[v]: the k-th derivative along one integer direction (tests the rules one order at a time)."""
+
+    def __init__(self, v, k):
+        self.v, self.k = tuple(v), k
+        self.name = f"D^{k}[{list(v)}]"
+
+    def expansion(self, D):
+        return {self.k: {self.v: sympy.Integer(1)}}
+
+
+def nested_directional(f, x, v, k):
+    """D^k f[v] per sample by k nested torch.func.jvp (forward-over-forward)."""
+    v = torch.as_tensor(v, dtype=x.dtype).expand_as(x)
+
+    def d(g):
+        return lambda y: torch.func.jvp(g, (y,), (v,))[1]
+
+    g = f
+    for _ in range(k):
+        g = d(g)
+    return g(x)
+
+
+def assert_close(a, b, rel=1e-8):
+    scale = max(b.abs().max().item(), 1e-300)
+    err = (a - b).abs().max().item() / scale
+    assert err < rel, f"relative error {err:.3e} >= {rel:.0e}"
+
+
+def compare(model, operator, x, methods=("collapsed", "taylor"), rel=1e-8):
+    ref = taylorc.compile(model, operator, method="nested")(x)
+    for m in methods:
+        out = taylorc.compile(model, operator, method=m)(x)
+        if isinstance(ref, dict):
+            for k in ref:
+                assert out[k].shape == ref[k].shape, (m, k)
+                assert_close(out[k], ref[k], rel)
+        else:
+            assert out.shape == ref.shape, m
+            assert_close(out, ref, rel)

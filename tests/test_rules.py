@@ -1,0 +1,100 @@
+"""Every rule against nested torch.func.jvp in float64, at orders 1..4, on random inputs."""
+
+import math
+
+import pytest
+import sympy
+import torch
+from helpers import Directional, assert_close, nested_directional
+
+import taylorc
+from taylorc.passes.jet import faa_di_bruno
+from taylorc.passes.rules import RULES
+
+aten = torch.ops.aten
+
+W = torch.randn(3, 4, dtype=torch.float64)
+
+# Each case maps x (B, 3) to a tensor whose per-sample rows depend on x's row only.
+# Inputs are kept in the op's domain (log, sqrt, ...).
+CASES = {
+    "tanh": lambda x: torch.tanh(x @ W),
+    "sigmoid": lambda x: torch.sigmoid(x @ W),
+    "exp": lambda x: torch.exp(0.3 * x @ W),
+    "sin": lambda x: torch.sin(x @ W),
+    "cos": lambda x: torch.cos(x @ W),
+    "log": lambda x: torch.log(2 + torch.tanh(x @ W)),
+    "sqrt": lambda x: torch.sqrt(2 + torch.sin(x @ W)),
+    "rsqrt": lambda x: torch.rsqrt(2 + torch.sin(x @ W)),
+    "reciprocal": lambda x: torch.reciprocal(2 + torch.sin(x @ W)),
+    "sinh": lambda x: torch.sinh(x @ W),
+    "cosh": lambda x: torch.cosh(x @ W),
+    "atan": lambda x: torch.atan(x @ W),
+    "erf": lambda x: torch.erf(x @ W),
+    "log1p": lambda x: torch.log1p(torch.sigmoid(x @ W)),
+    "expm1": lambda x: torch.expm1(0.5 * x @ W),
+    "pow": lambda x: (1.5 + torch.sin(x @ W)) ** 2.5,
+    "pow_int": lambda x: (x @ W) ** 3,
+    "add_sub_neg": lambda x: -(x @ W) + torch.sin(x @ W) - 2.0 * torch.cos(x @ W) + 1.0,
+    "mul_div": lambda x: torch.sin(x @ W) * torch.cos(x @ W) / (2 + torch.tanh(x @ W)),
+    "div_const": lambda x: torch.sin(x @ W) / 3.0,
+    "mm_nonconst": lambda x: (torch.sin(x @ W).unsqueeze(1) @ torch.cos(x @ W).unsqueeze(2)).squeeze(-1),
+    "bmm": lambda x: torch.bmm(torch.sin(x @ W).view(-1, 2, 2), torch.cos(x @ W).view(-1, 2, 2)).flatten(1),
+    "sum_mean": lambda x: torch.sin(x @ W).sum(-1, keepdim=True) + torch.cos(x @ W).mean(-1, keepdim=True),
+    "views": lambda x: torch.tanh(x @ W).reshape(-1, 2, 2).permute(0, 2, 1).transpose(1, 2).flip(1).reshape(-1, 4),
+    "unsqueeze_squeeze_expand": lambda x: torch.sin(x).unsqueeze(-1).expand(-1, 3, 2).squeeze(-1).sum(-1),
+    "t": lambda x: torch.tanh(x @ W).t().t(),
+    "cat_stack": lambda x: torch.cat([torch.sin(x), torch.stack([x[:, 0], torch.tanh(x[:, 1])], 1)], 1),
+    "select_slice": lambda x: torch.sin(x[:, 1:3]) * x[:, 0:1] + x[:, 2].unsqueeze(1),
+    "linear": lambda x: torch.nn.functional.linear(torch.sin(x), W.t(), torch.ones(4, dtype=x.dtype)),
+    "broadcast_add": lambda x: torch.sin(x[:, :1]) + W[0],
+}
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+@pytest.mark.parametrize("k", [1, 2, 3, 4])
+def test_rule_against_nested_jvp(name, k):
+    f = CASES[name]
+    x = 0.5 * torch.randn(4, 3, dtype=torch.float64)
+    v = (1, -2, 1)
+    ref = nested_directional(f, x, v, k)
+    for method in ("taylor", "collapsed"):
+        out = taylorc.compile(f, Directional(v, k), method=method)(x)
+        assert out.shape == ref.shape
+        assert_close(out, ref, 1e-9)
+
+
+def test_every_elementwise_rule_is_exercised():
+    names = {op._schema.name.split("::")[1] for op, info in RULES.items() if info.kind == "elementwise" and info.smooth}
+    tested = {"tanh", "sigmoid", "exp", "sin", "cos", "log", "sqrt", "rsqrt", "reciprocal", "sinh", "cosh",
+              "atan", "erf", "log1p", "expm1", "pow"}
+    assert names <= tested, names - tested
+
+
+@pytest.mark.parametrize("k", [1, 2, 3, 4, 5])
+def test_faa_di_bruno_coefficients_match_sympy(k):
+    t = sympy.Symbol("t")
+    g = sympy.Function("g")
+    xs = [sympy.Function(f"x{j}") for j in range(1)]
+    x = xs[0](t)
+    expr = sympy.diff(g(x), t, k)
+    # substitute derivatives of x by symbols x_j and derivatives of g by g_m
+    xj = sympy.symbols(f"x1:{k + 1}")
+    gm = sympy.symbols(f"g1:{k + 1}")
+    for j in range(k, 0, -1):
+        expr = expr.subs(sympy.Derivative(x, (t, j)), xj[j - 1])
+    for m in range(k, 0, -1):
+        expr = expr.replace(lambda e: isinstance(e, sympy.Subs) or (isinstance(e, sympy.Derivative) and e.expr.func == g and sum(c for _, c in e.variable_count) == m),
+                            lambda e, m=m: gm[m - 1])
+    ours = sum(c * gm[m - 1] * math.prod(xj[j - 1] ** mult for j, mult in parts) for c, m, parts in faa_di_bruno(k))
+    assert sympy.expand(expr - ours) == 0
+
+
+def test_relu_warns_at_order_two_and_is_exact_at_order_one():
+    f = lambda x: torch.relu(x @ W)
+    x = torch.randn(4, 3, dtype=torch.float64)
+    with pytest.warns(UserWarning, match="not smooth"):
+        taylorc.compile(f, "laplacian")(x)
+    out = taylorc.compile(f, "gradient")(x)
+    ref = torch.func.vmap(torch.func.jacrev(lambda v: f(v[None])[0]))(x)
+    assert_close(out, ref, 1e-12)
