@@ -110,10 +110,10 @@ class CompiledOperator(torch.nn.Module):
         try:
             cap = capture(self.fn, x)
         except RuntimeError as e:
-            if "shape" in str(e) or "size" in str(e):
-                w = self._expected_width()
-                exp = f"(B, {w})" if w is not None else "the model's input shape"
-                raise ValueError(f"expected input shape {exp}, got {tuple(x.shape)}: the model failed on it ({e})") from e
+            w = self._expected_width()
+            if w is not None and x.shape[-1] != w:
+                raise ValueError(f"expected input shape (B, {w}), got {tuple(x.shape)}: the model failed on it "
+                                 f"({type(e).__name__}: {str(e).splitlines()[0]})") from e
             raise
         plan = _ops.build_plan(self.ops, math.prod(x.shape[1:]))
         ctx = PassContext(plan, cap.gm, cap.coord, x.dtype, x.device)
