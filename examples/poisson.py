@@ -1,6 +1,6 @@
 """5-d Poisson PINN trained with taylorc's collapsed Laplacian (see taylorc/demos/poisson.py).
 
-    python examples/poisson.py [--adam-steps N --lbfgs-steps N --figure poisson.png ...]
+python examples/poisson.py [--adam-steps N --lbfgs-steps N --figure poisson.png ...]
 """
 
 from taylorc.demos.poisson import main

@@ -47,7 +47,9 @@ class CompiledOperator(torch.nn.Module):
         taylorc.errors.TraceError: the model cannot be traced.
     """
 
-    def __init__(self, model, operator, method: str = "collapsed", debug_dir=None, backend: str = "eager"):
+    def __init__(
+        self, model, operator, method: str = "collapsed", debug_dir=None, backend: str = "eager"
+    ):
         super().__init__()
         if method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {method!r}")
@@ -79,16 +81,24 @@ class CompiledOperator(torch.nn.Module):
         if not isinstance(x, torch.Tensor):
             raise ValueError(f"expected a tensor of coordinates (B, D), got {type(x).__name__}")
         if x.dim() < 2:
-            raise ValueError(f"expected a batch of coordinates of shape (B, D) (or (B, *in)), got shape {tuple(x.shape)}")
+            raise ValueError(
+                f"expected a batch of coordinates of shape (B, D) (or (B, *in)), got shape {tuple(x.shape)}"
+            )
         if not x.is_floating_point():
-            raise ValueError(f"expected floating-point coordinates (float32 or float64), got dtype {x.dtype}")
+            raise ValueError(
+                f"expected floating-point coordinates (float32 or float64), got dtype {x.dtype}"
+            )
         p = next(iter(self.model.parameters()), None) if self.model is not None else None
         if p is not None and p.device != x.device:
-            raise ValueError(f"expected coordinates on the model's device {p.device}, got {x.device}")
+            raise ValueError(
+                f"expected coordinates on the model's device {p.device}, got {x.device}"
+            )
         if p is not None and p.dtype != x.dtype:
             raise ValueError(f"expected coordinates of the model's dtype {p.dtype}, got {x.dtype}")
         if self._in_shape is not None and tuple(x.shape[1:]) != self._in_shape:
-            raise ValueError(f"expected input shape (B, {', '.join(map(str, self._in_shape))}), got {tuple(x.shape)}")
+            raise ValueError(
+                f"expected input shape (B, {', '.join(map(str, self._in_shape))}), got {tuple(x.shape)}"
+            )
 
     def _expected_width(self):
         for m in self.model.modules() if self.model is not None else []:
@@ -112,8 +122,10 @@ class CompiledOperator(torch.nn.Module):
         except RuntimeError as e:
             w = self._expected_width()
             if w is not None and x.shape[-1] != w:
-                raise ValueError(f"expected input shape (B, {w}), got {tuple(x.shape)}: the model failed on it "
-                                 f"({type(e).__name__}: {str(e).splitlines()[0]})") from e
+                raise ValueError(
+                    f"expected input shape (B, {w}), got {tuple(x.shape)}: the model failed on it "
+                    f"({type(e).__name__}: {str(e).splitlines()[0]})"
+                ) from e
             raise
         plan = _ops.build_plan(self.ops, math.prod(x.shape[1:]))
         ctx = PassContext(plan, cap.gm, cap.coord, x.dtype, x.device)

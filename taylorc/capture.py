@@ -20,8 +20,16 @@ from torch.fx.experimental.proxy_tensor import make_fx
 
 from .errors import TraceError
 
-_DATA_DEPENDENT = ("data-dependent", "data dependent", "DataDependent", "GuardOnDataDependent",
-                   "item()", "Could not guard", "dynamic shape", "aten._local_scalar_dense")
+_DATA_DEPENDENT = (
+    "data-dependent",
+    "data dependent",
+    "DataDependent",
+    "GuardOnDataDependent",
+    "item()",
+    "Could not guard",
+    "dynamic shape",
+    "aten._local_scalar_dense",
+)
 
 
 @dataclass
@@ -86,8 +94,13 @@ def capture(model: torch.nn.Module | Callable, x: torch.Tensor) -> Captured:
 
     example = list(params.values()) + list(buffers.values()) + [x]
     try:
-        gm = make_fx(fn, decomposition_table=core_aten_decompositions(), tracing_mode="fake",
-                     record_stack_traces=True, _allow_non_fake_inputs=True)(*example)
+        gm = make_fx(
+            fn,
+            decomposition_table=core_aten_decompositions(),
+            tracing_mode="fake",
+            record_stack_traces=True,
+            _allow_non_fake_inputs=True,
+        )(*example)
     except Exception as e:  # noqa: BLE001 - re-raised with a diagnosis
         msg = str(e)
         if any(s in msg or s in type(e).__name__ for s in _DATA_DEPENDENT):

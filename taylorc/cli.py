@@ -54,7 +54,9 @@ def _dump(args) -> int:
     shape = tuple(int(s) for s in args.input_shape.split(","))
     op = taylorc.compile(model, args.operator, method=args.method, debug_dir=args.out)
     out = op(torch.randn(*shape, dtype=dtype))
-    shapes = {k: tuple(v.shape) for k, v in out.items()} if isinstance(out, dict) else tuple(out.shape)
+    shapes = (
+        {k: tuple(v.shape) for k, v in out.items()} if isinstance(out, dict) else tuple(out.shape)
+    )
     print(op.explain())
     print(f"output shape: {shapes}")
     print(f"dump written to {args.out}")
@@ -76,7 +78,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="taylorc", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     d = sub.add_parser("dump", help="compile a model and dump every pass")
-    d.add_argument("model", help="MODULE:FACTORY (a module path or file.py, and a model or a function returning one)")
+    d.add_argument(
+        "model",
+        help="MODULE:FACTORY (a module path or file.py, and a model or a function returning one)",
+    )
     d.add_argument("--operator", default="laplacian")
     d.add_argument("--method", default="collapsed", choices=["collapsed", "taylor"])
     d.add_argument("--input-shape", required=True, help="comma-separated, batch first: 8,5")

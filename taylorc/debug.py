@@ -26,15 +26,29 @@ import torch.fx
 aten = torch.ops.aten
 
 _FREE = {
-    "view", "reshape", "_unsafe_view", "expand", "permute", "transpose", "unsqueeze", "squeeze",
-    "select", "slice", "alias", "t", "detach", "lift_fresh_copy",
+    "view",
+    "reshape",
+    "_unsafe_view",
+    "expand",
+    "permute",
+    "transpose",
+    "unsqueeze",
+    "squeeze",
+    "select",
+    "slice",
+    "alias",
+    "t",
+    "detach",
+    "lift_fresh_copy",
 }
 
 
 def _op_name(node: torch.fx.Node) -> str:
     t = node.target
     if isinstance(t, torch._ops.OpOverload):
-        return t._schema.name.split("::")[-1] + ("" if t._overloadname == "default" else "." + t._overloadname)
+        return t._schema.name.split("::")[-1] + (
+            "" if t._overloadname == "default" else "." + t._overloadname
+        )
     return str(getattr(t, "__name__", t))
 
 
@@ -55,7 +69,11 @@ def node_flops(node: torch.fx.Node) -> int:
         return 2 * max(sizes, default=0)
     if base in ("sum", "mean"):
         a = node.args[0]
-        return a.meta["val"].numel() if isinstance(a, torch.fx.Node) and "val" in a.meta else out.numel()
+        return (
+            a.meta["val"].numel()
+            if isinstance(a, torch.fx.Node) and "val" in a.meta
+            else out.numel()
+        )
     return out.numel()
 
 
@@ -79,7 +97,11 @@ def graph_stats(gm: torch.fx.GraphModule) -> dict:
     for n in gm.graph.nodes:
         tag = n.meta.get("taylorc", {})
         v = n.meta.get("val")
-        if tag.get("order", 0) >= 1 and isinstance(v, torch.Tensor) and _op_name(n).split(".")[0] not in _FREE:
+        if (
+            tag.get("order", 0) >= 1
+            and isinstance(v, torch.Tensor)
+            and _op_name(n).split(".")[0] not in _FREE
+        ):
             coeff_bytes += v.numel() * v.element_size()
     return {
         "nodes": len(gm.graph.nodes),
@@ -96,10 +118,20 @@ def node_table(gm: torch.fx.GraphModule) -> str:
         v = n.meta.get("val")
         shape = tuple(v.shape) if isinstance(v, torch.Tensor) else ""
         tag = n.meta.get("taylorc")
-        rows.append((n.name, n.op, _op_name(n) if n.op == "call_function" else str(n.target), str(shape),
-                     json.dumps(tag, default=str) if tag else ""))
+        rows.append(
+            (
+                n.name,
+                n.op,
+                _op_name(n) if n.op == "call_function" else str(n.target),
+                str(shape),
+                json.dumps(tag, default=str) if tag else "",
+            )
+        )
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r[:4], widths)) + "  " + r[4] for r in rows) + "\n"
+    return (
+        "\n".join("  ".join(c.ljust(w) for c, w in zip(r[:4], widths)) + "  " + r[4] for r in rows)
+        + "\n"
+    )
 
 
 class Dumper:
@@ -132,9 +164,14 @@ class Dumper:
     def summary(self, ctx) -> None:
         (self.dir / "plan.txt").write_text(ctx.plan.describe() + "\n")
         summary = {
-            "plan": {"D": ctx.plan.D, "K": ctx.plan.K, "R": ctx.plan.R, "G": ctx.plan.G,
-                     "collapsible": ctx.plan.collapsible,
-                     "coefficients_per_node": ctx.plan.coefficient_count()},
+            "plan": {
+                "D": ctx.plan.D,
+                "K": ctx.plan.K,
+                "R": ctx.plan.R,
+                "G": ctx.plan.G,
+                "collapsible": ctx.plan.collapsible,
+                "coefficients_per_node": ctx.plan.coefficient_count(),
+            },
             "passes": ctx.records,
         }
         (self.dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
@@ -144,6 +181,8 @@ def format_records(records: list[dict]) -> str:
     """Text table of pass records (used by ``CompiledOperator.explain``)."""
     lines = [f"{'pass':<10}{'ms':>8}{'nodes':>7}{'MFLOP':>11}{'coeff MB':>10}"]
     for r in records:
-        lines.append(f"{r['pass']:<10}{1e3 * r['seconds']:>8.1f}{r['nodes']:>7}"
-                     f"{r['flops'] / 1e6:>11.2f}{r['coefficient_bytes'] / 2**20:>10.2f}")
+        lines.append(
+            f"{r['pass']:<10}{1e3 * r['seconds']:>8.1f}{r['nodes']:>7}"
+            f"{r['flops'] / 1e6:>11.2f}{r['coefficient_bytes'] / 2**20:>10.2f}"
+        )
     return "\n".join(lines)

@@ -43,7 +43,10 @@ def _(x):
     return torch.empty_like(x)
 
 
-cube.register_autograd(lambda ctx, g: g * 3 * ctx.x**2, setup_context=lambda ctx, inputs, output: setattr(ctx, "x", inputs[0]))
+cube.register_autograd(
+    lambda ctx, g: g * 3 * ctx.x**2,
+    setup_context=lambda ctx, inputs, output: setattr(ctx, "x", inputs[0]),
+)
 
 
 class Cubic(nn.Module):
@@ -66,8 +69,17 @@ def test_register_rule_is_used_for_a_user_op():
     def rule(ctx, k, x):
         calls.append(k)
         x0 = x[0]
-        return compose(ctx, k, x, [ctx.value, torch.ops.aten.mul.Tensor(torch.ops.aten.mul.Tensor(x0, x0), 3.0),
-                                   torch.ops.aten.mul.Tensor(x0, 6.0), 6.0])
+        return compose(
+            ctx,
+            k,
+            x,
+            [
+                ctx.value,
+                torch.ops.aten.mul.Tensor(torch.ops.aten.mul.Tensor(x0, x0), 3.0),
+                torch.ops.aten.mul.Tensor(x0, 6.0),
+                6.0,
+            ],
+        )
 
     model = Cubic().double()
     x = torch.randn(4, 3, dtype=torch.float64)
@@ -77,7 +89,9 @@ def test_register_rule_is_used_for_a_user_op():
     out = taylorc.compile(model, {"g": "gradient", "lap": "laplacian"})(x)
     assert calls, "the registered rule was not used"
     plain = Cubic(custom=False).double()
-    plain.load_state_dict(model.state_dict())  # custom ops do not run under torch.func: compare with x**3
+    plain.load_state_dict(
+        model.state_dict()
+    )  # custom ops do not run under torch.func: compare with x**3
     ref = taylorc.compile(plain, {"g": "gradient", "lap": "laplacian"}, method="nested")(x)
     torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-12)
 
@@ -145,7 +159,10 @@ def test_debug_dump_writes_every_stage(tmp_path):
     assert '"order": 2' in table and '"collapsed": false' in table
     assert '"collapsed": true' in (tmp_path / "02_collapse.txt").read_text()
     assert "def forward" in (tmp_path / "03_cleanup.py").read_text()
-    assert "directions" in (tmp_path / "plan.txt").read_text() or "v0" in (tmp_path / "plan.txt").read_text()
+    assert (
+        "directions" in (tmp_path / "plan.txt").read_text()
+        or "v0" in (tmp_path / "plan.txt").read_text()
+    )
 
 
 def test_debug_dir_from_environment(tmp_path, monkeypatch):
@@ -166,10 +183,25 @@ def test_explain_and_repr():
 
 def test_cli_dump(tmp_path, capsys):
     factory = tmp_path / "mymodel.py"
-    factory.write_text("import torch\n\ndef make():\n    return torch.nn.Sequential(torch.nn.Linear(5, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1))\n")
+    factory.write_text(
+        "import torch\n\ndef make():\n    return torch.nn.Sequential(torch.nn.Linear(5, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1))\n"
+    )
     out = tmp_path / "dump"
-    code = cli_main([f"{factory}:make", "--operator", "laplacian", "--input-shape", "8,5", "--out", str(out)][:0]
-                    + ["dump", f"{factory}:make", "--operator", "laplacian", "--input-shape", "8,5", "--out", str(out)])
+    code = cli_main(
+        [f"{factory}:make", "--operator", "laplacian", "--input-shape", "8,5", "--out", str(out)][
+            :0
+        ]
+        + [
+            "dump",
+            f"{factory}:make",
+            "--operator",
+            "laplacian",
+            "--input-shape",
+            "8,5",
+            "--out",
+            str(out),
+        ]
+    )
     assert code == 0
     assert (out / "summary.json").exists() and (out / "03_cleanup.py").exists()
     assert "output shape: (8, 1)" in capsys.readouterr().out

@@ -38,7 +38,12 @@ def test_biharmonic_random_mlp(D, depth, width, activation):
 class Residual(nn.Module):
     def __init__(self, D, w=16):
         super().__init__()
-        self.inp, self.h1, self.h2, self.out = nn.Linear(D, w), nn.Linear(w, w), nn.Linear(w, w), nn.Linear(w, 2)
+        self.inp, self.h1, self.h2, self.out = (
+            nn.Linear(D, w),
+            nn.Linear(w, w),
+            nn.Linear(w, w),
+            nn.Linear(w, 2),
+        )
 
     def forward(self, x):
         h = torch.tanh(self.inp(x))
@@ -87,7 +92,13 @@ def test_non_sequential_models(cls, operator):
 def test_dict_is_one_propagation_and_matches():
     model = Gated(4).double()
     x = torch.randn(5, 4, dtype=torch.float64)
-    spec = {"u": "u", "lap": "laplacian", "grad": "gradient", "bih": "biharmonic", "lap01": Laplacian(dims=[0, 1])}
+    spec = {
+        "u": "u",
+        "lap": "laplacian",
+        "grad": "gradient",
+        "bih": "biharmonic",
+        "lap01": Laplacian(dims=[0, 1]),
+    }
     compare(model, spec, x)
     op = taylorc.compile(model, spec)
     op(x)

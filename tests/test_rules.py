@@ -38,15 +38,29 @@ CASES = {
     "add_sub_neg": lambda x: -(x @ W) + torch.sin(x @ W) - 2.0 * torch.cos(x @ W) + 1.0,
     "mul_div": lambda x: torch.sin(x @ W) * torch.cos(x @ W) / (2 + torch.tanh(x @ W)),
     "div_const": lambda x: torch.sin(x @ W) / 3.0,
-    "mm_nonconst": lambda x: (torch.sin(x @ W).unsqueeze(1) @ torch.cos(x @ W).unsqueeze(2)).squeeze(-1),
-    "bmm": lambda x: torch.bmm(torch.sin(x @ W).view(-1, 2, 2), torch.cos(x @ W).view(-1, 2, 2)).flatten(1),
-    "sum_mean": lambda x: torch.sin(x @ W).sum(-1, keepdim=True) + torch.cos(x @ W).mean(-1, keepdim=True),
-    "views": lambda x: torch.tanh(x @ W).reshape(-1, 2, 2).permute(0, 2, 1).transpose(1, 2).flip(1).reshape(-1, 4),
-    "unsqueeze_squeeze_expand": lambda x: torch.sin(x).unsqueeze(-1).expand(-1, 3, 2).squeeze(-1).sum(-1),
+    "mm_nonconst": lambda x: (
+        torch.sin(x @ W).unsqueeze(1) @ torch.cos(x @ W).unsqueeze(2)
+    ).squeeze(-1),
+    "bmm": lambda x: torch.bmm(
+        torch.sin(x @ W).view(-1, 2, 2), torch.cos(x @ W).view(-1, 2, 2)
+    ).flatten(1),
+    "sum_mean": lambda x: (
+        torch.sin(x @ W).sum(-1, keepdim=True) + torch.cos(x @ W).mean(-1, keepdim=True)
+    ),
+    "views": lambda x: (
+        torch.tanh(x @ W).reshape(-1, 2, 2).permute(0, 2, 1).transpose(1, 2).flip(1).reshape(-1, 4)
+    ),
+    "unsqueeze_squeeze_expand": lambda x: (
+        torch.sin(x).unsqueeze(-1).expand(-1, 3, 2).squeeze(-1).sum(-1)
+    ),
     "t": lambda x: torch.tanh(x @ W).t().t(),
-    "cat_stack": lambda x: torch.cat([torch.sin(x), torch.stack([x[:, 0], torch.tanh(x[:, 1])], 1)], 1),
+    "cat_stack": lambda x: torch.cat(
+        [torch.sin(x), torch.stack([x[:, 0], torch.tanh(x[:, 1])], 1)], 1
+    ),
     "select_slice": lambda x: torch.sin(x[:, 1:3]) * x[:, 0:1] + x[:, 2].unsqueeze(1),
-    "linear": lambda x: torch.nn.functional.linear(torch.sin(x), W.t(), torch.ones(4, dtype=x.dtype)),
+    "linear": lambda x: torch.nn.functional.linear(
+        torch.sin(x), W.t(), torch.ones(4, dtype=x.dtype)
+    ),
     "broadcast_add": lambda x: torch.sin(x[:, :1]) + W[0],
 }
 
@@ -65,9 +79,29 @@ def test_rule_against_nested_jvp(name, k):
 
 
 def test_every_elementwise_rule_is_exercised():
-    names = {op._schema.name.split("::")[1] for op, info in RULES.items() if info.kind == "elementwise" and info.smooth}
-    tested = {"tanh", "sigmoid", "exp", "sin", "cos", "log", "sqrt", "rsqrt", "reciprocal", "sinh", "cosh",
-              "atan", "erf", "log1p", "expm1", "pow"}
+    names = {
+        op._schema.name.split("::")[1]
+        for op, info in RULES.items()
+        if info.kind == "elementwise" and info.smooth
+    }
+    tested = {
+        "tanh",
+        "sigmoid",
+        "exp",
+        "sin",
+        "cos",
+        "log",
+        "sqrt",
+        "rsqrt",
+        "reciprocal",
+        "sinh",
+        "cosh",
+        "atan",
+        "erf",
+        "log1p",
+        "expm1",
+        "pow",
+    }
     assert names <= tested, names - tested
 
 
@@ -84,9 +118,19 @@ def test_faa_di_bruno_coefficients_match_sympy(k):
     for j in range(k, 0, -1):
         expr = expr.subs(sympy.Derivative(x, (t, j)), xj[j - 1])
     for m in range(k, 0, -1):
-        expr = expr.replace(lambda e: isinstance(e, sympy.Subs) or (isinstance(e, sympy.Derivative) and e.expr.func == g and sum(c for _, c in e.variable_count) == m),
-                            lambda e, m=m: gm[m - 1])
-    ours = sum(c * gm[m - 1] * math.prod(xj[j - 1] ** mult for j, mult in parts) for c, m, parts in faa_di_bruno(k))
+
+        def is_gm(e, m=m):
+            return (
+                isinstance(e, sympy.Derivative)
+                and e.expr.func == g
+                and sum(c for _, c in e.variable_count) == m
+            )
+
+        expr = expr.replace(is_gm, lambda e, m=m: gm[m - 1])
+    ours = sum(
+        c * gm[m - 1] * math.prod(xj[j - 1] ** mult for j, mult in parts)
+        for c, m, parts in faa_di_bruno(k)
+    )
     assert sympy.expand(expr - ours) == 0
 
 

@@ -91,8 +91,15 @@ def train(args) -> tuple[nn.Module, float]:
         sched.step()
         if step % 100 == 0:
             bar.set_postfix(loss=f"{loss.item():.2e}")
-    lbfgs = torch.optim.LBFGS(model.parameters(), lr=1.0, max_iter=args.lbfgs_steps, history_size=50,
-                              tolerance_grad=1e-12, tolerance_change=1e-15, line_search_fn="strong_wolfe")
+    lbfgs = torch.optim.LBFGS(
+        model.parameters(),
+        lr=1.0,
+        max_iter=args.lbfgs_steps,
+        history_size=50,
+        tolerance_grad=1e-12,
+        tolerance_change=1e-15,
+        line_search_fn="strong_wolfe",
+    )
     bar = tqdm(total=args.lbfgs_steps, desc="lbfgs", disable=args.quiet)
 
     def closure():
@@ -144,7 +151,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--interior", type=int, default=2000)
     p.add_argument("--boundary", type=int, default=500)
     p.add_argument("--adam-steps", type=int, default=1500)
-    p.add_argument("--lbfgs-steps", type=int, default=800)
+    p.add_argument("--lbfgs-steps", type=int, default=1500)
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--test-points", type=int, default=10_000)
     p.add_argument("--seed", type=int, default=0)
@@ -158,7 +165,9 @@ def main(argv=None) -> float:
     args = parse_args(argv)
     t0 = time.perf_counter()
     model, err = train(args)
-    print(f"relative L2 error: {err:.3e}  ({args.test_points} fresh points, {time.perf_counter() - t0:.0f} s)")
+    print(
+        f"relative L2 error: {err:.3e}  ({args.test_points} fresh points, {time.perf_counter() - t0:.0f} s)"
+    )
     if args.figure:
         plot_slice(model, args.dim, args.figure)
         print(f"figure saved to {args.figure}")

@@ -74,7 +74,9 @@ class JetPlan:
         """``(R,)`` (G == 1) or ``(G, R)`` collapse weights; None when G == 1 and all are one."""
         if self.G == 1 and all(w == 1 for w in self.top_weights[0]):
             return None
-        w = torch.tensor([[float(x) for x in row] for row in self.top_weights], dtype=dtype, device=device)
+        w = torch.tensor(
+            [[float(x) for x in row] for row in self.top_weights], dtype=dtype, device=device
+        )
         return w[0] if self.G == 1 else w
 
     def coefficient_count(self) -> int:
@@ -86,9 +88,11 @@ class JetPlan:
 
     def describe(self) -> str:
         """A readable account of the directions, weights and propagated coefficients."""
-        lines = [f"jet plan: D={self.D}, K={self.K}, R={self.R} directions, "
-                 f"top order {'collapsible' if self.collapsible else 'not collapsible'}, "
-                 f"{self.coefficient_count()} coefficients per node"]
+        lines = [
+            f"jet plan: D={self.D}, K={self.K}, R={self.R} directions, "
+            f"top order {'collapsible' if self.collapsible else 'not collapsible'}, "
+            f"{self.coefficient_count()} coefficients per node"
+        ]
         shown = self.directions if self.R <= 12 else self.directions[:12]
         for r, v in enumerate(shown):
             lines.append(f"  v{r} = {list(v)}")
@@ -99,7 +103,10 @@ class JetPlan:
             distinct = sorted({str(w) for w in nz.values()})
             lines.append(f"  collapsed row {g}: {len(nz)} directions, weights {distinct}")
         for t in self.terms:
-            parts = [f"order {k}: {sum(1 for w in ws if w != 0)} weights" for k, ws in sorted(t.weights.items())]
+            parts = [
+                f"order {k}: {sum(1 for w in ws if w != 0)} weights"
+                for k, ws in sorted(t.weights.items())
+            ]
             if t.top is not None:
                 parts.append(f"order {self.K}: {t.top[1]} x collapsed row {t.top[0]}")
             if t.grad_rows is not None:

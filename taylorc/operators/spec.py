@@ -134,7 +134,13 @@ class Biharmonic(Operator):
         return biharmonic_expansion(D, tuple(_check_dims(self.dims, D, "Biharmonic")))
 
 
-NAMED = {"u": Value, "value": Value, "gradient": Gradient, "laplacian": Laplacian, "biharmonic": Biharmonic}
+NAMED = {
+    "u": Value,
+    "value": Value,
+    "gradient": Gradient,
+    "laplacian": Laplacian,
+    "biharmonic": Biharmonic,
+}
 
 
 def parse(spec) -> Operator:
@@ -150,8 +156,12 @@ def parse(spec) -> Operator:
         key = spec.strip().lower()
         if key in NAMED:
             return NAMED[key]()
-        raise ValueError(f"unknown operator {spec!r}: use one of {sorted(NAMED)} or a taylorc.operators.Operator")
-    raise TypeError(f"operator must be a name, an Operator or a dict of them, got {type(spec).__name__}")
+        raise ValueError(
+            f"unknown operator {spec!r}: use one of {sorted(NAMED)} or a taylorc.operators.Operator"
+        )
+    raise TypeError(
+        f"operator must be a name, an Operator or a dict of them, got {type(spec).__name__}"
+    )
 
 
 def verify_expansion(op: Operator, D: int, target: sympy.Expr, z: Sequence[sympy.Symbol]) -> bool:

@@ -61,8 +61,6 @@ class PassManager:
         self.dump = dump
 
     def run(self, gm: torch.fx.GraphModule, ctx: PassContext) -> torch.fx.GraphModule:
-        from ..debug import graph_stats
-
         self._record(gm, ctx, "capture", 0.0)
         for p in self.passes:
             t0 = time.perf_counter()

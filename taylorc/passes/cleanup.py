@@ -21,15 +21,39 @@ aten = torch.ops.aten
 
 ZERO_MAKERS = {aten.zeros.default, aten.zeros_like.default, aten.new_zeros.default}
 # zero if ANY tensor operand is zero
-ABSORBING = {aten.mul.Tensor, aten.matmul.default, aten.mm.default, aten.bmm.default, aten.einsum.default}
+ABSORBING = {
+    aten.mul.Tensor,
+    aten.matmul.default,
+    aten.mm.default,
+    aten.bmm.default,
+    aten.einsum.default,
+}
 # zero if the FIRST operand is zero
 LINEAR_IN_FIRST = {
-    aten.view.default, aten.reshape.default, aten._unsafe_view.default, aten.expand.default,
-    aten.permute.default, aten.transpose.int, aten.unsqueeze.default, aten.squeeze.dim,
-    aten.squeeze.dims, aten.squeeze.default, aten.sum.dim_IntList, aten.sum.default,
-    aten.mean.dim, aten.mean.default, aten.neg.default, aten.select.int, aten.slice.Tensor,
-    aten.clone.default, aten.alias.default, aten.flip.default, aten.index_select.default,
-    aten._to_copy.default, aten.div.Tensor, aten.t.default,
+    aten.view.default,
+    aten.reshape.default,
+    aten._unsafe_view.default,
+    aten.expand.default,
+    aten.permute.default,
+    aten.transpose.int,
+    aten.unsqueeze.default,
+    aten.squeeze.dim,
+    aten.squeeze.dims,
+    aten.squeeze.default,
+    aten.sum.dim_IntList,
+    aten.sum.default,
+    aten.mean.dim,
+    aten.mean.default,
+    aten.neg.default,
+    aten.select.int,
+    aten.slice.Tensor,
+    aten.clone.default,
+    aten.alias.default,
+    aten.flip.default,
+    aten.index_select.default,
+    aten._to_copy.default,
+    aten.div.Tensor,
+    aten.t.default,
 }
 ALL_ZERO = {aten.cat.default, aten.stack.default}
 
@@ -42,7 +66,9 @@ def annotate_shapes(gm: torch.fx.GraphModule) -> None:
         if n.op == "placeholder":
             v = n.meta["val"]
             with mode:
-                inputs.append(torch.empty_strided(v.shape, v.stride(), dtype=v.dtype, device=v.device))
+                inputs.append(
+                    torch.empty_strided(v.shape, v.stride(), dtype=v.dtype, device=v.device)
+                )
     FakeTensorProp(gm, mode).propagate(*inputs)
 
 
@@ -59,7 +85,9 @@ def prune_zeros(gm: torch.fx.GraphModule) -> int:
     def make_zero(n):
         v = n.meta["val"]
         with graph.inserting_before(n):
-            z = graph.call_function(aten.zeros.default, (list(v.shape),), {"dtype": v.dtype, "device": v.device})
+            z = graph.call_function(
+                aten.zeros.default, (list(v.shape),), {"dtype": v.dtype, "device": v.device}
+            )
         z.meta.update(n.meta)
         n.replace_all_uses_with(z)
         zero.add(z)
@@ -73,11 +101,22 @@ def prune_zeros(gm: torch.fx.GraphModule) -> int:
             continue
         ins = _tensor_args(n)
         first = n.args[0] if n.args else None
-        if t in ABSORBING and any(a in zero for a in ins) or t in LINEAR_IN_FIRST and first in zero \
-                or t in ALL_ZERO and ins and all(a in zero for a in ins):
+        if (
+            t in ABSORBING
+            and any(a in zero for a in ins)
+            or t in LINEAR_IN_FIRST
+            and first in zero
+            or t in ALL_ZERO
+            and ins
+            and all(a in zero for a in ins)
+        ):
             make_zero(n)
             replaced += 1
-        elif t in (aten.add.Tensor, aten.sub.Tensor) and len(n.args) >= 2 and (n.args[0] in zero or n.args[1] in zero):
+        elif (
+            t in (aten.add.Tensor, aten.sub.Tensor)
+            and len(n.args) >= 2
+            and (n.args[0] in zero or n.args[1] in zero)
+        ):
             a, b = n.args[0], n.args[1]
             alpha = n.kwargs.get("alpha", 1) * (-1 if t is aten.sub.Tensor else 1)
             if a in zero and b in zero:
@@ -96,8 +135,11 @@ def _replace_by(graph, n, keep, factor):
     v = n.meta["val"]
     with graph.inserting_before(n):
         if not isinstance(keep, torch.fx.Node):
-            out = graph.call_function(aten.full.default, (list(v.shape), keep * factor),
-                                      {"dtype": v.dtype, "device": v.device})
+            out = graph.call_function(
+                aten.full.default,
+                (list(v.shape), keep * factor),
+                {"dtype": v.dtype, "device": v.device},
+            )
             factor = 1
         elif tuple(keep.meta["val"].shape) != tuple(v.shape):
             out = graph.call_function(aten.expand.default, (keep, list(v.shape)))

@@ -33,8 +33,15 @@ class CollapsePass:
     def __call__(self, gm: torch.fx.GraphModule, ctx: PassContext) -> torch.fx.GraphModule:
         plan = ctx.plan
         info = gm.meta["taylorc"]
-        contract = next((n for n in gm.graph.nodes if n.meta.get("taylorc", {}).get("role") == "contract_top"
-                         and n.op == "call_function"), None)
+        contract = next(
+            (
+                n
+                for n in gm.graph.nodes
+                if n.meta.get("taylorc", {}).get("role") == "contract_top"
+                and n.op == "call_function"
+            ),
+            None,
+        )
         if not plan.collapsible or contract is None:
             return gm
         nodes = {n.name: n for n in gm.graph.nodes}
@@ -55,7 +62,9 @@ class CollapsePass:
                 if len(names) <= K:
                     continue  # constants carry the value only
                 marker = contract.prev
-                rctx = RuleContext(node, K, plan.R, collapsed=True, G=plan.G, weights=weights, warn=ctx.warn)
+                rctx = RuleContext(
+                    node, K, plan.R, collapsed=True, G=plan.G, weights=weights, warn=ctx.warn
+                )
                 if node.op == "placeholder":
                     seed = names[K] and em.proxy(nodes[names[K]])
                     top = rctx.contract(seed) if seed is not None else None
@@ -70,7 +79,9 @@ class CollapsePass:
             result = result[0]
         top = env[result][K]
         if top is None:
-            raise AssertionError("collapsed top coefficient vanished while the standard one did not")
+            raise AssertionError(
+                "collapsed top coefficient vanished while the standard one did not"
+            )
         contract.replace_all_uses_with(top.node)
         gm.graph.erase_node(contract)
         gm.graph.eliminate_dead_code()

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import sympy
 import torch
 
-from .jet import Jet, RuleContext, add, compose, leibniz, scale
+from .jet import Jet, add, compose, leibniz, scale
 
 aten = torch.ops.aten
 
@@ -83,7 +83,14 @@ CONSTANT_OPS = {
 }
 
 
-def register_rule(op: torch._ops.OpOverload, rule: Rule, *, kind: str = "user", smooth: bool = True, note: str = "") -> None:
+def register_rule(
+    op: torch._ops.OpOverload,
+    rule: Rule,
+    *,
+    kind: str = "user",
+    smooth: bool = True,
+    note: str = "",
+) -> None:
     """Register (or replace) the Taylor rule of an ATen overload.
 
     Args:
@@ -106,7 +113,9 @@ def register_rule(op: torch._ops.OpOverload, rule: Rule, *, kind: str = "user", 
     if isinstance(op, torch._ops.OpOverloadPacket):
         op = op.default
     if not isinstance(op, torch._ops.OpOverload):
-        raise TypeError(f"register_rule expects an op overload such as torch.ops.aten.sin.default, got {op!r}")
+        raise TypeError(
+            f"register_rule expects an op overload such as torch.ops.aten.sin.default, got {op!r}"
+        )
     if not callable(rule):
         raise TypeError(f"register_rule expects a callable rule, got {rule!r}")
     RULES[op] = RuleInfo(rule, kind, smooth, note)
@@ -138,29 +147,58 @@ def _lead_dims(ctx, k, dims, ndim):
     return [ctx.dim(d, ndim, k) for d in dims]
 
 
-deflinear([aten.view.default, aten._unsafe_view.default, aten.reshape.default],
-          lambda ctx, k, c, x, shape: aten.reshape.default(c, ctx.lead(k) + list(shape)))
-deflinear(aten.unsqueeze.default,
-          lambda ctx, k, c, x, d: aten.unsqueeze.default(c, d % (x.ndim + 1) + ctx.nlead(k)))
+deflinear(
+    [aten.view.default, aten._unsafe_view.default, aten.reshape.default],
+    lambda ctx, k, c, x, shape: aten.reshape.default(c, ctx.lead(k) + list(shape)),
+)
+deflinear(
+    aten.unsqueeze.default,
+    lambda ctx, k, c, x, d: aten.unsqueeze.default(c, d % (x.ndim + 1) + ctx.nlead(k)),
+)
 deflinear(aten.squeeze.dim, lambda ctx, k, c, x, d: aten.squeeze.dims(c, [ctx.dim(d, x.ndim, k)]))
-deflinear(aten.squeeze.dims,
-          lambda ctx, k, c, x, dims: aten.squeeze.dims(c, _lead_dims(ctx, k, dims, x.ndim)))
-deflinear(aten.squeeze.default,
-          lambda ctx, k, c, x: aten.squeeze.dims(c, [i + ctx.nlead(k) for i, s in enumerate(x.shape) if s == 1]))
-deflinear(aten.permute.default,
-          lambda ctx, k, c, x, dims: aten.permute.default(c, list(range(ctx.nlead(k))) + _lead_dims(ctx, k, dims, x.ndim)))
-deflinear(aten.t.default,
-          lambda ctx, k, c, x: c if x.ndim < 2 else aten.transpose.int(c, ctx.nlead(k), ctx.nlead(k) + 1))
-deflinear(aten.transpose.int,
-          lambda ctx, k, c, x, a, b: aten.transpose.int(c, ctx.dim(a, x.ndim, k), ctx.dim(b, x.ndim, k)))
-deflinear(aten.flip.default, lambda ctx, k, c, x, dims: aten.flip.default(c, _lead_dims(ctx, k, dims, x.ndim)))
+deflinear(
+    aten.squeeze.dims,
+    lambda ctx, k, c, x, dims: aten.squeeze.dims(c, _lead_dims(ctx, k, dims, x.ndim)),
+)
+deflinear(
+    aten.squeeze.default,
+    lambda ctx, k, c, x: aten.squeeze.dims(
+        c, [i + ctx.nlead(k) for i, s in enumerate(x.shape) if s == 1]
+    ),
+)
+deflinear(
+    aten.permute.default,
+    lambda ctx, k, c, x, dims: aten.permute.default(
+        c, list(range(ctx.nlead(k))) + _lead_dims(ctx, k, dims, x.ndim)
+    ),
+)
+deflinear(
+    aten.t.default,
+    lambda ctx, k, c, x: c if x.ndim < 2 else aten.transpose.int(c, ctx.nlead(k), ctx.nlead(k) + 1),
+)
+deflinear(
+    aten.transpose.int,
+    lambda ctx, k, c, x, a, b: aten.transpose.int(c, ctx.dim(a, x.ndim, k), ctx.dim(b, x.ndim, k)),
+)
+deflinear(
+    aten.flip.default,
+    lambda ctx, k, c, x, dims: aten.flip.default(c, _lead_dims(ctx, k, dims, x.ndim)),
+)
 deflinear(aten.select.int, lambda ctx, k, c, x, d, i: aten.select.int(c, ctx.dim(d, x.ndim, k), i))
-deflinear(aten.slice.Tensor,
-          lambda ctx, k, c, x, d=0, start=None, end=None, step=1: aten.slice.Tensor(c, ctx.dim(d, x.ndim, k), start, end, step))
-deflinear(aten.index_select.default,
-          lambda ctx, k, c, x, d, index: aten.index_select.default(c, ctx.dim(d, x.ndim, k), index[0]))
-deflinear([aten.alias.default, aten.clone.default, aten.contiguous.default, aten.lift_fresh_copy.default],
-          lambda ctx, k, c, x, *a, **kw: c)
+deflinear(
+    aten.slice.Tensor,
+    lambda ctx, k, c, x, d=0, start=None, end=None, step=1: aten.slice.Tensor(
+        c, ctx.dim(d, x.ndim, k), start, end, step
+    ),
+)
+deflinear(
+    aten.index_select.default,
+    lambda ctx, k, c, x, d, index: aten.index_select.default(c, ctx.dim(d, x.ndim, k), index[0]),
+)
+deflinear(
+    [aten.alias.default, aten.clone.default, aten.contiguous.default, aten.lift_fresh_copy.default],
+    lambda ctx, k, c, x, *a, **kw: c,
+)
 deflinear(aten._to_copy.default, lambda ctx, k, c, x, **kw: aten._to_copy.default(c, **kw))
 deflinear(aten.neg.default, lambda ctx, k, c, x: aten.neg.default(c))
 
@@ -246,7 +284,9 @@ def_bilinear([aten.mm.default, aten.bmm.default], _matmul, note="matmul over the
 def _matmul_rule(ctx, k, a, b):
     if min(a.ndim, b.ndim) < 2:
         # A 1-d operand changes matmul's meaning once a direction axis is added.
-        return propagate_composite(ctx, k, lambda u, v: torch.ops.aten.matmul(u, v), (a, b), {}, decompose=True)
+        return propagate_composite(
+            ctx, k, lambda u, v: torch.ops.aten.matmul(u, v), (a, b), {}, decompose=True
+        )
     return leibniz(ctx, k, a, b, _matmul)
 
 
@@ -292,16 +332,19 @@ class DerivativeTable:
 
     def __init__(self, expr: sympy.Expr | None = None, ode: sympy.Expr | None = None):
         self.expr, self.ode = expr, ode
+        self._cache: dict[int, sympy.Expr] = {}
 
-    @functools.cache
     def derivative(self, m: int) -> sympy.Expr:
-        """g^(m) in terms of x and y (m >= 1)."""
-        if self.ode is not None:
-            d = self.ode
-            for _ in range(m - 1):
-                d = sympy.expand(sympy.diff(d, _Y) * self.ode)
-            return d
-        return sympy.diff(self.expr, _X, m).subs(self.expr, _Y)
+        """g^(m) in terms of x and y (m >= 1); computed once per m."""
+        if m not in self._cache:
+            if self.ode is not None:
+                d = self.ode
+                for _ in range(m - 1):
+                    d = sympy.expand(sympy.diff(d, _Y) * self.ode)
+            else:
+                d = sympy.diff(self.expr, _X, m).subs(self.expr, _Y)
+            self._cache[m] = d
+        return self._cache[m]
 
 
 _SYMPY_TO_ATEN = {
@@ -366,7 +409,13 @@ def lower_sympy(expr: sympy.Expr, env: dict, memo: dict):
     return out
 
 
-def def_deriv(ops, table: DerivativeTable | Callable[..., DerivativeTable], *, smooth: bool = True, note: str = "") -> None:
+def def_deriv(
+    ops,
+    table: DerivativeTable | Callable[..., DerivativeTable],
+    *,
+    smooth: bool = True,
+    note: str = "",
+) -> None:
     """Register an elementwise op by its derivative table (Faa di Bruno's formula).
 
     ``table`` is a :class:`DerivativeTable`, or a function of the op's extra
@@ -378,7 +427,10 @@ def def_deriv(ops, table: DerivativeTable | Callable[..., DerivativeTable], *, s
         if derivs is None:
             t = table(*params) if callable(table) else table
             env, memo = {_X: x[0], _Y: ctx.value}, {}
-            derivs = [ctx.value] + [_number_or_none(lower_sympy(t.derivative(m), env, memo)) for m in range(1, ctx.K + 1)]
+            derivs = [ctx.value] + [
+                _number_or_none(lower_sympy(t.derivative(m), env, memo))
+                for m in range(1, ctx.K + 1)
+            ]
             ctx.cache["derivs"] = derivs
         return compose(ctx, k, x, derivs)
 
@@ -408,7 +460,11 @@ def_deriv(aten.atan.default, _table(sympy.atan))
 def_deriv(aten.erf.default, _table(sympy.erf))
 def_deriv(aten.log1p.default, _table(lambda x: sympy.log(1 + x)))
 def_deriv(aten.expm1.default, _table(lambda x: sympy.exp(x) - 1))
-def_deriv(aten.pow.Tensor_Scalar, functools.cache(lambda p: DerivativeTable(expr=_X ** sympy.nsimplify(p))), note="scalar exponent")
+def_deriv(
+    aten.pow.Tensor_Scalar,
+    functools.cache(lambda p: DerivativeTable(expr=_X ** sympy.nsimplify(p))),
+    note="scalar exponent",
+)
 
 
 def _nonsmooth(first_derivative):
@@ -417,18 +473,30 @@ def _nonsmooth(first_derivative):
     def rule(ctx, k, x, *params):
         if ctx.K >= 2 and ctx.warn is not None and "warned" not in ctx.cache:
             ctx.cache["warned"] = True
-            ctx.warn(f"{ctx.node.target} is not smooth: its derivatives of order >= 2 are taken as zero "
-                     f"(exact almost everywhere, wrong at the kinks) at node {ctx.node.name}")
+            ctx.warn(
+                f"{ctx.node.target} is not smooth: its derivatives of order >= 2 are taken as zero "
+                f"(exact almost everywhere, wrong at the kinks) at node {ctx.node.name}"
+            )
         g1 = ctx.cache.setdefault("g1", first_derivative(x[0], ctx.value))
         return compose(ctx, k, x, [ctx.value, g1])
 
     return rule
 
 
-_register(aten.relu.default, _nonsmooth(lambda x, y: aten.sign.default(y)), "elementwise", smooth=False,
-          note="exact a.e.; warns at order >= 2")
-_register(aten.abs.default, _nonsmooth(lambda x, y: aten.sign.default(x)), "elementwise", smooth=False,
-          note="exact a.e.; warns at order >= 2")
+_register(
+    aten.relu.default,
+    _nonsmooth(lambda x, y: aten.sign.default(y)),
+    "elementwise",
+    smooth=False,
+    note="exact a.e.; warns at order >= 2",
+)
+_register(
+    aten.abs.default,
+    _nonsmooth(lambda x, y: aten.sign.default(x)),
+    "elementwise",
+    smooth=False,
+    note="exact a.e.; warns at order >= 2",
+)
 
 
 # -- composites: identities over registered ops ---------------------------------------
@@ -451,5 +519,10 @@ def _composite_div(ctx, k, a, b):
     return propagate_composite(ctx, k, lambda u, v: u * torch.reciprocal(v), (a, b), {})
 
 
-_register([aten.div.Tensor, aten.div.Scalar], _div_rule, "composite", note="a * reciprocal(b) when b varies")
+_register(
+    [aten.div.Tensor, aten.div.Scalar],
+    _div_rule,
+    "composite",
+    note="a * reciprocal(b) when b varies",
+)
 def_comp(aten.linear.default, lambda x, w, b=None: torch.nn.functional.linear(x, w, b))

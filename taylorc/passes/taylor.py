@@ -41,11 +41,16 @@ class Emitter:
     def last(self) -> torch.fx.Node:
         return next(iter(reversed(self.graph.nodes)))
 
-    def tag_since(self, marker: torch.fx.Node, source: str, order: int, collapsed: bool, stop=None, **extra) -> None:
+    def tag_since(
+        self, marker: torch.fx.Node, source: str, order: int, collapsed: bool, stop=None, **extra
+    ) -> None:
         """Tag the nodes after ``marker`` (up to ``stop`` or the end) that have no tag yet."""
         n = marker.next
         while n is not self.graph._root and n is not stop:
-            n.meta.setdefault("taylorc", {"source": source, "order": order, "collapsed": collapsed, "R": self.R, **extra})
+            n.meta.setdefault(
+                "taylorc",
+                {"source": source, "order": order, "collapsed": collapsed, "R": self.R, **extra},
+            )
             n = n.next
 
 
@@ -75,7 +80,8 @@ def rule_for(node: torch.fx.Node):
         raise UnsupportedOperatorError(
             f"no Taylor rule for the ATen op {node.target} (graph node '{node.name}')"
             + (f", from your code at\n  {where}" if where else "")
-            + "\nRegister one with taylorc.register_rule(" + f"torch.ops.{node.target}, rule)"
+            + "\nRegister one with taylorc.register_rule("
+            + f"torch.ops.{node.target}, rule)"
             + " (see docs/architecture.md), or rewrite the model with supported ops."
         )
     return info
@@ -142,7 +148,9 @@ class TaylorPass:
             elif node.op == "call_function":
                 coeffs = self._propagate(em, node, env, plan, ctx)
             else:
-                raise UnsupportedOperatorError(f"unsupported graph node {node.op} {node.target} ('{node.name}')")
+                raise UnsupportedOperatorError(
+                    f"unsupported graph node {node.op} {node.target} ('{node.name}')"
+                )
             env[node] = Jet(coeffs, shape_of(node) if "val" in node.meta else ())
             jets[node.name] = [c.node.name if c is not None else None for c in coeffs]
         result = self._outputs(em, root, out_node, env, ctx)
@@ -165,7 +173,9 @@ class TaylorPass:
         coeffs = [x1]
         for k in range(2, plan.K + 1):
             marker = em.last()
-            coeffs.append(aten.new_zeros.default(em.proxy(node_in_new_graph(em, node)), [plan.R] + shape))
+            coeffs.append(
+                aten.new_zeros.default(em.proxy(node_in_new_graph(em, node)), [plan.R] + shape)
+            )
             em.tag_since(marker, node.name, k, False, coefficient=True, seed=True)
         return coeffs
 
@@ -188,7 +198,9 @@ class TaylorPass:
         if isinstance(result, (tuple, list)) and len(result) == 1:
             result = result[0]
         if not isinstance(result, torch.fx.Node) or not isinstance(env[result], Jet):
-            raise ValueError("taylorc needs a model that returns one tensor (B, *out); got " + str(type(result)))
+            raise ValueError(
+                "taylorc needs a model that returns one tensor (B, *out); got " + str(type(result))
+            )
         y = env[result]
         marker = em.last()
         top = None
@@ -215,7 +227,9 @@ def read_term(term, y: Jet, top, plan, root, em, ctx):
         rows = y[1]
         if term.grad_rows != list(range(plan.R)):
             root.register_buffer(f"grad_rows_{term.name}", idx)
-            rows = aten.index_select.default(rows, 0, em.proxy(em.graph.get_attr(f"grad_rows_{term.name}")))
+            rows = aten.index_select.default(
+                rows, 0, em.proxy(em.graph.get_attr(f"grad_rows_{term.name}"))
+            )
         return aten.permute.default(rows, list(range(1, y.ndim + 1)) + [0])
     out = None
     for k, w in sorted(term.weights.items()):
@@ -225,7 +239,9 @@ def read_term(term, y: Jet, top, plan, root, em, ctx):
             continue
         else:
             name = f"weights_{term.name}_{k}"
-            root.register_buffer(name, torch.tensor([float(x) for x in w], dtype=ctx.dtype, device=ctx.device))
+            root.register_buffer(
+                name, torch.tensor([float(x) for x in w], dtype=ctx.dtype, device=ctx.device)
+            )
             part = aten.einsum.default("r,r...->...", [em.proxy(em.graph.get_attr(name)), y[k]])
         out = part if out is None else aten.add.Tensor(out, part)
     if term.top is not None and top is not None:
@@ -257,13 +273,16 @@ def propagate_composite(ctx: RuleContext, k: int, identity, args, kwargs, decomp
         key = (identity, tuple(t.shape for t in tensors), val.dtype, val.device.type)
         sub = _COMPOSITES.get(key)
         if sub is None:
+
             def fn(*ts):
                 it = iter(ts)
                 real = [next(it) if isinstance(a, Jet) else a for a in args]
                 return identity(*real, **kwargs)
 
             fake = [torch.empty(t.shape, dtype=val.dtype, device="meta") for t in tensors]
-            sub = make_fx(fn, decomposition_table=core_aten_decompositions(), tracing_mode="fake")(*fake)
+            sub = make_fx(fn, decomposition_table=core_aten_decompositions(), tracing_mode="fake")(
+                *fake
+            )
             _COMPOSITES[key] = sub
         env, it = {}, iter(a for a in args if isinstance(a, Jet))
         for n in sub.graph.nodes:
@@ -277,12 +296,18 @@ def propagate_composite(ctx: RuleContext, k: int, identity, args, kwargs, decomp
         if n.op == "output":
             return env[n.args[0][0] if isinstance(n.args[0], (tuple, list)) else n.args[0]][k]
         if n not in state["ctx"]:
-            varying = any(isinstance(env.get(a), Jet) and not env[a].is_constant for a in n.all_input_nodes)
+            varying = any(
+                isinstance(env.get(a), Jet) and not env[a].is_constant for a in n.all_input_nodes
+            )
             if n.op == "get_attr":
-                raise UnsupportedOperatorError(f"the composite rule of {ctx.node.target} creates a tensor constant")
+                raise UnsupportedOperatorError(
+                    f"the composite rule of {ctx.node.target} creates a tensor constant"
+                )
             sctx = None
             if varying and n.target not in CONSTANT_OPS:
-                sctx = RuleContext(n, ctx.K, ctx.R, ctx.collapsed, ctx.G, ctx.weights, warn=ctx.warn)
+                sctx = RuleContext(
+                    n, ctx.K, ctx.R, ctx.collapsed, ctx.G, ctx.weights, warn=ctx.warn
+                )
             value = emit_value(n, env)
             if sctx is not None:
                 sctx.value = value
