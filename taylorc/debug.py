@@ -134,6 +134,40 @@ def node_table(gm: torch.fx.GraphModule) -> str:
     )
 
 
+_ORDER_COLORS = ["#ffffff", "#dbeafe", "#fde68a", "#fecaca", "#d9f99d", "#e9d5ff"]
+
+
+def graph_picture(gm: torch.fx.GraphModule):
+    """A ``pydot.Dot`` of the graph: one box per node (name, op, shape), coloured by Taylor order.
+
+    Collapsed coefficients get a bold border. Requires pydot (and graphviz's ``dot`` to render).
+    """
+    import pydot
+
+    dot = pydot.Dot(graph_type="digraph", rankdir="TB")
+    for n in gm.graph.nodes:
+        v = n.meta.get("val")
+        tag = n.meta.get("taylorc", {})
+        order = tag.get("order", 0)
+        label = n.name + "\\n" + (_op_name(n) if n.op == "call_function" else n.op)
+        if isinstance(v, torch.Tensor):
+            label += "\\n" + "x".join(map(str, v.shape))
+        if tag:
+            label += f"\\nk={order}" + (" collapsed" if tag.get("collapsed") else "")
+        dot.add_node(
+            pydot.Node(
+                n.name,
+                label=f'"{label}"',
+                shape="box",
+                style='"filled,bold"' if tag.get("collapsed") else "filled",
+                fillcolor=_ORDER_COLORS[max(order, 0) % len(_ORDER_COLORS)],
+            )
+        )
+        for a in n.all_input_nodes:
+            dot.add_edge(pydot.Edge(a.name, n.name))
+    return dot
+
+
 class Dumper:
     """Writes every stage of a compilation to a directory.
 
@@ -155,9 +189,7 @@ class Dumper:
         if shutil.which("dot") is None:
             return
         try:
-            from torch.fx.passes.graph_drawer import FxGraphDrawer
-
-            path.write_bytes(FxGraphDrawer(gm, path.stem).get_dot_graph().create_svg())
+            path.write_bytes(graph_picture(gm).create_svg())
         except Exception:  # pydot missing or graphviz failing: the picture is optional
             pass
 

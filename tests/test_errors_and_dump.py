@@ -206,3 +206,16 @@ def test_cli_dump(tmp_path, capsys):
     assert (out / "summary.json").exists() and (out / "03_cleanup.py").exists()
     assert "output shape: (8, 1)" in capsys.readouterr().out
     assert os.path.exists(out / "plan.txt")
+
+
+def test_dump_draws_svg_when_graphviz_is_installed(tmp_path):
+    import shutil
+
+    pytest.importorskip("pydot")
+    if shutil.which("dot") is None:
+        pytest.skip("graphviz's dot is not installed")
+    taylorc.compile(mlp(2, [3]), "laplacian", debug_dir=tmp_path)(
+        torch.randn(2, 2, dtype=torch.float64)
+    )
+    svg = (tmp_path / "02_collapse.svg").read_text()
+    assert svg.lstrip().startswith("<?xml") and "collapsed" in svg
