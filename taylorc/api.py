@@ -48,7 +48,14 @@ class CompiledOperator(torch.nn.Module):
     """
 
     def __init__(
-        self, model, operator, method: str = "collapsed", debug_dir=None, backend: str = "eager"
+        self,
+        model,
+        operator,
+        method: str = "collapsed",
+        debug_dir=None,
+        backend: str = "eager",
+        coords=None,
+        params: dict | None = None,
     ):
         super().__init__()
         if method not in METHODS:
@@ -63,7 +70,8 @@ class CompiledOperator(torch.nn.Module):
         spec = {"out": operator} if self.single else operator
         if not spec:
             raise ValueError("operator dict is empty")
-        self.ops = {str(k): _ops.parse(v) for k, v in spec.items()}
+        self.coords = _ops.split_coords(coords)
+        self.ops = {str(k): _ops.parse(v, self.coords, params) for k, v in spec.items()}
         self.method = method
         self.backend = backend
         self.debug_dir = debug_dir if debug_dir is not None else os.environ.get("TAYLORC_DEBUG_DIR")
@@ -117,6 +125,7 @@ class CompiledOperator(torch.nn.Module):
         hit = self._graphs.get(key)
         if hit is not None:
             return hit
+        plan = _ops.build_plan(self.ops, math.prod(x.shape[1:]), self.coords)
         try:
             cap = capture(self.fn, x)
         except RuntimeError as e:
@@ -127,7 +136,6 @@ class CompiledOperator(torch.nn.Module):
                     f"({type(e).__name__}: {str(e).splitlines()[0]})"
                 ) from e
             raise
-        plan = _ops.build_plan(self.ops, math.prod(x.shape[1:]))
         ctx = PassContext(plan, cap.gm, cap.coord, x.dtype, x.device)
         passes = [TaylorPass()]
         if self.method == "collapsed":
@@ -151,7 +159,11 @@ class CompiledOperator(torch.nn.Module):
     def forward(self, x: torch.Tensor):
         self._check(x)
         if self.method == "nested":
-            out = nested(self.fn, self.ops, x)
+            if self.coords is not None and len(self.coords) != math.prod(x.shape[1:]):
+                _ops.build_plan(
+                    {}, math.prod(x.shape[1:]), self.coords
+                )  # raises the coords ValueError
+            out = nested(self.fn, self.ops, x, self.coords)
             outs = [out[n] for n in self.ops]
         else:
             gm, cap, _ = self.graph_for(x)
@@ -192,6 +204,8 @@ def compile(
     method: str = "collapsed",
     debug_dir: str | os.PathLike | None = None,
     backend: str = "eager",
+    coords=None,
+    params: dict | None = None,
 ) -> CompiledOperator:
     """Compile a linear differential operator of ``model``.
 
@@ -200,26 +214,41 @@ def compile(
             coordinates ``(B, D)`` / ``(B, *in)`` to ``(B, *out)``. Output row b
             must depend on input row b only.
         operator: ``"laplacian"`` (sum of d^2/dx_i^2), ``"biharmonic"`` (exact,
-            K = 4), ``"u"`` (the value), ``"gradient"`` (``(B, *out, D)``), a
-            :class:`taylorc.operators.Operator`, or a dict of these (one
-            propagation for all; the call returns a dict).
+            K = 4), ``"u"`` (the value), ``"gradient"`` (``(B, *out, D)``),
+            ``"heat"``, ``"wave"``, ``"helmholtz"``, an expression in the
+            field's notation (``"u_t - 0.01*u_xx + 2*u_xy"`` with ``coords``),
+            a sympy expression, a :class:`taylorc.operators.Operator`, or a
+            dict of these (one propagation for all; the call returns a dict).
         method: ``"collapsed"`` (default), ``"taylor"`` or ``"nested"``.
         debug_dir: write every pass's graph, node table, picture and a summary
             here (default: the ``TAYLORC_DEBUG_DIR`` environment variable).
         backend: ``"eager"`` (run the fx graph op by op) or ``"inductor"``
             (``torch.compile`` the rewritten graph).
+        coords: names of the input columns, ``"x y t"`` or a list; needed by
+            expressions such as ``"u_t - 0.01*u_xx"`` (see docs/operators.md).
+        params: names usable in expression coefficients, e.g. ``{"nu": 0.01}``.
 
     Returns:
         a :class:`CompiledOperator`; the graph is built at the first call.
 
     Raises:
-        ValueError: unknown method, backend or operator name; empty dict.
+        ValueError: unknown method, backend or operator name; empty dict; an
+            expression naming an unknown coordinate, nonlinear in u, or of
+            order above 6 (the message names the term).
         TypeError: model not callable, operator of an unknown type.
 
     Method: Dangel, Siebert, Zeinhofer, Walther, "Collapsing Taylor Mode
     Automatic Differentiation" (NeurIPS 2025).
     """
-    return CompiledOperator(model, operator, method=method, debug_dir=debug_dir, backend=backend)
+    return CompiledOperator(
+        model,
+        operator,
+        method=method,
+        debug_dir=debug_dir,
+        backend=backend,
+        coords=coords,
+        params=params,
+    )
 
 
 __all__ = ["CompiledOperator", "compile", "Captured"]

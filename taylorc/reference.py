@@ -2,9 +2,10 @@
 
 Independent of the Taylor machinery: Laplacians are traces of
 ``torch.func.hessian`` (forward-over-reverse), biharmonics the trace of the
-Hessian of that trace, gradients ``jacrev``; other operators contract the full
-derivative tensors (nested ``jacfwd``) with their expansion. Everything is
-``vmap``-ed over the batch.
+Hessian of that trace, gradients ``jacrev``; other operators read the entries
+of the full derivative tensors (nested ``jacfwd``) named by their multi-indices
+(no interpolation weights), times coefficients evaluated with
+``sympy.lambdify``. Everything is ``vmap``-ed over the batch.
 """
 
 from __future__ import annotations
@@ -12,10 +13,19 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
+import sympy
 import torch
 from torch.func import hessian, jacfwd, jacrev, vmap
 
-from .operators.spec import Biharmonic, Gradient, Laplacian, Operator, Value
+from .operators.spec import (
+    Biharmonic,
+    Coefficient,
+    Gradient,
+    Laplacian,
+    Operator,
+    Value,
+    resolve_dim,
+)
 
 
 def per_sample(model: Callable) -> Callable:
@@ -39,13 +49,14 @@ def laplacian_fn(f, D, dims=None):
     return lambda v: _trace(hessian(f)(v), dims, D)
 
 
-def nested_term(model: Callable, op: Operator, x: torch.Tensor) -> torch.Tensor:
+def nested_term(model: Callable, op: Operator, x: torch.Tensor, coords=None) -> torch.Tensor:
     """One operator by nested autograd.
 
     Args:
         model: maps ``(B, *in)`` to ``(B, *out)``.
         op: the operator.
         x: ``(B, *in)`` coordinates.
+        coords: coordinate names (for operators that name coordinates).
 
     Returns:
         ``(B, *out)`` (``(B, *out, D)`` for the gradient).
@@ -59,32 +70,54 @@ def nested_term(model: Callable, op: Operator, x: torch.Tensor) -> torch.Tensor:
     if isinstance(op, Gradient):
         return vmap(jacrev(f))(xf)
     if isinstance(op, Laplacian):
-        return vmap(laplacian_fn(f, D, op.dims))(xf)
+        dims = None if op.dims is None else [resolve_dim(d, D, coords, op.name) for d in op.dims]
+        return vmap(laplacian_fn(f, D, dims))(xf)
     if isinstance(op, Biharmonic):
-        lap = laplacian_fn(f, D, op.dims)
-        return vmap(laplacian_fn(lap, D, op.dims))(xf)
-    return vmap(lambda v: _contract_expansion(f, op, D, v))(xf)
+        dims = None if op.dims is None else [resolve_dim(d, D, coords, op.name) for d in op.dims]
+        lap = laplacian_fn(f, D, dims)
+        return vmap(laplacian_fn(lap, D, dims))(xf)
+    return _from_terms(f, op.terms(D, coords), D, coords, xf)
 
 
-def _contract_expansion(f, op, D, v):
+def _from_terms(f, terms, D, coords, xf):
+    """sum_alpha c_alpha(x) d^alpha u from the full derivative tensors (nested jacfwd), entry by entry."""
+    tensors = {}
     out = 0
-    for k, terms in op.expansion(D).items():
-        if k == 0:
-            out = out + float(sum(terms.values())) * f(v)
-            continue
-        g = f
-        for _ in range(k):
-            g = jacfwd(g)
-        T = g(v)  # (*out, D, ..., D)
-        for direction, w in terms.items():
-            d = torch.tensor(direction, dtype=v.dtype, device=v.device)
-            t = T
+    for variables, c in terms.items():
+        k = len(variables)
+        if k not in tensors:
+            g = f
             for _ in range(k):
-                t = t @ d
-            out = out + float(w) * t
+                g = jacfwd(g)
+            tensors[k] = vmap(g)(xf)  # (B, *out, D, ..., D)
+        T = tensors[k]
+        idx = [resolve_dim(v, D, coords, "reference") for v in variables]
+        entry = T[(Ellipsis, *idx)] if idx else T
+        out = out + _coefficient_values(c, xf, coords, entry.dim()) * entry
     return out
 
 
-def nested(model: Callable, ops: dict[str, Operator], x: torch.Tensor) -> dict[str, torch.Tensor]:
+def _coefficient_values(c, xf, coords, ndim):
+    """c at every sample, shaped (B, 1, ..., 1), by sympy.lambdify or the user's callable."""
+    if isinstance(c, Coefficient):
+        if c.fn is not None:
+            v = c.fn(xf)
+            for i in c.index:
+                v = v.select(1, i)
+        else:
+            c = c.expr
+    if not isinstance(c, Coefficient):
+        e = sympy.sympify(c)
+        if not e.free_symbols:
+            return float(e)
+        names = coords or [f"x{i}" for i in range(xf.shape[1])]
+        fn = sympy.lambdify([sympy.Symbol(n) for n in names], e, modules="torch")
+        v = fn(*xf.unbind(1))
+    return torch.as_tensor(v, dtype=xf.dtype).reshape([xf.shape[0]] + [1] * (ndim - 1))
+
+
+def nested(
+    model: Callable, ops: dict[str, Operator], x: torch.Tensor, coords=None
+) -> dict[str, torch.Tensor]:
     """Every operator in ``ops`` by nested autograd (one pass per operator)."""
-    return {name: nested_term(model, op, x) for name, op in ops.items()}
+    return {name: nested_term(model, op, x, coords) for name, op in ops.items()}

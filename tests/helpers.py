@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 import taylorc
-from taylorc.operators import Operator
+from taylorc.operators import Operator, Part
 
 ACTIVATIONS = {"tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "sin": None, "softplus_exp": None}
 
@@ -35,8 +35,8 @@ class Directional(Operator):
         self.v, self.k = tuple(v), k
         self.name = f"D^{k}[{list(v)}]"
 
-    def expansion(self, D):
-        return {self.k: {self.v: sympy.Integer(1)}}
+    def parts(self, D, coords=None):
+        return [Part(self.k, ((self.v, sympy.Integer(1)),))]
 
 
 def nested_directional(f, x, v, k):

@@ -1,17 +1,49 @@
 """Operator specs and planning: which jets to propagate and how to read the operator off them."""
 
-from .plan import JetPlan, TermPlan, build_plan
-from .spec import Biharmonic, Gradient, Laplacian, Operator, Value, parse, verify_expansion
+from .parse import from_sympy, parse, parse_expression, split_coords
+from .plan import JetPlan, PartPlan, TermPlan, build_plan
+from .spec import (
+    Advection,
+    Biharmonic,
+    Coefficient,
+    Gradient,
+    Heat,
+    Helmholtz,
+    Laplacian,
+    LinearOperator,
+    Operator,
+    Part,
+    Value,
+    Wave,
+    WeightedLaplacian,
+    multi_index_weights,
+    partial_weights,
+    verify_expansion,
+)
 
 __all__ = [
+    "Advection",
     "Biharmonic",
+    "Coefficient",
     "Gradient",
+    "Heat",
+    "Helmholtz",
     "JetPlan",
     "Laplacian",
+    "LinearOperator",
     "Operator",
+    "Part",
+    "PartPlan",
     "TermPlan",
     "Value",
+    "Wave",
+    "WeightedLaplacian",
     "build_plan",
+    "from_sympy",
+    "multi_index_weights",
     "parse",
+    "parse_expression",
+    "partial_weights",
+    "split_coords",
     "verify_expansion",
 ]

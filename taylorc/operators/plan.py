@@ -10,12 +10,30 @@ that a linear operator sums with constant weights collapse into one").
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import sympy
 import torch
 
-from .spec import Direction, Operator
+from .spec import Coefficient, Direction, Operator
+
+
+@dataclass
+class PartPlan:
+    """One part of a term: ``coef(x) *`` (a weighted read of the order-k coefficients).
+
+    Attributes:
+        order: k.
+        coef: None (constant 1) or a :class:`~taylorc.operators.spec.Coefficient`.
+        weights: for 0 < k < K, ``[w_r for r in range(R)]``; for k = 0, ``[w]``.
+        top: for k = K, ``(g, scale)``: scale times collapsed row g.
+    """
+
+    order: int
+    coef: Coefficient | None = None
+    weights: list[sympy.Rational] | None = None
+    top: tuple[int, sympy.Rational] | None = None
 
 
 @dataclass
@@ -25,15 +43,13 @@ class TermPlan:
     Attributes:
         name: the key in the output dict.
         kind: ``"value"``, ``"gradient"`` or ``"linear"``.
-        weights: ``{k: [w_r for r in range(R)]}`` for orders below K (order 0: ``[w]``).
-        top: ``(g, scale)``: the order-K part is ``scale`` times collapsed row g, or None.
+        parts: for linear terms, the :class:`PartPlan` list (summed).
         grad_rows: for gradients, the direction indices of e_0 .. e_{D-1}.
     """
 
     name: str
     kind: str
-    weights: dict[int, list[sympy.Rational]] = field(default_factory=dict)
-    top: tuple[int, sympy.Rational] | None = None
+    parts: list[PartPlan] = field(default_factory=list)
     grad_rows: list[int] | None = None
 
 
@@ -57,6 +73,7 @@ class JetPlan:
     top_weights: list[list[sympy.Rational]]
     terms: list[TermPlan]
     collapsible: bool
+    coords: list[str] | None = None
 
     @property
     def R(self) -> int:
@@ -103,63 +120,79 @@ class JetPlan:
             distinct = sorted({str(w) for w in nz.values()})
             lines.append(f"  collapsed row {g}: {len(nz)} directions, weights {distinct}")
         for t in self.terms:
-            parts = [
-                f"order {k}: {sum(1 for w in ws if w != 0)} weights"
-                for k, ws in sorted(t.weights.items())
-            ]
-            if t.top is not None:
-                parts.append(f"order {self.K}: {t.top[1]} x collapsed row {t.top[0]}")
+            parts = []
+            for p in t.parts:
+                c = "" if p.coef is None else f"{p.coef!r} * "
+                if p.top is not None:
+                    parts.append(f"{c}{p.top[1]} x collapsed row {p.top[0]} (order {p.order})")
+                elif p.order == 0:
+                    parts.append(f"{c}{p.weights[0]} x u")
+                else:
+                    n = sum(1 for w in p.weights if w != 0)
+                    parts.append(f"{c}order {p.order} over {n} directions")
             if t.grad_rows is not None:
                 parts.append(f"order 1: directions {t.grad_rows}")
-            lines.append(f"  {t.name} ({t.kind}): " + "; ".join(parts))
+            if t.kind == "value":
+                parts.append("u")
+            lines.append(f"  {t.name} ({t.kind}): " + " + ".join(parts))
         return "\n".join(lines)
 
 
-def build_plan(ops: dict[str, Operator], D: int) -> JetPlan:
-    """Merge the expansions of ``ops`` over D coordinates into one :class:`JetPlan`.
+def build_plan(ops: dict[str, Operator], D: int, coords: Sequence[str] | None = None) -> JetPlan:
+    """Merge the parts of all operators over D coordinates into one :class:`JetPlan`.
+
+    Directions needed at the top order come first, so a collapsed row that
+    ignores the others reads a prefix of the direction axis.
 
     Raises:
-        ValueError: an operator does not fit D coordinates.
+        ValueError: an operator does not fit D coordinates (or ``coords``).
     """
-    expansions = {name: op.expansion(D) for name, op in ops.items()}
-    K = max((k for e in expansions.values() for k in e), default=0)
+    if coords is not None and len(coords) != D:
+        raise ValueError(
+            f"coords names {len(coords)} coordinates ({' '.join(coords)}) but the input has "
+            f"{D} per sample: give one name per input column"
+        )
+    parts = {name: op.parts(D, coords) for name, op in ops.items()}
+    K = max((p.order for ps in parts.values() for p in ps), default=0)
     index: dict[Direction, int] = {}
-    for e in expansions.values():
-        for k, terms in sorted(e.items()):
-            if k > 0:
-                for v in terms:
-                    index.setdefault(v, len(index))
+    for top_first in (True, False):
+        for ps in parts.values():
+            for p in ps:
+                if p.order > 0 and (p.order == K) == top_first:
+                    for v, _ in p.weights:
+                        index.setdefault(v, len(index))
     R = len(index)
 
-    def vector(terms):
+    def vector(weights):
         w = [sympy.Integer(0)] * R
-        for v, c in terms.items():
+        for v, c in weights:
             w[index[v]] += c
         return w
 
     top_rows: list[list[sympy.Rational]] = []
     plans, needs_full_top = [], False
     for name, op in ops.items():
-        e = expansions[name]
         t = TermPlan(name, op.kind)
         if op.kind == "gradient":
-            t.grad_rows = [index[v] for v in sorted(e[1], key=lambda v: v.index(1))]
+            t.grad_rows = [index[v] for v, _ in parts[name][0].weights]
             needs_full_top |= K == 1
         elif op.kind == "value":
-            t.weights[0] = [sympy.Integer(1)]
+            pass
         else:
-            for k, terms in e.items():
-                if k == 0:
-                    t.weights[0] = [sum(terms.values())]
-                elif k < K:
-                    t.weights[k] = vector(terms)
+            for p in parts[name]:
+                if p.order == 0:
+                    t.parts.append(PartPlan(0, p.coef, weights=[sum(c for _, c in p.weights)]))
+                elif p.order < K:
+                    t.parts.append(PartPlan(p.order, p.coef, weights=vector(p.weights)))
                 else:
-                    w = vector(terms)
+                    w = vector(p.weights)
                     s = next(x for x in w if x != 0)
                     row = [x / s for x in w]
                     if row not in top_rows:
                         top_rows.append(row)
-                    t.top = (top_rows.index(row), s)
+                    t.parts.append(PartPlan(K, p.coef, top=(top_rows.index(row), s)))
         plans.append(t)
     collapsible = K > 0 and not needs_full_top and 0 < len(top_rows) < R
-    return JetPlan(D, K, list(index), top_rows, plans, collapsible)
+    return JetPlan(
+        D, K, list(index), top_rows, plans, collapsible, list(coords) if coords else None
+    )

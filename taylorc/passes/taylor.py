@@ -15,14 +15,15 @@ Derivatives" (2008), ch. 13; batched over directions as in Dangel et al. 2025.
 
 from __future__ import annotations
 
+import sympy
 import torch
 import torch.fx
 from torch.fx.experimental.proxy_tensor import make_fx
 
 from ..errors import UnsupportedOperatorError, user_source_line
 from . import PassContext
-from .jet import Jet, RuleContext
-from .rules import CONSTANT_OPS, RULES
+from .jet import Jet, RuleContext, add, scale
+from .rules import CONSTANT_OPS, RULES, lower_sympy
 
 aten = torch.ops.aten
 
@@ -54,9 +55,9 @@ class Emitter:
             n = n.next
 
 
-def node_in_new_graph(em: Emitter, node: torch.fx.Node) -> torch.fx.Node:
-    """The placeholder of the new graph that mirrors the source placeholder ``node``."""
-    return next(n for n in em.graph.nodes if n.op == "placeholder" and n.name == node.name)
+def placeholder(em: Emitter, name: str) -> torch.fx.Node:
+    """The placeholder of the new graph with this name (it mirrors the source placeholder)."""
+    return next(n for n in em.graph.nodes if n.op == "placeholder" and n.name == name)
 
 
 def map_args(args, env, pick):
@@ -174,7 +175,7 @@ class TaylorPass:
         for k in range(2, plan.K + 1):
             marker = em.last()
             coeffs.append(
-                aten.new_zeros.default(em.proxy(node_in_new_graph(em, node)), [plan.R] + shape)
+                aten.new_zeros.default(em.proxy(placeholder(em, node.name)), [plan.R] + shape)
             )
             em.tag_since(marker, node.name, k, False, coefficient=True, seed=True)
         return coeffs
@@ -213,45 +214,93 @@ class TaylorPass:
             top = aten.einsum.default(eq, [em.proxy(em.graph.get_attr("top_weights")), y[plan.K]])
         em.tag_since(marker, result.name, plan.K, False, role="contract_top")
         marker = em.last()
-        outs = [read_term(t, y, top, plan, root, em, ctx) for t in plan.terms]
+        x = em.proxy(placeholder(em, ctx.coord))
+        outs = [read_term(t, y, top, plan, root, em, ctx, x) for t in plan.terms]
         em.tag_since(marker, result.name, -1, False, role="extract")
         return outs
 
 
-def read_term(term, y: Jet, top, plan, root, em, ctx):
+def read_term(term, y: Jet, top, plan, root, em, ctx, x):
     """Emit one requested output from the output jet ``y`` and the top contraction."""
+    if term.kind == "value":
+        return y[0]
     if term.kind == "gradient":
         if y[1] is None:
             return aten.new_zeros.default(y[0], list(y.shape) + [plan.D])
-        idx = torch.tensor(term.grad_rows, device=ctx.device)
         rows = y[1]
         if term.grad_rows != list(range(plan.R)):
-            root.register_buffer(f"grad_rows_{term.name}", idx)
-            rows = aten.index_select.default(
-                rows, 0, em.proxy(em.graph.get_attr(f"grad_rows_{term.name}"))
-            )
+            name = f"grad_rows_{len(root._buffers)}"
+            root.register_buffer(name, torch.tensor(term.grad_rows, device=ctx.device))
+            rows = aten.index_select.default(rows, 0, em.proxy(em.graph.get_attr(name)))
         return aten.permute.default(rows, list(range(1, y.ndim + 1)) + [0])
     out = None
-    for k, w in sorted(term.weights.items()):
-        if k == 0:
-            part = aten.mul.Tensor(y[0], float(w[0])) if w[0] != 1 else y[0]
-        elif y[k] is None:
-            continue
-        else:
-            name = f"weights_{term.name}_{k}"
-            root.register_buffer(
-                name, torch.tensor([float(x) for x in w], dtype=ctx.dtype, device=ctx.device)
+    for p in term.parts:
+        if p.order == 0:
+            part = scale(y[0], float(p.weights[0]))
+        elif p.top is not None:
+            g, s = p.top
+            part = (
+                None
+                if top is None
+                else scale(top if plan.G == 1 else aten.select.int(top, 0, g), float(s))
             )
-            part = aten.einsum.default("r,r...->...", [em.proxy(em.graph.get_attr(name)), y[k]])
-        out = part if out is None else aten.add.Tensor(out, part)
-    if term.top is not None and top is not None:
-        g, s = term.top
-        part = top if plan.G == 1 else aten.select.int(top, 0, g)
-        part = aten.mul.Tensor(part, float(s)) if s != 1 else part
-        out = part if out is None else aten.add.Tensor(out, part)
-    if out is None:
-        out = aten.zeros_like.default(y[0])
-    return out
+        elif y[p.order] is None:
+            part = None
+        else:
+            name = f"weights_{len(root._buffers)}"
+            root.register_buffer(
+                name,
+                torch.tensor([float(w) for w in p.weights], dtype=ctx.dtype, device=ctx.device),
+            )
+            part = aten.einsum.default(
+                "r,r...->...", [em.proxy(em.graph.get_attr(name)), y[p.order]]
+            )
+        if part is not None and p.coef is not None:
+            part = aten.mul.Tensor(part, coefficient(p.coef, x, y.ndim, plan, root, em))
+        out = add(out, part)
+    return out if out is not None else aten.zeros_like.default(y[0])
+
+
+class CoefficientFunction(torch.nn.Module):
+    """Holds a user's coefficient callable so the graph can call it (``call_module``)."""
+
+    def __init__(self, fn):
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, x):
+        return self.fn(x)
+
+
+def coefficient(coef, x, out_ndim: int, plan, root, em):
+    """Emit ``c(x)`` shaped ``(B, 1, ..., 1)`` to broadcast against a ``(B, *out)`` term."""
+    B = x.node.meta["val"].shape[0]
+    flat = aten.reshape.default(x, [B, plan.D])
+    if coef.expr is not None:
+        names = plan.coords or [f"x{i}" for i in range(plan.D)]
+        env = {sympy.Symbol(n): aten.select.int(flat, 1, i) for i, n in enumerate(names)}
+        unknown = coef.expr.free_symbols - set(env)
+        if unknown:
+            raise ValueError(
+                f"coefficient {coef.expr} uses {sorted(map(str, unknown))}, which are not coordinates {names}"
+            )
+        c = lower_sympy(coef.expr, env, {})
+    else:
+        name = next(
+            (
+                n
+                for n, m in root.named_children()
+                if isinstance(m, CoefficientFunction) and m.fn is coef.fn
+            ),
+            None,
+        )
+        if name is None:
+            name = f"coefficient_{len(list(root.children()))}"
+            root.add_module(name, CoefficientFunction(coef.fn))
+        c = em.proxy(em.graph.call_module(name, (flat.node,)))
+        for i in coef.index:
+            c = aten.select.int(c, 1, i)
+    return aten.reshape.default(c, [B] + [1] * (out_ndim - 1))
 
 
 _COMPOSITES: dict = {}
