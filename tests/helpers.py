@@ -58,10 +58,10 @@ def assert_close(a, b, rel=1e-8):
     assert err < rel, f"relative error {err:.3e} >= {rel:.0e}"
 
 
-def compare(model, operator, x, methods=("collapsed", "taylor"), rel=1e-8):
-    ref = taylorc.compile(model, operator, method="nested")(x)
+def compare(model, operator, x, methods=("collapsed", "taylor"), rel=1e-8, **kwargs):
+    ref = taylorc.compile(model, operator, method="nested", **kwargs)(x)
     for m in methods:
-        out = taylorc.compile(model, operator, method=m)(x)
+        out = taylorc.compile(model, operator, method=m, **kwargs)(x)
         if isinstance(ref, dict):
             for k in ref:
                 assert out[k].shape == ref[k].shape, (m, k)

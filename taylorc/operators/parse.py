@@ -88,7 +88,7 @@ def parse_expression(
     )
     local["pi"] = sympy.pi
     try:
-        expr = sympy.sympify(body, locals=local)
+        expr = sympy.sympify(body, locals=local, rational=True)
     except (sympy.SympifyError, SyntaxError, TypeError) as e:
         raise ValueError(f"cannot read operator {text!r}: {e}") from e
     return _linear_from_expr(expr, {s: _variables(n) for n, s in symbols.items()}, coords, text)
@@ -102,23 +102,29 @@ def _variables(key: str) -> tuple[str, ...]:
 def _linear_from_expr(expr, usyms: dict[sympy.Symbol, tuple], coords, text) -> LinearOperator:
     allowed = {sympy.Symbol(c) for c in coords}
     terms: dict[tuple, object] = {}
+
+    def show(term):
+        return term.xreplace(
+            {s: sympy.Symbol("u" + ("_" + "".join(v) if v else "")) for s, v in usyms.items()}
+        )
+
     for term in sympy.Add.make_args(sympy.expand(expr)):
         present = [s for s in usyms if term.has(s)]
         if not present:
             raise ValueError(
-                f"term {term} of {text!r} does not contain u: a linear operator has no source "
+                f"term {show(term)} of {text!r} does not contain u: a linear operator has no source "
                 "terms (put them in the residual)"
             )
         coef = sympy.simplify(term / present[0])
         if len(present) > 1 or coef.has(*usyms):
             raise ValueError(
-                f"term {term} of {text!r} is not linear in u: products or functions of u "
+                f"term {show(term)} of {text!r} is not linear in u: products or functions of u "
                 "(like u*u_x) belong in the residual, built from a dict of operators"
             )
         unknown = coef.free_symbols - allowed
         if unknown:
             raise ValueError(
-                f"term {term} of {text!r} uses unknown symbols {sorted(map(str, unknown))}: "
+                f"term {show(term)} of {text!r} uses unknown symbols {sorted(map(str, unknown))}: "
                 f"coefficients may use the coordinates {list(coords)}, numbers and params"
             )
         key = usyms[present[0]]

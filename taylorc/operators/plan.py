@@ -156,11 +156,17 @@ def build_plan(ops: dict[str, Operator], D: int, coords: Sequence[str] | None = 
     K = max((p.order for ps in parts.values() for p in ps), default=0)
     index: dict[Direction, int] = {}
     for top_first in (True, False):
-        for ps in parts.values():
-            for p in ps:
-                if p.order > 0 and (p.order == K) == top_first:
-                    for v, _ in p.weights:
-                        index.setdefault(v, len(index))
+        group = {
+            v
+            for ps in parts.values()
+            for p in ps
+            if p.order > 0 and (p.order == K) == top_first
+            for v, _ in p.weights
+        }
+        for v in sorted(
+            group - set(index), reverse=True
+        ):  # canonical: equal specs give equal plans
+            index[v] = len(index)
     R = len(index)
 
     def vector(weights):

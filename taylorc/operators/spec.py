@@ -195,7 +195,8 @@ def _as_coefficient(c, coords) -> tuple[sympy.Expr | None, Coefficient | None]:
         return None, Coefficient(fn=c)
     if isinstance(c, Coefficient):
         return None, c
-    e = sympy.sympify(c)
+    # floats as their exact decimal: 0.01 -> 1/100, so equal specs give equal plans
+    e = sympy.Rational(repr(c)) if isinstance(c, float) else sympy.sympify(c, rational=True)
     if e.free_symbols:
         return None, Coefficient(expr=e)
     return e, None
