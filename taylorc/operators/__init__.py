@@ -1,5 +1,6 @@
 """Operator specs and planning: which jets to propagate and how to read the operator off them."""
 
+from .discretize import discretize, grid_nodes
 from .parse import from_sympy, parse, parse_expression, split_coords
 from .plan import JetPlan, PartPlan, TermPlan, build_plan
 from .spec import (
@@ -39,6 +40,8 @@ __all__ = [
     "Wave",
     "WeightedLaplacian",
     "build_plan",
+    "discretize",
+    "grid_nodes",
     "from_sympy",
     "multi_index_weights",
     "parse",

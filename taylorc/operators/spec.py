@@ -329,6 +329,15 @@ class Biharmonic(Operator):
             )
         ]
 
+    def terms(self, D, coords):
+        dims = _dims(self.dims, D, coords, self.name)
+        out: dict[tuple, object] = {}
+        for i in dims:
+            for j in dims:
+                key = tuple(sorted((i, i, j, j)))
+                out[key] = out.get(key, 0) + 1
+        return out
+
 
 class WeightedLaplacian(Operator):
     """``sum_ij C_ij d^2u/dx_i dx_j`` (anisotropic diffusion, Fokker-Planck).
