@@ -21,6 +21,8 @@ from torch import nn
 
 import taylorc
 
+from .common import agg_figure, mlp, relative_l2, train
+
 
 def exact(x: torch.Tensor) -> torch.Tensor:
     """u*(x) = sum_i cos(pi x_i): (N, D) -> (N, 1)."""
@@ -45,32 +47,13 @@ def boundary_points(n: int, D: int, gen: torch.Generator, dtype) -> torch.Tensor
     return x
 
 
-def make_model(D: int, widths: list[int]) -> nn.Sequential:
-    """tanh MLP D -> widths -> 1."""
-    layers, d = [], D
-    for w in widths:
-        layers += [nn.Linear(d, w), nn.Tanh()]
-        d = w
-    layers.append(nn.Linear(d, 1))
-    return nn.Sequential(*layers)
-
-
-def relative_l2(model: nn.Module, D: int, n: int, gen: torch.Generator, dtype) -> float:
-    """||u - u*|| / ||u*|| on n fresh uniform points."""
-    x = interior_points(n, D, gen, dtype)
-    with torch.no_grad():
-        return ((model(x) - exact(x)).norm() / exact(x).norm()).item()
-
-
-def train(args) -> tuple[nn.Module, float]:
-    """Train the PINN; returns the model and the final relative L2 error."""
-    from tqdm import tqdm
-
+def train_pinn(args) -> tuple[nn.Module, float]:
+    """Train the PINN; returns the model and the relative L2 error on fresh points."""
     dtype = torch.float64
     torch.manual_seed(args.seed)
     gen = torch.Generator().manual_seed(args.seed)
     D = args.dim
-    model = make_model(D, args.widths).to(dtype)
+    model = mlp(D, args.widths).to(dtype)
     laplacian = taylorc.compile(model, operator="laplacian")
     xi = interior_points(args.interior, D, gen, dtype)
     xb = boundary_points(args.boundary, D, gen, dtype)
@@ -80,49 +63,15 @@ def train(args) -> tuple[nn.Module, float]:
         residual = -laplacian(xi) - f
         return (residual**2).mean() + (model(xb) - g).pow(2).mean()
 
-    adam = torch.optim.Adam(model.parameters(), lr=args.lr)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(adam, args.adam_steps, eta_min=args.lr / 20)
-    bar = tqdm(range(args.adam_steps), desc="adam", disable=args.quiet)
-    for step in bar:
-        adam.zero_grad()
-        loss = loss_fn()
-        loss.backward()
-        adam.step()
-        sched.step()
-        if step % 100 == 0:
-            bar.set_postfix(loss=f"{loss.item():.2e}")
-    lbfgs = torch.optim.LBFGS(
-        model.parameters(),
-        lr=1.0,
-        max_iter=args.lbfgs_steps,
-        history_size=50,
-        tolerance_grad=1e-12,
-        tolerance_change=1e-15,
-        line_search_fn="strong_wolfe",
-    )
-    bar = tqdm(total=args.lbfgs_steps, desc="lbfgs", disable=args.quiet)
-
-    def closure():
-        lbfgs.zero_grad()
-        loss = loss_fn()
-        loss.backward()
-        bar.update(1)
-        bar.set_postfix(loss=f"{loss.item():.2e}")
-        return loss
-
-    if args.lbfgs_steps > 0:
-        lbfgs.step(closure)
-    bar.close()
-    return model, relative_l2(model, D, args.test_points, gen, dtype)
+    train(model, loss_fn, args.adam_steps, args.lbfgs_steps, args.lr, args.quiet)
+    x = interior_points(args.test_points, D, gen, dtype)
+    with torch.no_grad():
+        return model, relative_l2(model(x), exact(x))
 
 
 def plot_slice(model: nn.Module, D: int, path: str) -> None:
     """Prediction, exact solution and error on the (x1, x2) plane with the other coordinates at 0.5."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = agg_figure()
     n = 101
     s = torch.linspace(0, 1, n, dtype=torch.float64)
     X1, X2 = torch.meshgrid(s, s, indexing="ij")
@@ -164,7 +113,7 @@ def main(argv=None) -> float:
     """Train, print the relative L2 error, save the figure; returns the error."""
     args = parse_args(argv)
     t0 = time.perf_counter()
-    model, err = train(args)
+    model, err = train_pinn(args)
     print(
         f"relative L2 error: {err:.3e}  ({args.test_points} fresh points, {time.perf_counter() - t0:.0f} s)"
     )

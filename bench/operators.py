@@ -1,0 +1,79 @@
+"""Cost of a dict of operators against its most expensive single entry (one propagation).
+
+The Burgers residual needs u, u_t, u_x, u_xx; taylorc computes all four from one
+propagation sharing the value and the first-order coefficients. This benchmark
+times, in one run and on the same network and points, each single entry and the
+dict, evaluation and training step (forward + backward of the mean squared
+outputs), and reports dict / max(single). Writes ``bench/results/operators-<device>.json``.
+
+    python bench/operators.py [--batch 8192] [--repeats 15]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+import taylorc
+from taylorc.demos.common import mlp
+
+ENTRIES = {"u": "u", "u_t": "u_t", "u_x": "u_x", "u_xx": "u_xx"}
+
+
+def timed(fn, repeats):
+    fn()
+    fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--batch", type=int, default=8192)
+    p.add_argument("--widths", type=int, nargs="+", default=[32] * 5)
+    p.add_argument("--repeats", type=int, default=15)
+    p.add_argument("--dtype", default="float32")
+    args = p.parse_args(argv)
+    torch.set_num_threads(2)
+    torch.manual_seed(0)
+    dtype = getattr(torch, args.dtype)
+    model = mlp(2, args.widths).to(dtype)
+    xt = torch.rand(args.batch, 2, dtype=dtype)
+    specs = {**{k: {k: v} for k, v in ENTRIES.items()}, "dict": ENTRIES}
+    results = {"device": f"cpu-{platform.machine()}", "batch": args.batch, "widths": args.widths, "runs": {}}
+    for name, spec in specs.items():
+        op = taylorc.compile(model, spec, coords="x t")
+
+        def evaluate(op=op):
+            with torch.no_grad():
+                return op(xt)
+
+        def step(op=op):
+            model.zero_grad(set_to_none=True)
+            sum(v.pow(2).mean() for v in op(xt).values()).backward()
+
+        results["runs"][name] = {"eval_s": timed(evaluate, args.repeats), "train_s": timed(step, args.repeats)}
+        r = results["runs"][name]
+        print(f"{name:6s} eval {1e3 * r['eval_s']:8.2f} ms   train {1e3 * r['train_s']:8.2f} ms")
+    for mode in ("eval_s", "train_s"):
+        worst = max(results["runs"][k][mode] for k in ENTRIES)
+        ratio = results["runs"]["dict"][mode] / worst
+        results[f"dict_over_max_single_{mode[:-2]}"] = ratio
+        print(f"{mode[:-2]}: dict / most expensive single entry = {ratio:.2f}")
+    out = Path(__file__).parent / "results" / f"operators-{results['device']}.json"
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"written to {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,79 @@
+"""Pieces every PINN demo shares: the network, the Adam-then-L-BFGS loop, the error metric."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+
+def mlp(d_in: int, widths: list[int], d_out: int = 1, activation: type[nn.Module] = nn.Tanh) -> nn.Sequential:
+    """``d_in -> widths -> d_out`` MLP with the activation between layers."""
+    layers, d = [], d_in
+    for w in widths:
+        layers += [nn.Linear(d, w), activation()]
+        d = w
+    layers.append(nn.Linear(d, d_out))
+    return nn.Sequential(*layers)
+
+
+def train(
+    model: nn.Module,
+    loss_fn: Callable[[], torch.Tensor],
+    adam_steps: int,
+    lbfgs_steps: int,
+    lr: float = 1e-3,
+    quiet: bool = False,
+) -> float:
+    """Adam with cosine decay, then L-BFGS (strong Wolfe line search); returns the final loss.
+
+    The usual PINN recipe (Raissi et al. 2019; the KFAC-for-PINNs baselines):
+    Adam leaves the bad initial region, L-BFGS converges. Progress goes to tqdm.
+    """
+    from tqdm import tqdm
+
+    adam = torch.optim.Adam(model.parameters(), lr=lr)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(adam, max(adam_steps, 1), eta_min=lr / 20)
+    loss = torch.tensor(float("nan"))
+    bar = tqdm(range(adam_steps), desc="adam", disable=quiet)
+    for step in bar:
+        adam.zero_grad()
+        loss = loss_fn()
+        loss.backward()
+        adam.step()
+        sched.step()
+        if step % 100 == 0:
+            bar.set_postfix(loss=f"{loss.item():.2e}")
+    if lbfgs_steps > 0:
+        lbfgs = torch.optim.LBFGS(model.parameters(), lr=1.0, max_iter=lbfgs_steps, history_size=50,
+                                  tolerance_grad=1e-12, tolerance_change=1e-15, line_search_fn="strong_wolfe")
+        bar = tqdm(total=lbfgs_steps, desc="lbfgs", disable=quiet)
+
+        def closure():
+            lbfgs.zero_grad()
+            value = loss_fn()
+            value.backward()
+            bar.update(1)
+            bar.set_postfix(loss=f"{value.item():.2e}")
+            return value
+
+        lbfgs.step(closure)
+        bar.close()
+        loss = loss_fn()
+    return loss.item()
+
+
+def relative_l2(pred: torch.Tensor, exact: torch.Tensor) -> float:
+    """``||pred - exact||_2 / ||exact||_2`` over all entries."""
+    return ((pred - exact).norm() / exact.norm()).item()
+
+
+def agg_figure():
+    """matplotlib.pyplot with the non-interactive Agg backend."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
