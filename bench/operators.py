@@ -50,7 +50,12 @@ def main(argv=None):
     model = mlp(2, args.widths).to(dtype)
     xt = torch.rand(args.batch, 2, dtype=dtype)
     specs = {**{k: {k: v} for k, v in ENTRIES.items()}, "dict": ENTRIES}
-    results = {"device": f"cpu-{platform.machine()}", "batch": args.batch, "widths": args.widths, "runs": {}}
+    results = {
+        "device": f"cpu-{platform.machine()}",
+        "batch": args.batch,
+        "widths": args.widths,
+        "runs": {},
+    }
     for name, spec in specs.items():
         op = taylorc.compile(model, spec, coords="x t")
 
@@ -62,7 +67,10 @@ def main(argv=None):
             model.zero_grad(set_to_none=True)
             sum(v.pow(2).mean() for v in op(xt).values()).backward()
 
-        results["runs"][name] = {"eval_s": timed(evaluate, args.repeats), "train_s": timed(step, args.repeats)}
+        results["runs"][name] = {
+            "eval_s": timed(evaluate, args.repeats),
+            "train_s": timed(step, args.repeats),
+        }
         r = results["runs"][name]
         print(f"{name:6s} eval {1e3 * r['eval_s']:8.2f} ms   train {1e3 * r['train_s']:8.2f} ms")
     for mode in ("eval_s", "train_s"):

@@ -65,20 +65,28 @@ def main(argv=None) -> float:
     torch.manual_seed(args.seed)
     dtype = torch.float64
     model = mlp(2, args.widths).to(dtype)
-    terms = taylorc.compile(model, {"u": "u", "u_t": "u_t", "u_x": "u_x", "u_xx": "u_xx"}, coords="x t")
+    terms = taylorc.compile(
+        model, {"u": "u", "u_t": "u_t", "u_x": "u_x", "u_xx": "u_xx"}, coords="x t"
+    )
 
     # collocation points (x, t): interior, initial line, the two walls
-    xt = torch.rand(args.interior, 2, dtype=dtype) * torch.tensor([2.0, 1.0], dtype=dtype) - torch.tensor([1.0, 0.0], dtype=dtype)
+    xt = torch.rand(args.interior, 2, dtype=dtype) * torch.tensor(
+        [2.0, 1.0], dtype=dtype
+    ) - torch.tensor([1.0, 0.0], dtype=dtype)
     x0 = torch.linspace(-1, 1, args.boundary, dtype=dtype)
     init = torch.stack([x0, torch.zeros_like(x0)], 1)
     tb = torch.rand(args.boundary, dtype=dtype)
-    walls = torch.cat([torch.stack([-torch.ones_like(tb), tb], 1), torch.stack([torch.ones_like(tb), tb], 1)])
+    walls = torch.cat(
+        [torch.stack([-torch.ones_like(tb), tb], 1), torch.stack([torch.ones_like(tb), tb], 1)]
+    )
     u0 = -torch.sin(math.pi * x0)[:, None]
 
     def loss_fn():
         d = terms(xt)
         residual = d["u_t"] + d["u"] * d["u_x"] - NU * d["u_xx"]
-        return residual.pow(2).mean() + (model(init) - u0).pow(2).mean() + model(walls).pow(2).mean()
+        return (
+            residual.pow(2).mean() + (model(init) - u0).pow(2).mean() + model(walls).pow(2).mean()
+        )
 
     train(model, loss_fn, args.adam_steps, args.lbfgs_steps, args.lr, args.quiet)
 
@@ -89,7 +97,9 @@ def main(argv=None) -> float:
     with torch.no_grad():
         pred = model(torch.stack([Xg.reshape(-1), T.reshape(-1)], 1)).reshape(len(t), len(x))
     err = relative_l2(pred, ref)
-    print(f"relative L2 error: {err:.3e}  (256 x 100 grid against Cole-Hopf, {time.perf_counter() - t0:.0f} s)")
+    print(
+        f"relative L2 error: {err:.3e}  (256 x 100 grid against Cole-Hopf, {time.perf_counter() - t0:.0f} s)"
+    )
     if args.figure:
         plot(x, t, pred, ref, args.figure)
         print(f"figure saved to {args.figure}")
@@ -99,8 +109,16 @@ def main(argv=None) -> float:
 def plot(x, t, pred, ref, path):
     plt = agg_figure()
     fig, axes = plt.subplots(1, 4, figsize=(17, 3.6))
-    for ax, data, title in zip(axes[:3], [ref, pred, (pred - ref).abs()], ["Cole-Hopf", "PINN", "|error|"]):
-        im = ax.imshow(data.numpy(), origin="lower", aspect="auto", extent=[-1, 1, 0, 1], cmap="RdBu_r" if title != "|error|" else "viridis")
+    for ax, data, title in zip(
+        axes[:3], [ref, pred, (pred - ref).abs()], ["Cole-Hopf", "PINN", "|error|"]
+    ):
+        im = ax.imshow(
+            data.numpy(),
+            origin="lower",
+            aspect="auto",
+            extent=[-1, 1, 0, 1],
+            cmap="RdBu_r" if title != "|error|" else "viridis",
+        )
         ax.set_title(title)
         ax.set_xlabel("x")
         ax.set_ylabel("t")

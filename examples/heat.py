@@ -23,7 +23,9 @@ from taylorc.demos.common import agg_figure, mlp, relative_l2, train
 def exact(xyt: torch.Tensor, kappa: float) -> torch.Tensor:
     """(N, 3) -> (N, 1)."""
     x, y, t = xyt.unbind(1)
-    return (torch.exp(-2 * math.pi**2 * kappa * t) * torch.sin(math.pi * x) * torch.sin(math.pi * y))[:, None]
+    return (
+        torch.exp(-2 * math.pi**2 * kappa * t) * torch.sin(math.pi * x) * torch.sin(math.pi * y)
+    )[:, None]
 
 
 def boundary_points(n: int, dtype) -> torch.Tensor:
@@ -51,7 +53,9 @@ def main(argv=None) -> float:
     torch.manual_seed(args.seed)
     dtype = torch.float64
     model = mlp(3, args.widths).to(dtype)
-    heat = taylorc.compile(model, "u_t - kappa*(u_xx + u_yy)", coords="x y t", params={"kappa": args.kappa})
+    heat = taylorc.compile(
+        model, "u_t - kappa*(u_xx + u_yy)", coords="x y t", params={"kappa": args.kappa}
+    )
     xi = torch.rand(args.interior, 3, dtype=dtype)
     xb = boundary_points(args.boundary, dtype)
     x0 = torch.rand(args.boundary, 3, dtype=dtype) * torch.tensor([1.0, 1.0, 0.0], dtype=dtype)
@@ -78,7 +82,9 @@ def plot(model, kappa, path):
     X, Y = torch.meshgrid(s, s, indexing="ij")
     fig, axes = plt.subplots(2, 3, figsize=(12, 7))
     for col, t in enumerate((0.0, 0.5, 1.0)):
-        pts = torch.stack([X.reshape(-1), Y.reshape(-1), torch.full((n * n,), t, dtype=torch.float64)], 1)
+        pts = torch.stack(
+            [X.reshape(-1), Y.reshape(-1), torch.full((n * n,), t, dtype=torch.float64)], 1
+        )
         with torch.no_grad():
             pred = model(pts).reshape(n, n)
         ref = exact(pts, kappa).reshape(n, n)

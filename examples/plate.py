@@ -52,8 +52,11 @@ def main(argv=None) -> float:
 
     def loss_fn():
         interior, boundary = ops(xi), ops(xb)
-        return ((interior["bih"] - f) / scale).pow(2).mean() + boundary["u"].pow(2).mean() \
+        return (
+            ((interior["bih"] - f) / scale).pow(2).mean()
+            + boundary["u"].pow(2).mean()
             + (boundary["lap"] / (2 * math.pi**2)).pow(2).mean()
+        )
 
     train(model, loss_fn, args.adam_steps, args.lbfgs_steps, 2e-3, args.quiet)
     xt = torch.rand(10_000, 2, dtype=dtype)
@@ -70,11 +73,15 @@ def main(argv=None) -> float:
             pred = model(pts).reshape(n, n)
         ref = exact(pts).reshape(n, n)
         fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
-        for ax, data, title in zip(axes, [pred, ref, (pred - ref).abs()], ["PINN", "exact", "|error|"]):
+        for ax, data, title in zip(
+            axes, [pred, ref, (pred - ref).abs()], ["PINN", "exact", "|error|"]
+        ):
             im = ax.imshow(data.T.numpy(), origin="lower", extent=[0, 1, 0, 1])
             ax.set_title(title)
             fig.colorbar(im, ax=ax)
-        fig.suptitle("simply supported plate, $\\Delta^2 u = f$ (taylorc exact collapsed biharmonic)")
+        fig.suptitle(
+            "simply supported plate, $\\Delta^2 u = f$ (taylorc exact collapsed biharmonic)"
+        )
         fig.tight_layout()
         fig.savefig(args.figure, dpi=110)
         plt.close(fig)

@@ -8,7 +8,9 @@ import torch
 from torch import nn
 
 
-def mlp(d_in: int, widths: list[int], d_out: int = 1, activation: type[nn.Module] = nn.Tanh) -> nn.Sequential:
+def mlp(
+    d_in: int, widths: list[int], d_out: int = 1, activation: type[nn.Module] = nn.Tanh
+) -> nn.Sequential:
     """``d_in -> widths -> d_out`` MLP with the activation between layers."""
     layers, d = [], d_in
     for w in widths:
@@ -46,8 +48,15 @@ def train(
         if step % 100 == 0:
             bar.set_postfix(loss=f"{loss.item():.2e}")
     if lbfgs_steps > 0:
-        lbfgs = torch.optim.LBFGS(model.parameters(), lr=1.0, max_iter=lbfgs_steps, history_size=50,
-                                  tolerance_grad=1e-12, tolerance_change=1e-15, line_search_fn="strong_wolfe")
+        lbfgs = torch.optim.LBFGS(
+            model.parameters(),
+            lr=1.0,
+            max_iter=lbfgs_steps,
+            history_size=50,
+            tolerance_grad=1e-12,
+            tolerance_change=1e-15,
+            line_search_fn="strong_wolfe",
+        )
         bar = tqdm(total=lbfgs_steps, desc="lbfgs", disable=quiet)
 
         def closure():

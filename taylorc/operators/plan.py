@@ -83,6 +83,13 @@ class JetPlan:
     def G(self) -> int:
         return len(self.top_weights)
 
+    @property
+    def R_top(self) -> int:
+        """Directions ``[0, R_top)`` carry every nonzero top-order weight (they come first)."""
+        return max(
+            (r + 1 for row in self.top_weights for r, w in enumerate(row) if w != 0), default=0
+        )
+
     def direction_tensor(self, dtype: torch.dtype, device) -> torch.Tensor:
         """The ``(R, D)`` directions as a tensor."""
         return torch.tensor(self.directions, dtype=dtype, device=device).reshape(self.R, self.D)

@@ -52,6 +52,8 @@ class CollapsePass:
             weights = None
             if plan.top_weight_tensor(ctx.dtype, ctx.device) is not None:
                 weights = em.proxy(contract.args[1][0])  # the top_weights buffer
+                if plan.R_top < plan.R:
+                    weights = torch.ops.aten.slice.Tensor(weights, -1, 0, plan.R_top)
             env: dict[torch.fx.Node, Jet] = {}
             for node in ctx.source.graph.nodes:
                 if node.op == "output":
@@ -63,10 +65,19 @@ class CollapsePass:
                     continue  # constants carry the value only
                 marker = contract.prev
                 rctx = RuleContext(
-                    node, K, plan.R, collapsed=True, G=plan.G, weights=weights, warn=ctx.warn
+                    node,
+                    K,
+                    plan.R,
+                    collapsed=True,
+                    G=plan.G,
+                    weights=weights,
+                    warn=ctx.warn,
+                    R_top=plan.R_top,
                 )
                 if node.op == "placeholder":
                     seed = names[K] and em.proxy(nodes[names[K]])
+                    if seed is not None and plan.R_top < plan.R:
+                        seed = torch.ops.aten.slice.Tensor(seed, 0, 0, plan.R_top)
                     top = rctx.contract(seed) if seed is not None else None
                 else:
                     rctx.value = coeffs[0]

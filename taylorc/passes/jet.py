@@ -68,6 +68,9 @@ class RuleContext:
         weights: Proxy of the ``(G, R)`` (or ``(R,)`` when G == 1) collapse weights,
             or ``None`` when all weights are one and G == 1.
         value: Proxy of the node's own value (order 0), set before orders >= 1 are emitted.
+        R_top: in collapsed mode, only directions ``[0, R_top)`` have nonzero weight:
+            the products of lower-order coefficients feeding the top order are
+            formed on those rows only (``weights`` has R_top entries then).
         warn: callback for non-smooth ops, ``warn(message)``.
     """
 
@@ -78,6 +81,7 @@ class RuleContext:
     G: int = 1
     weights: Value = None
     value: Value = None
+    R_top: int | None = None
     cache: dict = field(default_factory=dict)
     warn: Callable[[str], None] | None = None
 
@@ -121,6 +125,19 @@ class RuleContext:
         for _ in range(self.out_ndim - x.ndim):
             c = aten.unsqueeze.default(c, 1)
         return c
+
+    def rest_coef(self, x: Any, j: int, k: int) -> Value:
+        """Coefficient j of x as a factor of a product feeding order k (sliced to R_top when collapsing)."""
+        c = self.coef(x, j)
+        if (
+            c is None
+            or j == 0
+            or not self.is_collapsed(k)
+            or self.R_top is None
+            or self.R_top >= self.R
+        ):
+            return c
+        return aten.slice.Tensor(c, 0, 0, self.R_top)
 
     def broadcast(self, c: Value, k: int, shape: Sequence[int]) -> Value:
         """Expand a coefficient of a ``shape``-shaped operand to the output's full shape."""
@@ -258,7 +275,7 @@ def compose(ctx: RuleContext, k: int, x: Jet, derivs: Sequence[Value]) -> Value:
             continue
         r = None
         for j, mult in parts:
-            factor = power(ctx.coef(x, j), mult)
+            factor = power(ctx.rest_coef(x, j, k), mult)
             r = factor if r is None else mul(r, factor)
         rest.append((c, g, r))
     return ctx.top(k, linear, rest)
@@ -271,5 +288,8 @@ def leibniz(ctx: RuleContext, k: int, a: Any, b: Any, f: Callable[[Value, Value]
         return None if u is None or v is None else f(u, v)
 
     linear = [app(ctx.coef(a, k), ctx.coef(b, 0)), app(ctx.coef(a, 0), ctx.coef(b, k))]
-    rest = [(math.comb(k, j), None, app(ctx.coef(a, j), ctx.coef(b, k - j))) for j in range(1, k)]
+    rest = [
+        (math.comb(k, j), None, app(ctx.rest_coef(a, j, k), ctx.rest_coef(b, k - j, k)))
+        for j in range(1, k)
+    ]
     return ctx.top(k, linear, rest)

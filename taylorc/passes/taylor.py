@@ -355,7 +355,14 @@ def propagate_composite(ctx: RuleContext, k: int, identity, args, kwargs, decomp
             sctx = None
             if varying and n.target not in CONSTANT_OPS:
                 sctx = RuleContext(
-                    n, ctx.K, ctx.R, ctx.collapsed, ctx.G, ctx.weights, warn=ctx.warn
+                    n,
+                    ctx.K,
+                    ctx.R,
+                    ctx.collapsed,
+                    ctx.G,
+                    ctx.weights,
+                    warn=ctx.warn,
+                    R_top=ctx.R_top,
                 )
             value = emit_value(n, env)
             if sctx is not None:
