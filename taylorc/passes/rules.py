@@ -20,7 +20,9 @@ Users extend the registry with :func:`register_rule`.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import operator
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -370,19 +372,23 @@ def lower_sympy(expr: sympy.Expr, env: dict, memo: dict):
     if expr.is_number:  # includes pi, sqrt(2), ...
         out = float(expr)
     elif expr.is_Add:
-        coeff, terms = expr.as_coeff_add()
-        out = None
-        for t in terms:
-            out = add(out, lower_sympy(t, env, memo))
-        if coeff != 0:
-            out = aten.add.Tensor(out, float(coeff))
-    elif expr.is_Mul:
-        coeff, rest = expr.as_coeff_mul()
-        out = None
-        for t in rest:
+        c, out = 0.0, None
+        for t in expr.args:
             v = lower_sympy(t, env, memo)
-            out = v if out is None else aten.mul.Tensor(out, v)
-        out = scale(out, float(coeff))
+            if isinstance(v, (int, float)):
+                c += v
+            else:
+                out = add(out, v)
+        out = c if out is None else (aten.add.Tensor(out, c) if c != 0 else out)
+    elif expr.is_Mul:
+        c, out = 1.0, None
+        for t in expr.args:
+            v = lower_sympy(t, env, memo)
+            if isinstance(v, (int, float)):
+                c *= v  # numbers (also irrational ones such as sqrt(2/pi)) stay python scalars
+            else:
+                out = v if out is None else aten.mul.Tensor(out, v)
+        out = c if out is None else scale(out, c)
     elif expr.is_Pow:
         base, e = expr.args
         if base.is_Number:
@@ -422,10 +428,10 @@ def def_deriv(
     arguments returning one (``pow.Tensor_Scalar`` depends on its exponent).
     """
 
-    def rule(ctx, k, x, *params):
+    def rule(ctx, k, x, *params, **kwparams):
         derivs = ctx.cache.get("derivs")
         if derivs is None:
-            t = table(*params) if callable(table) else table
+            t = table(*params, **kwparams) if callable(table) else table
             env, memo = {_X: x[0], _Y: ctx.value}, {}
             derivs = [ctx.value] + [
                 _number_or_none(lower_sympy(t.derivative(m), env, memo))
@@ -502,14 +508,19 @@ _register(
 # -- composites: identities over registered ops ---------------------------------------
 
 
-def def_comp(ops, identity: Callable, note: str = "") -> None:
+def def_comp(ops, identity: Callable, note: str = "", quiet: bool = False) -> None:
     """Register an op by an identity over registered ops, e.g. ``a / b = a * reciprocal(b)``.
 
     ``identity`` is a function of tensors (and the op's other arguments); the
     taylor pass traces it to ATen and propagates the jets through the trace.
+    ``quiet=True`` silences the non-smooth warnings of the trace, for identities
+    whose kinks cancel exactly (softmax's max shift: softmax(x - m) = softmax(x)
+    for ANY m(x), so every derivative is unaffected by m's).
     """
 
     def rule(ctx, k, *args, **kwargs):
+        if quiet:
+            ctx = dataclasses.replace(ctx, warn=None)
         return propagate_composite(ctx, k, identity, args, kwargs)
 
     _register(ops, rule, "composite", note=note)
@@ -526,3 +537,325 @@ _register(
     note="a * reciprocal(b) when b varies",
 )
 def_comp(aten.linear.default, lambda x, w, b=None: torch.nn.functional.linear(x, w, b))
+
+
+# -- activations and elementwise ops of PINN practice ----------------------------------
+
+
+def _gelu_table(approximate="none"):
+    if approximate == "tanh":
+        c = sympy.sqrt(2 / sympy.pi)
+        return DerivativeTable(
+            expr=_X / 2 * (1 + sympy.tanh(c * (_X + sympy.Rational(44715, 1000000) * _X**3)))
+        )
+    return DerivativeTable(expr=_X / 2 * (1 + sympy.erf(_X / sympy.sqrt(2))))
+
+
+def_deriv(aten.gelu.default, functools.cache(_gelu_table), note="erf and tanh forms")
+def_deriv(aten.tan.default, _table(sympy.tan))
+def_deriv(aten.asinh.default, _table(sympy.asinh))
+def_deriv(aten.silu.default, _table(lambda x: x / (1 + sympy.exp(-x))), note="x sigmoid(x)")
+def_deriv(
+    aten.softplus.default,
+    functools.cache(
+        lambda beta=1, threshold=20: DerivativeTable(
+            expr=sympy.log(1 + sympy.exp(sympy.nsimplify(beta) * _X)) / sympy.nsimplify(beta)
+        )
+    ),
+    note="threshold branch ignored: the smooth formula everywhere",
+)
+_SYMPY_TO_ATEN[sympy.asinh] = aten.asinh.default
+
+
+def _select_derivs(ctx, x, pieces):
+    """Derivative list of a piecewise op: ``pieces = (mask, derivs_true, derivs_false)``."""
+    mask, a, b = pieces
+    out = [ctx.value]
+    for m in range(1, ctx.K + 1):
+        da = a[m] if m < len(a) else 0.0
+        db = b[m] if m < len(b) else 0.0
+        if isinstance(da, (int, float)) and isinstance(db, (int, float)) and da == db == 0:
+            out.append(None)
+            continue
+        da = da if not isinstance(da, (int, float)) else aten.full_like.default(x[0], float(da))
+        db = db if not isinstance(db, (int, float)) else aten.full_like.default(x[0], float(db))
+        out.append(aten.where.self(mask, da, db))
+    return out
+
+
+def _piecewise(pieces_fn, note):
+    """A piecewise-smooth op: derivatives from ``pieces_fn(ctx, x0, *params)``; warns at order >= 2."""
+
+    def rule(ctx, k, x, *params, **kwparams):
+        if ctx.K >= 2 and ctx.warn is not None and "warned" not in ctx.cache:
+            ctx.cache["warned"] = True
+            ctx.warn(
+                f"{ctx.node.target} is not smooth: its derivatives of order >= 2 are those of the "
+                f"active piece (exact almost everywhere, wrong at the kinks) at node {ctx.node.name}"
+            )
+        if "derivs" not in ctx.cache:
+            ctx.cache["derivs"] = _select_derivs(ctx, x, pieces_fn(ctx, x[0], *params, **kwparams))
+        return compose(ctx, k, x, ctx.cache["derivs"])
+
+    return rule
+
+
+def _elu_pieces(ctx, x0, alpha=1.0, scale=1.0, input_scale=1.0):
+    e = aten.exp.default(aten.mul.Tensor(x0, float(input_scale)))
+    neg = [None] + [
+        aten.mul.Tensor(e, float(scale * alpha * input_scale**m)) for m in range(1, ctx.K + 1)
+    ]
+    return aten.gt.Scalar(x0, 0.0), [None, float(scale)], neg
+
+
+def _leaky_pieces(ctx, x0, negative_slope=0.01):
+    return aten.gt.Scalar(x0, 0.0), [None, 1.0], [None, float(negative_slope)]
+
+
+def _clamp_pieces(ctx, x0, lo=None, hi=None):
+    inside = aten.full_like.default(x0, 1.0)
+    if lo is not None:
+        inside = aten.mul.Tensor(inside, aten.gt.Scalar(x0, float(lo)))
+    if hi is not None:
+        inside = aten.mul.Tensor(inside, aten.lt.Scalar(x0, float(hi)))
+    return aten.gt.Scalar(inside, 0.5), [None, 1.0], [None, 0.0]
+
+
+_register(
+    aten.elu.default,
+    _piecewise(_elu_pieces, ""),
+    "elementwise",
+    smooth=False,
+    note="exact a.e.; warns at order >= 2",
+)
+_register(
+    aten.leaky_relu.default,
+    _piecewise(_leaky_pieces, ""),
+    "elementwise",
+    smooth=False,
+    note="exact a.e.; warns at order >= 2",
+)
+_register(
+    [aten.clamp.default, aten.clamp_min.default, aten.clamp_max.default],
+    _piecewise(_clamp_pieces, ""),
+    "elementwise",
+    smooth=False,
+    note="derivative 0 outside the bounds; warns at order >= 2",
+)
+
+
+def _where_rule(ctx, k, cond, a, b):
+    ca, cb = ctx.coef(a, k), ctx.coef(b, k)
+    if ca is None and cb is None:
+        return None
+    lead_shape = ctx.lead(k) + ctx.out_shape
+    ca = ca if ca is not None else aten.new_zeros.default(ctx.value, lead_shape)
+    cb = cb if cb is not None else aten.new_zeros.default(ctx.value, lead_shape)
+    return aten.where.self(cond[0] if isinstance(cond, Jet) else cond, ca, cb)
+
+
+_register(aten.where.self, _where_rule, "linear", note="the condition carries no Taylor terms")
+
+
+# -- several outputs, reductions, indexing --------------------------------------------
+
+
+def _getitem_rule(ctx, k, x, i):
+    c = x[k] if isinstance(x, Jet) else None
+    return None if c is None else c[i]
+
+
+_register(operator.getitem, _getitem_rule, "linear", note="selects one output of a multi-output op")
+deflinear(
+    aten.split_with_sizes.default,
+    lambda ctx, k, c, x, sizes, dim=0: aten.split_with_sizes.default(
+        c, sizes, ctx.dim(dim, x.ndim, k)
+    ),
+)
+deflinear(
+    aten.split.Tensor,
+    lambda ctx, k, c, x, size, dim=0: aten.split.Tensor(c, size, ctx.dim(dim, x.ndim, k)),
+)
+deflinear(aten.unbind.int, lambda ctx, k, c, x, dim=0: aten.unbind.int(c, ctx.dim(dim, x.ndim, k)))
+
+
+def _gather(ctx, k, c, x, dim, index, sparse_grad=False):
+    idx = index[0] if isinstance(index, Jet) else index
+    shape = list(ctx.out_shape)
+    if ctx.nlead(k):
+        idx = aten.expand.default(aten.unsqueeze.default(idx, 0), ctx.lead(k) + shape)
+    return aten.gather.default(c, ctx.dim(dim, x.ndim, k), idx)
+
+
+deflinear(aten.gather.default, _gather)
+
+
+def _repeat(ctx, k, c, x, repeats):
+    for _ in range(len(repeats) - x.ndim):
+        c = aten.unsqueeze.default(c, ctx.nlead(k))
+    return aten.repeat.default(c, [1] * ctx.nlead(k) + list(repeats))
+
+
+deflinear(aten.repeat.default, _repeat)
+deflinear(
+    aten.constant_pad_nd.default,
+    lambda ctx, k, c, x, pad, value=0: aten.constant_pad_nd.default(c, pad, 0.0),
+)
+deflinear(aten.view_as_real.default, lambda ctx, k, c, x: aten.view_as_real.default(c))
+deflinear(
+    aten.view_as_complex.default,
+    lambda ctx, k, c, x: aten.view_as_complex.default(aten.contiguous.default(c)),
+)
+deflinear(aten.real.default, lambda ctx, k, c, x: aten.real.default(c))
+deflinear(aten.imag.default, lambda ctx, k, c, x: aten.imag.default(c))
+deflinear(
+    aten._fft_r2c.default,
+    lambda ctx, k, c, x, dim, normalization, onesided: aten._fft_r2c.default(
+        c, _lead_dims(ctx, k, dim, x.ndim), normalization, onesided
+    ),
+)
+deflinear(
+    aten._fft_c2r.default,
+    lambda ctx, k, c, x, dim, normalization, last_dim_size: aten._fft_c2r.default(
+        c, _lead_dims(ctx, k, dim, x.ndim), normalization, last_dim_size
+    ),
+)
+deflinear(
+    aten._fft_c2c.default,
+    lambda ctx, k, c, x, dim, normalization, forward: aten._fft_c2c.default(
+        c, _lead_dims(ctx, k, dim, x.ndim), normalization, forward
+    ),
+)
+
+
+def _extremum(op_index):
+    """amax / amin: the coefficient of the selected entry (exact a.e.; warns at order >= 2)."""
+
+    def rule(ctx, k, x, dim=(), keepdim=False):
+        dims = list(dim) if dim else list(range(x.ndim))
+        if len(dims) != 1:
+            raise NotImplementedError(
+                f"{ctx.node.target} over several dims: reduce one dim at a time"
+            )
+        if ctx.K >= 2 and ctx.warn is not None and "warned" not in ctx.cache:
+            ctx.cache["warned"] = True
+            ctx.warn(
+                f"{ctx.node.target} is not smooth: derivatives follow the selected entry (exact almost "
+                f"everywhere) at node {ctx.node.name}"
+            )
+        d = dims[0] % x.ndim
+        idx = ctx.cache.setdefault("index", op_index(x[0], d, True))
+        c = x[k]
+        if c is None:
+            return None
+        if ctx.nlead(k):
+            shape = list(x.shape)
+            shape[d] = 1
+            idx = aten.expand.default(aten.unsqueeze.default(idx, 0), ctx.lead(k) + shape)
+        out = aten.gather.default(c, d + ctx.nlead(k), idx)
+        return out if keepdim else aten.squeeze.dims(out, [d + ctx.nlead(k)])
+
+    return rule
+
+
+_register(
+    aten.amax.default,
+    _extremum(aten.argmax.default),
+    "linear",
+    smooth=False,
+    note="exact a.e.; warns at order >= 2",
+)
+_register(
+    aten.amin.default,
+    _extremum(aten.argmin.default),
+    "linear",
+    smooth=False,
+    note="exact a.e.; warns at order >= 2",
+)
+
+
+def _convolution(ctx, k, x, w, bias, stride, padding, dilation, transposed, output_padding, groups):
+    if isinstance(w, Jet) and not w.is_constant:
+        raise NotImplementedError("convolution whose weight depends on the coordinates")
+    c = x[k]
+    if c is None:
+        return None
+    n = ctx.nlead(k)
+    if n:
+        c = aten.reshape.default(c, [-1] + list(x.shape[1:]))
+    out = aten.convolution.default(
+        c,
+        w[0] if isinstance(w, Jet) else w,
+        None,
+        stride,
+        padding,
+        dilation,
+        transposed,
+        output_padding,
+        groups,
+    )
+    return aten.reshape.default(out, ctx.lead(k) + ctx.out_shape) if n else out
+
+
+_register(
+    aten.convolution.default,
+    _convolution,
+    "linear",
+    note="linear in the input; directions folded into the batch",
+)
+
+
+# -- composites over registered ops -----------------------------------------------------
+
+
+def _layer_norm_identity(x, normalized_shape, weight=None, bias=None, eps=1e-5):
+    dims = list(range(x.dim() - len(normalized_shape), x.dim()))
+    mean = x.mean(dims, keepdim=True)
+    xc = x - mean
+    rstd = torch.rsqrt((xc * xc).mean(dims, keepdim=True) + eps)
+    out = xc * rstd
+    if weight is not None:
+        out = out * weight
+    if bias is not None:
+        out = out + bias
+    return out, mean, rstd
+
+
+def _softmax_identity(x, dim, half_to_float=False):
+    e = torch.exp(x - x.amax(dim, keepdim=True))  # the shift cancels exactly (see def_comp's quiet)
+    return e / e.sum(dim, keepdim=True)
+
+
+def _log_softmax_identity(x, dim, half_to_float=False):
+    z = x - x.amax(dim, keepdim=True)
+    return z - torch.log(torch.exp(z).sum(dim, keepdim=True))
+
+
+def _vector_norm_identity(x, ord=2, dim=None, keepdim=False, dtype=None):
+    if ord != 2:
+        raise NotImplementedError(f"linalg.vector_norm with ord={ord}: only the 2-norm is smooth")
+    return torch.sqrt(
+        (x * x).sum(dim if dim is not None else list(range(x.dim())), keepdim=keepdim)
+    )
+
+
+def_comp(
+    aten.native_layer_norm.default, _layer_norm_identity, note="(x - mean) rsqrt(var + eps), affine"
+)
+def_comp(
+    aten._softmax.default,
+    _softmax_identity,
+    note="exp(x - max) / sum; the max shift cancels",
+    quiet=True,
+)
+def_comp(
+    aten._log_softmax.default,
+    _log_softmax_identity,
+    note="(x - max) - log sum exp(x - max)",
+    quiet=True,
+)
+def_comp(aten.linalg_vector_norm.default, _vector_norm_identity, note="2-norm only")
+def_comp(
+    aten.pow.Tensor_Tensor, lambda a, b: torch.exp(b * torch.log(a)), note="a > 0: exp(b log a)"
+)
+def_comp(aten.baddbmm.default, lambda s, a, b, beta=1, alpha=1: beta * s + alpha * torch.bmm(a, b))

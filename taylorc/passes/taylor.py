@@ -74,6 +74,36 @@ def depends_on(graph: torch.fx.Graph, root: str) -> set[torch.fx.Node]:
     return out
 
 
+def differentiable_inputs(node: torch.fx.Node) -> list[torch.fx.Node]:
+    """The inputs through which derivatives flow (none for constant ops, not a where's condition)."""
+    if node.op == "call_function" and node.target in CONSTANT_OPS:
+        return []
+    if node.op == "call_function" and node.target is aten.where.self:
+        return [a for a in node.args[1:] if isinstance(a, torch.fx.Node)]
+    return node.all_input_nodes
+
+
+def differentiable_ancestors(graph: torch.fx.Graph) -> set[torch.fx.Node]:
+    """Nodes from which the output is reached through differentiable inputs."""
+    reach: set[torch.fx.Node] = set()
+    stack = [n for n in graph.nodes if n.op == "output"]
+    while stack:
+        for a in differentiable_inputs(stack.pop()):
+            if a not in reach:
+                reach.add(a)
+                stack.append(a)
+    return reach
+
+
+def needs_jet(graph: torch.fx.Graph, root: str) -> set[torch.fx.Node]:
+    """Nodes that depend on ``root`` AND reach the output through differentiable inputs.
+
+    A varying node that only feeds constant ops (a detached max shift, a
+    comparison) needs its value only: no rule is run for it.
+    """
+    return differentiable_ancestors(graph) & depends_on(graph, root)
+
+
 def rule_for(node: torch.fx.Node):
     info = RULES.get(node.target)
     if info is None:
@@ -104,7 +134,9 @@ def emit_coefficient(ctx: RuleContext, node: torch.fx.Node, env: dict, k: int):
 
 
 def shape_of(node: torch.fx.Node) -> tuple[int, ...]:
-    return tuple(node.meta["val"].shape)
+    """Shape of a tensor-valued node; () for nodes with several outputs (their getitems carry shapes)."""
+    v = node.meta.get("val")
+    return tuple(v.shape) if isinstance(v, torch.Tensor) else ()
 
 
 class TaylorPass:
@@ -127,7 +159,7 @@ class TaylorPass:
         root = torch.nn.Module()
         graph = torch.fx.Graph()
         em = Emitter(graph, plan.R)
-        varying = depends_on(gm.graph, ctx.coord)
+        varying = needs_jet(gm.graph, ctx.coord)
         env: dict[torch.fx.Node, Jet] = {}
         jets: dict[str, list] = {}
         out_node = None
@@ -153,7 +185,9 @@ class TaylorPass:
                     f"unsupported graph node {node.op} {node.target} ('{node.name}')"
                 )
             env[node] = Jet(coeffs, shape_of(node) if "val" in node.meta else ())
-            jets[node.name] = [c.node.name if c is not None else None for c in coeffs]
+            jets[node.name] = [
+                c.node.name if isinstance(c, torch.fx.Proxy) else None for c in coeffs
+            ]
         result = self._outputs(em, root, out_node, env, ctx)
         graph.output(tuple(r.node if isinstance(r, torch.fx.Proxy) else r for r in result))
         new_gm = torch.fx.GraphModule(root, graph, class_name="TaylorGraph")
@@ -318,8 +352,15 @@ def propagate_composite(ctx: RuleContext, k: int, identity, args, kwargs, decomp
     state = ctx.cache.get("composite")
     if state is None:
         val = ctx.node.meta["val"]
+        val = (
+            val if isinstance(val, torch.Tensor) else val[0]
+        )  # several outputs: same dtype and device
         tensors = [a for a in args if isinstance(a, Jet)]
-        key = (identity, tuple(t.shape for t in tensors), val.dtype, val.device.type)
+        # the trace depends on which arguments are tensors, their shapes, and the other values
+        signature = tuple(
+            ("tensor", a.shape) if isinstance(a, Jet) else ("value", repr(a)) for a in args
+        )
+        key = (identity, signature, repr(sorted(kwargs.items())), val.dtype, val.device.type)
         sub = _COMPOSITES.get(key)
         if sub is None:
 
@@ -337,13 +378,18 @@ def propagate_composite(ctx: RuleContext, k: int, identity, args, kwargs, decomp
         for n in sub.graph.nodes:
             if n.op == "placeholder":
                 env[n] = next(it)
-        state = ctx.cache["composite"] = {"sub": sub, "env": env, "ctx": {}}
+        reach = differentiable_ancestors(sub.graph)
+        state = ctx.cache["composite"] = {"sub": sub, "env": env, "ctx": {}, "reach": reach}
     sub, env = state["sub"], state["env"]
     for n in sub.graph.nodes:
         if n.op == "placeholder":
             continue
         if n.op == "output":
-            return env[n.args[0][0] if isinstance(n.args[0], (tuple, list)) else n.args[0]][k]
+            outs = n.args[0] if isinstance(n.args[0], (tuple, list)) else [n.args[0]]
+            coeffs = tuple(env[o][k] for o in outs)
+            if all(c is None for c in coeffs):
+                return None
+            return coeffs if isinstance(n.args[0], (tuple, list)) and len(outs) > 1 else coeffs[0]
         if n not in state["ctx"]:
             varying = any(
                 isinstance(env.get(a), Jet) and not env[a].is_constant for a in n.all_input_nodes
@@ -353,7 +399,7 @@ def propagate_composite(ctx: RuleContext, k: int, identity, args, kwargs, decomp
                     f"the composite rule of {ctx.node.target} creates a tensor constant"
                 )
             sctx = None
-            if varying and n.target not in CONSTANT_OPS:
+            if varying and n.target not in CONSTANT_OPS and n in state["reach"]:
                 sctx = RuleContext(
                     n,
                     ctx.K,
