@@ -3,11 +3,16 @@
 Configs: the MLP of the collapsing paper (D=50, tanh 768-768-512-512-1) and a
 PINN-sized one (D=5, tanh 64x3, B=4096). For each method: median time and peak
 memory of an evaluation and of a training step (forward + backward of the mean
-squared operator output). Every (config, method, mode) runs in a fresh
-subprocess so that peak memory (CPU: peak RSS growth over the RSS before the first run; CUDA: max allocated) is
-its own. Writes ``bench/results/laplacian-<device>.json`` and prints ratios.
+squared operator output). Times come from one process per (config, mode) that
+runs the methods in round robin, so that load changes on a shared machine hit
+every method alike; peak memory (CPU: peak RSS growth over the RSS before the
+first run; CUDA: max allocated) comes from a fresh process per method. Writes
+``bench/results/laplacian-<device>.json`` and prints ratios.
 
-    python bench/laplacian.py [--device cpu] [--repeats 7] [--paper-batch 128]
+jet-for-pytorch (Python >= 3.12) is measured when importable; its adapter is
+untested here (not installable on Python 3.11).
+
+    python bench/laplacian.py [--device cpu] [--repeats 11] [--paper-batch 128]
 """
 
 from __future__ import annotations
@@ -53,11 +58,9 @@ def operator_fn(method, model, x):
 
     if method == "jet":
         try:
-            import jet  # noqa: F401  (jet-for-pytorch; Python >= 3.12)
+            from jet.laplacian import Laplacian  # type: ignore[import-not-found]
         except ImportError:
             return None
-        from jet.laplacian import Laplacian  # type: ignore[import-not-found]
-
         lap = Laplacian(model, x, is_batched=True)
         return lambda x: lap(x)[2]
     return taylorc.compile(model, "laplacian", method=method)
@@ -69,80 +72,89 @@ def current_rss_kib() -> int:
         return int(f.read().split()[1]) * resource.getpagesize() // 1024
 
 
-def child(args) -> None:
+def make_step(method, op, model, x, mode):
+    """One evaluation (no_grad except for nested AD) or one training step."""
     import torch
 
-    torch.set_num_threads(args.threads)
-    cfg = configs(args.paper_batch)[args.config]
-    dtype = getattr(torch, args.dtype)
-    model, x = build(cfg, args.device, dtype)
-    op = operator_fn(args.method, model, x)
-    if op is None:
-        print(json.dumps({"available": False}))
-        return
-    cuda = args.device.startswith("cuda")
-
     def step():
-        if args.mode == "eval":
-            with torch.no_grad() if args.method != "nested" else torch.enable_grad():
+        if mode == "eval":
+            with torch.no_grad() if method != "nested" else torch.enable_grad():
                 return op(x)
         model.zero_grad(set_to_none=True)
         loss = op(x).pow(2).mean()
         loss.backward()
         return loss
 
-    if hasattr(op, "graph_for"):
-        op.graph_for(x)  # compile without running
-    # initialise the BLAS and autograd machinery before the memory baseline
-    model(x[:8]).sum().backward()
-    model.zero_grad(set_to_none=True)
+    return step
+
+
+def time_one(step, cuda) -> float:
+    """Seconds of one call (CUDA events on GPUs)."""
+    import torch
+
     if cuda:
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        step()
+        end.record()
         torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-    rss0 = current_rss_kib()
-    step()  # the first run sets the peak (the allocator reuses memory afterwards)
-    if cuda:
-        peak = torch.cuda.max_memory_allocated() - base
-    else:
-        peak = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0) * 1024
+        return start.elapsed_time(end) / 1e3
+    t0 = time.perf_counter()
     step()
-    times = []
-    for _ in range(args.repeats):
+    return time.perf_counter() - t0
+
+
+def child(args) -> None:
+    """``--what memory``: peak of one method's first run; ``--what time``: all methods interleaved."""
+    import torch
+
+    torch.set_num_threads(args.threads)
+    cfg = configs(args.paper_batch)[args.config]
+    model, x = build(cfg, args.device, getattr(torch, args.dtype))
+    cuda = args.device.startswith("cuda")
+    steps = {}
+    for m in [args.method] if args.what == "memory" else METHODS:
+        op = operator_fn(m, model, x)
+        if op is not None:
+            if hasattr(op, "graph_for"):
+                op.graph_for(x)  # compile without running
+            steps[m] = make_step(m, op, model, x, args.mode)
+    if args.what == "memory":
+        if not steps:
+            print(json.dumps({"available": False}))
+            return
+        model(x[:8]).sum().backward()  # initialise BLAS and autograd before the baseline
+        model.zero_grad(set_to_none=True)
         if cuda:
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            step()
-            end.record()
             torch.cuda.synchronize()
-            times.append(start.elapsed_time(end) / 1e3)
+            torch.cuda.reset_peak_memory_stats()
+            base = torch.cuda.memory_allocated()
+        rss0 = current_rss_kib()
+        steps[args.method]()  # the first run sets the peak (the allocator reuses memory afterwards)
+        if cuda:
+            peak = torch.cuda.max_memory_allocated() - base
         else:
-            t0 = time.perf_counter()
-            step()
-            times.append(time.perf_counter() - t0)
+            peak = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0) * 1024
+        print(json.dumps({"peak_bytes": int(peak)}))
+        return
+    for step in steps.values():
+        step()
+        step()
+    names = list(steps)
+    times = {m: [] for m in names}
+    for i in range(args.repeats):  # round robin, rotating the order
+        for m in names[i % len(names) :] + names[: i % len(names)]:
+            times[m].append(time_one(steps[m], cuda))
     print(
-        json.dumps(
-            {
-                "available": True,
-                "median_s": statistics.median(times),
-                "times_s": times,
-                "peak_bytes": int(peak),
-            }
-        )
+        json.dumps({m: {"median_s": statistics.median(t), "times_s": t} for m, t in times.items()})
     )
 
 
-def run_one(config, method, mode, args) -> dict:
+def run_child(args, **kw) -> dict:
     cmd = [
         sys.executable,
         __file__,
         "--child",
-        "--config",
-        config,
-        "--method",
-        method,
-        "--mode",
-        mode,
         "--device",
         args.device,
         "--dtype",
@@ -154,12 +166,11 @@ def run_one(config, method, mode, args) -> dict:
         "--threads",
         str(args.threads),
     ]
+    for k, v in kw.items():
+        cmd += [f"--{k}", str(v)]
     out = subprocess.run(cmd, capture_output=True, text=True)
     if out.returncode != 0:
-        return {
-            "available": False,
-            "error": out.stderr.strip().splitlines()[-1] if out.stderr else "failed",
-        }
+        raise RuntimeError(f"benchmark child {kw} failed:\n{out.stderr}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -174,12 +185,13 @@ def device_name(device: str) -> str:
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
-    p.add_argument("--config", default=None)
-    p.add_argument("--method", default=None)
-    p.add_argument("--mode", default=None)
+    p.add_argument("--what", default="time", help=argparse.SUPPRESS)
+    p.add_argument("--config", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--method", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--mode", default=None, help=argparse.SUPPRESS)
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="float32")
-    p.add_argument("--repeats", type=int, default=7)
+    p.add_argument("--repeats", type=int, default=11)
     p.add_argument("--paper-batch", type=int, default=128)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", default=str(Path(__file__).parent / "results"))
@@ -196,30 +208,30 @@ def main(argv=None) -> None:
     }
     for config in configs(args.paper_batch):
         for mode in ("eval", "train"):
+            timing = run_child(args, what="time", config=config, mode=mode, method="none")
             for method in METHODS:
-                r = run_one(config, method, mode, args)
+                r = {"available": method in timing, **timing.get(method, {})}
+                if r["available"]:
+                    r.update(
+                        run_child(args, what="memory", config=config, mode=mode, method=method)
+                    )
                 results["runs"][f"{config}/{mode}/{method}"] = r
                 shown = (
                     f"{1e3 * r['median_s']:9.2f} ms {r['peak_bytes'] / 2**20:8.1f} MiB"
-                    if r.get("available")
+                    if r["available"]
                     else "  unavailable"
                 )
                 print(f"{config:6s} {mode:5s} {method:9s} {shown}", flush=True)
     print("\nratios (nested / method: >1 means faster than the Hessian trace; memory likewise)")
-    for config in configs(args.paper_batch):
-        for mode in ("eval", "train"):
-            ref = results["runs"][f"{config}/{mode}/nested"]
-            for method in METHODS:
-                r = results["runs"][f"{config}/{mode}/{method}"]
-                if r.get("available") and ref.get("available"):
-                    mem = (
-                        ref["peak_bytes"] / r["peak_bytes"] if r["peak_bytes"] > 0 else float("nan")
-                    )
-                    speed = ref["median_s"] / r["median_s"]
-                    r["speedup_vs_nested"], r["memory_ratio_vs_nested"] = speed, mem
-                    print(
-                        f"{config:6s} {mode:5s} {method:9s} time x{speed:5.2f}  memory x{mem:5.2f}"
-                    )
+    for key, r in results["runs"].items():
+        ref = results["runs"][key.rsplit("/", 1)[0] + "/nested"]
+        if r["available"] and ref["available"]:
+            r["speedup_vs_nested"] = ref["median_s"] / r["median_s"]
+            r["memory_ratio_vs_nested"] = (
+                ref["peak_bytes"] / r["peak_bytes"] if r["peak_bytes"] > 0 else None
+            )
+            mem = f"{r['memory_ratio_vs_nested']:5.2f}" if r["memory_ratio_vs_nested"] else "  n/a"
+            print(f"{key:26s} time x{r['speedup_vs_nested']:5.2f}  memory x{mem}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"laplacian-{results['device']}.json"

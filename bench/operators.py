@@ -2,8 +2,8 @@
 
 The Burgers residual needs u, u_t, u_x, u_xx; taylorc computes all four from one
 propagation sharing the value and the first-order coefficients. This benchmark
-times, in one run and on the same network and points, each single entry and the
-dict, evaluation and training step (forward + backward of the mean squared
+times, in one run and on the same network and points (in round robin), each single entry
+and the dict, evaluation and training step (forward + backward of the mean squared
 outputs), and reports dict / max(single). Writes ``bench/results/operators-<device>.json``.
 
     python bench/operators.py [--batch 8192] [--repeats 15]
@@ -26,22 +26,25 @@ from taylorc.demos.common import mlp
 ENTRIES = {"u": "u", "u_t": "u_t", "u_x": "u_x", "u_xx": "u_xx"}
 
 
-def timed(fn, repeats):
-    fn()
-    fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
+def round_robin(fns: dict, repeats: int) -> dict:
+    """Median seconds per function, timing them in rotating order (load changes hit all alike)."""
+    for fn in fns.values():
         fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+        fn()
+    names, times = list(fns), {k: [] for k in fns}
+    for i in range(repeats):
+        for k in names[i % len(names) :] + names[: i % len(names)]:
+            t0 = time.perf_counter()
+            fns[k]()
+            times[k].append(time.perf_counter() - t0)
+    return {k: statistics.median(t) for k, t in times.items()}
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--batch", type=int, default=8192)
     p.add_argument("--widths", type=int, nargs="+", default=[32] * 5)
-    p.add_argument("--repeats", type=int, default=15)
+    p.add_argument("--repeats", type=int, default=31)
     p.add_argument("--dtype", default="float32")
     args = p.parse_args(argv)
     torch.set_num_threads(2)
@@ -56,6 +59,7 @@ def main(argv=None):
         "widths": args.widths,
         "runs": {},
     }
+    evals, steps = {}, {}
     for name, spec in specs.items():
         op = taylorc.compile(model, spec, coords="x t")
 
@@ -67,12 +71,11 @@ def main(argv=None):
             model.zero_grad(set_to_none=True)
             sum(v.pow(2).mean() for v in op(xt).values()).backward()
 
-        results["runs"][name] = {
-            "eval_s": timed(evaluate, args.repeats),
-            "train_s": timed(step, args.repeats),
-        }
-        r = results["runs"][name]
-        print(f"{name:6s} eval {1e3 * r['eval_s']:8.2f} ms   train {1e3 * r['train_s']:8.2f} ms")
+        evals[name], steps[name] = evaluate, step
+    eval_s, train_s = round_robin(evals, args.repeats), round_robin(steps, args.repeats)
+    for name in specs:
+        results["runs"][name] = {"eval_s": eval_s[name], "train_s": train_s[name]}
+        print(f"{name:6s} eval {1e3 * eval_s[name]:8.2f} ms   train {1e3 * train_s[name]:8.2f} ms")
     for mode in ("eval_s", "train_s"):
         worst = max(results["runs"][k][mode] for k in ENTRIES)
         ratio = results["runs"]["dict"][mode] / worst

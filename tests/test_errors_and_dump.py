@@ -10,7 +10,7 @@ from torch import nn
 
 import taylorc
 from taylorc.cli import main as cli_main
-from taylorc.errors import TraceError, UnsupportedOperatorError
+from taylorc.errors import BatchCouplingError, TraceError, UnsupportedOperatorError
 
 
 class Bessel(nn.Module):
@@ -219,3 +219,49 @@ def test_dump_draws_svg_when_graphviz_is_installed(tmp_path):
     )
     svg = (tmp_path / "02_collapse.svg").read_text()
     assert svg.lstrip().startswith("<?xml") and "collapsed" in svg
+
+
+class AttentionAcrossPoints(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.q, self.k = nn.Linear(2, 4), nn.Linear(2, 4)
+
+    def forward(self, x):
+        scores = self.q(x) @ self.k(x).T  # (B, B): every point attends to every other point
+        return torch.softmax(scores, -1).sum(-1, keepdim=True)
+
+
+@pytest.mark.parametrize(
+    "model, why",
+    [
+        (
+            nn.Sequential(nn.Linear(2, 4), nn.BatchNorm1d(4), nn.Tanh(), nn.Linear(4, 1)),
+            "batch norm in training mode",
+        ),
+        (AttentionAcrossPoints(), "contracts the batch dimension"),
+        (
+            lambda x: torch.tanh(x - x.mean(0, keepdim=True)).sum(-1, keepdim=True),
+            "reduces over the batch dimension",
+        ),
+        (lambda x: torch.cat([x, x[:1]], 0)[1:].sum(-1, keepdim=True), "along the batch dimension"),
+    ],
+)
+def test_batch_coupling_is_detected(model, why):
+    if isinstance(model, nn.Module):
+        model = model.double()
+    with pytest.raises(BatchCouplingError, match=why) as info:
+        taylorc.compile(model, "laplacian")(torch.randn(5, 2, dtype=torch.float64))
+    assert "node" in str(info.value) and "path from the coordinates" in str(info.value)
+
+
+def test_batch_norm_in_eval_mode_is_per_sample():
+    model = (
+        nn.Sequential(nn.Linear(2, 4), nn.BatchNorm1d(4), nn.Tanh(), nn.Linear(4, 1))
+        .double()
+        .eval()
+    )
+    x = torch.randn(5, 2, dtype=torch.float64)
+    torch.testing.assert_close(
+        taylorc.compile(model, "laplacian")(x),
+        taylorc.compile(model, "laplacian", method="nested")(x),
+    )

@@ -73,6 +73,9 @@ class CollapsePass:
                     weights=weights,
                     warn=ctx.warn,
                     R_top=plan.R_top,
+                    weight_values=[float(w) for w in plan.top_weights[0][: plan.R_top]]
+                    if plan.G == 1
+                    else None,
                 )
                 if node.op == "placeholder":
                     seed = names[K] and em.proxy(nodes[names[K]])
@@ -84,7 +87,7 @@ class CollapsePass:
                     top = emit_coefficient(rctx, node, env, K)
                 env[node].coeffs.append(top)
                 em.tag_since(marker, node.name, K, True, stop=contract, coefficient=True)
-                jets[node.name] = names[:K] + [top.node.name if top is not None else None]
+                jets[node.name] = names[:K] + [top.node.name if isinstance(top, torch.fx.Proxy) else None]
         (result,) = [a for a in ctx.source.graph.nodes if a.op == "output"][0].args
         if isinstance(result, (tuple, list)):
             result = result[0]

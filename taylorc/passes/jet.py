@@ -71,6 +71,8 @@ class RuleContext:
         R_top: in collapsed mode, only directions ``[0, R_top)`` have nonzero weight:
             the products of lower-order coefficients feeding the top order are
             formed on those rows only (``weights`` has R_top entries then).
+        weight_values: the G == 1 collapse weights as numbers (length R_top), so that
+            a single direction or all-one weights need no einsum.
         warn: callback for non-smooth ops, ``warn(message)``.
     """
 
@@ -82,6 +84,7 @@ class RuleContext:
     weights: Value = None
     value: Value = None
     R_top: int | None = None
+    weight_values: list[float] | None = None
     cache: dict = field(default_factory=dict)
     warn: Callable[[str], None] | None = None
 
@@ -151,6 +154,12 @@ class RuleContext:
             return None
         if self.weights is None:
             return aten.sum.dim_IntList(r, [0])
+        if self.G == 1 and self.weight_values is not None:
+            w = self.weight_values
+            if len(w) == 1:  # one direction carries the top order: no reduction at all
+                return scale(aten.select.int(r, 0, 0), w[0])
+            if all(x == 1 for x in w):
+                return aten.sum.dim_IntList(r, [0])
         eq = "r,r...->..." if self.G == 1 else "gr,r...->g..."
         return aten.einsum.default(eq, [self.weights, r])
 

@@ -859,3 +859,18 @@ def_comp(
     aten.pow.Tensor_Tensor, lambda a, b: torch.exp(b * torch.log(a)), note="a > 0: exp(b log a)"
 )
 def_comp(aten.baddbmm.default, lambda s, a, b, beta=1, alpha=1: beta * s + alpha * torch.bmm(a, b))
+
+
+def _batch_norm_eval_identity(x, weight, bias, running_mean, running_var, training, momentum, eps):
+    if training:  # the batch check rejects it before any rule runs
+        raise NotImplementedError("batch norm in training mode couples the batch rows")
+    shape = [1, -1] + [1] * (x.dim() - 2)
+    out = (x - running_mean.reshape(shape)) * torch.rsqrt(running_var.reshape(shape) + eps)
+    if weight is not None:
+        out = out * weight.reshape(shape)
+    if bias is not None:
+        out = out + bias.reshape(shape)
+    return out, running_mean, running_var
+
+
+def_comp(aten.native_batch_norm.default, _batch_norm_eval_identity, note="eval mode: an affine map per channel")

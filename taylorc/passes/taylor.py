@@ -15,6 +15,8 @@ Derivatives" (2008), ch. 13; batched over directions as in Dangel et al. 2025.
 
 from __future__ import annotations
 
+import dataclasses
+
 import sympy
 import torch
 import torch.fx
@@ -22,6 +24,7 @@ from torch.fx.experimental.proxy_tensor import make_fx
 
 from ..errors import UnsupportedOperatorError, user_source_line
 from . import PassContext
+from .batch import check_batch_independence
 from .jet import Jet, RuleContext, add, scale
 from .rules import CONSTANT_OPS, RULES, lower_sympy
 
@@ -148,6 +151,7 @@ class TaylorPass:
     the names of its coefficient nodes.
 
     Raises:
+        BatchCouplingError: the model mixes batch rows (see :mod:`taylorc.passes.batch`).
         UnsupportedOperatorError: an op in the graph has no rule.
         ValueError: the model does not return a single tensor.
     """
@@ -156,6 +160,7 @@ class TaylorPass:
 
     def __call__(self, gm: torch.fx.GraphModule, ctx: PassContext) -> torch.fx.GraphModule:
         plan = ctx.plan
+        check_batch_independence(gm, ctx.coord)
         root = torch.nn.Module()
         graph = torch.fx.Graph()
         em = Emitter(graph, plan.R)
@@ -400,16 +405,7 @@ def propagate_composite(ctx: RuleContext, k: int, identity, args, kwargs, decomp
                 )
             sctx = None
             if varying and n.target not in CONSTANT_OPS and n in state["reach"]:
-                sctx = RuleContext(
-                    n,
-                    ctx.K,
-                    ctx.R,
-                    ctx.collapsed,
-                    ctx.G,
-                    ctx.weights,
-                    warn=ctx.warn,
-                    R_top=ctx.R_top,
-                )
+                sctx = dataclasses.replace(ctx, node=n, value=None, cache={})
             value = emit_value(n, env)
             if sctx is not None:
                 sctx.value = value

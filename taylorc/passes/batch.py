@@ -1,0 +1,229 @@
+"""Batch-independence check: per-sample operators need output row b to depend on input row b only.
+
+A dependency analysis over the captured graph (a networkx DiGraph of the fx
+nodes, in topological order) follows the batch axis of the coordinates
+through every op: elementwise ops keep it (aligned from the right), matrix
+products keep it when it is not contracted, views and permutations move it.
+An op that reduces over it (batch norm in training mode, a mean over the
+batch), contracts it (attention across points, ``x.T @ x``), or selects,
+slices, concatenates or gathers along it couples the rows: the taylor pass
+would compute derivatives of something other than per-sample derivatives, so
+a :class:`~taylorc.errors.BatchCouplingError` is raised naming the op, the
+node, the user's source line and the path from the coordinates. Where the
+axis cannot be followed (a reshape that merges it with other dims) the
+analysis stops following it rather than guess.
+"""
+
+from __future__ import annotations
+
+import networkx as nx
+import torch
+import torch.fx
+
+from ..errors import BatchCouplingError, user_source_line
+
+aten = torch.ops.aten
+
+REDUCTIONS = {
+    aten.sum.dim_IntList,
+    aten.sum.default,
+    aten.mean.dim,
+    aten.mean.default,
+    aten.amax.default,
+    aten.amin.default,
+    aten.var.correction,
+    aten.var_mean.correction,
+    aten.prod.dim_int,
+    aten.prod.default,
+    aten.logsumexp.default,
+    aten._softmax.default,
+    aten._log_softmax.default,
+    aten.cumsum.default,
+    aten.linalg_vector_norm.default,
+    aten.argmax.default,
+    aten.argmin.default,
+    aten.std.correction,
+}
+ALONG_DIM = {  # ops that move data along one dim: coupling when it is the batch dim
+    aten.select.int: 1,
+    aten.slice.Tensor: 1,
+    aten.index_select.default: 1,
+    aten.gather.default: 1,
+    aten.cat.default: 1,
+    aten.roll.default: 2,
+    aten.flip.default: 1,
+    aten.split_with_sizes.default: 2,
+    aten.split.Tensor: 2,
+    aten.unbind.int: 1,
+}
+BATCH_NORMS = {
+    aten.native_batch_norm.default,
+    aten._native_batch_norm_legit_functional.default,
+    aten._native_batch_norm_legit.default,
+    aten._native_batch_norm_legit_no_training.default,
+}
+
+
+def _ndim(node) -> int | None:
+    v = node.meta.get("val") if isinstance(node, torch.fx.Node) else None
+    return v.dim() if isinstance(v, torch.Tensor) else None
+
+
+def _shape(node):
+    v = node.meta.get("val")
+    return tuple(v.shape) if isinstance(v, torch.Tensor) else None
+
+
+def _dims_arg(node, index, default=None):
+    args = node.args
+    d = args[index] if len(args) > index else node.kwargs.get("dim", default)
+    if d is None:
+        return None
+    return list(d) if isinstance(d, (list, tuple)) else [d]
+
+
+class _Coupling(Exception):
+    pass
+
+
+def _batch_dim_of(node: torch.fx.Node, axes: dict, B: int):
+    """The batch axis of ``node``'s output, None if it has none, or raise _Coupling."""
+    ins = {a: axes[a] for a in node.all_input_nodes if axes.get(a) is not None}
+    if not ins:
+        return None
+    t = node.target
+    nd = _ndim(node)
+    first = node.args[0] if node.args else None
+    bd = ins.get(first) if isinstance(first, torch.fx.Node) else None
+    if t in BATCH_NORMS:
+        training = (
+            node.args[5]
+            if t is aten.native_batch_norm.default
+            else t is not aten._native_batch_norm_legit_no_training.default
+        )
+        if training:
+            raise _Coupling(
+                "batch norm in training mode normalises over the batch (call model.eval())"
+            )
+        return bd
+    if t in REDUCTIONS and bd is not None:
+        at = 2 if t is aten.linalg_vector_norm.default else 1  # (x, ord, dim, keepdim)
+        dims = _dims_arg(node, at)
+        in_nd = _ndim(first)
+        dims = list(range(in_nd)) if not dims else [d % in_nd for d in dims]
+        if bd in dims:
+            raise _Coupling(f"it reduces over the batch dimension (dim {bd})")
+        keep = (
+            node.args[at + 1]
+            if len(node.args) > at + 1 and isinstance(node.args[at + 1], bool)
+            else node.kwargs.get("keepdim", False)
+        )
+        return (
+            bd
+            if keep or t in (aten._softmax.default, aten._log_softmax.default, aten.cumsum.default)
+            else bd - sum(d < bd for d in dims)
+        )
+    if t in ALONG_DIM:
+        if t is aten.cat.default:
+            tensors = node.args[0]
+            d = node.args[1] if len(node.args) > 1 else 0
+            bds = {axes.get(a) for a in tensors}
+            b = next(iter(bds - {None}), None)
+            if b is not None and d % nd == b:
+                raise _Coupling("it concatenates along the batch dimension")
+            return b
+        pos = ALONG_DIM[t]
+        d = node.args[pos] if len(node.args) > pos else node.kwargs.get("dim", 0)
+        in_nd = _ndim(first)
+        if bd is not None and isinstance(d, int) and d % in_nd == bd:
+            if t is aten.slice.Tensor and _shape(node)[bd] == B:
+                return bd  # the whole batch: x[:, ...]
+            raise _Coupling(f"it indexes along the batch dimension (dim {bd})")
+        if t is aten.select.int and bd is not None and d % in_nd < bd:
+            return bd - 1
+        return bd
+    if t in (
+        aten.mm.default,
+        aten.addmm.default,
+        aten.bmm.default,
+        aten.matmul.default,
+        aten.baddbmm.default,
+    ):
+        a, b = (
+            (node.args[1], node.args[2])
+            if t in (aten.addmm.default, aten.baddbmm.default)
+            else node.args[:2]
+        )
+        na, nb = _ndim(a), _ndim(b)
+        ba, bb = axes.get(a), axes.get(b)
+        if ba is not None and ba == na - 1 or bb is not None and nb >= 2 and bb == nb - 2:
+            raise _Coupling("it contracts the batch dimension (a product across points)")
+        if ba is not None and bb is not None:
+            lined_up = ba < na - 2 and bb < nb - 2 and nd - (na - ba) == nd - (nb - bb)
+            if not lined_up:  # rows of one point meet columns of another: (B, B) scores
+                raise _Coupling("it contracts the batch dimension (a product across points)")
+            return nd - (na - ba)
+        if ba is not None:
+            return nd - (na - ba) if ba == na - 2 else ba
+        return nd - 1 if bb == nb - 1 else bb
+    if t is aten.permute.default and bd is not None:
+        return (
+            list(node.args[1]).index(bd)
+            if bd in node.args[1]
+            else [d % nd for d in node.args[1]].index(bd)
+        )
+    if t is aten.transpose.int and bd is not None:
+        a, b = node.args[1] % nd, node.args[2] % nd
+        return b if bd == a else a if bd == b else bd
+    if t in (aten.view.default, aten.reshape.default, aten._unsafe_view.default):
+        shape_in, shape_out = _shape(first), _shape(node)
+        if bd is not None and shape_in[: bd + 1] == shape_out[: bd + 1]:
+            return bd
+        return None  # merged with other dims: stop following rather than guess
+    if t is aten.unsqueeze.default and bd is not None:
+        return bd + 1 if node.args[1] % nd <= bd else bd
+    # elementwise and broadcasting ops: align from the right
+    out = None
+    for a, b in ins.items():
+        aligned = nd - (_ndim(a) - b) if nd is not None and _ndim(a) is not None else None
+        if out is not None and aligned is not None and aligned != out:
+            raise _Coupling("it combines tensors whose batch dimensions do not line up")
+        out = aligned if out is None else out
+    return out
+
+
+def check_batch_independence(gm: torch.fx.GraphModule, coord: str) -> None:
+    """Raise if the graph lets output row b depend on input rows other than b.
+
+    Args:
+        gm: a captured graph (``meta["val"]`` on every node).
+        coord: the name of the coordinates' placeholder (batch axis 0).
+
+    Raises:
+        BatchCouplingError: naming the op, the node, the user's source line and
+            the chain of nodes from the coordinates.
+    """
+    g = nx.DiGraph()
+    for n in gm.graph.nodes:
+        g.add_node(n)
+        for a in n.all_input_nodes:
+            g.add_edge(a, n)
+    x = next(n for n in gm.graph.nodes if n.op == "placeholder" and n.name == coord)
+    B = _shape(x)[0]
+    axes = {x: 0}
+    downstream = nx.descendants(g, x)
+    for n in nx.topological_sort(g):
+        if n.op != "call_function" or n not in downstream:
+            continue
+        try:
+            axes[n] = _batch_dim_of(n, axes, B)
+        except _Coupling as why:
+            path = " -> ".join(m.name for m in nx.shortest_path(g, x, n))
+            where = user_source_line(n)
+            raise BatchCouplingError(
+                f"the model mixes batch rows at node '{n.name}' ({n.target}): {why}. Per-sample derivatives "
+                f"are not what this graph computes (path from the coordinates: {path})"
+                + (f"\n  from your code at {where}" if where else "")
+                + "\nMake every output row depend on its own input row only (model.eval() for batch norm; "
+                "no attention or reductions across collocation points)."
+            ) from None
