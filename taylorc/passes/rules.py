@@ -342,7 +342,7 @@ class DerivativeTable:
             if self.ode is not None:
                 d = self.ode
                 for _ in range(m - 1):
-                    d = sympy.expand(sympy.diff(d, _Y) * self.ode)
+                    d = sympy.diff(d, _Y) * self.ode  # unexpanded: shares g1 (1 - y^2 for tanh), no powers
             else:
                 d = sympy.diff(self.expr, _X, m).subs(self.expr, _Y)
             self._cache[m] = d
