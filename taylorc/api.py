@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import weakref
 from collections.abc import Callable
 
 import torch
@@ -18,6 +19,21 @@ from .passes.taylor import TaylorPass
 from .reference import nested
 
 METHODS = ("collapsed", "taylor", "nested")
+
+# Graphs built for a model, shared by every CompiledOperator of it (compiling the same model
+# again reuses the work); weak keys: the cache dies with the model.
+_SHARED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+BUILD_COUNT = [0]  # graphs built by the passes, for tests and diagnostics
+
+
+def _weakrefable(obj) -> bool:
+    try:
+        weakref.ref(obj)
+        return True
+    except TypeError:
+        return False
+
+
 BACKENDS = ("eager", "inductor")
 
 
@@ -96,7 +112,10 @@ class CompiledOperator(torch.nn.Module):
             raise ValueError(
                 f"expected floating-point coordinates (float32 or float64), got dtype {x.dtype}"
             )
-        p = next(iter(self.model.parameters()), None) if self.model is not None else None
+        params = self.model.parameters() if self.model is not None else []
+        p = next(
+            (q for q in params if q.is_floating_point()), None
+        )  # complex spectral weights aside
         if p is not None and p.device != x.device:
             raise ValueError(
                 f"expected coordinates on the model's device {p.device}, got {x.device}"
@@ -125,6 +144,13 @@ class CompiledOperator(torch.nn.Module):
         hit = self._graphs.get(key)
         if hit is not None:
             return hit
+        shared = _SHARED.setdefault(self.fn, {}) if _weakrefable(self.fn) else {}
+        shared_key = (self._spec_key(), self.method, self.backend, self.debug_dir, key)
+        if shared_key in shared:  # another CompiledOperator of this model built it already
+            self._graphs[key] = shared[shared_key]
+            self._last = shared[shared_key][2]
+            return self._graphs[key]
+        BUILD_COUNT[0] += 1
         plan = _ops.build_plan(self.ops, math.prod(x.shape[1:]), self.coords)
         try:
             cap = capture(self.fn, x)
@@ -145,9 +171,23 @@ class CompiledOperator(torch.nn.Module):
         gm = PassManager(passes, dump).run(cap.gm, ctx)
         if self.backend == "inductor":
             gm = torch.compile(gm, backend="inductor", dynamic=False)
-        self._graphs[key] = (gm, cap, ctx)
+        self._graphs[key] = shared[shared_key] = (gm, cap, ctx)
         self._last = ctx
         return self._graphs[key]
+
+    def _spec_key(self):
+        """A hashable description of the requested operators (callables by identity)."""
+
+        def value_key(v):
+            if callable(v) and not isinstance(v, type):
+                return ("callable", id(v))
+            return repr(v)
+
+        ops = tuple(
+            (name, type(op).__name__, tuple(sorted((k, value_key(v)) for k, v in vars(op).items())))
+            for name, op in self.ops.items()
+        )
+        return ops, tuple(self.coords or ())
 
     @property
     def plan(self) -> _ops.JetPlan | None:

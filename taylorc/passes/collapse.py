@@ -87,7 +87,9 @@ class CollapsePass:
                     top = emit_coefficient(rctx, node, env, K)
                 env[node].coeffs.append(top)
                 em.tag_since(marker, node.name, K, True, stop=contract, coefficient=True)
-                jets[node.name] = names[:K] + [top.node.name if isinstance(top, torch.fx.Proxy) else None]
+                jets[node.name] = names[:K] + [
+                    top.node.name if isinstance(top, torch.fx.Proxy) else None
+                ]
         (result,) = [a for a in ctx.source.graph.nodes if a.op == "output"][0].args
         if isinstance(result, (tuple, list)):
             result = result[0]

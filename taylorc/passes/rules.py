@@ -342,7 +342,9 @@ class DerivativeTable:
             if self.ode is not None:
                 d = self.ode
                 for _ in range(m - 1):
-                    d = sympy.diff(d, _Y) * self.ode  # unexpanded: shares g1 (1 - y^2 for tanh), no powers
+                    d = (
+                        sympy.diff(d, _Y) * self.ode
+                    )  # unexpanded: shares g1 (1 - y^2 for tanh), no powers
             else:
                 d = sympy.diff(self.expr, _X, m).subs(self.expr, _Y)
             self._cache[m] = d
@@ -873,4 +875,8 @@ def _batch_norm_eval_identity(x, weight, bias, running_mean, running_var, traini
     return out, running_mean, running_var
 
 
-def_comp(aten.native_batch_norm.default, _batch_norm_eval_identity, note="eval mode: an affine map per channel")
+def_comp(
+    aten.native_batch_norm.default,
+    _batch_norm_eval_identity,
+    note="eval mode: an affine map per channel",
+)
