@@ -62,8 +62,12 @@ def assert_close(a, b, rel=1e-8):
     assert err < rel, f"relative error {err:.3e} >= {rel:.0e}"
 
 
-def compare(model, operator, x, methods=("collapsed", "taylor"), rel=1e-8, **kwargs):
-    ref = taylorc.compile(model, operator, method="nested", **kwargs)(x)
+def compare(
+    model, operator, x, methods=("collapsed", "taylor"), rel=1e-8, reference_model=None, **kwargs
+):
+    """taylorc's methods against nested autograd (of ``reference_model`` when given: the same
+    function written with primitive ops, where PyTorch's own higher derivatives are wrong)."""
+    ref = taylorc.compile(reference_model or model, operator, method="nested", **kwargs)(x)
     for m in methods:
         out = taylorc.compile(model, operator, method=m, **kwargs)(x)
         if isinstance(ref, dict):

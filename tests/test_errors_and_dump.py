@@ -110,6 +110,8 @@ def test_wrong_input_shapes_raise_value_error():
         op(torch.ones(5, 3, dtype=torch.int64))
     with pytest.raises(ValueError, match="dtype torch.float64, got torch.float32"):
         op(torch.ones(5, 3))
+    with pytest.raises(ValueError, match="model's device cpu, got meta"):
+        op(torch.ones(5, 3, dtype=torch.float64, device="meta"))
 
 
 def test_bad_arguments():

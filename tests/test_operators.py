@@ -82,11 +82,13 @@ class Gated(nn.Module):
 
 
 @pytest.mark.parametrize("cls", [Residual, FourierFeatures, Gated])
-@pytest.mark.parametrize("operator", ["laplacian", "biharmonic", "gradient"])
+@pytest.mark.parametrize(
+    "operator", ["laplacian", "biharmonic", "gradient", "u_xxy - 3*u_yz + u_z"]
+)
 def test_non_sequential_models(cls, operator):
     D = 3
     model = cls(D).double()
-    compare(model, operator, torch.randn(4, D, dtype=torch.float64))
+    compare(model, operator, torch.randn(4, D, dtype=torch.float64), coords="x y z")
 
 
 def test_dict_is_one_propagation_and_matches():
