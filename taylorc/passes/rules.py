@@ -475,16 +475,21 @@ def_deriv(
 )
 
 
+def warn_nonsmooth(ctx, how: str) -> None:
+    """Warn once per node that a piecewise op is exact only almost everywhere (at order >= 2)."""
+    if ctx.K >= 2 and ctx.warn is not None and "warned" not in ctx.cache:
+        ctx.cache["warned"] = True
+        ctx.warn(
+            f"{ctx.node.target} is not smooth: {how} (exact almost everywhere, wrong at the kinks) "
+            f"at node {ctx.node.name}"
+        )
+
+
 def _nonsmooth(first_derivative):
     """Rule of a piecewise-linear op: g1 from ``first_derivative(x0, y0)``, g_m = 0 for m >= 2."""
 
     def rule(ctx, k, x, *params):
-        if ctx.K >= 2 and ctx.warn is not None and "warned" not in ctx.cache:
-            ctx.cache["warned"] = True
-            ctx.warn(
-                f"{ctx.node.target} is not smooth: its derivatives of order >= 2 are taken as zero "
-                f"(exact almost everywhere, wrong at the kinks) at node {ctx.node.name}"
-            )
+        warn_nonsmooth(ctx, "its derivatives of order >= 2 are taken as zero")
         g1 = ctx.cache.setdefault("g1", first_derivative(x[0], ctx.value))
         return compose(ctx, k, x, [ctx.value, g1])
 
@@ -585,16 +590,11 @@ def _select_derivs(ctx, x, pieces):
     return out
 
 
-def _piecewise(pieces_fn, note):
+def _piecewise(pieces_fn):
     """A piecewise-smooth op: derivatives from ``pieces_fn(ctx, x0, *params)``; warns at order >= 2."""
 
     def rule(ctx, k, x, *params, **kwparams):
-        if ctx.K >= 2 and ctx.warn is not None and "warned" not in ctx.cache:
-            ctx.cache["warned"] = True
-            ctx.warn(
-                f"{ctx.node.target} is not smooth: its derivatives of order >= 2 are those of the "
-                f"active piece (exact almost everywhere, wrong at the kinks) at node {ctx.node.name}"
-            )
+        warn_nonsmooth(ctx, "its derivatives of order >= 2 are those of the active piece")
         if "derivs" not in ctx.cache:
             ctx.cache["derivs"] = _select_derivs(ctx, x, pieces_fn(ctx, x[0], *params, **kwparams))
         return compose(ctx, k, x, ctx.cache["derivs"])
@@ -625,21 +625,21 @@ def _clamp_pieces(ctx, x0, lo=None, hi=None):
 
 _register(
     aten.elu.default,
-    _piecewise(_elu_pieces, ""),
+    _piecewise(_elu_pieces),
     "elementwise",
     smooth=False,
     note="exact a.e.; warns at order >= 2",
 )
 _register(
     aten.leaky_relu.default,
-    _piecewise(_leaky_pieces, ""),
+    _piecewise(_leaky_pieces),
     "elementwise",
     smooth=False,
     note="exact a.e.; warns at order >= 2",
 )
 _register(
     [aten.clamp.default, aten.clamp_min.default, aten.clamp_max.default],
-    _piecewise(_clamp_pieces, ""),
+    _piecewise(_clamp_pieces),
     "elementwise",
     smooth=False,
     note="derivative 0 outside the bounds; warns at order >= 2",
@@ -739,12 +739,7 @@ def _extremum(op_index):
             raise NotImplementedError(
                 f"{ctx.node.target} over several dims: reduce one dim at a time"
             )
-        if ctx.K >= 2 and ctx.warn is not None and "warned" not in ctx.cache:
-            ctx.cache["warned"] = True
-            ctx.warn(
-                f"{ctx.node.target} is not smooth: derivatives follow the selected entry (exact almost "
-                f"everywhere) at node {ctx.node.name}"
-            )
+        warn_nonsmooth(ctx, "derivatives follow the selected entry")
         d = dims[0] % x.ndim
         idx = ctx.cache.setdefault("index", op_index(x[0], d, True))
         c = x[k]
