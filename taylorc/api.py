@@ -88,6 +88,15 @@ class CompiledOperator(torch.nn.Module):
             raise ValueError("operator dict is empty")
         self.coords = _ops.split_coords(coords)
         self.ops = {str(k): _ops.parse(v, self.coords, params) for k, v in spec.items()}
+        if self.coords is None:  # a sympy spec names its coordinates: u(x, y)
+            self.coords = next(
+                (
+                    op.default_coords
+                    for op in self.ops.values()
+                    if getattr(op, "default_coords", None)
+                ),
+                None,
+            )
         self.method = method
         self.backend = backend
         self.debug_dir = debug_dir if debug_dir is not None else os.environ.get("TAYLORC_DEBUG_DIR")

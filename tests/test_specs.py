@@ -207,3 +207,15 @@ def test_plan_is_shown_by_explain(tmp_path):
     text = op.explain()
     assert "jet plan" in text and "collapsed row" in text and "v0 =" in text
     assert "collapsed row" in (tmp_path / "plan.txt").read_text()
+
+
+def test_sympy_spec_without_coords_uses_the_arguments_of_u():
+    x, y = sympy.symbols("x y")
+    u = sympy.Function("u")
+    model = mlp(2, [6], "tanh")
+    pts = torch.randn(3, 2, dtype=torch.float64)
+    spec = sympy.sin(x) * sympy.Derivative(u(x, y), x, 2) + sympy.Derivative(u(x, y), y)
+    out = taylorc.compile(model, spec)(pts)
+    assert_close(
+        out, taylorc.compile(model, "sin(x)*u_xx + u_y", coords="x y", method="nested")(pts), 1e-10
+    )

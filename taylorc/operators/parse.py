@@ -165,7 +165,9 @@ def from_sympy(expr: sympy.Expr, coords: Sequence[str] | None = None) -> Operato
     e = e.xreplace(
         {a: symbol_for(()) for a in e.atoms(sympy.core.function.AppliedUndef) if a.func == u}
     )
-    return _linear_from_expr(e, usyms, names, str(expr))
+    op = _linear_from_expr(e, usyms, names, str(expr))
+    op.default_coords = names
+    return op
 
 
 def parse(spec, coords: Sequence[str] | None = None, params: dict | None = None) -> Operator:

@@ -434,11 +434,16 @@ class LinearOperator(Operator):
             ``()`` is u); a coefficient is a number, a sympy expression in the
             coordinate symbols, or a callable ``(B, D) -> (B,)``.
         name: shown in plans and reprs.
+        default_coords: coordinate names to use when ``compile`` gets no ``coords``
+            (a sympy spec names them as the arguments of u).
     """
 
-    def __init__(self, terms: dict[tuple, object], name: str = "LinearOperator"):
+    def __init__(
+        self, terms: dict[tuple, object], name: str = "LinearOperator", default_coords=None
+    ):
         self._terms = dict(terms)
         self.name = name
+        self.default_coords = list(default_coords) if default_coords is not None else None
 
     def terms(self, D, coords):
         return self._terms
