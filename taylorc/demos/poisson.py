@@ -94,6 +94,7 @@ def plot_slice(model: nn.Module, D: int, path: str) -> None:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
+    """Command-line options of the demo (dimension, widths, points, steps, seed, figure path)."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--dim", type=int, default=5)
     p.add_argument("--widths", type=int, nargs="+", default=[64, 64, 48, 48])

@@ -203,6 +203,7 @@ def mul(a: Value, b: Value) -> Value:
 
 
 def scale(a: Value, c: float) -> Value:
+    """``c * a``; None (zero) stays None, c = 0 gives None, c = 1 returns a unchanged."""
     if a is None or c == 0:
         return None
     if c == 1:
@@ -215,6 +216,7 @@ def scale(a: Value, c: float) -> Value:
 
 
 def add(a: Value, b: Value) -> Value:
+    """``a + b`` with None as zero."""
     if a is None:
         return b
     if b is None:
@@ -223,6 +225,7 @@ def add(a: Value, b: Value) -> Value:
 
 
 def total(terms: Sequence[Value]) -> Value:
+    """Sum of the terms, None (zero) when all are None."""
     out = None
     for t in terms:
         out = add(out, t)
@@ -230,6 +233,7 @@ def total(terms: Sequence[Value]) -> Value:
 
 
 def power(a: Value, m: int) -> Value:
+    """``a ** m`` for a positive integer m, as repeated elementwise products."""
     out = a
     for _ in range(m - 1):
         out = mul(out, a)

@@ -286,9 +286,7 @@ def_bilinear([aten.mm.default, aten.bmm.default], _matmul, note="matmul over the
 def _matmul_rule(ctx, k, a, b):
     if min(a.ndim, b.ndim) < 2:
         # A 1-d operand changes matmul's meaning once a direction axis is added.
-        return propagate_composite(
-            ctx, k, lambda u, v: torch.ops.aten.matmul(u, v), (a, b), {}, decompose=True
-        )
+        return propagate_composite(ctx, k, lambda u, v: torch.ops.aten.matmul(u, v), (a, b), {})
     return leibniz(ctx, k, a, b, _matmul)
 
 
@@ -306,10 +304,11 @@ def _addmm_rule(ctx, k, bias, a, b, *, beta=1, alpha=1):
 _register(aten.addmm.default, _addmm_rule, "bilinear", note="bias + Leibniz over mm")
 
 
-def propagate_composite(ctx, k, identity, args, kwargs, decompose=False):
+def propagate_composite(ctx, k, identity, args, kwargs):
+    """Coefficient k of a composite op: see :func:`taylorc.passes.taylor.propagate_composite`."""
     from .taylor import propagate_composite as run  # the taylor pass owns the propagation loop
 
-    return run(ctx, k, identity, args, kwargs, decompose=decompose)
+    return run(ctx, k, identity, args, kwargs)
 
 
 def _div_rule(ctx, k, a, b):

@@ -108,6 +108,12 @@ def needs_jet(graph: torch.fx.Graph, root: str) -> set[torch.fx.Node]:
 
 
 def rule_for(node: torch.fx.Node):
+    """The registered :class:`~taylorc.passes.rules.RuleInfo` of a node.
+
+    Raises:
+        UnsupportedOperatorError: naming the ATen op, the node, the user's source line,
+            and how to register a rule.
+    """
     info = RULES.get(node.target)
     if info is None:
         where = user_source_line(node)
@@ -345,7 +351,7 @@ def coefficient(coef, x, out_ndim: int, plan, root, em):
 _COMPOSITES: dict = {}
 
 
-def propagate_composite(ctx: RuleContext, k: int, identity, args, kwargs, decompose: bool = False):
+def propagate_composite(ctx: RuleContext, k: int, identity, args, kwargs):
     """Coefficient k of a composite op, by propagating jets through the trace of ``identity``.
 
     The trace (ATen, core decompositions) is made once per identity and
