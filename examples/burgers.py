@@ -16,14 +16,13 @@ evaluated by quadrature (in log space: F spans 40 orders of magnitude) on a
 
 from __future__ import annotations
 
-import argparse
 import math
 import time
 
 import torch
 
 import taylorc
-from taylorc.demos.common import agg_figure, mlp, relative_l2, train
+from taylorc.demos.common import agg_figure, mlp, pinn_arguments, relative_l2, train
 
 NU = 0.01 / math.pi
 
@@ -49,16 +48,16 @@ def cole_hopf(x: torch.Tensor, t: torch.Tensor, nodes: int = 4001) -> torch.Tens
 
 
 def main(argv=None) -> float:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--widths", type=int, nargs="+", default=[32] * 5)
-    p.add_argument("--interior", type=int, default=6000)
-    p.add_argument("--boundary", type=int, default=200)
-    p.add_argument("--adam-steps", type=int, default=2000)
-    p.add_argument("--lbfgs-steps", type=int, default=4000)
-    p.add_argument("--lr", type=float, default=2e-3)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--figure", default="burgers.png")
-    p.add_argument("--quiet", action="store_true")
+    p = pinn_arguments(
+        __doc__.splitlines()[0],
+        widths=[32] * 5,
+        interior=6000,
+        boundary=200,
+        adam_steps=2000,
+        lbfgs_steps=4000,
+        lr=2e-3,
+        figure="burgers.png",
+    )
     args = p.parse_args(argv)
 
     t0 = time.perf_counter()

@@ -10,14 +10,13 @@ Prints the relative L2 error on 20,000 fresh points and saves a figure.
 
 from __future__ import annotations
 
-import argparse
 import math
 import time
 
 import torch
 
 import taylorc
-from taylorc.demos.common import agg_figure, mlp, relative_l2, train
+from taylorc.demos.common import agg_figure, mlp, pinn_arguments, relative_l2, train
 
 
 def exact(xyt: torch.Tensor, kappa: float) -> torch.Tensor:
@@ -37,16 +36,17 @@ def boundary_points(n: int, dtype) -> torch.Tensor:
 
 
 def main(argv=None) -> float:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = pinn_arguments(
+        __doc__.splitlines()[0],
+        widths=[32, 32, 32],
+        interior=3000,
+        boundary=600,
+        adam_steps=1500,
+        lbfgs_steps=1000,
+        lr=2e-3,
+        figure="heat.png",
+    )
     p.add_argument("--kappa", type=float, default=0.05)
-    p.add_argument("--widths", type=int, nargs="+", default=[32, 32, 32])
-    p.add_argument("--interior", type=int, default=3000)
-    p.add_argument("--boundary", type=int, default=600)
-    p.add_argument("--adam-steps", type=int, default=1500)
-    p.add_argument("--lbfgs-steps", type=int, default=1000)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--figure", default="heat.png")
-    p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
 
     t0 = time.perf_counter()
@@ -64,7 +64,7 @@ def main(argv=None) -> float:
     def loss_fn():
         return heat(xi).pow(2).mean() + model(xb).pow(2).mean() + (model(x0) - u0).pow(2).mean()
 
-    train(model, loss_fn, args.adam_steps, args.lbfgs_steps, 2e-3, args.quiet)
+    train(model, loss_fn, args.adam_steps, args.lbfgs_steps, args.lr, args.quiet)
     xt = torch.rand(20_000, 3, dtype=dtype)
     with torch.no_grad():
         err = relative_l2(model(xt), exact(xt, args.kappa))

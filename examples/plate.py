@@ -11,14 +11,13 @@ Prints the relative L2 error on 10,000 fresh points and saves a figure.
 
 from __future__ import annotations
 
-import argparse
 import math
 import time
 
 import torch
 
 import taylorc
-from taylorc.demos.common import agg_figure, mlp, relative_l2, train
+from taylorc.demos.common import agg_figure, mlp, pinn_arguments, relative_l2, train
 
 
 def exact(x: torch.Tensor) -> torch.Tensor:
@@ -27,15 +26,16 @@ def exact(x: torch.Tensor) -> torch.Tensor:
 
 
 def main(argv=None) -> float:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--widths", type=int, nargs="+", default=[32, 32, 32])
-    p.add_argument("--interior", type=int, default=2000)
-    p.add_argument("--boundary", type=int, default=400)
-    p.add_argument("--adam-steps", type=int, default=1500)
-    p.add_argument("--lbfgs-steps", type=int, default=1000)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--figure", default="plate.png")
-    p.add_argument("--quiet", action="store_true")
+    p = pinn_arguments(
+        __doc__.splitlines()[0],
+        widths=[32, 32, 32],
+        interior=2000,
+        boundary=400,
+        adam_steps=1500,
+        lbfgs_steps=1000,
+        lr=2e-3,
+        figure="plate.png",
+    )
     args = p.parse_args(argv)
 
     t0 = time.perf_counter()
@@ -58,7 +58,7 @@ def main(argv=None) -> float:
             + (boundary["lap"] / (2 * math.pi**2)).pow(2).mean()
         )
 
-    train(model, loss_fn, args.adam_steps, args.lbfgs_steps, 2e-3, args.quiet)
+    train(model, loss_fn, args.adam_steps, args.lbfgs_steps, args.lr, args.quiet)
     xt = torch.rand(10_000, 2, dtype=dtype)
     with torch.no_grad():
         err = relative_l2(model(xt), exact(xt))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 from collections.abc import Callable
 
 import torch
@@ -18,6 +19,31 @@ def mlp(
         d = w
     layers.append(nn.Linear(d, d_out))
     return nn.Sequential(*layers)
+
+
+def pinn_arguments(
+    description: str,
+    *,
+    widths: list[int],
+    interior: int,
+    boundary: int,
+    adam_steps: int,
+    lbfgs_steps: int,
+    lr: float,
+    figure: str,
+) -> argparse.ArgumentParser:
+    """The options every PINN demo takes, with the demo's defaults; add your own to the parser."""
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--widths", type=int, nargs="+", default=widths)
+    p.add_argument("--interior", type=int, default=interior, help="interior collocation points")
+    p.add_argument("--boundary", type=int, default=boundary, help="boundary (and initial) points")
+    p.add_argument("--adam-steps", type=int, default=adam_steps)
+    p.add_argument("--lbfgs-steps", type=int, default=lbfgs_steps)
+    p.add_argument("--lr", type=float, default=lr, help="Adam learning rate")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--figure", default=figure, help="where to save the figure ('' for none)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    return p
 
 
 def train(

@@ -21,7 +21,7 @@ from torch import nn
 
 import taylorc
 
-from .common import agg_figure, mlp, relative_l2, train
+from .common import agg_figure, mlp, pinn_arguments, relative_l2, train
 
 
 def exact(x: torch.Tensor) -> torch.Tensor:
@@ -95,18 +95,18 @@ def plot_slice(model: nn.Module, D: int, path: str) -> None:
 
 def parse_args(argv=None) -> argparse.Namespace:
     """Command-line options of the demo (dimension, widths, points, steps, seed, figure path)."""
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = pinn_arguments(
+        __doc__.splitlines()[0],
+        widths=[64, 64, 48, 48],
+        interior=2000,
+        boundary=500,
+        adam_steps=1500,
+        lbfgs_steps=1500,
+        lr=2e-3,
+        figure="poisson.png",
+    )
     p.add_argument("--dim", type=int, default=5)
-    p.add_argument("--widths", type=int, nargs="+", default=[64, 64, 48, 48])
-    p.add_argument("--interior", type=int, default=2000)
-    p.add_argument("--boundary", type=int, default=500)
-    p.add_argument("--adam-steps", type=int, default=1500)
-    p.add_argument("--lbfgs-steps", type=int, default=1500)
-    p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--test-points", type=int, default=10_000)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--figure", default="poisson.png")
-    p.add_argument("--quiet", action="store_true")
     return p.parse_args(argv)
 
 
