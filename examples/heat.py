@@ -16,7 +16,14 @@ import time
 import torch
 
 import taylorc
-from taylorc.demos.common import agg_figure, mlp, pinn_arguments, relative_l2, train
+from taylorc.demos.common import (
+    agg_figure,
+    boundary_points,
+    mlp,
+    pinn_arguments,
+    relative_l2,
+    train,
+)
 
 
 def exact(xyt: torch.Tensor, kappa: float) -> torch.Tensor:
@@ -25,14 +32,6 @@ def exact(xyt: torch.Tensor, kappa: float) -> torch.Tensor:
     return (
         torch.exp(-2 * math.pi**2 * kappa * t) * torch.sin(math.pi * x) * torch.sin(math.pi * y)
     )[:, None]
-
-
-def boundary_points(n: int, dtype) -> torch.Tensor:
-    """n points on the walls x, y in {0, 1} at random times."""
-    p = torch.rand(n, 3, dtype=dtype)
-    wall = torch.randint(0, 2, (n,))
-    p[torch.arange(n), wall] = torch.randint(0, 2, (n,)).to(dtype)
-    return p
 
 
 def main(argv=None) -> float:
@@ -57,7 +56,7 @@ def main(argv=None) -> float:
         model, "u_t - kappa*(u_xx + u_yy)", coords="x y t", params={"kappa": args.kappa}
     )
     xi = torch.rand(args.interior, 3, dtype=dtype)
-    xb = boundary_points(args.boundary, dtype)
+    xb = boundary_points(args.boundary, 3, dtype, dims=[0, 1])  # walls in x and y
     x0 = torch.rand(args.boundary, 3, dtype=dtype) * torch.tensor([1.0, 1.0, 0.0], dtype=dtype)
     u0 = exact(x0, args.kappa)
 

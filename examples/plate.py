@@ -17,7 +17,14 @@ import time
 import torch
 
 import taylorc
-from taylorc.demos.common import agg_figure, mlp, pinn_arguments, relative_l2, train
+from taylorc.demos.common import (
+    agg_figure,
+    boundary_points,
+    mlp,
+    pinn_arguments,
+    relative_l2,
+    train,
+)
 
 
 def exact(x: torch.Tensor) -> torch.Tensor:
@@ -44,9 +51,7 @@ def main(argv=None) -> float:
     model = mlp(2, args.widths).to(dtype)
     ops = taylorc.compile(model, {"u": "u", "lap": "laplacian", "bih": "biharmonic"})
     xi = torch.rand(args.interior, 2, dtype=dtype)
-    xb = torch.rand(args.boundary, 2, dtype=dtype)
-    side = torch.randint(0, 2, (args.boundary,))
-    xb[torch.arange(args.boundary), side] = torch.randint(0, 2, (args.boundary,)).to(dtype)
+    xb = boundary_points(args.boundary, 2, dtype)
     scale = 4 * math.pi**4  # residuals of order one
     f = scale * exact(xi)
 

@@ -99,6 +99,20 @@ def train(
     return loss.item()
 
 
+def boundary_points(
+    n: int, D: int, dtype, gen: torch.Generator | None = None, dims=None
+) -> torch.Tensor:
+    """n uniform points on the faces of [0, 1]^D: one of ``dims`` (default all) pinned to 0 or 1.
+
+    ``dims`` excludes coordinates without walls (time: its initial slice is sampled apart).
+    """
+    dims = torch.arange(D) if dims is None else torch.as_tensor(dims)
+    x = torch.rand(n, D, generator=gen, dtype=dtype)
+    face = dims[torch.randint(0, len(dims), (n,), generator=gen)]
+    x[torch.arange(n), face] = torch.randint(0, 2, (n,), generator=gen).to(dtype)
+    return x
+
+
 def relative_l2(pred: torch.Tensor, exact: torch.Tensor) -> float:
     """``||pred - exact||_2 / ||exact||_2`` over all entries."""
     return ((pred - exact).norm() / exact.norm()).item()

@@ -21,7 +21,7 @@ from torch import nn
 
 import taylorc
 
-from .common import agg_figure, mlp, pinn_arguments, relative_l2, train
+from .common import agg_figure, boundary_points, mlp, pinn_arguments, relative_l2, train
 
 
 def exact(x: torch.Tensor) -> torch.Tensor:
@@ -39,14 +39,6 @@ def interior_points(n: int, D: int, gen: torch.Generator, dtype) -> torch.Tensor
     return torch.rand(n, D, generator=gen, dtype=dtype)
 
 
-def boundary_points(n: int, D: int, gen: torch.Generator, dtype) -> torch.Tensor:
-    """n uniform points on the faces of [0, 1]^D (a random coordinate pinned to 0 or 1)."""
-    x = torch.rand(n, D, generator=gen, dtype=dtype)
-    face = torch.randint(0, D, (n,), generator=gen)
-    x[torch.arange(n), face] = torch.randint(0, 2, (n,), generator=gen).to(dtype)
-    return x
-
-
 def train_pinn(args) -> tuple[nn.Module, float]:
     """Train the PINN; returns the model and the relative L2 error on fresh points."""
     dtype = torch.float64
@@ -56,7 +48,7 @@ def train_pinn(args) -> tuple[nn.Module, float]:
     model = mlp(D, args.widths).to(dtype)
     laplacian = taylorc.compile(model, operator="laplacian")
     xi = interior_points(args.interior, D, gen, dtype)
-    xb = boundary_points(args.boundary, D, gen, dtype)
+    xb = boundary_points(args.boundary, D, dtype, gen)
     f, g = source(xi), exact(xb)
 
     def loss_fn():
