@@ -13,17 +13,16 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
-import sympy
 import torch
 from torch.func import hessian, jacfwd, jacrev, vmap
 
 from .operators.spec import (
     Biharmonic,
-    Coefficient,
     Gradient,
     Laplacian,
     Operator,
     Value,
+    coefficient_values,
     resolve_dim,
 )
 
@@ -93,27 +92,9 @@ def _from_terms(f, terms, D, coords, xf):
         T = tensors[k]
         idx = [resolve_dim(v, D, coords, "reference") for v in variables]
         entry = T[(Ellipsis, *idx)] if idx else T
-        out = out + _coefficient_values(c, xf, coords, entry.dim()) * entry
+        c_x = coefficient_values(c, xf, coords).reshape([xf.shape[0]] + [1] * (entry.dim() - 1))
+        out = out + c_x * entry
     return out
-
-
-def _coefficient_values(c, xf, coords, ndim):
-    """c at every sample, shaped (B, 1, ..., 1), by sympy.lambdify or the user's callable."""
-    if isinstance(c, Coefficient):
-        if c.fn is not None:
-            v = c.fn(xf)
-            for i in c.index:
-                v = v.select(1, i)
-        else:
-            c = c.expr
-    if not isinstance(c, Coefficient):
-        e = sympy.sympify(c)
-        if not e.free_symbols:
-            return float(e)
-        names = coords or [f"x{i}" for i in range(xf.shape[1])]
-        fn = sympy.lambdify([sympy.Symbol(n) for n in names], e, modules="torch")
-        v = fn(*xf.unbind(1))
-    return torch.as_tensor(v, dtype=xf.dtype).reshape([xf.shape[0]] + [1] * (ndim - 1))
 
 
 def nested(

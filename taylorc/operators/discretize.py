@@ -18,11 +18,10 @@ from collections.abc import Sequence
 
 import numpy as np
 import scipy.sparse as sp
-import sympy
 import torch
 
 from .parse import parse, split_coords
-from .spec import Coefficient, Operator, resolve_dim
+from .spec import Operator, coefficient_values, resolve_dim
 
 # Central stencils (offsets -2..2) for derivative orders 0..4, second-order accurate.
 _STENCILS = {
@@ -69,23 +68,6 @@ def _uniform_spacing(g: torch.Tensor, d: int) -> float:
     if h <= 0 or (steps - h).abs().max().item() > 1e-9 * abs(h) + 1e-12:
         raise ValueError(f"grid axis {d} must be uniform and increasing")
     return h
-
-
-def _coefficient_at_nodes(c, nodes: torch.Tensor, coords) -> np.ndarray:
-    """Coefficient values at the ``(N, D)`` nodes."""
-    if isinstance(c, Coefficient) and c.fn is not None:
-        v = c.fn(nodes)
-        for i in c.index:
-            v = v.select(1, i)
-        return v.detach().cpu().numpy().astype(np.float64)
-    e = c.expr if isinstance(c, Coefficient) else sympy.sympify(c, rational=True)
-    if not e.free_symbols:
-        return np.full(nodes.shape[0], float(e))
-    names = coords or [f"x{i}" for i in range(nodes.shape[1])]
-    fn = sympy.lambdify([sympy.Symbol(n) for n in names], e, modules="numpy")
-    return np.broadcast_to(
-        np.asarray(fn(*nodes.cpu().numpy().T), dtype=np.float64), (nodes.shape[0],)
-    ).copy()
 
 
 def boundary_mask(shape: Sequence[int], width: int) -> np.ndarray:
@@ -143,7 +125,7 @@ def discretize(
         K = sp.csr_matrix(np.ones((1, 1)))
         for d in range(D):
             K = sp.kron(K, difference_matrix(shape[d], alpha[d], hs[d]), format="csr")
-        A = A + sp.diags(_coefficient_at_nodes(c, nodes, names)) @ K
+        A = A + sp.diags(coefficient_values(c, nodes, names).numpy()) @ K
     A = A.tolil()
     for i in np.flatnonzero(boundary_mask(shape, width)):
         A.rows[i], A.data[i] = [int(i)], [1.0]

@@ -46,6 +46,27 @@ class Coefficient:
         return f"{name}(x){list(self.index) if self.index else ''}"
 
 
+def coefficient_values(c, points, coords=None):
+    """A term's coefficient at ``(N, D)`` points, shape ``(N,)``, same dtype as the points.
+
+    ``c`` is a number, a sympy expression in the coordinate names (``x0, x1, ...``
+    without ``coords``) evaluated by ``sympy.lambdify``, or a :class:`Coefficient`.
+    Used by the nested-autograd reference and the discretization, not by the
+    Taylor graphs (which lower coefficients into the graph).
+    """
+    import torch
+
+    if isinstance(c, Coefficient) and c.fn is not None:
+        v = c.fn(points)
+        for i in c.index:
+            v = v.select(1, i)
+    else:
+        e = c.expr if isinstance(c, Coefficient) else sympy.sympify(c, rational=True)
+        names = coords or [f"x{i}" for i in range(points.shape[1])]
+        v = sympy.lambdify([sympy.Symbol(n) for n in names], e, modules="torch")(*points.unbind(1))
+    return torch.as_tensor(v, dtype=points.dtype, device=points.device).expand(points.shape[0])
+
+
 @dataclass(frozen=True)
 class Part:
     """``coef(x) * sum_v weights[v] D^order u[v]`` (coef None means 1)."""
