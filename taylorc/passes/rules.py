@@ -361,6 +361,7 @@ _SYMPY_TO_ATEN = {
     sympy.cosh: aten.cosh.default,
     sympy.atan: aten.atan.default,
     sympy.tan: aten.tan.default,
+    sympy.asinh: aten.asinh.default,
 }
 
 
@@ -570,7 +571,6 @@ def_deriv(
     ),
     note="threshold branch ignored: the smooth formula everywhere",
 )
-_SYMPY_TO_ATEN[sympy.asinh] = aten.asinh.default
 
 
 def _select_derivs(ctx, x, pieces):
