@@ -1,4 +1,4 @@
-"""The cleanup pass: prune known-zero coefficients, then common-subexpression and dead-code elimination.
+"""The cleanup pass: prune known-zero coefficients, hoist batch broadcasts out of matmuls, then CSE and DCE.
 
 Zeros come from the input jet (its coefficients of order >= 2 vanish: the
 input moves on a straight line) and from the collapsed seed. They are
@@ -150,6 +150,39 @@ def _replace_by(graph, n, keep, factor):
     n.replace_all_uses_with(out)
 
 
+def hoist_broadcast_matmuls(gm: torch.fx.GraphModule) -> int:
+    """Rewrite ``matmul(expand(s), W)`` as ``expand(matmul(s, W))``; returns the count.
+
+    The input jet's first coefficient is the ``(R, D)`` directions expanded over
+    the batch, so the first layer's matmul would multiply B identical rows per
+    direction. Rows of a matmul are independent, so an expand of any dim but the
+    contracted last one commutes with it: the GEMM shrinks to ``(R, 1, D) @ (D, H)``
+    and its backward to a sum over the batch.
+    """
+    count = 0
+    for n in list(gm.graph.nodes):
+        if n.target not in (aten.matmul.default, aten.mm.default):
+            continue
+        a, w = n.args[0], n.args[1]
+        if not (isinstance(a, torch.fx.Node) and a.target == aten.expand.default):
+            continue
+        src, wv, out = a.args[0], w.meta.get("val"), n.meta.get("val")
+        sv = src.meta.get("val") if isinstance(src, torch.fx.Node) else None
+        if sv is None or wv is None or out is None or wv.dim() != 2:
+            continue
+        if sv.dim() != a.meta["val"].dim() or sv.shape[-1] != a.meta["val"].shape[-1]:
+            continue
+        with gm.graph.inserting_before(n):
+            small = gm.graph.call_function(aten.matmul.default, (src, w))
+            wide = gm.graph.call_function(aten.expand.default, (small, list(out.shape)))
+        for m in (small, wide):
+            m.meta["taylorc"] = dict(n.meta.get("taylorc", {}))
+        n.replace_all_uses_with(wide)
+        gm.graph.erase_node(n)
+        count += 1
+    return count
+
+
 class CleanupPass:
     """Zero pruning, CSE (torch.fx's CSEPass) and DCE; keeps the module's constants and metadata."""
 
@@ -158,6 +191,7 @@ class CleanupPass:
     def __call__(self, gm: torch.fx.GraphModule, ctx: PassContext) -> torch.fx.GraphModule:
         annotate_shapes(gm)
         prune_zeros(gm)
+        hoist_broadcast_matmuls(gm)
         gm.recompile()
         meta = dict(gm.meta)
         result = CSEPass()(gm)

@@ -48,6 +48,7 @@ class CollapsePass:
         K = plan.K
         em = Emitter(gm.graph, plan.R)
         jets = info["jets"]
+        before = set(gm.graph.nodes)
         with gm.graph.inserting_before(contract):
             weights = None
             if plan.top_weight_tensor(ctx.dtype, ctx.device) is not None:
@@ -98,7 +99,37 @@ class CollapsePass:
             raise AssertionError(
                 "collapsed top coefficient vanished while the standard one did not"
             )
+        emitted = {n for n in gm.graph.nodes if n not in before}
         contract.replace_all_uses_with(top.node)
         gm.graph.erase_node(contract)
         gm.graph.eliminate_dead_code()
+        schedule_early(gm.graph, emitted)
         return gm
+
+
+def schedule_early(graph: torch.fx.Graph, new: set[torch.fx.Node]) -> None:
+    """Move each of the ``new`` nodes right behind the last original node it reads.
+
+    The pass emits the whole collapsed chain after the standard graph, which keeps
+    every layer's lower-order coefficients alive to the end (memory, and cache
+    misses on the CPU). Interleaving each collapsed coefficient with the layer it
+    belongs to frees them as in the standard graph. The order stays topological:
+    a new node goes after the original nodes it reads and after the new nodes
+    it reads (same slot, emitted earlier).
+    """
+    slot: dict[torch.fx.Node, int] = {}
+    groups: dict[int, list[torch.fx.Node]] = {}
+    originals = [n for n in graph.nodes if n not in new]
+    position = {n: i for i, n in enumerate(originals)}
+    for n in graph.nodes:
+        if n in new:
+            slot[n] = max(
+                (slot[a] if a in slot else position[a] for a in n.all_input_nodes), default=0
+            )
+            groups.setdefault(slot[n], []).append(n)
+    prev = None
+    for i, n in enumerate(originals):
+        for m in [n] + groups.get(i, []):
+            if prev is not None and m.prev is not prev:
+                prev.append(m)
+            prev = m
