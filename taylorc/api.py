@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 import os
 import weakref
@@ -16,9 +17,10 @@ from .passes import PassContext, PassManager
 from .passes.cleanup import CleanupPass
 from .passes.collapse import CollapsePass
 from .passes.taylor import TaylorPass
-from .reference import nested
+from .passes.zcs import ZCSPass, shift_inputs
+from .reference import func_loop, nested
 
-METHODS = ("collapsed", "taylor", "nested")
+METHODS = ("collapsed", "taylor", "nested", "zcs", "auto")
 
 # Graphs built for a model, shared by every CompiledOperator of it (compiling the same model
 # again reuses the work); weak keys: the cache dies with the model.
@@ -72,10 +74,17 @@ class CompiledOperator(torch.nn.Module):
         backend: str = "eager",
         coords=None,
         params: dict | None = None,
+        wrt: int | str | None = None,
     ):
         super().__init__()
         if method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+        if method in ("zcs", "auto") and wrt is None:
+            raise ValueError(
+                f"method={method!r} is for models of several arguments (a DeepONet's "
+                "(branch_input, trunk_input)): name the coordinate argument with wrt= (index or name)"
+            )
+        self.wrt = wrt
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
         if not callable(model):
@@ -144,17 +153,61 @@ class CompiledOperator(torch.nn.Module):
 
     # -- compilation ----------------------------------------------------------------
 
-    def graph_for(self, x: torch.Tensor):
+    def wrt_index(self, args: tuple) -> int:
+        """Position of the coordinates among the call's arguments.
+
+        Raises:
+            ValueError: several arguments and no ``wrt``; ``wrt`` naming no argument.
+        """
+        if self.wrt is None:
+            if len(args) != 1:
+                raise ValueError(
+                    f"called with {len(args)} arguments: pass wrt= (index or name) to "
+                    "taylorc.compile to say which one holds the coordinates"
+                )
+            return 0
+        names = _argument_names(self.fn)
+        if isinstance(self.wrt, str):
+            if self.wrt not in names:
+                raise ValueError(
+                    f"wrt={self.wrt!r} names no argument of the model (its arguments: {names})"
+                )
+            i = names.index(self.wrt)
+        else:
+            i = self.wrt
+        if not 0 <= i < len(args):
+            raise ValueError(
+                f"wrt={self.wrt!r} names no argument of this call ({len(args)} given"
+                + (f"; the model's arguments: {names})" if names else ")")
+            )
+        return i
+
+    def method_for(self, args: tuple, i: int) -> str:
+        """The method a call runs: ``method``, or for ``"auto"`` the rule of :func:`auto_method`."""
+        if self.method != "auto":
+            return self.method
+        M = max((a.shape[0] for j, a in enumerate(args) if j != i), default=1)
+        order = max(
+            (p.order for op in self.ops.values() for p in op.parts(args[i].shape[1], self.coords)),
+            default=0,
+        )
+        return auto_method(order, M, args[i].shape[0])
+
+    def graph_for(self, x: torch.Tensor, args: tuple | None = None, method: str | None = None):
         """The compiled graph for inputs like ``x``: ``(GraphModule, Captured, PassContext)``.
 
         Builds and caches it on first use (capture, then the passes of the method).
+        ``args`` are all the call's arguments for models of several (``wrt``).
         """
-        key = (tuple(x.shape), x.dtype, x.device)
+        method = method or self.method
+        args = args if args is not None else (x,)
+        i = next(j for j, a in enumerate(args) if a is x)
+        key = (method, i) + tuple((tuple(a.shape), a.dtype, a.device) for a in args)
         hit = self._graphs.get(key)
         if hit is not None:
             return hit
         shared = _SHARED.setdefault(self.fn, {}) if _weakrefable(self.fn) else {}
-        shared_key = (self._spec_key(), self.method, self.backend, self.debug_dir, key)
+        shared_key = (self._spec_key(), self.backend, self.debug_dir, key)
         if shared_key in shared:  # another CompiledOperator of this model built it already
             self._graphs[key] = shared[shared_key]
             self._last = shared[shared_key][2]
@@ -162,7 +215,7 @@ class CompiledOperator(torch.nn.Module):
         BUILD_COUNT[0] += 1
         plan = _ops.build_plan(self.ops, math.prod(x.shape[1:]), self.coords)
         try:
-            cap = capture(self.fn, x)
+            cap = capture(self.fn, x, args, i)
         except RuntimeError as e:
             w = self._expected_width()
             if w is not None and x.shape[-1] != w:
@@ -172,8 +225,11 @@ class CompiledOperator(torch.nn.Module):
                 ) from e
             raise
         ctx = PassContext(plan, cap.gm, cap.coord, x.dtype, x.device)
-        passes = [TaylorPass()]
-        if self.method == "collapsed":
+        if method == "zcs":
+            passes = [ZCSPass(self.ops, self.coords)]
+        else:
+            passes = [TaylorPass()]
+        if method == "collapsed":
             passes.append(CollapsePass())
         passes.append(CleanupPass())
         dump = Dumper(self.debug_dir) if self.debug_dir else None
@@ -205,18 +261,31 @@ class CompiledOperator(torch.nn.Module):
 
     # -- calling ------------------------------------------------------------------
 
-    def forward(self, x: torch.Tensor):
+    def forward(self, *args: torch.Tensor):
+        """Evaluate the operator(s) at the coordinates (``args[wrt]`` for models of several arguments)."""
+        i = self.wrt_index(args)
+        x = args[i]
         self._check(x)
-        if self.method == "nested":
+        for j, a in enumerate(args):
+            if j != i and not isinstance(a, torch.Tensor):
+                raise ValueError(f"argument {j} must be a tensor, got {type(a).__name__}")
+        method = self.method_for(args, i)
+        if method == "nested":
             if self.coords is not None and len(self.coords) != math.prod(x.shape[1:]):
                 _ops.build_plan(
                     {}, math.prod(x.shape[1:]), self.coords
                 )  # raises the coords ValueError
-            out = nested(self.fn, self.ops, x, self.coords)
+            if len(args) > 1:
+                out = func_loop(self.fn, self.ops, args, i, self.coords)
+            else:
+                out = nested(self.fn, self.ops, x, self.coords)
             outs = [out[n] for n in self.ops]
         else:
-            gm, cap, _ = self.graph_for(x)
-            outs = gm(*cap.inputs(self.model, x))
+            gm, cap, _ = self.graph_for(x, args, method)
+            inputs = cap.inputs(self.model, *args)
+            if method == "zcs":
+                inputs += shift_inputs(x.shape[1], x.dtype, x.device)
+            outs = gm(*inputs)
         if self._in_shape is None:
             self._in_shape = tuple(x.shape[1:])
         return outs[0] if self.single else dict(zip(self.ops, outs))
@@ -246,6 +315,34 @@ class CompiledOperator(torch.nn.Module):
         return state
 
 
+def auto_method(order: int, M: int, N: int) -> str:
+    """The method ``method="auto"`` runs for a model of M functions at N points.
+
+    Forward (collapsed Taylor) propagates the trunk's jets once for all M
+    functions, and its cost grows with the number of directions, i.e. with the
+    order; ZCS runs one reverse pass per derivative level over the whole
+    ``(M, N)`` graph. The thresholds come from ``bench/zcs.py`` (docs/zcs.md).
+    """
+    return "collapsed" if order <= AUTO_TAYLOR_MAX_ORDER else "zcs"
+
+
+AUTO_TAYLOR_MAX_ORDER = 4
+
+
+def _argument_names(fn) -> list[str]:
+    """Names of the positional arguments of a model's ``forward`` (or a function)."""
+    target = fn.forward if isinstance(fn, torch.nn.Module) else fn
+    try:
+        sig = inspect.signature(target)
+    except (TypeError, ValueError):
+        return []
+    return [
+        p.name
+        for p in sig.parameters.values()
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+    ]
+
+
 def compile(
     model: torch.nn.Module | Callable,
     operator="laplacian",
@@ -255,6 +352,7 @@ def compile(
     backend: str = "eager",
     coords=None,
     params: dict | None = None,
+    wrt: int | str | None = None,
 ) -> CompiledOperator:
     """Compile a linear differential operator of ``model``.
 
@@ -268,7 +366,10 @@ def compile(
             field's notation (``"u_t - 0.01*u_xx + 2*u_xy"`` with ``coords``),
             a sympy expression, a :class:`taylorc.operators.Operator`, or a
             dict of these (one propagation for all; the call returns a dict).
-        method: ``"collapsed"`` (default), ``"taylor"`` or ``"nested"``.
+        method: ``"collapsed"`` (default), ``"taylor"``, ``"nested"`` (torch.func;
+            a loop over the functions for models of several arguments), ``"zcs"``
+            (zero coordinate shift, reverse mode; needs ``wrt``) or ``"auto"``
+            (ZCS or collapsed Taylor by :func:`auto_method`; needs ``wrt``).
         debug_dir: write every pass's graph, node table, picture and a summary
             here (default: the ``TAYLORC_DEBUG_DIR`` environment variable).
         backend: ``"eager"`` (run the fx graph op by op) or ``"inductor"``
@@ -276,12 +377,16 @@ def compile(
         coords: names of the input columns, ``"x y t"`` or a list; needed by
             expressions such as ``"u_t - 0.01*u_xx"`` (see docs/operators.md).
         params: names usable in expression coefficients, e.g. ``{"nu": 0.01}``.
+        wrt: for a model of several arguments (a DeepONet ``model(branch_input,
+            trunk_input) -> (M, N)``), the index or name of the ``(N, D)``
+            coordinates; the call is then ``op(*args)`` and returns ``(M, N)`` terms.
 
     Returns:
         a :class:`CompiledOperator`; the graph is built at the first call.
 
     Raises:
-        ValueError: unknown method, backend or operator name; empty dict; an
+        ValueError: unknown method, backend or operator name; ``wrt`` missing for
+            ``"zcs"``/``"auto"`` or naming no argument (at call time); an
             expression naming an unknown coordinate, nonlinear in u, or of
             order above 6 (the message names the term).
         TypeError: model not callable, operator of an unknown type.
@@ -297,6 +402,7 @@ def compile(
         backend=backend,
         coords=coords,
         params=params,
+        wrt=wrt,
     )
 
 

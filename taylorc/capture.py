@@ -37,7 +37,8 @@ class Captured:
     """A captured model.
 
     Attributes:
-        gm: the functional ATen graph; placeholders are parameters, buffers, then ``x``.
+        gm: the functional ATen graph; placeholders are parameters, buffers, then
+            the call's arguments (``x`` for the coordinates, ``arg<i>`` for others).
         param_names: qualified names of the parameters, in placeholder order.
         buffer_names: qualified names of the buffers, in placeholder order.
         coord: the placeholder name of the coordinates (``"x"``).
@@ -48,20 +49,29 @@ class Captured:
     buffer_names: list[str]
     coord: str = "x"
 
-    def inputs(self, model, x: torch.Tensor) -> list[torch.Tensor]:
-        """The live tensors to feed the graph: parameters, buffers, x."""
+    def inputs(self, model, *args: torch.Tensor) -> list[torch.Tensor]:
+        """The live tensors to feed the graph: parameters, buffers, then the call's arguments."""
         if not isinstance(model, torch.nn.Module):
-            return [x]
+            return list(args)
         params = dict(model.named_parameters())
         buffers = dict(model.named_buffers())
-        return [params[n] for n in self.param_names] + [buffers[n] for n in self.buffer_names] + [x]
+        return (
+            [params[n] for n in self.param_names]
+            + [buffers[n] for n in self.buffer_names]
+            + list(args)
+        )
 
 
 def _sanitize(name: str) -> str:
     return re.sub(r"\W", "_", name)
 
 
-def capture(model: torch.nn.Module | Callable, x: torch.Tensor) -> Captured:
+def capture(
+    model: torch.nn.Module | Callable,
+    x: torch.Tensor,
+    args: tuple[torch.Tensor, ...] | None = None,
+    wrt: int = 0,
+) -> Captured:
     """Trace ``model`` on an input like ``x`` to a core-ATen fx graph.
 
     Args:
@@ -69,6 +79,10 @@ def capture(model: torch.nn.Module | Callable, x: torch.Tensor) -> Captured:
             Tensors a plain function closes over are baked in as constants.
         x: example coordinates ``(B, *in)``, floating point; only shape, dtype
             and device are used.
+        args: all positional arguments of a model that takes more than the
+            coordinates (a DeepONet's ``(branch_input, trunk_input)``); ``args[wrt]``
+            is ``x``. The others become placeholders ``arg<i>`` that carry no jet.
+        wrt: index of the coordinates in ``args``.
 
     Returns:
         :class:`Captured`, with ``meta["val"]`` (fake tensors) and recorded
@@ -83,16 +97,17 @@ def capture(model: torch.nn.Module | Callable, x: torch.Tensor) -> Captured:
     else:
         params, buffers = {}, {}
     pnames, bnames = list(params), list(buffers)
+    call_args = list(args) if args is not None else [x]
+    n_state = len(pnames) + len(bnames)
 
-    def fn(*args):
-        p = dict(zip(pnames, args[: len(pnames)]))
-        b = dict(zip(bnames, args[len(pnames) : len(pnames) + len(bnames)]))
-        xx = args[-1]
+    def fn(*inputs):
+        p = dict(zip(pnames, inputs[: len(pnames)]))
+        b = dict(zip(bnames, inputs[len(pnames) : n_state]))
         if isinstance(model, torch.nn.Module):
-            return torch.func.functional_call(model, {**p, **b}, (xx,))
-        return model(xx)
+            return torch.func.functional_call(model, {**p, **b}, tuple(inputs[n_state:]))
+        return model(*inputs[n_state:])
 
-    example = list(params.values()) + list(buffers.values()) + [x]
+    example = list(params.values()) + list(buffers.values()) + call_args
     try:
         gm = make_fx(
             fn,
@@ -111,9 +126,12 @@ def capture(model: torch.nn.Module | Callable, x: torch.Tensor) -> Captured:
                 "part outside the model."
             ) from e
         raise
-    names = [f"p_{_sanitize(n)}" for n in pnames] + [f"b_{_sanitize(n)}" for n in bnames] + ["x"]
+    arg_names = ["x" if i == wrt else f"arg{i}" for i in range(len(call_args))]
+    names = (
+        [f"p_{_sanitize(n)}" for n in pnames] + [f"b_{_sanitize(n)}" for n in bnames] + arg_names
+    )
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
-    for node, name, qual in zip(placeholders, names, pnames + bnames + [None]):
+    for node, name, qual in zip(placeholders, names, pnames + bnames + [None] * len(call_args)):
         node.name = node.target = name
         node.meta["taylorc_input"] = qual
     gm.graph._codegen = torch.fx.graph.CodeGen()  # plain positional signature

@@ -102,3 +102,124 @@ def nested(
 ) -> dict[str, torch.Tensor]:
     """Every operator in ``ops`` by nested autograd (one pass per operator)."""
     return {name: nested_term(model, op, x, coords) for name, op in ops.items()}
+
+
+class MultiIndexCache:
+    """Derivatives by multi-index, each computed once from its closest cached parent.
+
+    ``children(q)`` returns the D first derivatives of a cached quantity ``q`` (one
+    reverse pass gives all of them), so asking for ``u_xxt`` after ``u_xx`` costs one
+    more pass, and the siblings of every computed index come for free. This is the
+    caching of DeepXDE's ZCS ``LazyGrad`` (Leng et al. 2024) and of its ``jacobian``
+    helpers.
+
+    Args:
+        root: the order-0 quantity.
+        D: number of coordinates.
+        children: ``q -> [dq/dx_0, ..., dq/dx_{D-1}]`` (None entries mean zero).
+    """
+
+    def __init__(self, root, D: int, children: Callable):
+        self.D = D
+        self.children = children
+        self.cache: dict[tuple[int, ...], object] = {(0,) * D: root}
+
+    def __call__(self, alpha: tuple[int, ...]):
+        """The derivative with multi-index ``alpha`` (counts per coordinate); None when zero."""
+        alpha = tuple(alpha)
+        if alpha in self.cache:
+            return self.cache[alpha]
+        j = max(i for i, a in enumerate(alpha) if a > 0)
+        parent = alpha[:j] + (alpha[j] - 1,) + alpha[j + 1 :]
+        q = self(parent)
+        kids = self.children(q) if q is not None else [None] * self.D
+        for i, kid in enumerate(kids):
+            self.cache[parent[:i] + (parent[i] + 1,) + parent[i + 1 :]] = kid
+        return self.cache[alpha]
+
+
+def multi_index(variables, D: int, coords=None) -> tuple[int, ...]:
+    """Counts per coordinate of a term's variables, e.g. ``("x", "x", "t")`` -> ``(2, 1)``."""
+    alpha = [0] * D
+    for v in variables:
+        alpha[resolve_dim(v, D, coords, "operator")] += 1
+    return tuple(alpha)
+
+
+def func_loop(
+    model: Callable, ops: dict[str, Operator], args: tuple, wrt: int, coords=None
+) -> dict[str, torch.Tensor]:
+    """Operator terms of a many-functions model by a loop over the functions (FuncLoop).
+
+    The baseline of Leng et al. (2024), Sec. 2: for each of the M functions the
+    coordinates ``(N, D)`` are a reverse-mode leaf and every derivative is a
+    ``torch.autograd.grad`` of the summed lower one ("many roots, many leaves").
+
+    Args:
+        model: ``model(*args) -> (M, N)``; every argument but ``args[wrt]`` is
+            batched over the M functions along dim 0.
+        ops: the operators (value, gradient, linear).
+        args: the call's arguments; ``args[wrt]`` are the ``(N, D)`` coordinates.
+        wrt: index of the coordinates.
+        coords: coordinate names.
+
+    Returns:
+        name -> ``(M, N)`` (the gradient ``(M, N, D)``), with graphs for training.
+
+    Raises:
+        ValueError: the model's output is not ``(M, N)``.
+    """
+    x0 = args[wrt]
+    M = next(a.shape[0] for i, a in enumerate(args) if i != wrt)
+    per_function = []
+    for m in range(M):
+        x = x0.detach().requires_grad_()
+        u = model(*[x if i == wrt else a[m : m + 1] for i, a in enumerate(args)])
+        if u.dim() != 2:
+            raise ValueError(f"func_loop needs a model returning (M, N), got {tuple(u.shape)}")
+        per_function.append(point_leaf_terms(u[0], x, ops, coords))
+    return {k: torch.stack([t[k] for t in per_function]) for k in ops}
+
+
+def point_leaf_terms(u: torch.Tensor, x: torch.Tensor, ops, coords=None) -> dict[str, torch.Tensor]:
+    """Operator terms of ``u (P,)`` whose entry p depends on the leaf row ``x[p] (D,)`` only.
+
+    Every derivative is ``torch.autograd.grad`` of the summed lower one w.r.t. the
+    ``(P, D)`` leaf ("many roots, many leaves"); FuncLoop calls it per function,
+    DataVect (Leng et al. 2024) once on the ``(M * N, D)`` aligned points.
+    """
+
+    def children(q):
+        g = torch.autograd.grad(q.sum(), x, create_graph=True, allow_unused=True)[0]
+        return [None if g is None else g[:, j] for j in range(x.shape[1])]
+
+    return assemble_terms(MultiIndexCache(u, x.shape[1], children), u, ops, x, coords, axis=0)
+
+
+def assemble_terms(derivative: Callable, u, ops, x, coords, axis: int) -> dict[str, torch.Tensor]:
+    """Each operator from per-multi-index derivatives of u.
+
+    Args:
+        derivative: ``alpha -> d^alpha u`` shaped like u (None for zero).
+        u: the value; x: the ``(N, D)`` coordinates, whose points lie on ``axis`` of u.
+    """
+    D = x.shape[1]
+    out = {}
+    for name, op in ops.items():
+        if isinstance(op, Value):
+            out[name] = u
+        elif isinstance(op, Gradient):
+            unit = [tuple(int(i == j) for i in range(D)) for j in range(D)]
+            out[name] = torch.stack([_zero_if_none(derivative(a), u) for a in unit], dim=-1)
+        else:
+            total = torch.zeros_like(u)
+            shape = [1] * axis + [x.shape[0]] + [1] * (u.dim() - axis - 1)
+            for variables, c in op.terms(D, coords).items():
+                d = _zero_if_none(derivative(multi_index(variables, D, coords)), u)
+                total = total + coefficient_values(c, x, coords).reshape(shape) * d
+            out[name] = total
+    return out
+
+
+def _zero_if_none(t, like):
+    return torch.zeros_like(like) if t is None else t

@@ -35,6 +35,8 @@ class PassContext:
         coord: name of the source placeholder that holds the coordinates x.
         dtype, device: of the coordinates; constants the passes create use them.
         records: one dict per pass run (name, seconds, node counts, FLOPs, bytes).
+        batch_axis: the output axis that carries the coordinates' batch axis (set by
+            the batch analysis; 1 for a DeepONet's ``(M, N)``), None if unknown.
     """
 
     plan: JetPlan
@@ -43,6 +45,7 @@ class PassContext:
     dtype: torch.dtype
     device: torch.device
     records: list[dict[str, Any]] = field(default_factory=list)
+    batch_axis: int | None = 0
 
     def warn(self, message: str) -> None:
         warnings.warn(message, UserWarning, stacklevel=4)

@@ -16,6 +16,8 @@ analysis stops following it rather than guess.
 
 from __future__ import annotations
 
+import math
+
 import networkx as nx
 import torch
 import torch.fx
@@ -176,9 +178,13 @@ def _batch_dim_of(node: torch.fx.Node, axes: dict, B: int):
         a, b = node.args[1] % nd, node.args[2] % nd
         return b if bd == a else a if bd == b else bd
     if t in (aten.view.default, aten.reshape.default, aten._unsafe_view.default):
-        shape_in, shape_out = _shape(first), _shape(node)
-        if bd is not None and shape_in[: bd + 1] == shape_out[: bd + 1]:
-            return bd
+        shape_in, shape_out = list(_shape(first)), list(_shape(node))
+        if bd is None:
+            return None
+        before = math.prod(shape_in[:bd])
+        for j, size in enumerate(shape_out):  # the axis survives where the elements before it agree
+            if size == shape_in[bd] and math.prod(shape_out[:j]) == before:
+                return j
         return None  # merged with other dims: stop following rather than guess
     if t is aten.unsqueeze.default and bd is not None:
         return bd + 1 if node.args[1] % nd <= bd else bd
@@ -192,12 +198,17 @@ def _batch_dim_of(node: torch.fx.Node, axes: dict, B: int):
     return out
 
 
-def check_batch_independence(gm: torch.fx.GraphModule, coord: str) -> None:
+def check_batch_independence(gm: torch.fx.GraphModule, coord: str) -> int | None:
     """Raise if the graph lets output row b depend on input rows other than b.
 
     Args:
         gm: a captured graph (``meta["val"]`` on every node).
         coord: the name of the coordinates' placeholder (batch axis 0).
+
+    Returns:
+        the output's axis that carries the coordinates' batch axis (0 for a
+        per-sample model, 1 for a DeepONet's ``(M, N)`` output), or None when
+        the analysis lost track of it.
 
     Raises:
         BatchCouplingError: naming the op, the node, the user's source line and
@@ -227,3 +238,7 @@ def check_batch_independence(gm: torch.fx.GraphModule, coord: str) -> None:
                 + "\nMake every output row depend on its own input row only (model.eval() for batch norm; "
                 "no attention or reductions across collocation points)."
             ) from None
+    out = next(n for n in gm.graph.nodes if n.op == "output").args[0]
+    if isinstance(out, (tuple, list)):
+        out = out[0] if len(out) == 1 else None
+    return axes.get(out, 0 if out is x else None)

@@ -166,7 +166,7 @@ class TaylorPass:
 
     def __call__(self, gm: torch.fx.GraphModule, ctx: PassContext) -> torch.fx.GraphModule:
         plan = ctx.plan
-        check_batch_independence(gm, ctx.coord)
+        ctx.batch_axis = check_batch_independence(gm, ctx.coord)
         root = torch.nn.Module()
         graph = torch.fx.Graph()
         em = Emitter(graph, plan.R)
@@ -301,7 +301,9 @@ def read_term(term, y: Jet, top, plan, root, em, ctx, x):
                 "r,r...->...", [em.proxy(em.graph.get_attr(name)), y[p.order]]
             )
         if part is not None and p.coef is not None:
-            part = aten.mul.Tensor(part, coefficient(p.coef, x, y.ndim, plan, root, em))
+            part = aten.mul.Tensor(
+                part, coefficient(p.coef, x, y.ndim, plan, root, em, ctx.batch_axis)
+            )
         out = add(out, part)
     return out if out is not None else aten.zeros_like.default(y[0])
 
@@ -317,8 +319,20 @@ class CoefficientFunction(torch.nn.Module):
         return self.fn(x)
 
 
-def coefficient(coef, x, out_ndim: int, plan, root, em):
-    """Emit ``c(x)`` shaped ``(B, 1, ..., 1)`` to broadcast against a ``(B, *out)`` term."""
+def coefficient(coef, x, out_ndim: int, plan, root, em, axis: int | None = 0):
+    """Emit ``c(x)`` shaped ``(B, 1, ..., 1)`` to broadcast against a ``(B, *out)`` term.
+
+    ``axis`` is the output axis of the batch (1 for ``(M, B)``-shaped outputs).
+
+    Raises:
+        ValueError: the coefficient depends on x but the batch axis of the output is unknown.
+    """
+    if axis is None:
+        raise ValueError(
+            "a coordinate-dependent coefficient needs to know which output axis holds the "
+            "collocation points, and the batch analysis lost track of it (a reshape merged it): "
+            "keep the points' axis separate in the model's output"
+        )
     B = x.node.meta["val"].shape[0]
     flat = aten.reshape.default(x, [B, plan.D])
     if coef.expr is not None:
@@ -345,7 +359,7 @@ def coefficient(coef, x, out_ndim: int, plan, root, em):
         c = em.proxy(em.graph.call_module(name, (flat.node,)))
         for i in coef.index:
             c = aten.select.int(c, 1, i)
-    return aten.reshape.default(c, [B] + [1] * (out_ndim - 1))
+    return aten.reshape.default(c, [1] * axis + [B] + [1] * (out_ndim - axis - 1))
 
 
 _COMPOSITES: dict = {}
