@@ -42,6 +42,7 @@ def _load(name):
             "heat",
             ["--adam-steps", "3", "--lbfgs-steps", "2", "--interior", "64", "--boundary", "32"],
         ),
+        ("deeponet_diffusion_reaction", ["--steps", "3", "--train-functions", "30"]),
         (
             "plate",
             ["--adam-steps", "3", "--lbfgs-steps", "2", "--interior", "64", "--boundary", "32"],
@@ -72,3 +73,20 @@ def test_cole_hopf_reference_is_converged():
     assert (coarse - fine).abs().max() < 1e-10
     torch.testing.assert_close(coarse[0], -torch.sin(math.pi * x))
     assert coarse[:, 0].abs().max() < 1e-12 and coarse[:, -1].abs().max() < 1e-12  # u(+-1, t) = 0
+
+
+def test_diffusion_reaction_reference_converges():
+    """The example's finite-difference solver: time steps and grid refinement agree."""
+    import torch
+
+    ex = _load("deeponet_diffusion_reaction")
+    gen = torch.Generator().manual_seed(0)
+    fine = torch.linspace(0, 1, 101, dtype=torch.float64)
+    f = ex.gaussian_random_field(2, fine, 0.2, gen)
+    u = ex.solve_fd(f, fine, steps=2000, times=11)
+    finer_t = ex.solve_fd(f, fine, steps=8000, times=11)
+    assert (u - finer_t).norm() / u.norm() < 1e-5
+    grid2 = torch.linspace(0, 1, 201, dtype=torch.float64)
+    u2 = ex.solve_fd(ex.interpolate(f, fine, grid2), grid2, steps=2000, times=11)
+    assert (u2[..., ::2] - u).norm() / u.norm() < 2e-3  # second order: h = 0.01 vs 0.005
+    assert u[:, 0].abs().max() == 0 and u[..., [0, -1]].abs().max() == 0
