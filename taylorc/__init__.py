@@ -7,7 +7,15 @@ module computing the operator per sample. See docs/architecture.md.
 
 from . import errors, operators
 from .api import CompiledOperator, compile
+from .losses import unbiased_squared_residual
 from .passes.rules import register_rule
 
-__all__ = ["CompiledOperator", "compile", "errors", "operators", "register_rule"]
+__all__ = [
+    "CompiledOperator",
+    "compile",
+    "errors",
+    "operators",
+    "register_rule",
+    "unbiased_squared_residual",
+]
 __version__ = "0.1.0"

@@ -13,14 +13,16 @@ import torch
 from . import operators as _ops
 from .capture import Captured, capture
 from .debug import Dumper, format_records
+from .operators.stochastic import sample_directions, stochastic_plan
 from .passes import PassContext, PassManager
 from .passes.cleanup import CleanupPass
 from .passes.collapse import CollapsePass
+from .passes.stein import SteinPass, sigma_vector, stein_order
 from .passes.taylor import TaylorPass
 from .passes.zcs import ZCSPass, shift_inputs
 from .reference import func_loop, nested
 
-METHODS = ("collapsed", "taylor", "nested", "zcs", "auto")
+METHODS = ("collapsed", "taylor", "nested", "zcs", "auto", "stochastic", "stein")
 
 # Graphs built for a model, shared by every CompiledOperator of it (compiling the same model
 # again reuses the work); weak keys: the cache dies with the model.
@@ -75,6 +77,11 @@ class CompiledOperator(torch.nn.Module):
         coords=None,
         params: dict | None = None,
         wrt: int | str | None = None,
+        samples: int | None = None,
+        sigma=None,
+        variance_reduction: bool = True,
+        distribution: str = "rademacher",
+        generator: torch.Generator | None = None,
     ):
         super().__init__()
         if method not in METHODS:
@@ -85,6 +92,19 @@ class CompiledOperator(torch.nn.Module):
                 "(branch_input, trunk_input)): name the coordinate argument with wrt= (index or name)"
             )
         self.wrt = wrt
+        if method in ("stochastic", "stein") and (samples is None or samples < 1):
+            raise ValueError(f"method={method!r} needs samples= (a positive number of samples)")
+        if method == "stein" and sigma is None:
+            raise ValueError(
+                "method='stein' needs sigma= (the Gaussian smoothing width: a number, one per "
+                "coordinate, or a dict by coordinate name)"
+            )
+        if method == "stochastic" and backend != "eager":
+            raise ValueError(
+                "method='stochastic' redraws its directions per call: use backend='eager'"
+            )
+        self.samples, self.sigma, self.variance_reduction = samples, sigma, variance_reduction
+        self.distribution, self.generator = distribution, generator
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
         if not callable(model):
@@ -207,15 +227,29 @@ class CompiledOperator(torch.nn.Module):
         if hit is not None:
             return hit
         shared = _SHARED.setdefault(self.fn, {}) if _weakrefable(self.fn) else {}
-        shared_key = (self._spec_key(), self.backend, self.debug_dir, key)
+        random = (self.samples, self.distribution, repr(self.sigma), self.variance_reduction)
+        shared_key = (self._spec_key(), self.backend, self.debug_dir, random, key)
         if shared_key in shared:  # another CompiledOperator of this model built it already
             self._graphs[key] = shared[shared_key]
             self._last = shared[shared_key][2]
             return self._graphs[key]
         BUILD_COUNT[0] += 1
-        plan = _ops.build_plan(self.ops, math.prod(x.shape[1:]), self.coords)
+        D = math.prod(x.shape[1:])
+        example = x
+        if method == "stochastic":
+            if len(self.ops) != 1:
+                raise ValueError("method='stochastic' takes one operator, not a dict")
+            ((name, op),) = self.ops.items()
+            plan = stochastic_plan(name, op, D, self.coords, self.samples, self.distribution)
+        else:
+            plan = _ops.build_plan(self.ops, D, self.coords)
+        if method == "stein":
+            stein_order(self.ops, D, self.coords)
+            n_eval = 2 * self.samples + 1 if self.variance_reduction else self.samples
+            example = x.new_zeros((n_eval * x.shape[0],) + tuple(x.shape[1:]))
+            args = (example,)
         try:
-            cap = capture(self.fn, x, args, i)
+            cap = capture(self.fn, example, args, i)
         except RuntimeError as e:
             w = self._expected_width()
             if w is not None and x.shape[-1] != w:
@@ -227,9 +261,16 @@ class CompiledOperator(torch.nn.Module):
         ctx = PassContext(plan, cap.gm, cap.coord, x.dtype, x.device)
         if method == "zcs":
             passes = [ZCSPass(self.ops, self.coords)]
+        elif method == "stein":
+            sigma = sigma_vector(self.sigma, D, self.coords)
+            passes = [
+                SteinPass(
+                    self.ops, self.coords, self.samples, sigma, self.variance_reduction, x.shape[0]
+                )
+            ]
         else:
             passes = [TaylorPass()]
-        if method == "collapsed":
+        if method in ("collapsed", "stochastic"):
             passes.append(CollapsePass())
         passes.append(CleanupPass())
         dump = Dumper(self.debug_dir) if self.debug_dir else None
@@ -281,10 +322,18 @@ class CompiledOperator(torch.nn.Module):
                 out = nested(self.fn, self.ops, x, self.coords)
             outs = [out[n] for n in self.ops]
         else:
-            gm, cap, _ = self.graph_for(x, args, method)
+            gm, cap, ctx = self.graph_for(x, args, method)
             inputs = cap.inputs(self.model, *args)
             if method == "zcs":
                 inputs += shift_inputs(x.shape[1], x.dtype, x.device)
+            elif method == "stein":
+                shape = (self.samples, x.shape[0], math.prod(x.shape[1:]))
+                inputs.append(
+                    torch.randn(shape, generator=self.generator, dtype=x.dtype, device=x.device)
+                )
+            elif method == "stochastic":
+                v = sample_directions(ctx.plan, self.generator, x.dtype, x.device)
+                gm.directions.copy_(v)
             outs = gm(*inputs)
         if self._in_shape is None:
             self._in_shape = tuple(x.shape[1:])
@@ -353,6 +402,11 @@ def compile(
     coords=None,
     params: dict | None = None,
     wrt: int | str | None = None,
+    samples: int | None = None,
+    sigma=None,
+    variance_reduction: bool = True,
+    distribution: str = "rademacher",
+    generator: torch.Generator | None = None,
 ) -> CompiledOperator:
     """Compile a linear differential operator of ``model``.
 
@@ -369,7 +423,11 @@ def compile(
         method: ``"collapsed"`` (default), ``"taylor"``, ``"nested"`` (torch.func;
             a loop over the functions for models of several arguments), ``"zcs"``
             (zero coordinate shift, reverse mode; needs ``wrt``) or ``"auto"``
-            (ZCS or collapsed Taylor by :func:`auto_method`; needs ``wrt``).
+            (ZCS or collapsed Taylor by :func:`auto_method`; needs ``wrt``),
+            ``"stochastic"`` (randomized collapsed Taylor: unbiased Laplacian or
+            biharmonic from ``samples`` random directions; Shi et al. 2024) or
+            ``"stein"`` (Gaussian-smoothed model, derivatives of order <= 2 by
+            Stein's identity, no back-propagation; He et al. 2023).
         debug_dir: write every pass's graph, node table, picture and a summary
             here (default: the ``TAYLORC_DEBUG_DIR`` environment variable).
         backend: ``"eager"`` (run the fx graph op by op) or ``"inductor"``
@@ -380,6 +438,15 @@ def compile(
         wrt: for a model of several arguments (a DeepONet ``model(branch_input,
             trunk_input) -> (M, N)``), the index or name of the ``(N, D)``
             coordinates; the call is then ``op(*args)`` and returns ``(M, N)`` terms.
+        samples: S, for ``method="stochastic"`` (random directions) and
+            ``method="stein"`` (Gaussian samples per point).
+        sigma: Stein smoothing width: a number, one per coordinate, or a dict by
+            coordinate name (e.g. a separate width for t).
+        variance_reduction: Stein with antithetic pairs and the control variate g(x).
+        distribution: stochastic directions, ``"rademacher"``, ``"normal"`` or
+            ``"coordinate"`` (see :mod:`taylorc.operators.stochastic`).
+        generator: the ``torch.Generator`` the random methods draw from at every
+            call (default: torch's global generator, seeded by ``torch.manual_seed``).
 
     Returns:
         a :class:`CompiledOperator`; the graph is built at the first call.
@@ -403,6 +470,11 @@ def compile(
         coords=coords,
         params=params,
         wrt=wrt,
+        samples=samples,
+        sigma=sigma,
+        variance_reduction=variance_reduction,
+        distribution=distribution,
+        generator=generator,
     )
 
 

@@ -65,6 +65,10 @@ class JetPlan:
         terms: one :class:`TermPlan` per requested output.
         collapsible: whether order K can be propagated collapsed (no term needs
             the per-direction top coefficients, and G < R).
+        coords: coordinate names, if given.
+        stochastic: for ``method="stochastic"``, ``(kind, distribution, S, dims)``:
+            the directions are placeholders drawn afresh per call
+            (:mod:`taylorc.operators.stochastic`).
     """
 
     D: int
@@ -74,6 +78,7 @@ class JetPlan:
     terms: list[TermPlan]
     collapsible: bool
     coords: list[str] | None = None
+    stochastic: tuple | None = None
 
     @property
     def R(self) -> int:

@@ -1,0 +1,182 @@
+"""The Stein pass: derivatives of the Gaussian-smoothed model without any back-propagation.
+
+He, Lin, Chen, Xu, Xu, "Learning physics-informed neural networks without
+stacked back-propagation" (AISTATS 2023), Sec. 3: model the solution as
+``f_sigma(x) = E g(x + delta)``, ``delta ~ N(0, diag(sigma^2))``. Stein's identity
+gives its derivatives as expectations of model values (Eqs. 5-6)::
+
+    d_i f    = E[delta_i g(x + delta)] / sigma_i^2
+    d_ij f   = E[(delta_i delta_j - [i = j] sigma_i^2) g(x + delta)] / (sigma_i^2 sigma_j^2)
+
+With ``variance_reduction`` (Sec. 3.2) the antithetic pair ``x +- delta`` and the
+control variate ``g(x)`` replace ``g(x + delta)`` by ``(g(x+delta) - g(x-delta))/2``
+in first-order terms and by ``(g(x+delta) + g(x-delta) - 2 g(x))/2`` in
+second-order ones; both keep the expectation and remove the O(1/sigma^2)
+noise of the plain estimator. The value is the sample mean of g(x +- delta).
+
+The pass rewrites the captured model (traced at the stacked batch size) into
+one graph: the ``(S, B, D)`` standard-normal ``noise`` is a placeholder fed
+fresh at each call, the points are replicated over the samples in the graph
+(no Python loop), the model runs ONCE on all of x, x + delta, x - delta, and
+the requested terms are read off as above.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.fx
+from torch._decomp import core_aten_decompositions
+from torch.fx.experimental.proxy_tensor import make_fx
+
+from ..reference import assemble_terms
+from . import PassContext
+from .batch import check_batch_independence
+
+
+def sigma_vector(sigma, D: int, coords) -> torch.Tensor:
+    """Smoothing widths per coordinate, ``(D,)`` float64.
+
+    Args:
+        sigma: a number, a sequence of D numbers, or a dict ``{coordinate name: width}``
+            naming every coordinate.
+
+    Raises:
+        ValueError: wrong length, a name that is not a coordinate, a coordinate
+            without a width, or a width <= 0.
+    """
+    if isinstance(sigma, dict):
+        if coords is None:
+            raise ValueError("sigma given by coordinate name needs coords=")
+        unknown = set(sigma) - set(coords)
+        missing = [c for c in coords if c not in sigma]
+        if unknown or missing:
+            raise ValueError(
+                f"sigma names {sorted(unknown)} that are not coordinates {list(coords)}"
+                if unknown
+                else f"sigma gives no width for {missing}"
+            )
+        values = [float(sigma[c]) for c in coords]
+    elif isinstance(sigma, (int, float)):
+        values = [float(sigma)] * D
+    else:
+        values = [float(v) for v in sigma]
+        if len(values) != D:
+            raise ValueError(f"sigma has {len(values)} widths for {D} coordinates")
+    if min(values) <= 0:
+        raise ValueError(f"sigma must be positive, got {values}")
+    return torch.tensor(values, dtype=torch.float64)
+
+
+def stein_order(ops: dict, D: int, coords) -> int:
+    """Highest derivative order the operators need.
+
+    Raises:
+        ValueError: an order above 2 (Stein's identity of order 2 is what the pass implements).
+    """
+    order = 0
+    for name, op in ops.items():
+        k = max((p.order for p in op.parts(D, coords)), default=0)
+        if k > 2:
+            raise ValueError(
+                f"method='stein' estimates derivatives of order <= 2, but {name!r} ({op!r}) "
+                f"has order {k}: use method='collapsed' or method='stochastic'"
+            )
+        order = max(order, k)
+    return order
+
+
+class SteinPass:
+    """Rewrite a captured model into its Stein estimator graph.
+
+    The source graph must be captured at batch ``n_eval * B`` (``n_eval = 2S + 1``
+    with variance reduction, S without). The result takes the source's
+    placeholders with the coordinates ``(B, D)`` and a ``noise`` ``(S, B, D)``
+    placeholder, and returns the tuple of terms (shapes of ``model(x)``; the
+    gradient appends D).
+
+    Args:
+        ops: name -> operator of order <= 2 (mixed second derivatives included).
+        coords: coordinate names or None.
+        samples: S.
+        sigma: ``(D,)`` tensor of smoothing widths per coordinate.
+        variance_reduction: antithetic pairs and the control variate g(x).
+        batch: B.
+
+    Raises:
+        BatchCouplingError: the model mixes batch rows.
+    """
+
+    name = "stein"
+
+    def __init__(self, ops, coords, samples: int, sigma: torch.Tensor, variance_reduction, batch):
+        self.ops, self.coords, self.S = ops, coords, samples
+        self.sigma, self.vr, self.B = sigma, variance_reduction, batch
+
+    def __call__(self, gm: torch.fx.GraphModule, ctx: PassContext) -> torch.fx.GraphModule:
+        check_batch_independence(gm, ctx.coord)
+        placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+        ix = next(i for i, n in enumerate(placeholders) if n.name == ctx.coord)
+        x_val = placeholders[ix].meta["val"]
+        S, B, vr = self.S, self.B, self.vr
+        in_shape = tuple(x_val.shape[1:])
+        D = int(torch.tensor(in_shape).prod()) if in_shape else 1
+        ops, coords, sigma = self.ops, self.coords, self.sigma
+        s = [float(v) for v in sigma]
+
+        def estimator(*inputs):
+            base, noise = list(inputs[:-1]), inputs[-1]
+            x = base[ix]  # (B, *in)
+            delta = noise * sigma.to(dtype=x.dtype, device=x.device)  # (S, B, D)
+            shift = delta.reshape((S, B) + in_shape)
+            points = [x[None], x + shift, x - shift] if vr else [x + shift]
+            base[ix] = torch.cat(points).reshape((-1,) + in_shape)
+            g = gm(*base)
+            g = g.reshape((-1, B) + tuple(g.shape[1:]))  # (n_eval, B, *out)
+            out_nd = g.dim() - 2
+            if vr:
+                g0, plus, minus = g[0], g[1 : S + 1], g[S + 1 :]
+                value = ((plus + minus) / 2).mean(0)
+                odd, even = (plus - minus) / 2, (plus + minus - 2 * g0) / 2
+            else:
+                value = g.mean(0)
+                odd = even = g
+
+            def component(i):  # delta_i (S, B) broadcast against (S, B, *out)
+                return delta[..., i].reshape((S, B) + (1,) * out_nd)
+
+            def derivative(alpha):
+                idx = [i for i, a in enumerate(alpha) for _ in range(a)]
+                if not idx:
+                    return value
+                if len(idx) == 1:
+                    (i,) = idx
+                    return (component(i) * odd).mean(0) / s[i] ** 2
+                i, j = idx
+                w = component(i) * component(j) - (s[i] ** 2 if i == j else 0.0)
+                return (w * even).mean(0) / (s[i] ** 2 * s[j] ** 2)
+
+            flat = x.reshape(B, D)
+            terms = assemble_terms(derivative, value, ops, flat, coords, axis=0)
+            return tuple(terms[k] for k in ops)
+
+        examples = [
+            torch.zeros(n.meta["val"].shape, dtype=n.meta["val"].dtype, device=ctx.device)
+            for n in placeholders
+        ]
+        examples[ix] = torch.zeros((B,) + in_shape, dtype=ctx.dtype, device=ctx.device)
+        examples.append(torch.zeros(S, B, D, dtype=ctx.dtype, device=ctx.device))
+        out = make_fx(
+            estimator,
+            decomposition_table=core_aten_decompositions(),
+            tracing_mode="fake",
+            record_stack_traces=True,
+            _allow_non_fake_inputs=True,  # the sigma constant
+        )(*examples)
+        names = [n.name for n in placeholders] + ["noise"]
+        for node, name in zip([n for n in out.graph.nodes if n.op == "placeholder"], names):
+            node.name = node.target = name
+        out.graph._codegen = torch.fx.graph.CodeGen()
+        out.graph.eliminate_dead_code()
+        out.recompile()
+        out.meta["taylorc"] = {"samples": S, "variance_reduction": vr}
+        return out
