@@ -28,9 +28,18 @@ import torch.fx
 from torch._decomp import core_aten_decompositions
 from torch.fx.experimental.proxy_tensor import make_fx
 
+from ..operators.spec import LinearOperator, resolve_dim
 from ..reference import assemble_terms
 from . import PassContext
 from .batch import check_batch_independence
+
+
+def is_number(c) -> bool:
+    """A constant coefficient (python or sympy number), as opposed to a function of x."""
+    try:
+        return isinstance(c, (int, float)) or bool(getattr(c, "is_number", False))
+    except TypeError:
+        return False
 
 
 def sigma_vector(sigma, D: int, coords) -> torch.Tensor:
@@ -155,8 +164,41 @@ class SteinPass:
                 w = component(i) * component(j) - (s[i] ** 2 if i == j else 0.0)
                 return (w * even).mean(0) / (s[i] ** 2 * s[j] ** 2)
 
+            def weighted(
+                vec, inner, against
+            ):  # mean_s (delta-form . vec) * against, vectorized over D
+                form = inner @ torch.tensor(vec, dtype=x.dtype, device=x.device)  # (S, B)
+                return (form.reshape((S, B) + (1,) * out_nd) * against).mean(0)
+
             flat = x.reshape(B, D)
-            terms = assemble_terms(derivative, value, ops, flat, coords, axis=0)
+            s2 = torch.tensor([v * v for v in s], dtype=x.dtype, device=x.device)
+            terms = {}
+            for name, op in ops.items():
+                if op.kind != "linear":
+                    terms[name] = assemble_terms(derivative, value, {name: op}, flat, coords, 0)[
+                        name
+                    ]
+                    continue
+                first, diag, rest, total = [0.0] * D, [0.0] * D, {}, 0
+                for variables, c in op.terms(D, coords).items():
+                    idx = sorted(resolve_dim(v, D, coords, "stein") for v in variables)
+                    if not is_number(c) or (len(idx) == 2 and idx[0] != idx[1]) or not idx:
+                        rest[tuple(variables)] = c
+                    elif len(idx) == 1:
+                        first[idx[0]] += float(c) / s[idx[0]] ** 2
+                    else:
+                        diag[idx[0]] += float(c) / s[idx[0]] ** 4
+                if any(first):
+                    total = total + weighted(first, delta, odd)
+                if any(diag):
+                    total = total + weighted(diag, delta * delta - s2, even)
+                if rest:
+                    other = LinearOperator(rest)
+                    total = (
+                        total
+                        + assemble_terms(derivative, value, {name: other}, flat, coords, 0)[name]
+                    )
+                terms[name] = total if not isinstance(total, int) else torch.zeros_like(value)
             return tuple(terms[k] for k in ops)
 
         examples = [
