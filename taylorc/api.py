@@ -332,8 +332,8 @@ class CompiledOperator(torch.nn.Module):
                     torch.randn(shape, generator=self.generator, dtype=x.dtype, device=x.device)
                 )
             elif method == "stochastic":
-                v = sample_directions(ctx.plan, self.generator, x.dtype, x.device)
-                gm.directions.copy_(v)
+                # a new tensor, not an in-place write: earlier draws stay saved for backward
+                gm.directions = sample_directions(ctx.plan, self.generator, x.dtype, x.device)
             outs = gm(*inputs)
         if self._in_shape is None:
             self._in_shape = tuple(x.shape[1:])
