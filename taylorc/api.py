@@ -17,6 +17,7 @@ from .operators.stochastic import sample_directions, stochastic_plan
 from .passes import PassContext, PassManager
 from .passes.cleanup import CleanupPass
 from .passes.collapse import CollapsePass
+from .passes.lower import LowerPass
 from .passes.stein import SteinPass, sigma_vector, stein_order
 from .passes.taylor import TaylorPass
 from .passes.zcs import ZCSPass, shift_inputs
@@ -38,7 +39,7 @@ def _weakrefable(obj) -> bool:
         return False
 
 
-BACKENDS = ("eager", "inductor")
+BACKENDS = ("eager", "inductor", "taylorc")
 
 
 class CompiledOperator(torch.nn.Module):
@@ -105,6 +106,7 @@ class CompiledOperator(torch.nn.Module):
             )
         self.samples, self.sigma, self.variance_reduction = samples, sigma, variance_reduction
         self.distribution, self.generator = distribution, generator
+        self.lower_everywhere = False  # tests: lower to the fused ops on the CPU too
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
         if not callable(model):
@@ -272,10 +274,15 @@ class CompiledOperator(torch.nn.Module):
             passes = [TaylorPass()]
         if method in ("collapsed", "stochastic"):
             passes.append(CollapsePass())
+        if (self.backend == "taylorc" or self.lower_everywhere) and method in (
+            "collapsed",
+            "taylor",
+        ):
+            passes.append(LowerPass(force=self.lower_everywhere))
         passes.append(CleanupPass())
         dump = Dumper(self.debug_dir) if self.debug_dir else None
         gm = PassManager(passes, dump).run(cap.gm, ctx)
-        if self.backend == "inductor":
+        if self.backend in ("inductor", "taylorc"):
             gm = torch.compile(gm, backend="inductor", dynamic=False)
         self._graphs[key] = shared[shared_key] = (gm, cap, ctx)
         self._last = ctx
@@ -437,8 +444,9 @@ def compile(
             Stein's identity, no back-propagation; He et al. 2023).
         debug_dir: write every pass's graph, node table, picture and a summary
             here (default: the ``TAYLORC_DEBUG_DIR`` environment variable).
-        backend: ``"eager"`` (run the fx graph op by op) or ``"inductor"``
-            (``torch.compile`` the rewritten graph).
+        backend: ``"eager"`` (run the fx graph op by op), ``"inductor"``
+            (``torch.compile`` the rewritten graph), or ``"taylorc"`` (the
+            activation steps lowered to fused kernels on CUDA, the rest to inductor).
         coords: names of the input columns, ``"x y t"`` or a list; needed by
             expressions such as ``"u_t - 0.01*u_xx"`` (see docs/operators.md).
         params: names usable in expression coefficients, e.g. ``{"nu": 0.01}``.

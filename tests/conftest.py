@@ -15,6 +15,9 @@ settings.load_profile(os.environ.get("TAYLORC_HYPOTHESIS_PROFILE", "ci"))
 
 torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
 
+if not torch.cuda.is_available():  # the Triton kernels run in the interpreter on the CPU
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 
 @pytest.fixture(autouse=True)
 def _seed():

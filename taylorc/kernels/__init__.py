@@ -1,0 +1,10 @@
+"""Fused kernels for the Taylor hot paths, each a ``torch.library`` custom op (``taylorc::...``).
+
+Every op has a PyTorch reference implementation (used off CUDA), a Triton
+implementation (CUDA; checked on the CPU under ``TRITON_INTERPRET=1``), a fake
+implementation for tracing, and an autograd rule.
+"""
+
+from .jet_activation import ACTIVATIONS, jet_activation, jet_activation_reference
+
+__all__ = ["ACTIVATIONS", "jet_activation", "jet_activation_reference"]
