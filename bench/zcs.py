@@ -10,9 +10,9 @@ coordinates (x, t)), plus taylorc's forward route on the shifted graph (the
 collapsed Taylor method with wrt) and DeepXDE's own ``LazyGrad`` (PyTorch
 backend) when deepxde imports.
 
-Per (M, N, order): the time of one training iteration (operator terms, mean
-squared sum, backward to the weights) with the methods in round robin in one
-process, and the peak memory of one iteration (CPU: peak RSS growth; CUDA: max
+Per (M, N, order) and method: the median time of one training iteration
+(operator terms, mean squared sum, backward to the weights) after a warm-up
+step, and the peak memory of one iteration (CPU: peak RSS growth; CUDA: max
 allocated) from a fresh process per method. Order 2 computes {u, u_t, u_xx},
 order 4 {u, u_t, u_xxxx}. Writes ``bench/results/zcs-<device>.json``.
 
@@ -165,8 +165,13 @@ def run_child(args, **kw) -> dict:
     cmd += ["--threads", str(args.threads), "--repeats", str(args.repeats)]
     for k, v in kw.items():
         cmd += [f"--{k}"] + ([str(x) for x in v] if isinstance(v, list) else [str(v)])
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
+    except subprocess.TimeoutExpired:
+        return {"error": f"over {args.timeout} s"}
     if out.returncode != 0:
+        if out.returncode == -9:
+            return {"error": "killed (out of memory)"}
         return {"error": (out.stderr.strip().splitlines() or ["failed"])[-1]}
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -200,13 +205,16 @@ def main(argv=None) -> None:
         else torch.cuda.get_device_name().replace(" ", "-")
     )
     results = {"device": device, "dtype": args.dtype, "threads": args.threads, "runs": []}
+    out = Path(args.out or Path(__file__).parent / "results" / f"zcs-{device}.json")
     for order in args.orders:
         for M in args.M:
             for N in args.N:
                 kw = dict(M=M, N=N, order=order)
-                times = run_child(args, what="time", methods=args.methods, **kw)
-                for m in args.methods:
+                for (
+                    m
+                ) in args.methods:  # one process per method: a slow baseline cannot stall the rest
                     row = {"method": m, "M": M, "N": N, "order": order}
+                    times = run_child(args, what="time", methods=[m], **kw)
                     if "error" in times:
                         row["error"] = times["error"]
                     elif m not in times:
@@ -220,9 +228,8 @@ def main(argv=None) -> None:
                     mem = f"{row['peak_bytes'] / 2**20:9.1f} MiB" if "peak_bytes" in row else ""
                     note = row.get("error", "" if row.get("available", True) else "not available")
                     print(f"order {order} M={M:4d} N={N:5d} {m:12s} {sec} {mem} {note}", flush=True)
-    add_ratios(results)
-    out = Path(args.out or Path(__file__).parent / "results" / f"zcs-{device}.json")
-    out.write_text(json.dumps(results, indent=2) + "\n")
+                    add_ratios(results)
+                    out.write_text(json.dumps(results, indent=2) + "\n")  # partial results survive
     print(f"written to {out}")
 
 
