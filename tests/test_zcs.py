@@ -178,3 +178,14 @@ def test_zcs_refuses_models_that_mix_points():
     f, x = torch.randn(3, 3, dtype=DT), torch.rand(5, 2, dtype=DT)
     with pytest.raises(BatchCouplingError):
         taylorc.compile(Mixer(), "u_xx", coords="x t", wrt=1, method="zcs")(f, x)
+
+
+def test_zcs_graph_is_dumped(tmp_path):
+    net = DeepONet(4, 2, width=6, depth=1, basis=3).to(DT)
+    f, x = torch.randn(2, 4, dtype=DT), torch.rand(3, 2, dtype=DT)
+    op = taylorc.compile(net, "u_t - u_xx", coords="x t", wrt=1, method="zcs", debug_dir=tmp_path)
+    op(f, x)
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert any(n.endswith("zcs.py") for n in names), names
+    code = next(p for p in tmp_path.iterdir() if p.name.endswith("zcs.py")).read_text()
+    assert "z_x" in code and "z_t" in code

@@ -6,5 +6,12 @@ implementation for tracing, and an autograd rule.
 """
 
 from .jet_activation import ACTIVATIONS, jet_activation, jet_activation_reference
+from .jet_linear import jet_linear_activation, jet_linear_activation_reference
 
-__all__ = ["ACTIVATIONS", "jet_activation", "jet_activation_reference"]
+__all__ = [
+    "ACTIVATIONS",
+    "jet_activation",
+    "jet_activation_reference",
+    "jet_linear_activation",
+    "jet_linear_activation_reference",
+]

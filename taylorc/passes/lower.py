@@ -53,11 +53,34 @@ def activation_of(node: torch.fx.Node) -> tuple[str, torch.fx.Node] | None:
     return None
 
 
+def linear_of(node: torch.fx.Node, coord: str):
+    """``(x, weight, bias)`` when a source node is ``addmm(bias, x, permute(weight, [1, 0]))``.
+
+    None for other nodes, for 3-D or wider inputs, and when x is the coordinates.
+    """
+    if node.op != "call_function" or node.target is not aten.addmm.default:
+        return None
+    bias, x, wt = node.args[:3]
+    if node.kwargs.get("beta", 1) != 1 or node.kwargs.get("alpha", 1) != 1:
+        return None
+    if not (isinstance(wt, torch.fx.Node) and wt.target is aten.permute.default):
+        return None
+    if list(wt.args[1]) != [1, 0] or not isinstance(wt.args[0], torch.fx.Node):
+        return None
+    if not isinstance(x, torch.fx.Node) or x.name == coord or x.op == "placeholder":
+        return None
+    return x, wt.args[0], bias if isinstance(bias, torch.fx.Node) else None
+
+
 class LowerPass:
     """Replace activation Taylor steps by ``taylorc::jet_activation``.
 
     Args:
         force: lower also when the graph is not on CUDA.
+        fuse_linear: fold a preceding ``nn.Linear`` (``addmm(b, x, W^T)``) into the
+            kernel (``taylorc::jet_linear_activation``), except on the coordinates
+            themselves: the first layer's unit directions need no GEMM (cleanup
+            hoists it to ``(R, 1, D) @ W^T``).
 
     Attributes:
         lowered: after a run, the source node names that were replaced.
@@ -65,8 +88,9 @@ class LowerPass:
 
     name = "lower"
 
-    def __init__(self, force: bool = False):
+    def __init__(self, force: bool = False, fuse_linear: bool = True):
         self.force = force
+        self.fuse_linear = fuse_linear
         self.lowered: list[str] = []
 
     def __call__(self, gm: torch.fx.GraphModule, ctx: PassContext) -> torch.fx.GraphModule:
@@ -99,20 +123,49 @@ class LowerPass:
             x_names, y_names = jets[arg.name], jets[src.name]
             if len(x_names) != plan.K + 1 or len(y_names) != plan.K + 1:
                 continue  # a constant input or a pruned chain: leave it
-            if any(n is None or n not in nodes for n in x_names + y_names):
+            if any(n is None or n not in nodes for n in x_names):
                 continue
+            if all(n is None or n not in nodes for n in y_names):
+                continue  # nothing reads this activation's jet
             shape = list(src.meta["val"].shape)
-            self._replace(gm, nodes, act, x_names, y_names, collapsed, weights, plan, shape)
-            self.lowered.append(src.name)
+            linear = linear_of(arg, ctx.coord)
+            if linear is not None and self.fuse_linear:
+                x, weight, bias = linear
+                xl_names = jets.get(x.name, [])
+                if len(xl_names) == plan.K + 1 and all(n in nodes for n in xl_names if n):
+                    params = [nodes[jets[weight.name][0]]]
+                    params.append(nodes[jets[bias.name][0]] if bias is not None else None)
+                    new = self._replace(
+                        gm, nodes, act, xl_names, y_names, collapsed, weights, plan, shape, params
+                    )
+                    self._record(src, new, jets, nodes)
+                    continue
+            new = self._replace(gm, nodes, act, x_names, y_names, collapsed, weights, plan, shape)
+            self._record(src, new, jets, nodes)
         stable_toposort(gm.graph)
         gm.graph.eliminate_dead_code()
         return gm
 
-    def _replace(self, gm, nodes, act, x_names, y_names, collapsed, weights, plan, shape):
+    def _record(self, src, new, jets, nodes):
+        """Point the source node's jet at the kernel's outputs, so later steps read those."""
+        if new is None:
+            return
+        jets[src.name] = [n.name for n in new]
+        nodes.update({n.name: n for n in new})
+        self.lowered.append(src.name)
+
+    def _replace(
+        self, gm, nodes, act, x_names, y_names, collapsed, weights, plan, shape, linear=None
+    ):
+        """Emit the kernel call for one activation (``linear``: fuse its ``(weight, bias)`` too)."""
         graph = gm.graph
-        xs = [nodes[n] for n in x_names]
-        ys = [nodes[n] for n in y_names]
-        anchor = max(xs, key=lambda n: _position(graph, n))
+        xs = [nodes[n] if n is not None else None for n in x_names]
+        if any(x is None for x in xs):
+            return None
+        ys = [nodes.get(n) if n is not None else None for n in y_names]  # None: dead
+        anchor = max(
+            xs + [p for p in linear or [] if p is not None], key=lambda n: _position(graph, n)
+        )
         n_low = plan.K - 1 if collapsed else plan.K
         with graph.inserting_after(anchor):
             ops = []
@@ -122,11 +175,25 @@ class LowerPass:
                 ops.append(node)
                 return node
 
-            x0 = emit(aten.reshape.default, xs[0], [-1])
-            lower = [emit(aten.reshape.default, xs[k], [plan.R, -1]) for k in range(1, n_low + 1)]
-            top = emit(aten.reshape.default, xs[plan.K], [-1]) if collapsed else None
             w = emit_attr(graph, weights, ops) if weights is not None else None
-            call = emit(torch.ops.taylorc.jet_activation.default, x0, lower, top, w, act)
+            if linear is not None:  # (B, in) coefficients straight into the fused GEMM
+                top = xs[plan.K] if collapsed else None
+                call = emit(
+                    torch.ops.taylorc.jet_linear_activation.default,
+                    xs[0],
+                    xs[1 : n_low + 1],
+                    top,
+                    *linear,
+                    w,
+                    act,
+                )
+            else:
+                x0 = emit(aten.reshape.default, xs[0], [-1])
+                lower = [
+                    emit(aten.reshape.default, xs[k], [plan.R, -1]) for k in range(1, n_low + 1)
+                ]
+                top = emit(aten.reshape.default, xs[plan.K], [-1]) if collapsed else None
+                call = emit(torch.ops.taylorc.jet_activation.default, x0, lower, top, w, act)
             outs = [emit(operator.getitem, call, 0)]
             low = emit(operator.getitem, call, 1)
             outs += [emit(operator.getitem, low, k) for k in range(n_low)]
@@ -137,7 +204,9 @@ class LowerPass:
         for node in ops:
             node.meta["taylorc"] = {"role": "lowered", "activation": act}
         for old, new in zip(ys, shaped):  # stable_toposort then fixes the order
-            old.replace_all_uses_with(new)
+            if old is not None:
+                old.replace_all_uses_with(new)
+        return shaped
 
 
 def emit_attr(graph, name, ops):
