@@ -203,6 +203,21 @@ if triton is not None:
         return out
 
     @triton.jit
+    def _jet_step(g1, g2, g3, g4, x1, x2, x3, x4, K_LOW: tl.constexpr):
+        """Orders 1..4 of act(x) along one direction (Faa di Bruno), and the nonlinear
+        part of order K_LOW + 1 (what a collapsed top sums over directions)."""
+        rest2 = g2 * x1 * x1
+        rest3 = 3 * g2 * x1 * x2 + g3 * x1 * x1 * x1
+        rest4 = g2 * (4 * x1 * x3 + 3 * x2 * x2) + 6 * g3 * x1 * x1 * x2 + g4 * x1 * x1 * x1 * x1
+        if K_LOW == 1:
+            rest = rest2
+        elif K_LOW == 2:
+            rest = rest3
+        else:
+            rest = rest4
+        return g1 * x1, g1 * x2 + rest2, g1 * x3 + rest3, g1 * x4 + rest4, rest
+
+    @triton.jit
     def _jet_activation_kernel(
         x0_ptr,
         x1_ptr,
@@ -245,26 +260,15 @@ if triton is not None:
                 x3 = tl.load(x3_ptr + r * N + offs, mask=mask, other=0.0)
             if K_LOW >= 4:
                 x4 = tl.load(x4_ptr + r * N + offs, mask=mask, other=0.0)
-            # orders 1..K_LOW per direction (Faa di Bruno)
-            tl.store(y1_ptr + r * N + offs, g1 * x1, mask=mask)
-            rest2 = g2 * x1 * x1
-            rest3 = 3 * g2 * x1 * x2 + g3 * x1 * x1 * x1
-            rest4 = (
-                g2 * (4 * x1 * x3 + 3 * x2 * x2) + 6 * g3 * x1 * x1 * x2 + g4 * x1 * x1 * x1 * x1
-            )
+            y1, y2, y3, y4, rest = _jet_step(g1, g2, g3, g4, x1, x2, x3, x4, K_LOW)
+            tl.store(y1_ptr + r * N + offs, y1, mask=mask)
             if K_LOW >= 2:
-                tl.store(y2_ptr + r * N + offs, g1 * x2 + rest2, mask=mask)
+                tl.store(y2_ptr + r * N + offs, y2, mask=mask)
             if K_LOW >= 3:
-                tl.store(y3_ptr + r * N + offs, g1 * x3 + rest3, mask=mask)
+                tl.store(y3_ptr + r * N + offs, y3, mask=mask)
             if K_LOW >= 4:
-                tl.store(y4_ptr + r * N + offs, g1 * x4 + rest4, mask=mask)
+                tl.store(y4_ptr + r * N + offs, y4, mask=mask)
             if COLLAPSED:  # the top order K = K_LOW + 1, summed over directions in-kernel
-                if K_LOW == 1:
-                    rest = rest2
-                elif K_LOW == 2:
-                    rest = rest3
-                else:
-                    rest = rest4
                 if HAS_W:
                     rest = rest * tl.load(w_ptr + r)
                 acc += rest
@@ -358,33 +362,42 @@ def _(x0, xs, top, weights, act):
     return torch.empty_like(x0), [torch.empty_like(x) for x in xs], ytop
 
 
-def _setup(ctx, inputs, output):
-    x0, xs, top, weights, act = inputs
-    ctx.save_for_backward(x0, top, weights, *xs)
-    ctx.act, ctx.has_top, ctx.has_w = act, top is not None, weights is not None
+def register_recomputed_autograd(op, reference) -> None:
+    """Autograd for a jet op ``op(x0, xs, top, *tensors, act)`` by recomputing ``reference``.
+
+    The backward is the exact vector-Jacobian product of the PyTorch reference
+    (``torch.func.vjp``), so it needs only the inputs; None inputs (no collapsed
+    top, no bias, all-one weights) get no gradient.
+    """
+
+    def setup(ctx, inputs, output):
+        x0, xs, *rest, act = inputs
+        ctx.act, ctx.present = act, [t is not None for t in rest]
+        ctx.save_for_backward(x0, *[t for t in rest if t is not None], *xs)
+
+    def backward(ctx, g0, gs, gtop):
+        n_opt = sum(ctx.present)
+        x0, opt, xs = (
+            ctx.saved_tensors[0],
+            ctx.saved_tensors[1 : 1 + n_opt],
+            ctx.saved_tensors[1 + n_opt :],
+        )
+
+        def f(x0, xs, *given):
+            it = iter(given)
+            y0, ys, ytop = reference(
+                x0, xs, *[next(it) if p else None for p in ctx.present], ctx.act
+            )
+            return (y0, ys) + ((ytop,) if ytop is not None else ())
+
+        with torch.enable_grad():
+            _, vjp = torch.func.vjp(f, x0, list(xs), *opt)
+            has_top = ctx.present[0]  # the collapsed top is the first optional input
+            g_x0, g_xs, *g_opt = vjp((g0, list(gs)) + ((gtop,) if has_top else ()))
+        it = iter(g_opt)
+        return (g_x0, list(g_xs), *[next(it) if p else None for p in ctx.present], None)
+
+    op.register_autograd(backward, setup_context=setup)
 
 
-def _backward(ctx, g0, gs, gtop):
-    """Vector-Jacobian product by recomputing the reference (exact; no stored intermediates)."""
-    x0, top, weights, *xs = ctx.saved_tensors
-
-    optional = [t for t in (top, weights) if t is not None]
-
-    def f(x0, xs, *opt):
-        it = iter(opt)
-        t = next(it) if ctx.has_top else None
-        w = next(it) if ctx.has_w else None
-        y0, ys, ytop = jet_activation_reference(x0, xs, t, w, ctx.act)
-        return (y0, ys) + ((ytop,) if ytop is not None else ())
-
-    with torch.enable_grad():
-        _, vjp = torch.func.vjp(f, x0, list(xs), *optional)
-        cot = (g0, list(gs)) + ((gtop,) if ctx.has_top else ())
-        g_x0, g_xs, *g_opt = vjp(cot)
-    it = iter(g_opt)
-    g_top = next(it) if ctx.has_top else None
-    g_w = next(it) if ctx.has_w else None
-    return g_x0, list(g_xs), g_top, g_w, None
-
-
-jet_activation.register_autograd(_backward, setup_context=_setup)
+register_recomputed_autograd(jet_activation, jet_activation_reference)

@@ -16,12 +16,18 @@ from __future__ import annotations
 
 import torch
 
-from .jet_activation import ACT_CODES, MAX_ORDER, jet_activation_reference, triton
+from .jet_activation import (
+    ACT_CODES,
+    MAX_ORDER,
+    jet_activation_reference,
+    register_recomputed_autograd,
+    triton,
+)
 
 if triton is not None:
     import triton.language as tl
 
-    from .jet_activation import _derivative
+    from .jet_activation import _derivative, _jet_step
 
 
 def jet_linear_activation_reference(x0, xs, top, weight, bias, weights, act):
@@ -169,25 +175,15 @@ if triton is not None:
                     BLOCK_K,
                 )
             o = r * M * N + out
-            tl.store(y1_ptr + o, g1 * z1, mask=mask)
-            rest2 = g2 * z1 * z1
-            rest3 = 3 * g2 * z1 * z2 + g3 * z1 * z1 * z1
-            rest4 = (
-                g2 * (4 * z1 * z3 + 3 * z2 * z2) + 6 * g3 * z1 * z1 * z2 + g4 * z1 * z1 * z1 * z1
-            )
+            y1, y2, y3, y4, rest = _jet_step(g1, g2, g3, g4, z1, z2, z3, z4, K_LOW)
+            tl.store(y1_ptr + o, y1, mask=mask)
             if K_LOW >= 2:
-                tl.store(y2_ptr + o, g1 * z2 + rest2, mask=mask)
+                tl.store(y2_ptr + o, y2, mask=mask)
             if K_LOW >= 3:
-                tl.store(y3_ptr + o, g1 * z3 + rest3, mask=mask)
+                tl.store(y3_ptr + o, y3, mask=mask)
             if K_LOW >= 4:
-                tl.store(y4_ptr + o, g1 * z4 + rest4, mask=mask)
+                tl.store(y4_ptr + o, y4, mask=mask)
             if COLLAPSED:
-                if K_LOW == 1:
-                    rest = rest2
-                elif K_LOW == 2:
-                    rest = rest3
-                else:
-                    rest = rest4
                 if HAS_W:
                     rest = rest * tl.load(cw_ptr + r)
                 acc += rest
@@ -283,31 +279,4 @@ def _(x0, xs, top, weight, bias, weights, act):
     return x0.new_empty(shape), ys, x0.new_empty(shape) if top is not None else x0.new_empty(0)
 
 
-def _setup(ctx, inputs, output):
-    x0, xs, top, weight, bias, weights, act = inputs
-    ctx.save_for_backward(x0, top, weight, bias, weights, *xs)
-    ctx.act = act
-    ctx.present = [t is not None for t in (top, bias, weights)]
-
-
-def _backward(ctx, g0, gs, gtop):
-    """VJP by recomputing the reference (exact, nothing stored beyond the inputs)."""
-    x0, top, weight, bias, weights, *xs = ctx.saved_tensors
-    optional = [t for t in (top, bias, weights) if t is not None]
-
-    def f(x0, xs, weight, *opt):
-        it = iter(opt)
-        t, b, w = (next(it) if p else None for p in ctx.present)
-        y0, ys, ytop = jet_linear_activation_reference(x0, xs, t, weight, b, w, ctx.act)
-        return (y0, ys) + ((ytop,) if ytop is not None else ())
-
-    with torch.enable_grad():
-        _, vjp = torch.func.vjp(f, x0, list(xs), weight, *optional)
-        cot = (g0, list(gs)) + ((gtop,) if ctx.present[0] else ())
-        g_x0, g_xs, g_weight, *g_opt = vjp(cot)
-    it = iter(g_opt)
-    g_top, g_bias, g_w = (next(it) if p else None for p in ctx.present)
-    return g_x0, list(g_xs), g_top, g_weight, g_bias, g_w, None
-
-
-jet_linear_activation.register_autograd(_backward, setup_context=_setup)
+register_recomputed_autograd(jet_linear_activation, jet_linear_activation_reference)
