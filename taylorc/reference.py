@@ -23,8 +23,10 @@ from .operators.spec import (
     Operator,
     Value,
     coefficient_values,
+    is_constant,
     resolve_dim,
 )
+from .passes.batch import lost_batch_axis
 
 
 def per_sample(model: Callable) -> Callable:
@@ -201,7 +203,11 @@ def assemble_terms(derivative: Callable, u, ops, x, coords, axis: int) -> dict[s
 
     Args:
         derivative: ``alpha -> d^alpha u`` shaped like u (None for zero).
-        u: the value; x: the ``(N, D)`` coordinates, whose points lie on ``axis`` of u.
+        u: the value; x: the ``(N, D)`` coordinates, whose points lie on ``axis`` of u
+            (None: unknown, which only constant coefficients tolerate).
+
+    Raises:
+        ValueError: a coordinate-dependent coefficient while ``axis`` is None.
     """
     D = x.shape[1]
     out = {}
@@ -213,9 +219,14 @@ def assemble_terms(derivative: Callable, u, ops, x, coords, axis: int) -> dict[s
             out[name] = torch.stack([_zero_if_none(derivative(a), u) for a in unit], dim=-1)
         else:
             total = torch.zeros_like(u)
-            shape = [1] * axis + [x.shape[0]] + [1] * (u.dim() - axis - 1)
             for variables, c in op.terms(D, coords).items():
                 d = _zero_if_none(derivative(multi_index(variables, D, coords)), u)
+                if is_constant(c):
+                    total = total + float(c) * d
+                    continue
+                if axis is None:
+                    raise lost_batch_axis()
+                shape = [1] * axis + [x.shape[0]] + [1] * (u.dim() - axis - 1)
                 total = total + coefficient_values(c, x, coords).reshape(shape) * d
             out[name] = total
     return out

@@ -189,3 +189,25 @@ def test_zcs_graph_is_dumped(tmp_path):
     assert any(n.endswith("zcs.py") for n in names), names
     code = next(p for p in tmp_path.iterdir() if p.name.endswith("zcs.py")).read_text()
     assert "z_x" in code and "z_t" in code
+
+
+def test_lost_point_axis_refuses_x_dependent_coefficients_only():
+    """A reshape that merges (M, N) hides the points' axis: no guessing which axis it was."""
+
+    class Merged(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = DeepONet(4, 2, width=6, depth=1, basis=3)
+
+        def forward(self, f, x):
+            u = self.net(f, x)
+            return u.reshape(-1).reshape(u.shape)
+
+    torch.manual_seed(7)
+    model = Merged().to(DT)
+    f, x = torch.randn(3, 4, dtype=DT), torch.rand(3, 2, dtype=DT)  # M == N: axis ambiguous
+    with pytest.raises(ValueError, match="lost track"):
+        taylorc.compile(model, "u_t - x*u_xx", coords="x t", wrt=1, method="zcs")(f, x)
+    ref = taylorc.compile(model, "u_t - u_xx", coords="x t", wrt=1, method="nested")(f, x)
+    out = taylorc.compile(model, "u_t - u_xx", coords="x t", wrt=1, method="zcs")(f, x)
+    assert relerr(out, ref) < 1e-10

@@ -46,6 +46,14 @@ class Coefficient:
         return f"{name}(x){list(self.index) if self.index else ''}"
 
 
+def is_constant(c) -> bool:
+    """A constant coefficient (python or sympy number), as opposed to a function of x."""
+    try:
+        return isinstance(c, (int, float)) or bool(getattr(c, "is_number", False))
+    except TypeError:
+        return False
+
+
 def coefficient_values(c, points, coords=None):
     """A term's coefficient at ``(N, D)`` points, shape ``(N,)``, same dtype as the points.
 

@@ -198,6 +198,15 @@ def _batch_dim_of(node: torch.fx.Node, axes: dict, B: int):
     return out
 
 
+def lost_batch_axis() -> ValueError:
+    """The error for a coordinate-dependent coefficient when the points' output axis is unknown."""
+    return ValueError(
+        "a coordinate-dependent coefficient needs to know which output axis holds the "
+        "collocation points, and the batch analysis lost track of it (a reshape merged it): "
+        "keep the points' axis separate in the model's output"
+    )
+
+
 def check_batch_independence(gm: torch.fx.GraphModule, coord: str) -> int | None:
     """Raise if the graph lets output row b depend on input rows other than b.
 

@@ -28,18 +28,10 @@ import torch.fx
 from torch._decomp import core_aten_decompositions
 from torch.fx.experimental.proxy_tensor import make_fx
 
-from ..operators.spec import LinearOperator, resolve_dim
+from ..operators.spec import LinearOperator, is_constant, resolve_dim
 from ..reference import assemble_terms
 from . import PassContext
 from .batch import check_batch_independence
-
-
-def is_number(c) -> bool:
-    """A constant coefficient (python or sympy number), as opposed to a function of x."""
-    try:
-        return isinstance(c, (int, float)) or bool(getattr(c, "is_number", False))
-    except TypeError:
-        return False
 
 
 def sigma_vector(sigma, D: int, coords) -> torch.Tensor:
@@ -182,7 +174,7 @@ class SteinPass:
                 first, diag, rest, total = [0.0] * D, [0.0] * D, {}, 0
                 for variables, c in op.terms(D, coords).items():
                     idx = sorted(resolve_dim(v, D, coords, "stein") for v in variables)
-                    if not is_number(c) or (len(idx) == 2 and idx[0] != idx[1]) or not idx:
+                    if not is_constant(c) or (len(idx) == 2 and idx[0] != idx[1]) or not idx:
                         rest[tuple(variables)] = c
                     elif len(idx) == 1:
                         first[idx[0]] += float(c) / s[idx[0]] ** 2

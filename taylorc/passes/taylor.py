@@ -24,7 +24,7 @@ from torch.fx.experimental.proxy_tensor import make_fx
 
 from ..errors import UnsupportedOperatorError, user_source_line
 from . import PassContext
-from .batch import check_batch_independence
+from .batch import check_batch_independence, lost_batch_axis
 from .jet import Jet, RuleContext, add, scale
 from .rules import CONSTANT_OPS, RULES, lower_sympy
 
@@ -328,11 +328,7 @@ def coefficient(coef, x, out_ndim: int, plan, root, em, axis: int | None = 0):
         ValueError: the coefficient depends on x but the batch axis of the output is unknown.
     """
     if axis is None:
-        raise ValueError(
-            "a coordinate-dependent coefficient needs to know which output axis holds the "
-            "collocation points, and the batch analysis lost track of it (a reshape merged it): "
-            "keep the points' axis separate in the model's output"
-        )
+        raise lost_batch_axis()
     B = x.node.meta["val"].shape[0]
     flat = aten.reshape.default(x, [B, plan.D])
     if coef.expr is not None:

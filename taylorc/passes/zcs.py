@@ -74,8 +74,6 @@ class ZCSPass:
             )
         D, n_in = x_val.shape[1], len(placeholders)
         ops, coords = self.ops, self.coords
-        if axis is None and any(op.kind == "linear" for op in ops.values()):
-            axis = 1  # only x-dependent coefficients need it; they raise below if wrong
 
         def derivative_graph(*inputs):
             base, leaves = list(inputs[:n_in]), inputs[n_in:]
