@@ -132,6 +132,7 @@ class CompiledOperator(torch.nn.Module):
         self.backend = backend
         self.debug_dir = debug_dir if debug_dir is not None else os.environ.get("TAYLORC_DEBUG_DIR")
         self._graphs: dict = {}
+        self._orders: dict[int, int] = {}  # operator order per coordinate count (method="auto")
         self._in_shape: tuple[int, ...] | None = None
         self._last = None
 
@@ -209,11 +210,10 @@ class CompiledOperator(torch.nn.Module):
         if self.method != "auto":
             return self.method
         M = max((a.shape[0] for j, a in enumerate(args) if j != i), default=1)
-        order = max(
-            (p.order for op in self.ops.values() for p in op.parts(args[i].shape[1], self.coords)),
-            default=0,
-        )
-        return auto_method(order, M, args[i].shape[0])
+        D = args[i].shape[1]
+        if D not in self._orders:  # planning work: once per width, not per call
+            self._orders[D] = max(op.order(D, self.coords) for op in self.ops.values())
+        return auto_method(self._orders[D], M, args[i].shape[0])
 
     def graph_for(self, x: torch.Tensor, args: tuple | None = None, method: str | None = None):
         """The compiled graph for inputs like ``x``: ``(GraphModule, Captured, PassContext)``.

@@ -76,7 +76,7 @@ def stein_order(ops: dict, D: int, coords) -> int:
     """
     order = 0
     for name, op in ops.items():
-        k = max((p.order for p in op.parts(D, coords)), default=0)
+        k = op.order(D, coords)
         if k > 2:
             raise ValueError(
                 f"method='stein' estimates derivatives of order <= 2, but {name!r} ({op!r}) "
