@@ -51,6 +51,15 @@ class PassContext:
         warnings.warn(message, UserWarning, stacklevel=4)
 
 
+def relink(order: list[torch.fx.Node]) -> None:
+    """Put the graph's nodes in ``order`` (all of them, topologically sorted), moving only misplaced ones."""
+    prev = None
+    for node in order:
+        if prev is not None and node.prev is not prev:
+            prev.append(node)
+        prev = node
+
+
 class PassManager:
     """Run passes in order; lint, recompile, record, and dump each stage.
 

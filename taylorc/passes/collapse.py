@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 import torch.fx
 
-from . import PassContext
+from . import PassContext, relink
 from .jet import Jet, RuleContext
 from .taylor import Emitter, emit_coefficient, shape_of
 
@@ -127,9 +127,4 @@ def schedule_early(graph: torch.fx.Graph, new: set[torch.fx.Node]) -> None:
                 (slot[a] if a in slot else position[a] for a in n.all_input_nodes), default=0
             )
             groups.setdefault(slot[n], []).append(n)
-    prev = None
-    for i, n in enumerate(originals):
-        for m in [n] + groups.get(i, []):
-            if prev is not None and m.prev is not prev:
-                prev.append(m)
-            prev = m
+    relink([m for i, n in enumerate(originals) for m in [n] + groups.get(i, [])])

@@ -23,7 +23,7 @@ import torch
 import torch.fx
 
 from ..kernels.jet_activation import MAX_ORDER
-from . import PassContext
+from . import PassContext, relink
 
 aten = torch.ops.aten
 
@@ -163,11 +163,9 @@ class LowerPass:
         if any(x is None for x in xs):
             return None
         ys = [nodes.get(n) if n is not None else None for n in y_names]  # None: dead
-        anchor = max(
-            xs + [p for p in linear or [] if p is not None], key=lambda n: _position(graph, n)
-        )
         n_low = plan.K - 1 if collapsed else plan.K
-        with graph.inserting_after(anchor):
+        # emitted at the end; stable_toposort pulls the call up to the first use of its outputs
+        with graph.inserting_before(next(iter(reversed(graph.nodes)))):
             ops = []
 
             def emit(target, *args):
@@ -175,7 +173,10 @@ class LowerPass:
                 ops.append(node)
                 return node
 
-            w = emit_attr(graph, weights, ops) if weights is not None else None
+            w = None
+            if weights is not None:
+                w = graph.get_attr(weights)
+                ops.append(w)
             if linear is not None:  # (B, in) coefficients straight into the fused GEMM
                 top = xs[plan.K] if collapsed else None
                 call = emit(
@@ -209,19 +210,6 @@ class LowerPass:
         return shaped
 
 
-def emit_attr(graph, name, ops):
-    node = graph.get_attr(name)
-    ops.append(node)
-    return node
-
-
-def _position(graph: torch.fx.Graph, node: torch.fx.Node) -> int:
-    for i, n in enumerate(graph.nodes):
-        if n is node:
-            return i
-    return -1
-
-
 def stable_toposort(graph: torch.fx.Graph) -> None:
     """Reorder the nodes so every node follows its inputs, keeping the given order otherwise.
 
@@ -242,8 +230,4 @@ def stable_toposort(graph: torch.fx.Graph) -> None:
                 continue
             stack.append((node, True))
             stack.extend((a, False) for a in reversed(node.all_input_nodes) if a not in done)
-    prev = None
-    for node in order:
-        if prev is not None and node.prev is not prev:
-            prev.append(node)
-        prev = node
+    relink(order)
