@@ -20,12 +20,13 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import resource
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from peak_memory import peak_bytes
 
 METHODS = ["collapsed", "taylor", "nested", "jet"]
 
@@ -64,12 +65,6 @@ def operator_fn(method, model, x):
         lap = Laplacian(model, x, is_batched=True)
         return lambda x: lap(x)[2]
     return taylorc.compile(model, "laplacian", method=method)
-
-
-def current_rss_kib() -> int:
-    """Resident set size now, in KiB (Linux)."""
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * resource.getpagesize() // 1024
 
 
 def make_step(method, op, model, x, mode):
@@ -125,17 +120,7 @@ def child(args) -> None:
             return
         model(x[:8]).sum().backward()  # initialise BLAS and autograd before the baseline
         model.zero_grad(set_to_none=True)
-        if cuda:
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-            base = torch.cuda.memory_allocated()
-        rss0 = current_rss_kib()
-        steps[args.method]()  # the first run sets the peak (the allocator reuses memory afterwards)
-        if cuda:
-            peak = torch.cuda.max_memory_allocated() - base
-        else:
-            peak = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0) * 1024
-        print(json.dumps({"peak_bytes": int(peak)}))
+        print(json.dumps({"peak_bytes": peak_bytes(steps[args.method], cuda)}))
         return
     for step in steps.values():
         step()

@@ -21,19 +21,15 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import resource
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+from peak_memory import peak_bytes
+
 METHODS = ["collapsed", "stochastic", "stein", "nested"]
-
-
-def current_rss_kib() -> int:
-    with open("/proc/self/statm") as fh:
-        return int(fh.read().split()[1]) * resource.getpagesize() // 1024
 
 
 def child(args) -> None:
@@ -66,16 +62,7 @@ def child(args) -> None:
             torch.cuda.synchronize()
 
     net(x[:2]).sum().backward()
-    if cuda:
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-    rss0 = current_rss_kib()
-    step()
-    peak = (
-        torch.cuda.max_memory_allocated() - base
-        if cuda
-        else (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0) * 1024
-    )
+    peak = peak_bytes(step, cuda)
     times = []
     for _ in range(args.repeats):
         t0 = time.perf_counter()

@@ -25,12 +25,13 @@ import argparse
 import json
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from peak_memory import peak_bytes
 
 METHODS = ["funcloop", "datavect", "zcs", "taylor", "deepxde_zcs"]
 OPERATORS = {
@@ -106,11 +107,6 @@ def make_step(fn, net, f, x):
     return step
 
 
-def current_rss_kib() -> int:
-    with open("/proc/self/statm") as fh:
-        return int(fh.read().split()[1]) * resource.getpagesize() // 1024
-
-
 def child(args) -> None:
     import torch
 
@@ -131,18 +127,7 @@ def child(args) -> None:
             fn.graph_for(x, (f, x), fn.method_for((f, x), 1))
         net(f[:2], x[:8]).sum().backward()
         net.zero_grad(set_to_none=True)
-        if cuda:
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-            base = torch.cuda.memory_allocated()
-        rss0 = current_rss_kib()
-        steps[args.method]()
-        peak = (
-            torch.cuda.max_memory_allocated() - base
-            if cuda
-            else (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0) * 1024
-        )
-        print(json.dumps({"peak_bytes": int(peak)}))
+        print(json.dumps({"peak_bytes": peak_bytes(steps[args.method], cuda)}))
         return
     for step in steps.values():
         step()  # build graphs, warm caches
