@@ -4,9 +4,10 @@ The Burgers residual needs u, u_t, u_x, u_xx; taylorc computes all four from one
 propagation sharing the value and the first-order coefficients. This benchmark
 times, in one run and on the same network and points (in round robin), each single entry
 and the dict, evaluation and training step (forward + backward of the mean squared
-outputs), and reports dict / max(single). Writes ``bench/results/operators-<device>.json``.
+outputs), and reports dict / max(single) as the median of the per-round ratios (each
+round times every spec once, back to back) next to the ratio of medians and of minima. Writes ``bench/results/operators-<device>.json``.
 
-    python bench/operators.py [--batch 8192] [--repeats 15]
+    python bench/operators.py [--batch 8192] [--repeats 31] [--backend eager]
 """
 
 from __future__ import annotations
@@ -26,8 +27,12 @@ from taylorc.demos.common import mlp
 ENTRIES = {"u": "u", "u_t": "u_t", "u_x": "u_x", "u_xx": "u_xx"}
 
 
-def round_robin(fns: dict, repeats: int) -> dict:
-    """(median, min) seconds per function, timed in rotating order (load changes hit all alike)."""
+def round_robin(fns: dict, repeats: int, calls: int = 1) -> dict:
+    """Seconds per call of each function, one list entry per round, timed in rotating order.
+
+    Every round runs each function ``calls`` times in a row (the entry is their mean), so load changes on a shared machine hit all alike
+    and the per-round ratios pair calls that ran within milliseconds of each other.
+    """
     for fn in fns.values():
         fn()
         fn()
@@ -35,9 +40,10 @@ def round_robin(fns: dict, repeats: int) -> dict:
     for i in range(repeats):
         for k in names[i % len(names) :] + names[: i % len(names)]:
             t0 = time.perf_counter()
-            fns[k]()
-            times[k].append(time.perf_counter() - t0)
-    return {k: (statistics.median(t), min(t)) for k, t in times.items()}
+            for _ in range(calls):
+                fns[k]()
+            times[k].append((time.perf_counter() - t0) / calls)
+    return times
 
 
 def main(argv=None):
@@ -46,8 +52,11 @@ def main(argv=None):
     p.add_argument("--widths", type=int, nargs="+", default=[32] * 5)
     p.add_argument("--repeats", type=int, default=31)
     p.add_argument("--dtype", default="float32")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--calls", type=int, default=5, help="calls per timed sample")
+    p.add_argument("--backend", default="eager", choices=["eager", "inductor", "taylorc"])
     args = p.parse_args(argv)
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     dtype = getattr(torch, args.dtype)
     model = mlp(2, args.widths).to(dtype)
@@ -57,11 +66,15 @@ def main(argv=None):
         "device": f"cpu-{platform.machine()}",
         "batch": args.batch,
         "widths": args.widths,
+        "backend": args.backend,
+        "repeats": args.repeats,
+        "calls_per_sample": args.calls,
+        "threads": args.threads,
         "runs": {},
     }
     evals, steps = {}, {}
     for name, spec in specs.items():
-        op = taylorc.compile(model, spec, coords="x t")
+        op = taylorc.compile(model, spec, coords="x t", backend=args.backend)
 
         def evaluate(op=op):
             with torch.no_grad():
@@ -72,26 +85,38 @@ def main(argv=None):
             sum(v.pow(2).mean() for v in op(xt).values()).backward()
 
         evals[name], steps[name] = evaluate, step
-    eval_s, train_s = round_robin(evals, args.repeats), round_robin(steps, args.repeats)
+    timings = {
+        "eval": round_robin(evals, args.repeats, args.calls),
+        "train": round_robin(steps, args.repeats, args.calls),
+    }
     for name in specs:
         results["runs"][name] = {
-            "eval_s": eval_s[name][0],
-            "train_s": train_s[name][0],
-            "eval_min_s": eval_s[name][1],
-            "train_min_s": train_s[name][1],
+            f"{mode}_{stat}": fn(timings[mode][name])
+            for mode in timings
+            for stat, fn in (("s", statistics.median), ("min_s", min))
         }
+        r = results["runs"][name]
         print(
-            f"{name:6s} eval {1e3 * eval_s[name][0]:8.2f} ms (min {1e3 * eval_s[name][1]:6.2f})"
-            f"   train {1e3 * train_s[name][0]:8.2f} ms (min {1e3 * train_s[name][1]:6.2f})"
+            f"{name:6s} eval {1e3 * r['eval_s']:8.2f} ms (min {1e3 * r['eval_min_s']:6.2f})"
+            f"   train {1e3 * r['train_s']:8.2f} ms (min {1e3 * r['train_min_s']:6.2f})"
         )
-    for mode in ("eval", "train"):
-        for stat in ("s", "min_s"):
-            key = f"{mode}_{stat}"
-            worst = max(results["runs"][k][key] for k in ENTRIES)
-            ratio = results["runs"]["dict"][key] / worst
-            label = "median" if stat == "s" else "min"
-            results[f"dict_over_max_single_{mode}" + ("" if stat == "s" else "_min")] = ratio
-            print(f"{mode} ({label}): dict / most expensive single entry = {ratio:.2f}")
+    for mode, times in timings.items():
+        worst = max(ENTRIES, key=lambda k: statistics.median(times[k]))
+        paired = [d / w for d, w in zip(times["dict"], times[worst])]
+        summary = {
+            "most_expensive_single": worst,
+            "ratio_of_medians": statistics.median(times["dict"]) / statistics.median(times[worst]),
+            "ratio_of_mins": min(times["dict"]) / min(times[worst]),
+            "median_paired_ratio": statistics.median(paired),
+            "paired_ratio_quartiles": statistics.quantiles(paired, n=4),
+        }
+        results[f"dict_over_max_single_{mode}"] = summary
+        print(
+            f"{mode}: dict / {worst}: median of per-round ratios {summary['median_paired_ratio']:.3f}"
+            f" (quartiles {summary['paired_ratio_quartiles'][0]:.3f}-"
+            f"{summary['paired_ratio_quartiles'][2]:.3f}), ratio of medians"
+            f" {summary['ratio_of_medians']:.3f}, of minima {summary['ratio_of_mins']:.3f}"
+        )
     out = Path(__file__).parent / "results" / f"operators-{results['device']}.json"
     out.write_text(json.dumps(results, indent=2) + "\n")
     print(f"written to {out}")
