@@ -5,7 +5,7 @@ rewrites the graph into forward Taylor propagation (collapsed), and returns a
 module computing the operator per sample. See docs/architecture.md.
 """
 
-from . import errors, operators
+from . import cpu, errors, operators
 from .api import CompiledOperator, compile
 from .losses import unbiased_squared_residual
 from .passes.rules import register_rule
@@ -13,6 +13,7 @@ from .passes.rules import register_rule
 __all__ = [
     "CompiledOperator",
     "compile",
+    "cpu",
     "errors",
     "operators",
     "register_rule",
