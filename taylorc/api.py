@@ -18,6 +18,7 @@ from .passes import PassContext, PassManager
 from .passes.cleanup import CleanupPass
 from .passes.collapse import CollapsePass
 from .passes.lower import LowerPass
+from .passes.mlp import MLPPass
 from .passes.stein import SteinPass, sigma_vector, stein_order
 from .passes.taylor import TaylorPass
 from .passes.zcs import ZCSPass, shift_inputs
@@ -107,6 +108,7 @@ class CompiledOperator(torch.nn.Module):
         self.samples, self.sigma, self.variance_reduction = samples, sigma, variance_reduction
         self.distribution, self.generator = distribution, generator
         self.lower_everywhere = False  # tests: lower to the fused ops on the CPU too
+        self.whole_mlp = True  # lower a matching MLP's Laplacian to one kernel (passes.mlp)
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
         if not callable(model):
@@ -230,7 +232,8 @@ class CompiledOperator(torch.nn.Module):
             return hit
         shared = _SHARED.setdefault(self.fn, {}) if _weakrefable(self.fn) else {}
         random = (self.samples, self.distribution, repr(self.sigma), self.variance_reduction)
-        shared_key = (self._spec_key(), self.backend, self.debug_dir, random, key)
+        lowering = (self.lower_everywhere, self.whole_mlp)
+        shared_key = (self._spec_key(), self.backend, self.debug_dir, random, lowering, key)
         if shared_key in shared:  # another CompiledOperator of this model built it already
             self._graphs[key] = shared[shared_key]
             self._last = shared[shared_key][2]
@@ -274,11 +277,15 @@ class CompiledOperator(torch.nn.Module):
             passes = [TaylorPass()]
         if method in ("collapsed", "stochastic"):
             passes.append(CollapsePass())
-        if (self.backend == "taylorc" or self.lower_everywhere) and method in (
+        lower = (self.backend == "taylorc" or self.lower_everywhere) and method in (
             "collapsed",
             "taylor",
-        ):
+        )
+        if lower:
             passes.append(LowerPass(force=self.lower_everywhere))
+        whole = MLPPass(force=self.lower_everywhere)
+        if lower and self.whole_mlp and method == "collapsed" and whole.match(cap.gm, ctx):
+            passes = [whole]  # one kernel for the whole network replaces the layered passes
         passes.append(CleanupPass())
         dump = Dumper(self.debug_dir) if self.debug_dir else None
         gm = PassManager(passes, dump).run(cap.gm, ctx)

@@ -126,6 +126,7 @@ def test_lowering_replaces_activation_steps(act, spec):
     for method in ("collapsed", "taylor"):
         op = taylorc.compile(m, spec, method=method, **kw)
         op.lower_everywhere = True
+        op.whole_mlp = False  # the layered lowering (tests/test_mlp_kernel.py: the whole MLP)
         out = op(x)
         gm = op.graph_for(x, (x,), method)[0]
         # first layer: the elementwise step (its directions need no GEMM); second: fused

@@ -7,6 +7,7 @@ implementation for tracing, and an autograd rule.
 
 from .jet_activation import ACTIVATIONS, jet_activation, jet_activation_reference
 from .jet_linear import jet_linear_activation, jet_linear_activation_reference
+from .mlp_laplacian import mlp_laplacian, mlp_laplacian_reference
 
 __all__ = [
     "ACTIVATIONS",
@@ -14,4 +15,6 @@ __all__ = [
     "jet_activation_reference",
     "jet_linear_activation",
     "jet_linear_activation_reference",
+    "mlp_laplacian",
+    "mlp_laplacian_reference",
 ]

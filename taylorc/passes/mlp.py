@@ -1,0 +1,150 @@
+"""Whole-MLP lowering: a captured ``linear -> act -> ... -> linear`` network whose operator
+is the full Laplacian becomes ONE ``taylorc::mlp_laplacian`` call.
+
+The match is structural on the captured ATen graph (so any module that traces to
+this chain matches, not only ``nn.Sequential``): the output is
+``addmm(b, h, permute(W, [1, 0]))`` of parameter placeholders, and every ``h`` is
+one activation (the same everywhere) of such an addmm, down to the coordinates.
+It applies where the kernel does (D <= 16, <= 8 layers, widths <= 128, float32 or
+float64, the plan being the collapsed Laplacian over every coordinate with unit
+weights); everywhere else :meth:`MLPPass.match` returns None and the layered
+Taylor passes run (the fallback). Like :class:`~taylorc.passes.lower.LowerPass`,
+it acts on CUDA graphs unless forced (the tests force it on the CPU).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.fx
+
+from ..kernels.jet_activation import ACTIVATIONS
+from ..kernels.mlp_laplacian import collapsed_laplacian, fits
+from . import PassContext
+from .lower import activation_of
+
+aten = torch.ops.aten
+
+
+@dataclass
+class MLPMatch:
+    """The matched network: parameter placeholders per linear layer, in forward order."""
+
+    weights: list[str]
+    biases: list[str | None]
+    activation: str
+
+
+def _addmm_layer(node, params: set[str]):
+    """``(input, weight name, bias name)`` of ``addmm(b, h, permute(W, [1, 0]))``, else None."""
+    if not (isinstance(node, torch.fx.Node) and node.target is aten.addmm.default):
+        return None
+    if node.kwargs.get("beta", 1) != 1 or node.kwargs.get("alpha", 1) != 1:
+        return None
+    bias, h, wt = node.args[:3]
+    if not (isinstance(wt, torch.fx.Node) and wt.target is aten.permute.default):
+        return None
+    w = wt.args[0]
+    if list(wt.args[1]) != [1, 0] or getattr(w, "name", None) not in params:
+        return None
+    if getattr(bias, "name", None) not in params:
+        return None
+    return h, w.name, bias.name
+
+
+def _is_unit_laplacian(plan, D: int) -> bool:
+    """The plan reads one collapsed order-2 coefficient of the D unit directions, weight 1."""
+    # one direction: collapsed and standard Taylor are the same propagation
+    collapsed = plan.collapsible or plan.R == 1
+    if plan.K != 2 or not collapsed or plan.G != 1 or plan.stochastic is not None:
+        return False
+    units = [tuple(int(i == d) for i in range(D)) for d in range(D)]
+    if [tuple(d) for d in plan.directions] != units or any(w != 1 for w in plan.top_weights[0]):
+        return False
+    if len(plan.terms) != 1 or plan.terms[0].kind != "linear":
+        return False
+    parts = plan.terms[0].parts
+    return len(parts) == 1 and parts[0].coef is None and parts[0].top == (0, 1)
+
+
+class MLPPass:
+    """Replace the whole Taylor graph of a matched MLP by one ``taylorc::mlp_laplacian`` call.
+
+    Args:
+        force: lower also when the coordinates are not on CUDA.
+
+    Use :meth:`match` first: ``__call__`` builds the new graph from its result.
+    """
+
+    name = "mlp"
+
+    def __init__(self, force: bool = False):
+        self.force = force
+        self.matched: MLPMatch | None = None
+
+    def match(self, gm: torch.fx.GraphModule, ctx: PassContext) -> MLPMatch | None:
+        """The network's layers when the kernel applies to this captured graph, else None."""
+        self.matched = None
+        if not (torch.device(ctx.device).type == "cuda" or self.force):
+            return None
+        if ctx.dtype not in (torch.float32, torch.float64):
+            return None
+        placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+        coord = next((n for n in placeholders if n.name == ctx.coord), None)
+        if coord is None or coord.meta["val"].dim() != 2:
+            return None
+        D = coord.meta["val"].shape[1]
+        if not _is_unit_laplacian(ctx.plan, D):
+            return None
+        params = {n.name for n in placeholders if n.name.startswith("p_")}
+        out = next(n for n in gm.graph.nodes if n.op == "output").args[0]
+        layers, acts, node = [], set(), out
+        while True:
+            layer = _addmm_layer(node, params)
+            if layer is None:
+                return None
+            h, w, b = layer
+            layers.append((w, b))
+            if h is coord:
+                break
+            found = activation_of(h)
+            if found is None or found[0] not in ACTIVATIONS:
+                return None
+            acts.add(found[0])
+            node = found[1]
+        if len(acts) != 1 or any(
+            len(n.users) != 1 for n in gm.graph.nodes if n.op == "call_function"
+        ):
+            return None  # mixed activations, or intermediate values read elsewhere
+        layers.reverse()
+        shapes = {n.name: tuple(n.meta["val"].shape) for n in placeholders}
+        if not fits(D, [shapes[w][0] for w, _ in layers]):
+            return None
+        self.matched = MLPMatch([w for w, _ in layers], [b for _, b in layers], acts.pop())
+        return self.matched
+
+    def __call__(self, gm: torch.fx.GraphModule, ctx: PassContext) -> torch.fx.GraphModule:
+        m = self.matched
+        if m is None:
+            raise RuntimeError("MLPPass: call match() first; it found no MLP to lower")
+        graph = torch.fx.Graph()
+        env = {}
+        for n in gm.graph.nodes:
+            if n.op == "placeholder":
+                env[n.name] = graph.placeholder(n.name)
+                env[n.name].meta = dict(n.meta)
+        lap = graph.call_function(
+            collapsed_laplacian,
+            (
+                env[ctx.coord],
+                [env[w] for w in m.weights],
+                [env[b] if b is not None else None for b in m.biases],
+                m.activation,
+            ),
+        )
+        lap.meta["taylorc"] = {"rule": "mlp_laplacian", "layers": len(m.weights)}
+        graph.output((lap,))
+        new = torch.fx.GraphModule(gm, graph)
+        new.meta["taylorc"] = {"mlp": m}
+        return new
