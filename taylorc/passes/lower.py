@@ -10,6 +10,14 @@ replaces the step by ``taylorc::jet_activation`` (:mod:`taylorc.kernels`), which
 reads each input coefficient once and writes each output once. The old nodes die
 in dead-code elimination.
 
+Graphs without that metadata (hand-written Taylor code, Dynamo's graphs in the
+``torch.compile`` backend) are matched structurally instead
+(:func:`lower_structural`): the collapsed order-2 step of each activation in its
+canonical ATen form, the one :func:`~taylorc.kernels.jet_activation_reference`
+traces to (``t = tanh(x0); d1 = 1 - t*t; y1 = d1*x1;
+ytop = d1*top + sum(-2*t*d1*x1*x1, 0)``). Algebraically equal but differently
+written steps are not recognised and stay as they are.
+
 By default it lowers only graphs on CUDA (where the op runs the Triton kernel);
 ``force=True`` lowers anywhere (the op then runs its PyTorch reference), which
 is how the tests check the rewrite on the CPU.
@@ -17,12 +25,15 @@ is how the tests check the rewrite on the CPU.
 
 from __future__ import annotations
 
+import functools
 import operator
 
 import torch
 import torch.fx
+from torch.fx.experimental.proxy_tensor import make_fx
+from torch.fx.passes.utils.matcher_utils import SubgraphMatcher
 
-from ..kernels.jet_activation import MAX_ORDER
+from ..kernels.jet_activation import ACTIVATIONS, MAX_ORDER, jet_activation_reference
 from . import PassContext, relink
 
 aten = torch.ops.aten
@@ -97,7 +108,10 @@ class LowerPass:
         self.lowered = []
         on_cuda = torch.device(ctx.device).type == "cuda"
         info = gm.meta.get("taylorc", {})
-        if not (on_cuda or self.force) or "jets" not in info:
+        if not (on_cuda or self.force):
+            return gm
+        if "jets" not in info:  # a foreign Taylor graph: match the steps by their shape
+            self.lowered = [f"structural:{i}" for i in range(lower_structural(gm))]
             return gm
         plan = ctx.plan
         collapsed = plan.collapsible and any(
@@ -231,3 +245,64 @@ def stable_toposort(graph: torch.fx.Graph) -> None:
             stack.append((node, True))
             stack.extend((a, False) for a in reversed(node.all_input_nodes) if a not in done)
     relink(order)
+
+
+@functools.cache
+def step_pattern(act: str) -> torch.fx.GraphModule:
+    """ATen graph ``(x0, x1, top) -> (y0, y1, ytop)`` of act's collapsed order-2 step (canonical form)."""
+
+    def step(x0, x1, top):
+        y0, (y1,), ytop = jet_activation_reference(x0, [x1], top, None, act)
+        return y0, y1, ytop
+
+    gm = make_fx(step)(torch.randn(4), torch.randn(2, 4), torch.randn(4))
+    gm.graph.eliminate_dead_code()  # derivatives() computes orders 3, 4 too
+    gm.recompile()
+    return gm
+
+
+def lower_structural(gm: torch.fx.GraphModule) -> int:
+    """Replace every canonical collapsed order-2 activation step in an ATen graph by the kernel.
+
+    Matches :func:`step_pattern` of each activation with torch.fx's
+    ``SubgraphMatcher`` (same ops, same literals, no intermediate read outside
+    the step); a match becomes ``taylorc::jet_activation(x0, [x1], top, None, act)``
+    with the coefficients flattened as the op expects. Returns the number of steps
+    replaced.
+    """
+    graph, replaced = gm.graph, 0
+    for act in ACTIVATIONS:
+        matcher = SubgraphMatcher(
+            step_pattern(act).graph, match_output=False, match_placeholder=False
+        )
+        for match in matcher.match(graph):
+            (x0, x1, top), outs = match.placeholder_nodes, match.returning_nodes
+            with graph.inserting_before(next(iter(reversed(graph.nodes)))):
+                # shape-free reshapes: the sizes may be symbolic in Dynamo's graphs
+                flat = [
+                    graph.call_function(aten.reshape.default, (x0, [-1])),
+                    graph.call_function(aten.flatten.using_ints, (x1, 1)),
+                    graph.call_function(aten.reshape.default, (top, [-1])),
+                ]
+                call = graph.call_function(
+                    torch.ops.taylorc.jet_activation.default,
+                    (flat[0], [flat[1]], flat[2], None, act),
+                )
+                y1 = graph.call_function(
+                    operator.getitem, (graph.call_function(operator.getitem, (call, 1)), 0)
+                )
+                y0, ytop = (graph.call_function(operator.getitem, (call, k)) for k in (0, 2))
+                new = [
+                    graph.call_function(aten.reshape_as.default, (y0, x0)),
+                    graph.call_function(aten.reshape_as.default, (y1, x1)),
+                    graph.call_function(aten.reshape_as.default, (ytop, top)),
+                ]
+            call.meta["taylorc"] = {"role": "lowered", "activation": act, "match": "structural"}
+            for old, node in zip(outs, new):
+                old.replace_all_uses_with(node)
+            replaced += 1
+        if replaced:
+            stable_toposort(graph)
+            graph.eliminate_dead_code()
+    gm.recompile()
+    return replaced
