@@ -108,17 +108,14 @@ def torch_methods(weights: dict) -> dict:
 
     nested = torch.vmap(trace_hessian)
     fns["nested"] = lambda: nested(x)
-    try:
-        from jet import capture_graph, common_subexpression_elimination, laplacian
-    except ImportError:
+    from peers import jet_laplacian
+
+    jet_eager = jet_laplacian(model, x)
+    if jet_eager is None:
         return fns
-    graph, _ = capture_graph(laplacian(model, (x[0],)), (x[0],))
-    common_subexpression_elimination(graph.graph)
-    graph.recompile()
-    jet_eager = torch.vmap(graph)
     jet_compiled = torch.compile(jet_eager)
-    fns["jet/eager"] = lambda: jet_eager(x).reshape(-1)
-    fns["jet/compile"] = lambda: jet_compiled(x).reshape(-1)
+    fns["jet/eager"] = lambda: jet_eager(x)
+    fns["jet/compile"] = lambda: jet_compiled(x)
     return fns
 
 

@@ -9,8 +9,8 @@ every method alike; peak memory (CPU: peak RSS growth over the RSS before the
 first run; CUDA: max allocated) comes from a fresh process per method. Writes
 ``bench/results/laplacian-<device>.json`` and prints ratios.
 
-jet-for-pytorch (Python >= 3.12) is measured when importable; its adapter is
-untested here (not installable on Python 3.11).
+jet-for-pytorch 1.0 is measured when importable (``bench/peers.py`` says how it
+installs on Python 3.11).
 
     python bench/laplacian.py [--device cpu] [--repeats 11] [--paper-batch 128]
 """
@@ -58,12 +58,10 @@ def operator_fn(method, model, x):
     import taylorc
 
     if method == "jet":
-        try:
-            from jet.laplacian import Laplacian  # type: ignore[import-not-found]
-        except ImportError:
-            return None
-        lap = Laplacian(model, x, is_batched=True)
-        return lambda x: lap(x)[2]
+        from peers import jet_laplacian
+
+        lap = jet_laplacian(model, x)
+        return (lambda x: lap(x)[:, None]) if lap is not None else None
     return taylorc.compile(model, "laplacian", method=method)
 
 
@@ -104,6 +102,10 @@ def child(args) -> None:
     import torch
 
     torch.set_num_threads(args.threads)
+    if not args.default_allocator:
+        import taylorc
+
+        taylorc.cpu.tune_allocator()  # every method alike (bench/cpu_peers.py measures why)
     cfg = configs(args.paper_batch)[args.config]
     model, x = build(cfg, args.device, getattr(torch, args.dtype))
     cuda = args.device.startswith("cuda")
@@ -150,7 +152,7 @@ def run_child(args, **kw) -> dict:
         str(args.paper_batch),
         "--threads",
         str(args.threads),
-    ]
+    ] + (["--default-allocator"] if args.default_allocator else [])
     for k, v in kw.items():
         cmd += [f"--{k}", str(v)]
     out = subprocess.run(cmd, capture_output=True, text=True)
@@ -179,6 +181,7 @@ def main(argv=None) -> None:
     p.add_argument("--repeats", type=int, default=11)
     p.add_argument("--paper-batch", type=int, default=128)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--default-allocator", action="store_true", help="skip tune_allocator()")
     p.add_argument("--out", default=str(Path(__file__).parent / "results"))
     args = p.parse_args(argv)
     if args.child:
@@ -188,6 +191,7 @@ def main(argv=None) -> None:
         "device": device_name(args.device),
         "dtype": args.dtype,
         "threads": args.threads,
+        "allocator": "glibc default" if args.default_allocator else "taylorc.cpu.tune_allocator",
         "configs": configs(args.paper_batch),
         "runs": {},
     }

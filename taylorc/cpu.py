@@ -6,7 +6,7 @@ blocks above its mmap threshold (128 KiB at start, adapting up to 32 MiB) with
 fresh ``mmap`` pages and returns them at ``free``, and it trims the heap top
 above 128 KiB. Every call then touches fresh pages: thousands of minor page
 faults, expensive under virtualisation and serialised across threads. On the
-2-core EPYC VM of ``bench/results`` this is 25-45% of an evaluation of the
+2-core EPYC VM of ``bench/results`` this is 29-44% of an evaluation of the
 PINN-sized collapsed Laplacian (``bench/cpu_peers.py`` measures it).
 """
 

@@ -1,0 +1,141 @@
+"""Write ``docs/benchmarks.md`` (markdown tables) and ``docs/img/benchmarks-<device>.png``
+from the JSON files in ``bench/results`` (run the benchmarks first).
+
+    python bench/report.py [--results bench/results] [--docs docs]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def ms(seconds) -> str:
+    return f"{1e3 * seconds:.1f}" if seconds is not None else "—"
+
+
+def ratio(x) -> str:
+    return f"{x:.2f}x" if x is not None else "—"
+
+
+def peers_section(data: dict, image: str) -> list[str]:
+    """Tables of ``bench/cpu_peers.py``: time per method, then the acceptance ratios."""
+    lines = [
+        f"## Laplacian against the peers on `{data['device']}` ({data['threads']} threads)",
+        "",
+        f"`python bench/cpu_peers.py`: evaluation, {data['dtype']}, median of"
+        f" {data['rounds']} x {data['repeats_per_round']} samples per method, torch"
+        f" allocator: {data['allocator']}. Every output agrees with taylorc's to the"
+        " relative difference shown.",
+        "",
+    ]
+    configs = data["configs"]
+    methods = list(next(iter(data["runs"].values())))
+    head = " | ".join(
+        f"{c} (D={v['D']}, {'-'.join(map(str, v['widths']))}, B={v['B']})"
+        for c, v in configs.items()
+    )
+    lines += [f"| method | {head} |", "| --- |" + " --- |" * len(configs)]
+    for m in methods:
+        cells = []
+        for c in configs:
+            r = data["runs"][c][m]
+            cells.append(
+                f"{ms(r['median_s'])} ms (diff {r['max_rel_diff_vs_taylorc']:.0e})"
+                if r.get("available")
+                else "not installed"
+            )
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    lines += ["", "Peer time over taylorc's best CPU path (above 1: taylorc is faster):", ""]
+    peers = ["folx", "jax/hessian-trace", "jet/eager", "jet/compile", "nested"]
+    lines += [
+        "| config | best taylorc path | " + " | ".join(peers) + " |",
+        "| --- | --- |" + " --- |" * len(peers),
+    ]
+    for c, s in data["summary"].items():
+        cells = [ratio(s.get(f"{p}_over_best_taylorc")) for p in peers]
+        lines.append(f"| {c} | {s['best_taylorc_path']} | " + " | ".join(cells) + " |")
+    return lines + ["", f"![CPU Laplacian against the peers]({image})", ""]
+
+
+def plot_peers(data: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    configs = list(data["configs"])
+    fig, axes = plt.subplots(1, len(configs), figsize=(5 * len(configs), 3.6))
+    for ax, c in zip(axes if len(configs) > 1 else [axes], configs):
+        runs = {m: r for m, r in data["runs"][c].items() if r.get("available")}
+        names = list(runs)
+        times = [1e3 * runs[m]["median_s"] for m in names]
+        colors = ["tab:blue" if m.startswith("taylorc") else "tab:gray" for m in names]
+        ax.barh(names, times, color=colors)
+        ax.set_xlabel("ms per evaluation (median)")
+        ax.set_title(f"{c}: D={data['configs'][c]['D']}, B={data['configs'][c]['B']}")
+        ax.invert_yaxis()
+    fig.suptitle(f"Laplacian on {data['device']}, {data['threads']} threads, {data['dtype']}")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def laplacian_section(data: dict) -> list[str]:
+    """``bench/laplacian.py``: eval and training step, time and peak memory per method."""
+    lines = [
+        f"## taylorc methods against nested autograd and torch-jet on `{data['device']}`",
+        "",
+        "`python bench/laplacian.py`: median time and peak memory of one call"
+        f" ({data['dtype']}, {data['threads']} threads, allocator:"
+        f" {data.get('allocator', 'glibc default')}).",
+        "",
+        "| config / mode | method | time (ms) | peak memory (MiB) | speed-up vs nested |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for key, r in data["runs"].items():
+        config, mode, method = key.split("/")
+        if not r.get("available"):
+            lines.append(f"| {config} / {mode} | {method} | not installed | | |")
+            continue
+        mem = r.get("peak_bytes")
+        lines.append(
+            f"| {config} / {mode} | {method} | {ms(r['median_s'])} |"
+            f" {mem / 2**20:.1f} | {ratio(r.get('speedup_vs_nested'))} |"
+            if mem is not None
+            else f"| {config} / {mode} | {method} | {ms(r['median_s'])} | — | — |"
+        )
+    return lines + [""]
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--results", default=str(ROOT / "bench" / "results"))
+    p.add_argument("--docs", default=str(ROOT / "docs"))
+    args = p.parse_args(argv)
+    results, docs = Path(args.results), Path(args.docs)
+    lines = [
+        "# Benchmarks",
+        "",
+        "Generated by `python bench/report.py` from `bench/results/*.json`; the"
+        " benchmarks compare methods within one run (ratios), because timings on shared"
+        " machines drift. No GPU results yet: no GPU was available to this project so far.",
+        "",
+    ]
+    for f in sorted(results.glob("cpu-peers-*.json")):
+        data = json.loads(f.read_text())
+        image = f"img/benchmarks-{data['device']}.png"
+        plot_peers(data, docs / image)
+        lines += peers_section(data, image)
+    for f in sorted(results.glob("laplacian-*.json")):
+        lines += laplacian_section(json.loads(f.read_text()))
+    (docs / "benchmarks.md").write_text("\n".join(lines))
+    print(f"written to {docs / 'benchmarks.md'}")
+
+
+if __name__ == "__main__":
+    main()
