@@ -108,9 +108,9 @@ def torch_methods(weights: dict) -> dict:
 
     nested = torch.vmap(trace_hessian)
     fns["nested"] = lambda: nested(x)
-    from peers import jet_laplacian
+    from peers import jet_operator
 
-    jet_eager = jet_laplacian(model, x)
+    jet_eager = jet_operator("laplacian", model, x)
     if jet_eager is None:
         return fns
     jet_compiled = torch.compile(jet_eager)

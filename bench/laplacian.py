@@ -1,18 +1,29 @@
-"""Laplacian benchmark: taylorc collapsed vs standard Taylor vs nested autograd, side by side.
+"""Laplacian benchmark suite: taylorc's paths vs standard Taylor vs nested autograd vs torch-jet.
 
-Configs: the MLP of the collapsing paper (D=50, tanh 768-768-512-512-1) and a
-PINN-sized one (D=5, tanh 64x3, B=4096). For each method: median time and peak
+Configs: by default the MLP of the collapsing paper (D=50, tanh 768-768-512-512-1,
+B=128) and a PINN-sized one (D=5, tanh 64x3, B=4096), small enough for a 2-core
+CPU. ``--suite`` runs issue 5's GPU suite: paper B in {256, 1024, 4096}; PINN-sized
+D in {2, 5}, tanh 64x4, B in {4096, 65536}; biharmonic D=5, tanh 64x4, B=4096
+(``--batch-scale`` shrinks every B, for a smoke run on the CPU). Methods: taylorc
+collapsed on the eager, inductor and taylorc backends (the last lowers to the fused
+kernels on CUDA: per layer, or the whole MLP), standard Taylor, nested autograd,
+torch-jet eager and under torch.compile. The device's floors are measured in the
+same run (a large GEMM's FLOP rate and a copy's bandwidth), and each method gets
+its fraction of the GEMM floor: the GEMM FLOPs of taylorc's collapsed graph over
+the GEMM rate, divided by its time. For each method: median time and peak
 memory of an evaluation and of a training step (forward + backward of the mean
 squared operator output). Times come from one process per (config, mode) that
 runs the methods in round robin, so that load changes on a shared machine hit
-every method alike; peak memory (CPU: peak RSS growth over the RSS before the
-first run; CUDA: max allocated) comes from a fresh process per method. Writes
-``bench/results/laplacian-<device>.json`` and prints ratios.
+every method alike; peak memory is that of a steady-state call, measured in the same
+process (``bench/peak_memory.py``: CPU peak RSS growth after returning free heap
+pages, CUDA max allocated). Writes ``bench/results/laplacian-<device>.json``
+(``suite-<device>.json`` with ``--suite``) and prints ratios.
 
 jet-for-pytorch 1.0 is measured when importable (``bench/peers.py`` says how it
 installs on Python 3.11).
 
     python bench/laplacian.py [--device cpu] [--repeats 11] [--paper-batch 128]
+    python bench/laplacian.py --device cuda --suite        # the GPU suite
 """
 
 from __future__ import annotations
@@ -28,14 +39,35 @@ from pathlib import Path
 
 from peak_memory import peak_bytes
 
-METHODS = ["collapsed", "taylor", "nested", "jet"]
+METHODS = [
+    "collapsed",
+    "collapsed/inductor",
+    "collapsed/taylorc",
+    "taylor",
+    "nested",
+    "jet",
+    "jet/compile",
+]
+PAPER = [768, 768, 512, 512]
 
 
-def configs(paper_batch: int) -> dict:
-    return {
-        "paper": {"D": 50, "widths": [768, 768, 512, 512], "B": paper_batch},
-        "pinn": {"D": 5, "widths": [64, 64, 64], "B": 4096},
-    }
+def configs(paper_batch: int, suite: bool = False, batch_scale: float = 1.0) -> dict:
+    """name -> {D, widths, B, operator}."""
+    if not suite:
+        return {
+            "paper": {"D": 50, "widths": PAPER, "B": paper_batch, "operator": "laplacian"},
+            "pinn": {"D": 5, "widths": [64] * 3, "B": 4096, "operator": "laplacian"},
+        }
+    out = {}
+    for B in (256, 1024, 4096):
+        out[f"paper-B{B}"] = {"D": 50, "widths": PAPER, "B": B, "operator": "laplacian"}
+    for D in (2, 5):
+        for B in (4096, 65536):
+            out[f"pinn-D{D}-B{B}"] = {"D": D, "widths": [64] * 4, "B": B, "operator": "laplacian"}
+    out["biharmonic"] = {"D": 5, "widths": [64] * 4, "B": 4096, "operator": "biharmonic"}
+    for cfg in out.values():
+        cfg["B"] = max(1, int(cfg["B"] * batch_scale))
+    return out
 
 
 def build(cfg, device, dtype):
@@ -53,16 +85,56 @@ def build(cfg, device, dtype):
     return model, x
 
 
-def operator_fn(method, model, x):
-    """A callable x -> Laplacian (B, 1) for the method, or None when unavailable."""
+def operator_fn(method, model, x, operator="laplacian"):
+    """A callable x -> operator (B, 1) for the method, or None when unavailable."""
+    import torch
+
     import taylorc
 
-    if method == "jet":
-        from peers import jet_laplacian
+    if method.startswith("jet"):
+        from peers import jet_operator
 
-        lap = jet_laplacian(model, x)
-        return (lambda x: lap(x)[:, None]) if lap is not None else None
-    return taylorc.compile(model, "laplacian", method=method)
+        op = jet_operator(operator, model, x)
+        if op is None:
+            return None
+        if method == "jet/compile":
+            op = torch.compile(op)
+        return lambda x: op(x)[:, None]
+    name, _, backend = method.partition("/")
+    return taylorc.compile(model, operator, method=name, backend=backend or "eager")
+
+
+def gemm_flops(model, x, operator) -> int:
+    """GEMM FLOPs of taylorc's collapsed graph (the work any method must at least do)."""
+    import taylorc
+    from taylorc.debug import node_flops
+
+    gm = taylorc.compile(model, operator, method="collapsed").graph_for(x)[0]
+    gemms = ("mm", "bmm", "matmul", "addmm", "einsum")
+    return sum(
+        node_flops(n)
+        for n in gm.graph.nodes
+        if n.op == "call_function" and str(getattr(n.target, "__name__", "")).split(".")[0] in gemms
+    )
+
+
+def device_floors(device, dtype) -> dict:
+    """Measured GEMM rate (FLOP/s) and copy bandwidth (bytes/s) of the device."""
+    import torch
+
+    cuda = device.startswith("cuda")
+    n = 4096 if cuda else 1536
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    src = torch.empty(2**26 if cuda else 2**24, device=device, dtype=torch.float32)
+    dst = torch.empty_like(src)
+    gemm = statistics.median(time_one(lambda: a @ b, cuda) for _ in range(9))
+    copy = statistics.median(time_one(lambda: dst.copy_(src), cuda) for _ in range(9))
+    return {
+        "gemm_flops_per_s": 2 * n**3 / gemm,
+        "gemm_size": n,
+        "bandwidth_bytes_per_s": 2 * src.numel() * src.element_size() / copy,
+    }
 
 
 def make_step(method, op, model, x, mode):
@@ -98,7 +170,8 @@ def time_one(step, cuda) -> float:
 
 
 def child(args) -> None:
-    """``--what memory``: peak of one method's first run; ``--what time``: all methods interleaved."""
+    """``--what floors``: the device's GEMM rate and bandwidth; ``--what time``: all methods
+    interleaved, then each one's peak memory."""
     import torch
 
     torch.set_num_threads(args.threads)
@@ -106,35 +179,34 @@ def child(args) -> None:
         import taylorc
 
         taylorc.cpu.tune_allocator()  # every method alike (bench/cpu_peers.py measures why)
-    cfg = configs(args.paper_batch)[args.config]
-    model, x = build(cfg, args.device, getattr(torch, args.dtype))
+    dtype = getattr(torch, args.dtype)
+    if args.what == "floors":
+        print(json.dumps(device_floors(args.device, dtype)))
+        return
+    cfg = configs(args.paper_batch, args.suite, args.batch_scale)[args.config]
+    model, x = build(cfg, args.device, dtype)
     cuda = args.device.startswith("cuda")
     steps = {}
-    for m in [args.method] if args.what == "memory" else METHODS:
-        op = operator_fn(m, model, x)
+    for m in METHODS:
+        op = operator_fn(m, model, x, cfg["operator"])
         if op is not None:
             if hasattr(op, "graph_for"):
                 op.graph_for(x)  # compile without running
             steps[m] = make_step(m, op, model, x, args.mode)
-    if args.what == "memory":
-        if not steps:
-            print(json.dumps({"available": False}))
-            return
-        model(x[:8]).sum().backward()  # initialise BLAS and autograd before the baseline
-        model.zero_grad(set_to_none=True)
-        print(json.dumps({"peak_bytes": peak_bytes(steps[args.method], cuda)}))
-        return
     for step in steps.values():
         step()
         step()
+    memory = {m: peak_bytes(steps[m], cuda) for m in steps}
     names = list(steps)
     times = {m: [] for m in names}
     for i in range(args.repeats):  # round robin, rotating the order
         for m in names[i % len(names) :] + names[: i % len(names)]:
             times[m].append(time_one(steps[m], cuda))
-    print(
-        json.dumps({m: {"median_s": statistics.median(t), "times_s": t} for m, t in times.items()})
-    )
+    out = {m: {"median_s": statistics.median(t), "times_s": t} for m, t in times.items()}
+    for m, b in memory.items():
+        out[m]["peak_bytes"] = b
+    out["gemm_flops"] = gemm_flops(model, x, cfg["operator"])
+    print(json.dumps(out))
 
 
 def run_child(args, **kw) -> dict:
@@ -152,7 +224,11 @@ def run_child(args, **kw) -> dict:
         str(args.paper_batch),
         "--threads",
         str(args.threads),
-    ] + (["--default-allocator"] if args.default_allocator else [])
+        "--batch-scale",
+        str(args.batch_scale),
+    ]
+    cmd += ["--default-allocator"] if args.default_allocator else []
+    cmd += ["--suite"] if args.suite else []
     for k, v in kw.items():
         cmd += [f"--{k}", str(v)]
     out = subprocess.run(cmd, capture_output=True, text=True)
@@ -174,7 +250,6 @@ def main(argv=None) -> None:
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--what", default="time", help=argparse.SUPPRESS)
     p.add_argument("--config", default=None, help=argparse.SUPPRESS)
-    p.add_argument("--method", default=None, help=argparse.SUPPRESS)
     p.add_argument("--mode", default=None, help=argparse.SUPPRESS)
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="float32")
@@ -182,48 +257,66 @@ def main(argv=None) -> None:
     p.add_argument("--paper-batch", type=int, default=128)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--default-allocator", action="store_true", help="skip tune_allocator()")
+    p.add_argument("--suite", action="store_true", help="issue 5's GPU configs")
+    p.add_argument("--configs", nargs="+", help="run only these configs (split a long suite)")
+    p.add_argument("--batch-scale", type=float, default=1.0, help="multiply every B (smoke runs)")
     p.add_argument("--out", default=str(Path(__file__).parent / "results"))
     args = p.parse_args(argv)
     if args.child:
         child(args)
         return
+    cfgs = configs(args.paper_batch, args.suite, args.batch_scale)
+    if args.configs:
+        cfgs = {k: v for k, v in cfgs.items() if k in args.configs}
+    floors = run_child(args, what="floors", config="none", mode="none")
     results = {
         "device": device_name(args.device),
         "dtype": args.dtype,
         "threads": args.threads,
         "allocator": "glibc default" if args.default_allocator else "taylorc.cpu.tune_allocator",
-        "configs": configs(args.paper_batch),
+        "floors": floors,
+        "configs": cfgs,
         "runs": {},
     }
-    for config in configs(args.paper_batch):
+    print(
+        f"floors: GEMM {floors['gemm_flops_per_s'] / 1e9:.0f} GFLOP/s,"
+        f" copy {floors['bandwidth_bytes_per_s'] / 1e9:.0f} GB/s"
+    )
+    for config in cfgs:
         for mode in ("eval", "train"):
-            timing = run_child(args, what="time", config=config, mode=mode, method="none")
+            timing = run_child(args, what="time", config=config, mode=mode)
+            floor_s = timing.pop("gemm_flops") / floors["gemm_flops_per_s"]
             for method in METHODS:
                 r = {"available": method in timing, **timing.get(method, {})}
                 if r["available"]:
-                    r.update(
-                        run_child(args, what="memory", config=config, mode=mode, method=method)
+                    # the backward pass does about twice the forward GEMMs
+                    r["fraction_of_gemm_floor"] = (
+                        floor_s * (3 if mode == "train" else 1) / r["median_s"]
                     )
                 results["runs"][f"{config}/{mode}/{method}"] = r
                 shown = (
                     f"{1e3 * r['median_s']:9.2f} ms {r['peak_bytes'] / 2**20:8.1f} MiB"
+                    f"  {100 * r['fraction_of_gemm_floor']:5.1f}% of GEMM floor"
                     if r["available"]
                     else "  unavailable"
                 )
-                print(f"{config:6s} {mode:5s} {method:9s} {shown}", flush=True)
+                print(f"{config:16s} {mode:5s} {method:18s} {shown}", flush=True)
     print("\nratios (nested / method: >1 means faster than the Hessian trace; memory likewise)")
     for key, r in results["runs"].items():
-        ref = results["runs"][key.rsplit("/", 1)[0] + "/nested"]
+        config, mode, _ = key.split("/", 2)
+        ref = results["runs"][f"{config}/{mode}/nested"]
         if r["available"] and ref["available"]:
             r["speedup_vs_nested"] = ref["median_s"] / r["median_s"]
             r["memory_ratio_vs_nested"] = (
                 ref["peak_bytes"] / r["peak_bytes"] if r["peak_bytes"] > 0 else None
             )
             mem = f"{r['memory_ratio_vs_nested']:5.2f}" if r["memory_ratio_vs_nested"] else "  n/a"
-            print(f"{key:26s} time x{r['speedup_vs_nested']:5.2f}  memory x{mem}")
+            print(f"{key:44s} time x{r['speedup_vs_nested']:5.2f}  memory x{mem}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    path = out / f"laplacian-{results['device']}.json"
+    name = "suite" if args.suite else "laplacian"
+    tag = "" if not args.configs else "-" + "-".join(args.configs)
+    path = out / f"{name}-{results['device']}{tag}.json"
     path.write_text(json.dumps(results, indent=2) + "\n")
     print(f"\nwritten to {path}")
 

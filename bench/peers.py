@@ -10,21 +10,23 @@ committed here.
 from __future__ import annotations
 
 
-def jet_laplacian(model, x):
-    """torch-jet's collapsed Laplacian of ``model`` at every row of ``x``: a callable
-    ``x -> (B,)``, or None when jet is not importable.
+def jet_operator(operator: str, model, x):
+    """torch-jet's collapsed ``"laplacian"`` or ``"biharmonic"`` of ``model`` at every row of
+    ``x``: a callable ``x -> (B,)``, or None when jet is not importable.
 
-    Built as jet's own benchmark does: ``jet.laplacian`` on one datum, captured to
-    an fx graph with common subexpressions eliminated, then ``torch.vmap`` over the batch.
+    Built as jet's own benchmark does: ``jet.laplacian`` / ``jet.bilaplacian`` on one
+    datum, captured to an fx graph with common subexpressions eliminated, then
+    ``torch.vmap`` over the batch.
     """
     try:
-        from jet import capture_graph, common_subexpression_elimination, laplacian
+        import jet
     except ImportError:
         return None
     import torch
 
-    graph, _ = capture_graph(laplacian(model, (x[0],)), (x[0],))
-    common_subexpression_elimination(graph.graph)
+    transform = {"laplacian": jet.laplacian, "biharmonic": jet.bilaplacian}[operator]
+    graph, _ = jet.capture_graph(transform(model, (x[0],)), (x[0],))
+    jet.common_subexpression_elimination(graph.graph)
     graph.recompile()
     batched = torch.vmap(graph)
     return lambda x: batched(x).reshape(-1)

@@ -85,30 +85,54 @@ def plot_peers(data: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def laplacian_section(data: dict) -> list[str]:
-    """``bench/laplacian.py``: eval and training step, time and peak memory per method."""
+def percent(x) -> str:
+    return f"{100 * x:.0f}%" if x is not None else "—"
+
+
+def laplacian_section(data: dict, source: str) -> list[str]:
+    """``bench/laplacian.py``: eval and training step, time and peak memory per method,
+    and (suite runs) each method's fraction of the measured GEMM floor and its speed-up
+    over torch-jet."""
+    floors = data.get("floors")
     lines = [
-        f"## taylorc methods against nested autograd and torch-jet on `{data['device']}`",
+        f"## taylorc methods against nested autograd and torch-jet on `{data['device']}`"
+        f" (`{source}`)",
         "",
         "`python bench/laplacian.py`: median time and peak memory of one call"
         f" ({data['dtype']}, {data['threads']} threads, allocator:"
         f" {data.get('allocator', 'glibc default')}).",
         "",
-        "| config / mode | method | time (ms) | peak memory (MiB) | speed-up vs nested |",
-        "| --- | --- | --- | --- | --- |",
     ]
-    for key, r in data["runs"].items():
-        config, mode, method = key.split("/")
+    if floors:
+        lines += [
+            f"Measured floors: GEMM {floors['gemm_flops_per_s'] / 1e9:.0f} GFLOP/s"
+            f" ({floors['gemm_size']}^3), copy {floors['bandwidth_bytes_per_s'] / 1e9:.0f} GB/s.",
+            "",
+        ]
+    lines += [
+        "| config / mode | method | time (ms) | peak memory (MiB) | vs nested | vs jet"
+        " | vs jet/compile | of GEMM floor |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    runs = data["runs"]
+    for key, r in runs.items():
+        config, mode, method = key.split("/", 2)
         if not r.get("available"):
-            lines.append(f"| {config} / {mode} | {method} | not installed | | |")
+            lines.append(f"| {config} / {mode} | {method} | not installed | | | | | |")
             continue
         mem = r.get("peak_bytes")
-        lines.append(
-            f"| {config} / {mode} | {method} | {ms(r['median_s'])} |"
-            f" {mem / 2**20:.1f} | {ratio(r.get('speedup_vs_nested'))} |"
-            if mem is not None
-            else f"| {config} / {mode} | {method} | {ms(r['median_s'])} | — | — |"
-        )
+        vs = [
+            runs.get(f"{config}/{mode}/{peer}", {}).get("median_s")
+            for peer in ("jet", "jet/compile")
+        ]
+        cells = [
+            ms(r["median_s"]),
+            f"{mem / 2**20:.1f}" if mem is not None else "—",
+            ratio(r.get("speedup_vs_nested")),
+            *(ratio(t / r["median_s"]) if t else "—" for t in vs),
+            percent(r.get("fraction_of_gemm_floor")),
+        ]
+        lines.append(f"| {config} / {mode} | {method} | " + " | ".join(cells) + " |")
     return lines + [""]
 
 
@@ -131,8 +155,9 @@ def main(argv=None) -> None:
         image = f"img/benchmarks-{data['device']}.png"
         plot_peers(data, docs / image)
         lines += peers_section(data, image)
-    for f in sorted(results.glob("laplacian-*.json")):
-        lines += laplacian_section(json.loads(f.read_text()))
+    for f in sorted(results.glob("laplacian-*.json")) + sorted(results.glob("suite-*.json")):
+        lines += laplacian_section(json.loads(f.read_text()), f"bench/results/{f.name}")
+    docs.mkdir(parents=True, exist_ok=True)
     (docs / "benchmarks.md").write_text("\n".join(lines))
     print(f"written to {docs / 'benchmarks.md'}")
 
