@@ -35,6 +35,7 @@ import statistics
 import subprocess
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 from peak_memory import peak_bytes
@@ -119,20 +120,23 @@ def gemm_flops(model, x, operator) -> int:
 
 
 def device_floors(device, dtype) -> dict:
-    """Measured GEMM rate (FLOP/s) and copy bandwidth (bytes/s) of the device."""
+    """Measured GEMM rate (FLOP/s: the best of a few square sizes) and copy bandwidth
+    (bytes/s, read + write) of the device."""
     import torch
 
     cuda = device.startswith("cuda")
-    n = 4096 if cuda else 1536
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    b = torch.randn(n, n, device=device, dtype=dtype)
+    best = (0.0, 0)
+    for n in (4096, 8192) if cuda else (1024, 1536, 2048):
+        a = torch.randn(n, n, device=device, dtype=dtype)
+        b = torch.randn(n, n, device=device, dtype=dtype)
+        seconds = statistics.median(time_one(partial(torch.mm, a, b), cuda) for _ in range(9))
+        best = max(best, (2 * n**3 / seconds, n))
     src = torch.empty(2**26 if cuda else 2**24, device=device, dtype=torch.float32)
     dst = torch.empty_like(src)
-    gemm = statistics.median(time_one(lambda: a @ b, cuda) for _ in range(9))
     copy = statistics.median(time_one(lambda: dst.copy_(src), cuda) for _ in range(9))
     return {
-        "gemm_flops_per_s": 2 * n**3 / gemm,
-        "gemm_size": n,
+        "gemm_flops_per_s": best[0],
+        "gemm_size": best[1],
         "bandwidth_bytes_per_s": 2 * src.numel() * src.element_size() / copy,
     }
 

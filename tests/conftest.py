@@ -18,6 +18,11 @@ torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
 if not torch.cuda.is_available():  # the Triton kernels run in the interpreter on the CPU
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
+# On a GPU machine, TAYLORC_TEST_DEVICE=cuda runs the kernel tests with compiled kernels:
+#   TAYLORC_TEST_DEVICE=cuda pytest tests/test_kernels.py tests/test_mlp_kernel.py
+if os.environ.get("TAYLORC_TEST_DEVICE", "cpu") != "cpu":
+    torch.set_default_device(os.environ["TAYLORC_TEST_DEVICE"])
+
 
 @pytest.fixture(autouse=True)
 def _seed():

@@ -16,7 +16,7 @@ needs_triton = pytest.mark.skipif(triton is None, reason="triton not installed")
 
 
 def inputs(K, collapsed, R=3, N=1000 + 37, dtype=DT, seed=0):
-    g = torch.Generator().manual_seed(seed)
+    g = torch.Generator(torch.get_default_device()).manual_seed(seed)
     x0 = torch.randn(N, generator=g, dtype=dtype)
     xs = [torch.randn(R, N, generator=g, dtype=dtype) for _ in range(K - collapsed)]
     top = torch.randn(N, generator=g, dtype=dtype) if collapsed else None
@@ -153,6 +153,7 @@ def test_lowering_replaces_activation_steps(act, spec):
             torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
 
 
+@pytest.mark.skipif(torch.get_default_device().type != "cpu", reason="CPU default")
 def test_lowering_is_off_on_cpu_by_default():
     m = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 1)).to(DT)
     x = torch.rand(5, 3, dtype=DT)
@@ -184,7 +185,7 @@ def test_fused_linear_matches_reference(act, dtype):
         jet_linear_activation_triton,
     )
 
-    g = torch.Generator().manual_seed(1)
+    g = torch.Generator(torch.get_default_device()).manual_seed(1)
     B, IN, OUT, R = 37, 19, 45, 2  # odd sizes: masking in every tile dimension
     for K, collapsed in ((2, True), (4, False), (3, True)):
         x0 = torch.randn(B, IN, generator=g, dtype=dtype)
@@ -206,7 +207,7 @@ def test_fused_linear_op_backward_and_opcheck():
         jet_linear_activation_reference,
     )
 
-    g = torch.Generator().manual_seed(2)
+    g = torch.Generator(torch.get_default_device()).manual_seed(2)
     x0 = torch.randn(5, 4, generator=g, dtype=DT)
     xs = [torch.randn(2, 5, 4, generator=g, dtype=DT)]
     top = torch.randn(5, 4, generator=g, dtype=DT)
@@ -232,7 +233,7 @@ def hand_written_step(x0, x1, top, W):
 
 
 def step_inputs():
-    g = torch.Generator().manual_seed(3)
+    g = torch.Generator(torch.get_default_device()).manual_seed(3)
     shapes = [(5, 8), (3, 5, 8), (5, 8), (8, 2)]
     return [torch.randn(*s, generator=g, dtype=DT) for s in shapes]
 

@@ -198,6 +198,7 @@ def test_pass_falls_back_to_the_layered_path(model, operator, D):
     assert torch.allclose(op(x), ref, atol=1e-8)
 
 
+@pytest.mark.skipif(torch.get_default_device().type != "cpu", reason="CPU default")
 def test_pass_is_off_on_cpu_by_default():
     model = random_mlp(3, [8])
     op = taylorc.compile(model, "laplacian", backend="taylorc")
