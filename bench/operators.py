@@ -55,8 +55,11 @@ def main(argv=None):
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--calls", type=int, default=5, help="calls per timed sample")
     p.add_argument("--backend", default="eager", choices=["eager", "inductor", "taylorc"])
+    p.add_argument("--default-allocator", action="store_true", help="skip tune_allocator()")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if not args.default_allocator:
+        taylorc.cpu.tune_allocator()  # as recommended on the CPU (bench/cpu_peers.py)
     torch.manual_seed(0)
     dtype = getattr(torch, args.dtype)
     model = mlp(2, args.widths).to(dtype)
@@ -70,6 +73,7 @@ def main(argv=None):
         "repeats": args.repeats,
         "calls_per_sample": args.calls,
         "threads": args.threads,
+        "allocator": "glibc default" if args.default_allocator else "taylorc.cpu.tune_allocator",
         "runs": {},
     }
     evals, steps = {}, {}

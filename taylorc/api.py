@@ -17,6 +17,7 @@ from .operators.stochastic import sample_directions, stochastic_plan
 from .passes import PassContext, PassManager
 from .passes.cleanup import CleanupPass
 from .passes.collapse import CollapsePass
+from .passes.cpu_tanh import CPUTanhPass
 from .passes.lower import LowerPass
 from .passes.mlp import MLPPass
 from .passes.stein import SteinPass, sigma_vector, stein_order
@@ -287,6 +288,8 @@ class CompiledOperator(torch.nn.Module):
         if lower and self.whole_mlp and method == "collapsed" and whole.match(cap.gm, ctx):
             passes = [whole]  # one kernel for the whole network replaces the layered passes
         passes.append(CleanupPass())
+        if self.backend == "taylorc":
+            passes.append(CPUTanhPass())  # a no-op off the CPU and for float64
         dump = Dumper(self.debug_dir) if self.debug_dir else None
         gm = PassManager(passes, dump).run(cap.gm, ctx)
         if self.backend in ("inductor", "taylorc"):
