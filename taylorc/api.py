@@ -22,6 +22,7 @@ from .passes.lower import LowerPass
 from .passes.mlp import MLPPass
 from .passes.stein import SteinPass, sigma_vector, stein_order
 from .passes.taylor import TaylorPass
+from .passes.unstack import UnstackPass
 from .passes.zcs import ZCSPass, shift_inputs
 from .reference import func_loop, nested
 
@@ -288,6 +289,8 @@ class CompiledOperator(torch.nn.Module):
         if lower and self.whole_mlp and method == "collapsed" and whole.match(cap.gm, ctx):
             passes = [whole]  # one kernel for the whole network replaces the layered passes
         passes.append(CleanupPass())
+        if method in ("collapsed", "taylor"):
+            passes.append(UnstackPass())  # a no-op off the CPU and for many directions
         if self.backend == "taylorc":
             passes.append(CPUTanhPass())  # a no-op off the CPU and for float64
         dump = Dumper(self.debug_dir) if self.debug_dir else None
