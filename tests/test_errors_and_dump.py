@@ -148,10 +148,11 @@ def test_debug_dump_writes_every_stage(tmp_path):
     op = taylorc.compile(mlp(3, [5, 5]), "laplacian", debug_dir=tmp_path)
     op(torch.randn(4, 3, dtype=torch.float64))
     names = sorted(p.name for p in tmp_path.iterdir())
-    for i, stage in enumerate(["capture", "taylor", "collapse", "cleanup"]):
+    stages = ["capture", "taylor", "collapse", "cleanup", "unstack"]  # unstack: CPU, R = 3
+    for i, stage in enumerate(stages):
         assert f"{i:02d}_{stage}.py" in names and f"{i:02d}_{stage}.txt" in names
     summary = json.loads((tmp_path / "summary.json").read_text())
-    assert [p["pass"] for p in summary["passes"]] == ["capture", "taylor", "collapse", "cleanup"]
+    assert [p["pass"] for p in summary["passes"]] == stages
     for p in summary["passes"]:
         assert {"seconds", "nodes", "ops", "flops", "coefficient_bytes"} <= set(p)
     # the collapse pass shrinks the coefficient memory of the top order
