@@ -47,6 +47,7 @@ class _Splitter:
         self.gm, self.graph = gm, gm.graph
         self.pieces: dict[torch.fx.Node, list[torch.fx.Node]] = {}
         self._first: dict[torch.fx.Node, torch.fx.Node] = {}
+        self._stacked: dict[torch.fx.Node, torch.fx.Node] = {}
 
     def call(self, target, args) -> torch.fx.Node:
         return self.graph.call_function(target, args)
@@ -124,11 +125,14 @@ class _Splitter:
         ]
 
     def restack(self, user: torch.fx.Node) -> None:
-        """Give ``user`` the stacked value of each split input it reads."""
+        """Give ``user`` the stacked value of each split input it reads (one ``stack`` per
+        input, shared by all such users: it is made before the first of them)."""
         for a in list(user.all_input_nodes):
             if a in self.pieces:
-                with self.graph.inserting_before(user):
-                    user.replace_input_with(a, self.call(aten.stack.default, (self.pieces[a],)))
+                if a not in self._stacked:
+                    with self.graph.inserting_before(user):
+                        self._stacked[a] = self.call(aten.stack.default, (self.pieces[a],))
+                user.replace_input_with(a, self._stacked[a])
 
 
 def unstack(gm: torch.fx.GraphModule) -> int:
