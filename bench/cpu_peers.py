@@ -32,8 +32,10 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
+from functools import partial
 from pathlib import Path
+
+from timing import round_robin, wall_time
 
 CONFIGS = {
     "paper": {"D": 50, "widths": [768, 768, 512, 512], "B": 128},
@@ -64,20 +66,6 @@ def make_weights(cfg: dict, path: str) -> None:
         d = w
     arrays["x"] = rng.random((cfg["B"], cfg["D"])).astype(np.float32)
     np.savez(path, **arrays)
-
-
-def round_robin(fns: dict, repeats: int, block) -> dict:
-    """Seconds per call of each function, ``repeats`` samples each, in rotating order."""
-    for fn in fns.values():
-        block(fn())
-        block(fn())
-    names, times = list(fns), {k: [] for k in fns}
-    for i in range(repeats):
-        for k in names[i % len(names) :] + names[: i % len(names)]:
-            t0 = time.perf_counter()
-            block(fns[k]())
-            times[k].append(time.perf_counter() - t0)
-    return times
 
 
 def torch_methods(weights: dict) -> dict:
@@ -165,16 +153,17 @@ def child(args) -> None:
     else:
         fns, block = jax_methods(weights), lambda r: r.block_until_ready()
         grad_off = None
+    sample = partial(wall_time, finish=block)
     if grad_off is not None:
         nested = fns.pop("nested", None)
         with grad_off:
-            times = round_robin(fns, args.repeats, block)
+            times = round_robin(fns, args.repeats, sample)
             values = {k: np.asarray(fn()[:CHECK_POINTS]).tolist() for k, fn in fns.items()}
         if nested is not None:  # needs autograd
-            times.update(round_robin({"nested": nested}, args.repeats, block))
+            times.update(round_robin({"nested": nested}, args.repeats, sample))
             values["nested"] = nested()[:CHECK_POINTS].detach().numpy().tolist()
     else:
-        times = round_robin(fns, args.repeats, block)
+        times = round_robin(fns, args.repeats, sample)
         values = {k: np.asarray(fn()[:CHECK_POINTS]).tolist() for k, fn in fns.items()}
     print(json.dumps({"times_s": times, "values": values}))
 

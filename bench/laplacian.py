@@ -39,6 +39,7 @@ from functools import partial
 from pathlib import Path
 
 from peak_memory import peak_bytes
+from timing import round_robin
 
 METHODS = [
     "collapsed",
@@ -201,11 +202,7 @@ def child(args) -> None:
         step()
         step()
     memory = {m: peak_bytes(steps[m], cuda) for m in steps}
-    names = list(steps)
-    times = {m: [] for m in names}
-    for i in range(args.repeats):  # round robin, rotating the order
-        for m in names[i % len(names) :] + names[: i % len(names)]:
-            times[m].append(time_one(steps[m], cuda))
+    times = round_robin(steps, args.repeats, partial(time_one, cuda=cuda), warmup=0)
     out = {m: {"median_s": statistics.median(t), "times_s": t} for m, t in times.items()}
     for m, b in memory.items():
         out[m]["peak_bytes"] = b

@@ -16,34 +16,16 @@ import argparse
 import json
 import platform
 import statistics
-import time
+from functools import partial
 from pathlib import Path
 
 import torch
+from timing import round_robin, wall_time
 
 import taylorc
 from taylorc.demos.common import mlp
 
 ENTRIES = {"u": "u", "u_t": "u_t", "u_x": "u_x", "u_xx": "u_xx"}
-
-
-def round_robin(fns: dict, repeats: int, calls: int = 1) -> dict:
-    """Seconds per call of each function, one list entry per round, timed in rotating order.
-
-    Every round runs each function ``calls`` times in a row (the entry is their mean), so load changes on a shared machine hit all alike
-    and the per-round ratios pair calls that ran within milliseconds of each other.
-    """
-    for fn in fns.values():
-        fn()
-        fn()
-    names, times = list(fns), {k: [] for k in fns}
-    for i in range(repeats):
-        for k in names[i % len(names) :] + names[: i % len(names)]:
-            t0 = time.perf_counter()
-            for _ in range(calls):
-                fns[k]()
-            times[k].append((time.perf_counter() - t0) / calls)
-    return times
 
 
 def main(argv=None):
@@ -90,8 +72,8 @@ def main(argv=None):
 
         evals[name], steps[name] = evaluate, step
     timings = {
-        "eval": round_robin(evals, args.repeats, args.calls),
-        "train": round_robin(steps, args.repeats, args.calls),
+        "eval": round_robin(evals, args.repeats, partial(wall_time, calls=args.calls)),
+        "train": round_robin(steps, args.repeats, partial(wall_time, calls=args.calls)),
     }
     for name in specs:
         results["runs"][name] = {

@@ -28,10 +28,11 @@ import platform
 import statistics
 import subprocess
 import sys
-import time
+from functools import partial
 from pathlib import Path
 
 from peak_memory import peak_bytes
+from timing import round_robin, wall_time
 
 METHODS = ["funcloop", "datavect", "zcs", "taylor", "deepxde_zcs"]
 OPERATORS = {
@@ -129,19 +130,9 @@ def child(args) -> None:
         net.zero_grad(set_to_none=True)
         print(json.dumps({"peak_bytes": peak_bytes(steps[args.method], cuda)}))
         return
-    for step in steps.values():
-        step()  # build graphs, warm caches
-    times = {m: [] for m in steps}
-    names = list(steps)
-    for i in range(args.repeats):
-        for m in names[i % len(names) :] + names[: i % len(names)]:
-            if cuda:
-                torch.cuda.synchronize()
-            t0 = time.perf_counter()
-            steps[m]()
-            if cuda:
-                torch.cuda.synchronize()
-            times[m].append(time.perf_counter() - t0)
+    sync = (lambda _: torch.cuda.synchronize()) if cuda else (lambda _: None)
+    # one warm-up sample each builds the graphs and warms the caches
+    times = round_robin(steps, args.repeats, partial(wall_time, finish=sync), warmup=1)
     print(json.dumps({m: statistics.median(t) for m, t in times.items()}))
 
 
