@@ -18,7 +18,7 @@ import torch.fx
 from torch._decomp import core_aten_decompositions
 from torch.fx.experimental.proxy_tensor import make_fx
 
-from .errors import TraceError
+from .errors import InputMutationError, TraceError, user_source_line
 
 _DATA_DEPENDENT = (
     "data-dependent",
@@ -59,6 +59,65 @@ class Captured:
             [params[n] for n in self.param_names]
             + [buffers[n] for n in self.buffer_names]
             + list(args)
+        )
+
+
+def _is_mutating(node: torch.fx.Node) -> bool:
+    schema = getattr(node.target, "_schema", None)
+    return node.op == "call_function" and schema is not None and schema.is_mutable
+
+
+def _mutated_input(node: torch.fx.Node) -> torch.fx.Node | None:
+    """The placeholder a mutating node writes into (through views), or None."""
+    schema = node.target._schema
+    for arg, value in zip(schema.arguments, node.args):
+        if (
+            arg.alias_info is not None
+            and arg.alias_info.is_write
+            and isinstance(value, torch.fx.Node)
+        ):
+            while (
+                value.op == "call_function"
+                and value.args
+                and isinstance(value.args[0], torch.fx.Node)
+            ):
+                value = value.args[0]
+            return value if value.op == "placeholder" else None
+    return None
+
+
+def refuse_mutations(gm: torch.fx.GraphModule) -> None:
+    """Raise for every side-effecting node left in a functionalized capture.
+
+    After functionalization the only mutations left write the graph's inputs (the
+    model's parameters or buffers, or its arguments): per-point derivatives of a
+    model that changes its own inputs while it runs are not defined by one graph,
+    and ignoring the write would give silently wrong derivatives.
+
+    Raises:
+        InputMutationError: naming the op, the mutated input and the user's source line.
+    """
+    for node in gm.graph.nodes:
+        if not _is_mutating(node):
+            continue
+        target = _mutated_input(node)
+        what = (
+            f"the model's {'parameter' if target.name.startswith('p_') else 'buffer'} "
+            f"{target.meta.get('taylorc_input')!r}"
+            if target is not None and target.meta.get("taylorc_input")
+            else f"the input '{target.name}'"
+            if target is not None
+            else "a tensor outside the graph"
+        )
+        # the copy_ itself comes from functionalization; the value written carries the user's line
+        source = next((a for a in node.args[1:] if isinstance(a, torch.fx.Node)), node)
+        where = user_source_line(source) or user_source_line(node)
+        raise InputMutationError(
+            f"the model writes into {what} in place ({node.target}, graph node '{node.name}')"
+            + (f", from your code at\n  {where}" if where else "")
+            + "\nA differential operator needs a model that leaves its inputs, parameters and "
+            "buffers unchanged: write into a new tensor (y = x.clone(); y[...] = ...) or update "
+            "state outside the model (batch norm: call model.eval())."
         )
 
 
@@ -109,8 +168,11 @@ def capture(
 
     example = list(params.values()) + list(buffers.values()) + call_args
     try:
+        # functionalization turns in-place ops and writes into views into functional ops
+        # (slice_scatter, index_put, ...) that the rules see; mutations of the graph's inputs
+        # survive only as trailing copy_ nodes, refused below
         gm = make_fx(
-            fn,
+            torch.func.functionalize(fn, remove="mutations"),
             decomposition_table=core_aten_decompositions(),
             tracing_mode="fake",
             record_stack_traces=True,
@@ -135,6 +197,7 @@ def capture(
         node.name = node.target = name
         node.meta["taylorc_input"] = qual
     gm.graph._codegen = torch.fx.graph.CodeGen()  # plain positional signature
+    refuse_mutations(gm)
     gm.graph.eliminate_dead_code()
     gm.recompile()
     return Captured(gm, pnames, bnames, "x")

@@ -34,6 +34,15 @@ class TraceError(TaylorcError, RuntimeError):
     """
 
 
+class InputMutationError(TraceError):
+    """The model writes into its own inputs, parameters or buffers while it runs.
+
+    Raised at capture (after functionalization, which turns every other in-place
+    op into a functional one). The message names the op, the mutated tensor and
+    the user's source line.
+    """
+
+
 def user_source_line(node: torch.fx.Node) -> str | None:
     """The innermost frame of ``node``'s recorded stack trace that lies outside torch.
 

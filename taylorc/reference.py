@@ -5,7 +5,8 @@ Independent of the Taylor machinery: Laplacians are traces of
 Hessian of that trace, gradients ``jacrev``; other operators read the entries
 of the full derivative tensors (nested ``jacfwd``) named by their multi-indices
 (no interpolation weights), times coefficients evaluated with
-``sympy.lambdify``. Everything is ``vmap``-ed over the batch.
+``sympy.lambdify``. Everything is ``vmap``-ed over the batch (a loop over
+the samples where vmap cannot batch in-place writes).
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ import math
 from collections.abc import Callable
 
 import torch
-from torch.func import hessian, jacfwd, jacrev, vmap
+from torch.func import hessian, jacfwd, jacrev
+from torch.func import vmap as _vmap
 
 from .operators.spec import (
     Biharmonic,
@@ -27,6 +29,24 @@ from .operators.spec import (
     resolve_dim,
 )
 from .passes.batch import lost_batch_axis
+
+
+def vmap(g: Callable) -> Callable:
+    """``torch.func.vmap(g)``, or a loop over the samples where vmap cannot batch the model.
+
+    vmap refuses in-place writes of batched values into tensors the model creates
+    (``z = torch.zeros(B, 3); z[:, 0] = u``); autograd on one sample at a time handles them.
+    """
+
+    def run(xf):
+        try:
+            return _vmap(g)(xf)
+        except RuntimeError as e:
+            if "vmap" not in str(e):
+                raise
+            return torch.stack([g(xi) for xi in xf])
+
+    return run
 
 
 def per_sample(model: Callable) -> Callable:

@@ -112,7 +112,84 @@ CASES = {
     "conv2d": lambda x: F.conv2d(
         torch.sin(x @ W).view(-1, 1, 2, 2), W[:2, :].reshape(2, 1, 2, 2), padding=1
     ).flatten(1),
+    # writes into intermediates, in-place ops and scatters (functional capture)
+    "slice_write": lambda x: _slice_write(x),
+    "select_write_zeros": lambda x: _select_write(x),
+    "inplace_ops": lambda x: _inplace(x),
+    "index_put": lambda x: _index_write(x),
+    "index_add": lambda x: torch.sin(x @ W).index_add(1, torch.tensor([0, 2, 2]), torch.cos(x)),
+    "scatter_add_reduce": lambda x: (
+        torch.sin(x @ W).scatter_add(1, torch.tensor([[3, 0, 3]]).expand(x.shape[0], 3), x**2)
+        + torch.cos(x @ W).scatter_reduce(
+            1, torch.tensor([[1, 1, 2]]).expand(x.shape[0], 3), torch.tanh(x), "sum"
+        )
+        + torch.sin(x @ W).scatter(1, torch.tensor([[2]]).expand(x.shape[0], 1), 0.5)
+    ),
+    "complex_abs": lambda x: torch.abs(torch.tanh(x.to(torch.complex128) @ (W + 0.3j * W.flip(0)))),
+    "complex": lambda x: torch.view_as_real(torch.complex(torch.sin(x @ W), x[:, :1] ** 2)).flatten(
+        1
+    ),
+    "cumsum_cumprod": lambda x: (
+        torch.cumsum(torch.sin(x @ W), 1) + torch.cumprod(1 + 0.5 * torch.tanh(x @ W), 1)
+    ),
+    # special functions
+    "erfc": lambda x: torch.erfc(x @ W),
+    "erfinv": lambda x: torch.erfinv(0.8 * torch.tanh(x @ W)),
+    "acosh": lambda x: torch.acosh(2 + torch.sin(x @ W)),
+    "atanh": lambda x: torch.atanh(0.8 * torch.tanh(x @ W)),
+    "exp2": lambda x: torch.exp2(x @ W),
+    "lgamma": lambda x: torch.lgamma(2 + torch.sin(x @ W)),
+    "digamma": lambda x: torch.digamma(2 + torch.sin(x @ W)),
+    # matrix functions of a per-sample 2x2 matrix (diagonally dominant: invertible)
+    "linalg_inv": lambda x: torch.linalg.inv(_matrix(x)).flatten(1),
+    "linalg_solve": lambda x: torch.cat(
+        [
+            torch.linalg.solve(_matrix(x), torch.sin(x[:, :2])),
+            torch.linalg.solve(_matrix(x), _matrix(x.flip(1))).flatten(1),
+        ],
+        1,
+    ),
+    "linalg_det_slogdet": lambda x: torch.stack(
+        [
+            torch.linalg.det(_matrix(x)),
+            torch.linalg.slogdet(_matrix(x))[1],
+            torch.logdet(_matrix(x)),
+        ],
+        1,
+    ),
 }
+
+
+def _matrix(x):
+    return torch.sin(x @ W).view(-1, 2, 2) + 3 * torch.eye(2, dtype=x.dtype)
+
+
+def _slice_write(x):
+    y = 2 * torch.tanh(x @ W)  # autograd keeps tanh's output: write into a new tensor
+    y[:, 1:3] = x[:, :2] ** 2
+    return y
+
+
+def _select_write(x):
+    d = torch.sin(x).sum(1) * x[:, 0]
+    s = torch.zeros(x.shape[0], 3, dtype=x.dtype)
+    s[:, 0] = d
+    s[:, 1] = 5 * d
+    return s
+
+
+def _inplace(x):
+    y = 2 * torch.sin(x @ W)
+    y.add_(x[:, :1] ** 2)
+    y.mul_(torch.cos(x[:, 1:2]))
+    y.sin_()
+    return y
+
+
+def _index_write(x):
+    y = torch.zeros(x.shape[0], 6, dtype=x.dtype)
+    y[:, torch.tensor([4, 1, 2])] = torch.sin(x @ W)[:, :3]
+    return y
 
 
 def _layer_norm_reference(x):
@@ -124,7 +201,14 @@ def _layer_norm_reference(x):
 # Where PyTorch's own higher derivatives are wrong, the reference is the same function in
 # primitive ops: nested autograd through native_layer_norm disagrees with itself at order >= 2
 # (jvp of jvp with an affine weight) and >= 3 (reverse over reverse) in torch 2.13.
-REFERENCES = {"layer_norm": _layer_norm_reference}
+def _det_reference(x):
+    m = _matrix(x)
+    det = m[:, 0, 0] * m[:, 1, 1] - m[:, 0, 1] * m[:, 1, 0]
+    return torch.stack([det, torch.log(det.abs()), torch.log(det)], 1)
+
+
+# ... and torch.linalg.det's third derivative is NaN (torch 2.13): the 2x2 formula instead.
+REFERENCES = {"layer_norm": _layer_norm_reference, "linalg_det_slogdet": _det_reference}
 
 # exact almost everywhere; they warn at order >= 2 (tested below)
 NONSMOOTH = {
@@ -135,6 +219,14 @@ NONSMOOTH = {
         torch.sin(x @ W).amax(-1, keepdim=True) + torch.cos(x @ W).amin(-1, keepdim=True)
     ),
     "relu_abs": lambda x: torch.relu(x @ W) + torch.abs(torch.sin(x @ W)),
+    "relu_inplace": lambda x: torch.nn.functional.relu(torch.sin(x @ W), inplace=True),
+    "fmod_remainder": lambda x: (
+        torch.fmod(3 * torch.sin(x @ W), 0.7)
+        + torch.remainder(x @ W, torch.tensor([0.5, 0.9, 1.3, 2.0], dtype=x.dtype))
+    ),
+    "cummax_cummin": lambda x: (
+        torch.cummax(torch.sin(x @ W), 1)[0] + torch.cummin(torch.cos(x @ W), 1)[0]
+    ),
 }
 CASES.update(NONSMOOTH)
 

@@ -89,12 +89,18 @@ class RuleContext:
     warn: Callable[[str], None] | None = None
 
     @property
+    def out_val(self) -> torch.Tensor:
+        """The (fake) value of the node's output; its first output for multi-output ops."""
+        v = self.node.meta["val"]
+        return v[0] if isinstance(v, (tuple, list)) else v
+
+    @property
     def out_ndim(self) -> int:
-        return self.node.meta["val"].dim()
+        return self.out_val.dim()
 
     @property
     def out_shape(self) -> list[int]:
-        return list(self.node.meta["val"].shape)
+        return list(self.out_val.shape)
 
     def is_collapsed(self, k: int) -> bool:
         return self.collapsed and k == self.K

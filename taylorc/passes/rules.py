@@ -67,6 +67,7 @@ CONSTANT_OPS = {
     aten.floor.default,
     aten.ceil.default,
     aten.round.default,
+    aten.trunc.default,
     aten.gt.Scalar,
     aten.gt.Tensor,
     aten.lt.Scalar,
@@ -409,6 +410,9 @@ def lower_sympy(expr: sympy.Expr, env: dict, memo: dict):
                 out = aten.rsqrt.default(b)
             else:
                 out = aten.pow.Tensor_Scalar(b, int(e) if e.is_Integer else float(e))
+    elif expr.func is sympy.polygamma and expr.args[0].is_Integer:
+        n, arg = int(expr.args[0]), lower_sympy(expr.args[1], env, memo)
+        out = aten.digamma.default(arg) if n == 0 else aten.polygamma.default(n, arg)
     elif expr.func in _SYMPY_TO_ATEN:
         out = _SYMPY_TO_ATEN[expr.func](lower_sympy(expr.args[0], env, memo))
     else:
@@ -503,12 +507,24 @@ _register(
     smooth=False,
     note="exact a.e.; warns at order >= 2",
 )
+_real_abs = _nonsmooth(lambda x, y: aten.sign.default(x))
+
+
+def _abs_rule(ctx, k, x):
+    if ctx.node.args[0].meta["val"].is_complex():
+        # |z| is not holomorphic: sqrt(re^2 + im^2) of the real and imaginary jets
+        return propagate_composite(
+            ctx, k, lambda z: torch.sqrt(torch.real(z) ** 2 + torch.imag(z) ** 2), (x,), {}
+        )
+    return _real_abs(ctx, k, x)
+
+
 _register(
     aten.abs.default,
-    _nonsmooth(lambda x, y: aten.sign.default(x)),
+    _abs_rule,
     "elementwise",
     smooth=False,
-    note="exact a.e.; warns at order >= 2",
+    note="exact a.e.; warns at order >= 2; complex: sqrt(re^2 + im^2)",
 )
 
 
@@ -874,3 +890,7 @@ def_comp(
     _batch_norm_eval_identity,
     note="eval mode: an affine map per channel",
 )
+
+
+# the other rule modules register into RULES; imported last, they see every helper above
+from . import rules_indexing, rules_linalg, rules_special  # noqa: E402, F401

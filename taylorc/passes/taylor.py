@@ -361,6 +361,14 @@ def coefficient(coef, x, out_ndim: int, plan, root, em, axis: int | None = 0):
 _COMPOSITES: dict = {}
 
 
+def _argument_dtypes(node: torch.fx.Node, n: int, default: torch.dtype) -> tuple:
+    """Dtypes of the n tensor arguments of a composite op (complex inputs of a real |z|)."""
+    vals = [a.meta.get("val") for a in node.args if isinstance(a, torch.fx.Node)]
+    if len(vals) == n and all(isinstance(v, torch.Tensor) for v in vals):
+        return tuple(v.dtype for v in vals)
+    return (default,) * n
+
+
 def propagate_composite(ctx: RuleContext, k: int, identity, args, kwargs):
     """Coefficient k of a composite op, by propagating jets through the trace of ``identity``.
 
@@ -381,7 +389,8 @@ def propagate_composite(ctx: RuleContext, k: int, identity, args, kwargs):
         signature = tuple(
             ("tensor", a.shape) if isinstance(a, Jet) else ("value", repr(a)) for a in args
         )
-        key = (identity, signature, repr(sorted(kwargs.items())), val.dtype, val.device.type)
+        dtypes = _argument_dtypes(ctx.node, len(tensors), val.dtype)
+        key = (identity, signature, repr(sorted(kwargs.items())), dtypes, val.device.type)
         sub = _COMPOSITES.get(key)
         if sub is None:
 
@@ -390,7 +399,7 @@ def propagate_composite(ctx: RuleContext, k: int, identity, args, kwargs):
                 real = [next(it) if isinstance(a, Jet) else a for a in args]
                 return identity(*real, **kwargs)
 
-            fake = [torch.empty(t.shape, dtype=val.dtype, device="meta") for t in tensors]
+            fake = [torch.empty(t.shape, dtype=d, device="meta") for t, d in zip(tensors, dtypes)]
             sub = make_fx(fn, decomposition_table=core_aten_decompositions(), tracing_mode="fake")(
                 *fake
             )

@@ -1,0 +1,236 @@
+"""Rules of writes, scatters and cumulative ops (registered into the one registry, ``RULES``).
+
+Functional capture (:mod:`taylorc.capture`) turns ``y[:, 3:5] = v``, ``y[:, idx] = v``,
+``y += b`` and ``index_add`` into ``slice_scatter``, ``select_scatter``, ``index_put``,
+``copy`` and ``add``. Each scatter is linear jointly in the tensor written into and the
+values written (the indices are constants), so coefficient k of the result is the same
+scatter applied to the coefficients k of both operands, with zeros for an operand that
+carries no Taylor terms (Griewank & Walther, "Evaluating Derivatives", 2008, ch. 13:
+linear ops act on every Taylor coefficient alike).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .jet import Jet
+from .rules import _register, deflinear, propagate_composite, warn_nonsmooth
+
+aten = torch.ops.aten
+
+
+def coef_or_zeros(ctx, k: int, x, shape) -> object:
+    """Coefficient k of ``x`` (unaligned: leading shape ``ctx.lead(k)``), zeros when it has none."""
+    c = x[k] if isinstance(x, Jet) else None
+    if c is not None:
+        return c
+    # scatters take operands of the output's dtype
+    return aten.new_zeros.default(ctx.value, ctx.lead(k) + list(shape), dtype=ctx.out_val.dtype)
+
+
+def _shape(x) -> tuple[int, ...]:
+    return x.shape if isinstance(x, Jet) else ()
+
+
+def _has_terms(ctx, k, *xs) -> bool:
+    return any(isinstance(x, Jet) and x[k] is not None for x in xs)
+
+
+def _scatter_rule(op, nargs_before_src: int):
+    """``op(self, *args, src, *rest)`` with a dim at ``args[0]`` (shifted past the directions)."""
+
+    def rule(ctx, k, base, *args, **kwargs):
+        src = args[nargs_before_src - 1]
+        if not _has_terms(ctx, k, base, src):
+            return None
+        cb = coef_or_zeros(ctx, k, base, base.shape)
+        cs = coef_or_zeros(ctx, k, src, _shape(src))
+        rest = list(args)
+        rest[nargs_before_src - 1] = cs
+        if op is aten.diagonal_scatter.default:
+            offset, d1, d2 = (list(rest[1:]) + [0, 0, 1])[:3]
+            return op(cb, cs, offset, ctx.dim(d1, base.ndim, k), ctx.dim(d2, base.ndim, k))
+        if len(rest) > nargs_before_src:
+            rest[nargs_before_src] = ctx.dim(rest[nargs_before_src], base.ndim, k)
+        return op(cb, *rest, **kwargs)
+
+    return rule
+
+
+_register(
+    aten.slice_scatter.default,
+    _scatter_rule(aten.slice_scatter.default, 1),
+    "linear",
+    note="y[..., a:b] = v after functional capture; linear in (y, v)",
+)
+_register(
+    aten.select_scatter.default,
+    _scatter_rule(aten.select_scatter.default, 1),
+    "linear",
+    note="y[..., i] = v after functional capture; linear in (y, v)",
+)
+_register(
+    aten.diagonal_scatter.default,
+    _scatter_rule(aten.diagonal_scatter.default, 1),
+    "linear",
+    note="writes into a diagonal; linear in (y, v)",
+)
+
+
+def _copy_rule(ctx, k, base, src, non_blocking=False):
+    c = ctx.coef(src, k)
+    if c is None:
+        return None  # every element of base is overwritten
+    c = ctx.broadcast(c, k, _shape(src))
+    source = ctx.node.args[1]
+    if source.meta["val"].dtype != ctx.out_val.dtype:
+        c = aten._to_copy.default(c, dtype=ctx.out_val.dtype)
+    return c
+
+
+_register(aten.copy.default, _copy_rule, "linear", note="y[...] = v: the values written")
+
+
+def _lead_to_end(c, n: int, ndim: int):
+    """Move the n leading direction dims of a coefficient behind its ndim source dims."""
+    return c if n == 0 else aten.permute.default(c, list(range(n, n + ndim)) + list(range(n)))
+
+
+def _lead_to_front(c, n: int, ndim: int):
+    return c if n == 0 else aten.permute.default(c, list(range(ndim, ndim + n)) + list(range(ndim)))
+
+
+def _index_put_rule(ctx, k, base, indices, values, accumulate=False):
+    if not _has_terms(ctx, k, base, values):
+        return None
+    n = ctx.nlead(k)
+    # the direction dims go last: advanced indices then address the same dims as in the
+    # value, and values broadcast against the indexed region from the right as before
+    cb = _lead_to_end(coef_or_zeros(ctx, k, base, base.shape), n, base.ndim)
+    cv = _lead_to_end(coef_or_zeros(ctx, k, values, _shape(values)), n, len(_shape(values)))
+    idx = [i[0] if isinstance(i, Jet) else i for i in indices]
+    out = aten.index_put.default(cb, idx, cv, accumulate)
+    return _lead_to_front(out, n, base.ndim)
+
+
+_register(
+    aten.index_put.default,
+    _index_put_rule,
+    "linear",
+    note="y[:, idx] = v, index_add; linear in (y, v), indices constant",
+)
+
+
+def _expanded_index(ctx, k, index):
+    idx = index[0] if isinstance(index, Jet) else index
+    shape = list(index.shape if isinstance(index, Jet) else idx.shape)
+    n = ctx.nlead(k)
+    if n:
+        idx = aten.expand.default(aten.reshape.default(idx, [1] * n + shape), ctx.lead(k) + shape)
+    return idx
+
+
+def _scatter_src_rule(op):
+    def rule(ctx, k, base, dim, index, src, *rest, **kwargs):
+        reduce = rest[0] if rest else kwargs.get("reduce", "sum")
+        if op is aten.scatter_reduce.two and reduce not in ("sum", "mean"):
+            raise NotImplementedError(
+                f"scatter_reduce with reduce={reduce!r} is not linear: only 'sum' and 'mean' have "
+                "Taylor rules"
+            )
+        if not _has_terms(ctx, k, base, src):
+            return None
+        cb = coef_or_zeros(ctx, k, base, base.shape)
+        cs = coef_or_zeros(ctx, k, src, _shape(src))
+        d = ctx.dim(dim, base.ndim, k)
+        return op(cb, d, _expanded_index(ctx, k, index), cs, *rest, **kwargs)
+
+    return rule
+
+
+for _op in (aten.scatter_add.default, aten.scatter.src, aten.scatter_reduce.two):
+    _register(
+        _op,
+        _scatter_src_rule(_op),
+        "linear",
+        note="linear in (y, src), index constant"
+        + (" (sum, mean)" if "reduce" in str(_op) else ""),
+    )
+
+
+def _scatter_value_rule(ctx, k, base, dim, index, value):
+    c = base[k] if isinstance(base, Jet) else None
+    if c is None:
+        return None
+    return aten.scatter.value(c, ctx.dim(dim, base.ndim, k), _expanded_index(ctx, k, index), 0.0)
+
+
+_register(aten.scatter.value, _scatter_value_rule, "linear", note="scatters a constant")
+
+
+def _complex_rule(ctx, k, re, im):
+    if not _has_terms(ctx, k, re, im):
+        return None
+    cr = ctx.broadcast(ctx.coef(re, k), k, _shape(re))
+    ci = ctx.broadcast(ctx.coef(im, k), k, _shape(im))
+    cr = cr if cr is not None else aten.zeros_like.default(ci)
+    ci = ci if ci is not None else aten.zeros_like.default(cr)
+    return aten.complex.default(cr, ci)
+
+
+_register(aten.complex.default, _complex_rule, "linear", note="torch.complex(re, im)")
+
+
+# -- cumulative ops -----------------------------------------------------------------------
+
+deflinear(
+    aten.cumsum.default,
+    lambda ctx, k, c, x, dim, dtype=None: aten.cumsum.default(
+        c, ctx.dim(dim, x.ndim, k), **({} if dtype is None else {"dtype": dtype})
+    ),
+    note="linear",
+)
+
+
+def _cumprod_identity(x, dim, dtype=None):
+    x = x if dtype is None else x.to(dtype)
+    parts = [x.select(dim, 0)]
+    for i in range(1, x.shape[dim]):
+        parts.append(parts[-1] * x.select(dim, i))
+    return torch.stack(parts, dim)
+
+
+def _cumprod_rule(ctx, k, *args, **kwargs):
+    return propagate_composite(ctx, k, _cumprod_identity, args, kwargs)
+
+
+_register(
+    aten.cumprod.default,
+    _cumprod_rule,
+    "composite",
+    note="running products (Leibniz along the dim)",
+)
+
+
+def _cumulative_extremum(ctx, k, x, dim):
+    warn_nonsmooth(ctx, "derivatives follow the running extremum's entry")
+    c = x[k]
+    if c is None:
+        return None
+    idx = ctx.cache.setdefault("index", ctx.value[1])
+    n = ctx.nlead(k)
+    if n:
+        idx = aten.expand.default(
+            aten.reshape.default(idx, [1] * n + list(x.shape)), ctx.lead(k) + list(x.shape)
+        )
+    return aten.gather.default(c, ctx.dim(dim, x.ndim, k), idx), None
+
+
+for _op in (aten.cummax.default, aten.cummin.default):
+    _register(
+        _op,
+        _cumulative_extremum,
+        "linear",
+        smooth=False,
+        note="follows the running extremum; exact a.e.; warns at order >= 2",
+    )

@@ -1,0 +1,152 @@
+"""Rules of matrix functions: inverse, solve, determinant, log-determinant.
+
+Taylor identities (Griewank & Walther, "Evaluating Derivatives", 2008, sec. 13.2):
+differentiating ``A(t) X(t) = B(t)`` k times gives, in the derivative convention,
+
+    X_k = A_0^{-1} (B_k - sum_{j=1..k} C(k, j) A_j X_{k-j}),
+
+(the inverse is ``B = I``), and ``L = log|det A|`` has ``L' = tr(A^{-1} A')``, so
+
+    L_k = sum_{j=0..k-1} C(k-1, j) tr(Y_j A_{k-j}),   Y = A^{-1},
+
+and ``det A = sign * exp(L)`` follows by Faa di Bruno with every derivative of exp
+equal to ``det A``. In collapsed mode the terms linear in the top coefficient use its
+collapsed form and the products of lower coefficients are summed over directions
+first (Dangel et al. 2025), as every other rule does through ``ctx.top``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .jet import Jet, compose, scale, total
+from .rules import _register
+
+aten = torch.ops.aten
+
+
+def _mm(a, b):
+    return None if a is None or b is None else aten.matmul.default(a, b)
+
+
+def _column(c):
+    return None if c is None else aten.unsqueeze.default(c, -1)
+
+
+def _solve_coefficient(ctx, k: int, A: Jet, b_k, X: list, A0):
+    """Coefficient k of the solution of ``A X = B`` given ``b_k`` (None: zero) and ``X[:k]``.
+
+    ``X`` holds the lower coefficients (matrix form); the standard ones are appended.
+    """
+    xs = Jet(X, tuple(ctx.out_shape) + ((1,) if X[0] is not None and _is_col(ctx) else ()))
+    linear = [b_k, scale(_mm(ctx.coef(A, k), X[0]), -1)]
+    rest = [
+        (-math.comb(k, j), None, _mm(ctx.rest_coef(A, j, k), ctx.rest_coef(xs, k - j, k)))
+        for j in range(1, k)
+    ]
+    inner = ctx.top(k, linear, rest)
+    Xk = None if inner is None else aten.linalg_solve.default(A0, inner)
+    if not ctx.is_collapsed(k):
+        X.append(Xk)
+    return Xk
+
+
+def _is_col(ctx) -> bool:
+    return ctx.cache.get("vector", False)
+
+
+def _inv_rule(ctx, k, A, check_errors=False):
+    X = ctx.cache.setdefault("X", [ctx.value[0]])
+    return _solve_coefficient(ctx, k, A, None, X, A[0]), None
+
+
+def _solve_rule(ctx, k, A, B, *, left=True, check_errors=False):
+    if not left:
+        raise NotImplementedError("linalg.solve with left=False: transpose the system instead")
+    b_shape = tuple(B.shape if isinstance(B, Jet) else B.shape)
+    vector = len(b_shape) == 1 or (len(b_shape) == A.ndim - 1 and b_shape == tuple(A.shape[:-1]))
+    ctx.cache["vector"] = vector
+    X = ctx.cache.setdefault("X", [_column(ctx.value[0]) if vector else ctx.value[0]])
+    b_k = ctx.coef(B, k) if isinstance(B, Jet) else None
+    Xk = _solve_coefficient(ctx, k, A, _column(b_k) if vector else b_k, X, A[0])
+    if Xk is not None and vector:
+        Xk = aten.squeeze.dims(Xk, [-1])
+    return Xk, None, None, None
+
+
+_register(
+    aten.linalg_inv_ex.default,
+    _inv_rule,
+    "linear",
+    note="X_k = -A0^-1 sum C(k,j) A_j X_(k-j)",
+)
+_register(
+    aten._linalg_solve_ex.default,
+    _solve_rule,
+    "bilinear",
+    note="A X = B: X_k = A0^-1 (B_k - sum C(k,j) A_j X_(k-j))",
+)
+
+
+def _trace_product(y, a):
+    """tr(y @ a) over the last two dims, without forming the product."""
+    if y is None or a is None:
+        return None
+    return aten.sum.dim_IntList(aten.mul.Tensor(y, aten.transpose.int(a, -1, -2)), [-2, -1])
+
+
+def _inverse_coefficients(ctx, A: Jet, upto: int) -> list:
+    """Standard coefficients 0..upto of A^{-1}: Y_j = -Y_0 sum_i C(j,i) A_i Y_(j-i)."""
+    Y = ctx.cache.setdefault("Y", [aten.linalg_inv.default(A[0])])
+    while len(Y) <= upto:
+        j = len(Y)
+        s = total([scale(_mm(A[i], Y[j - i]), math.comb(j, i)) for i in range(1, j + 1)])
+        Y.append(scale(_mm(Y[0], s), -1))
+    return Y
+
+
+def _logabsdet_coefficient(ctx, k, A: Jet):
+    """Coefficient k of log|det A| (cached per order for det's Faa di Bruno step)."""
+    L = ctx.cache.setdefault("L", {})
+    if k not in L:
+        ys = Jet(_inverse_coefficients(ctx, A, k - 1), A.shape)
+        linear = [_trace_product(ys[0], A[k])]
+        rest = [
+            (
+                math.comb(k - 1, j),
+                None,
+                _trace_product(ctx.rest_coef(ys, j, k), ctx.rest_coef(A, k - j, k)),
+            )
+            for j in range(1, k)
+        ]
+        L[k] = ctx.top(k, linear, rest)
+    return L[k]
+
+
+def _refuse_complex(ctx):
+    if ctx.node.args[0].meta["val"].is_complex():
+        raise NotImplementedError(f"{ctx.node.target} of a complex matrix: no Taylor rule")
+
+
+def _slogdet_rule(ctx, k, A):
+    _refuse_complex(ctx)
+    return None, _logabsdet_coefficient(ctx, k, A), None, None
+
+
+def _det_rule(ctx, k, A):
+    _refuse_complex(ctx)
+    L = Jet([None] + [_logabsdet_coefficient(ctx, j, A) for j in range(1, k + 1)], A.shape[:-2])
+    det = ctx.value[0]
+    # every derivative of exp(L) is det itself: Faa di Bruno with g_m = det
+    return compose(ctx, k, L, [det] * (k + 1)), None, None
+
+
+_register(
+    aten._linalg_slogdet.default,
+    _slogdet_rule,
+    "composite",
+    note="L_k = sum C(k-1,j) tr(Y_j A_(k-j)), Y = A^-1",
+)
+_register(aten._linalg_det.default, _det_rule, "composite", note="det = sign exp(log|det|)")

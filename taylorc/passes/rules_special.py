@@ -1,0 +1,57 @@
+"""Rules of special functions and remainders (registered into the one registry, ``RULES``).
+
+Smooth elementwise functions are given by their derivative tables (Faa di Bruno's
+formula, :func:`~taylorc.passes.rules.def_deriv`); the tables follow from the
+closed-form first derivatives (DLMF 5.15 for the polygamma functions, 7.2 for the
+error functions, 4.37 for the inverse hyperbolic functions).
+"""
+
+from __future__ import annotations
+
+import sympy
+import torch
+
+from .rules import _X, _Y, DerivativeTable, _register, _table, def_deriv, propagate_composite
+from .rules import warn_nonsmooth as _warn
+
+aten = torch.ops.aten
+
+def_deriv(aten.erfc.default, _table(sympy.erfc))
+def_deriv(
+    aten.erfinv.default,
+    DerivativeTable(ode=sympy.sqrt(sympy.pi) / 2 * sympy.exp(_Y**2)),
+    note="g' = sqrt(pi)/2 exp(g^2)",
+)
+def_deriv(aten.acosh.default, _table(sympy.acosh), note="x > 1")
+def_deriv(aten.atanh.default, _table(sympy.atanh), note="|x| < 1")
+def_deriv(aten.exp2.default, DerivativeTable(ode=sympy.log(2) * _Y), note="g' = log(2) g")
+def_deriv(aten.lgamma.default, _table(sympy.loggamma), note="derivatives: polygamma")
+def_deriv(aten.digamma.default, DerivativeTable(expr=sympy.polygamma(0, _X)), note="polygamma")
+
+
+def _remainder(rounding):
+    """``a - rounding(a / b) * b``: the rounded quotient is piecewise constant."""
+
+    def identity(a, b):
+        return a - rounding(a / b) * b
+
+    def rule(ctx, k, a, b):
+        _warn(ctx, "it jumps where the quotient crosses an integer")
+        return propagate_composite(ctx, k, identity, (a, b), {})
+
+    return rule
+
+
+for _op, _round in (
+    (aten.fmod.Scalar, torch.trunc),
+    (aten.fmod.Tensor, torch.trunc),
+    (aten.remainder.Scalar, torch.floor),
+    (aten.remainder.Tensor, torch.floor),
+):
+    _register(
+        _op,
+        _remainder(_round),
+        "composite",
+        smooth=False,
+        note="a - round(a/b) b; exact a.e.; warns at order >= 2",
+    )
