@@ -266,6 +266,7 @@ class CompiledOperator(torch.nn.Module):
                 ) from e
             raise
         ctx = PassContext(plan, cap.gm, cap.coord, x.dtype, x.device)
+        ctx.probe_inputs = cap.inputs(self.model, *args)  # the exact batch-coupling probe
         if method == "zcs":
             passes = [ZCSPass(self.ops, self.coords)]
         elif method == "stein":

@@ -86,7 +86,7 @@ def _mutated_input(node: torch.fx.Node) -> torch.fx.Node | None:
     return None
 
 
-def refuse_mutations(gm: torch.fx.GraphModule) -> None:
+def refuse_mutations(gm: torch.fx.GraphModule, coord: str = "x") -> None:
     """Raise for every side-effecting node left in a functionalized capture.
 
     After functionalization the only mutations left write the graph's inputs (the
@@ -95,11 +95,18 @@ def refuse_mutations(gm: torch.fx.GraphModule) -> None:
     and ignoring the write would give silently wrong derivatives.
 
     Raises:
+        BatchCouplingError: the mutation comes with a coupling of the batch rows (batch
+            norm in training mode).
         InputMutationError: naming the op, the mutated input and the user's source line.
     """
-    for node in gm.graph.nodes:
-        if not _is_mutating(node):
-            continue
+    mutating = [n for n in gm.graph.nodes if _is_mutating(n)]
+    if mutating:
+        # batch norm in training mode updates its running statistics: the coupling of the
+        # batch rows is the cause to report
+        from .passes.batch import check_batch_independence
+
+        check_batch_independence(gm, coord)
+    for node in mutating:
         target = _mutated_input(node)
         what = (
             f"the model's {'parameter' if target.name.startswith('p_') else 'buffer'} "

@@ -37,6 +37,9 @@ class PassContext:
         records: one dict per pass run (name, seconds, node counts, FLOPs, bytes).
         batch_axis: the output axis that carries the coordinates' batch axis (set by
             the batch analysis; 1 for a DeepONet's ``(M, N)``), None if unknown.
+        probe_inputs: real tensors for the source graph's placeholders (parameters,
+            buffers, arguments), for the exact batch-coupling probe
+            (:func:`taylorc.passes.batch.probe_rows`); None: the graph analysis decides.
     """
 
     plan: JetPlan
@@ -46,6 +49,7 @@ class PassContext:
     device: torch.device
     records: list[dict[str, Any]] = field(default_factory=list)
     batch_axis: int | None = 0
+    probe_inputs: list | None = None
 
     def warn(self, message: str) -> None:
         warnings.warn(message, UserWarning, stacklevel=4)

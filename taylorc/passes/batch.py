@@ -207,8 +207,12 @@ def lost_batch_axis() -> ValueError:
     )
 
 
-def check_batch_independence(gm: torch.fx.GraphModule, coord: str) -> int | None:
-    """Raise if the graph lets output row b depend on input rows other than b.
+def analyse_batch_axis(gm: torch.fx.GraphModule, coord: str) -> int | None:
+    """Follow the batch axis through the graph; raise where an op would mix the rows.
+
+    Conservative where it knows an op (it may refuse a graph whose rows stay
+    independent, e.g. a reduction whose result only feeds a shape), and blind to ops
+    it does not know: :func:`check_batch_independence` decides with an exact probe.
 
     Args:
         gm: a captured graph (``meta["val"]`` on every node).
@@ -251,3 +255,132 @@ def check_batch_independence(gm: torch.fx.GraphModule, coord: str) -> int | None
     if isinstance(out, (tuple, list)):
         out = out[0] if len(out) == 1 else None
     return axes.get(out, 0 if out is x else None)
+
+
+def _probe_inputs(gm, inputs, index, generator):
+    """Perturbed copies: random points near the given ones, parameters off exact zeros."""
+    out = []
+    for node, t in zip([n for n in gm.graph.nodes if n.op == "placeholder"], inputs):
+        t = t.detach() if isinstance(t, torch.Tensor) else t
+        if isinstance(t, torch.Tensor) and t.is_floating_point():
+            noise = torch.randn(t.shape, generator=generator, dtype=t.dtype, device="cpu").to(
+                t.device
+            )
+            if node is index:
+                t = t + 1e-2 * (t.abs().mean() + 1) * noise
+            elif node.name.startswith("p_"):
+                # a coupling term scaled by a parameter that is zero at initialisation
+                # would otherwise hide until training moves it
+                t = t + 0.1 * (t.abs().mean() + 1e-3) * noise
+        out.append(t)
+    return out
+
+
+def probe_rows(gm: torch.fx.GraphModule, coord: str, inputs: list) -> tuple[bool, list[int]] | None:
+    """Decide exactly whether output rows depend on other input rows (forward-mode probe).
+
+    For each bit i of the row index and each value of that bit, a random tangent on
+    the rows whose bit i has that value is pushed through the graph with
+    ``torch.func.jvp``; any two distinct rows differ in some bit, so every ordered pair
+    (source row, other row) is probed by one of the ``2 ceil(log2 B)`` tangents. A row
+    is independent of the others iff the output tangent vanishes (exactly: structural
+    zeros are exact in floating point) on every row outside the probed set. The
+    parameters are perturbed and the points moved slightly, so a coupling hidden by a
+    zero parameter or a special point is still seen (with probability one).
+
+    Args:
+        gm: the captured graph; ``inputs``: real tensors for its placeholders, in order.
+        coord: the coordinates' placeholder (batch axis 0, B rows).
+
+    Returns:
+        ``(coupled, axes)``: whether some output row depends on another input row, and
+        the output axes of size B along which the rows stay separate; None when the
+        probe cannot run (the graph fails on real tensors, or its output is not a tensor).
+    """
+    nodes = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    x_node = next(n for n in nodes if n.name == coord)
+    i = nodes.index(x_node)
+    generator = torch.Generator().manual_seed(0)
+    try:
+        real = _probe_inputs(gm, inputs, x_node, generator)
+        x = real[i]
+        B = x.shape[0]
+
+        def f(xx):
+            out = gm(*real[:i], xx, *real[i + 1 :])
+            return out[0] if isinstance(out, (tuple, list)) and len(out) == 1 else out
+
+        rows = torch.arange(B, device=x.device)
+        candidates = None
+        seen = False
+        with torch.no_grad():
+            for bit in range(max(1, math.ceil(math.log2(B)))):
+                for side in (0, 1):
+                    picked = ((rows >> bit) & 1) == side
+                    if B > 1 and (picked.all() or not picked.any()):
+                        continue
+                    mask = picked.reshape([B] + [1] * (x.dim() - 1)).to(x.dtype)
+                    v = torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device) * mask
+                    _, t = torch.func.jvp(f, (x,), (v,))
+                    if not isinstance(t, torch.Tensor):
+                        return None
+                    if candidates is None:
+                        candidates = [a for a in range(t.dim()) if t.shape[a] == B]
+                    nonzero = t != 0
+                    seen = seen or bool(nonzero.any())
+                    candidates = [a for a in candidates if not nonzero.movedim(a, 0)[~picked].any()]
+    except Exception:  # noqa: BLE001 - the probe is a second opinion; the analysis stands
+        return None
+    if not seen:  # the output does not vary with the points: nothing couples
+        return False, candidates or []
+    return not candidates, candidates
+
+
+def check_batch_independence(
+    gm: torch.fx.GraphModule, coord: str, probe_inputs: list | None = None
+) -> int | None:
+    """Raise if the graph lets output row b depend on input rows other than b.
+
+    The decision is exact when ``probe_inputs`` are given (:func:`probe_rows`): no
+    refusal of a model whose rows are independent, whatever ops it uses (a reshape
+    round trip, ``torch.func.grad`` of a sum over the batch inside the forward). The
+    graph analysis (:func:`analyse_batch_axis`) names the culprit op, node and source
+    line when the rows are coupled.
+
+    Args:
+        gm: a captured graph (``meta["val"]`` on every node).
+        coord: the name of the coordinates' placeholder (batch axis 0).
+        probe_inputs: real tensors for the placeholders, or None (analysis only).
+
+    Returns:
+        the output's axis that carries the coordinates' batch axis (0 for a
+        per-sample model, 1 for a DeepONet's ``(M, N)`` output), or None when
+        it is unknown.
+
+    Raises:
+        BatchCouplingError: naming the op, the node, the user's source line and
+            the chain of nodes from the coordinates (or, when the analysis cannot
+            name an op, what the probe saw).
+    """
+    try:
+        axis, refusal = analyse_batch_axis(gm, coord), None
+    except BatchCouplingError as e:
+        axis, refusal = None, e
+    verdict = probe_rows(gm, coord, probe_inputs) if probe_inputs is not None else None
+    if verdict is None:
+        if refusal is not None:
+            raise refusal
+        return axis
+    coupled, axes = verdict
+    if coupled:
+        if refusal is not None:
+            raise refusal
+        raise BatchCouplingError(
+            "the model mixes batch rows: a forward-mode probe found output rows that change "
+            "when other input rows change (per-sample derivatives are not what this graph "
+            "computes), through ops the graph analysis does not follow. Make every output "
+            "row depend on its own input row only."
+        )
+    if axis in axes:
+        return axis
+    return axes[0] if axes else axis

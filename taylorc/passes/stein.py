@@ -114,7 +114,7 @@ class SteinPass:
         self.sigma, self.vr, self.B = sigma, variance_reduction, batch
 
     def __call__(self, gm: torch.fx.GraphModule, ctx: PassContext) -> torch.fx.GraphModule:
-        check_batch_independence(gm, ctx.coord)
+        check_batch_independence(gm, ctx.coord, ctx.probe_inputs)
         placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
         ix = next(i for i, n in enumerate(placeholders) if n.name == ctx.coord)
         x_val = placeholders[ix].meta["val"]

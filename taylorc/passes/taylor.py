@@ -166,7 +166,7 @@ class TaylorPass:
 
     def __call__(self, gm: torch.fx.GraphModule, ctx: PassContext) -> torch.fx.GraphModule:
         plan = ctx.plan
-        ctx.batch_axis = check_batch_independence(gm, ctx.coord)
+        ctx.batch_axis = check_batch_independence(gm, ctx.coord, ctx.probe_inputs)
         root = torch.nn.Module()
         graph = torch.fx.Graph()
         em = Emitter(graph, plan.R)

@@ -64,7 +64,7 @@ class ZCSPass:
         self.coords = coords
 
     def __call__(self, gm: torch.fx.GraphModule, ctx: PassContext) -> torch.fx.GraphModule:
-        ctx.batch_axis = axis = check_batch_independence(gm, ctx.coord)
+        ctx.batch_axis = axis = check_batch_independence(gm, ctx.coord, ctx.probe_inputs)
         placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
         ix = next(i for i, n in enumerate(placeholders) if n.name == ctx.coord)
         x_val = placeholders[ix].meta["val"]
