@@ -267,6 +267,8 @@ def _probe_inputs(gm, inputs, index, generator):
                 t.device
             )
             if node is index:
+                finite = t.isfinite()
+                t = torch.where(finite, t, noise)  # NaN or inf points: any point will do
                 t = t + 1e-2 * (t.abs().mean() + 1) * noise
             elif node.name.startswith("p_"):
                 # a coupling term scaled by a parameter that is zero at initialisation
@@ -326,6 +328,8 @@ def probe_rows(gm: torch.fx.GraphModule, coord: str, inputs: list) -> tuple[bool
                         return None
                     if candidates is None:
                         candidates = [a for a in range(t.dim()) if t.shape[a] == B]
+                    if not t.isfinite().all():
+                        return None  # 0 * inf somewhere: no exact verdict
                     nonzero = t != 0
                     seen = seen or bool(nonzero.any())
                     candidates = [a for a in candidates if not nonzero.movedim(a, 0)[~picked].any()]
