@@ -194,6 +194,12 @@ def capture(
                 "control flow and .item()/.tolist() calls on inputs (use torch.where), or compute that "
                 "part outside the model."
             ) from e
+        if "leaf Variable that requires grad is being used in an in-place operation" in msg:
+            raise InputMutationError(
+                "the model writes into one of its parameters in place while it runs "
+                f"({msg.splitlines()[0]}). A differential operator needs a model that leaves its "
+                "parameters unchanged: update them outside the model (an optimiser step)."
+            ) from e
         raise
     arg_names = ["x" if i == wrt else f"arg{i}" for i in range(len(call_args))]
     names = (

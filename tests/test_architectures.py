@@ -177,7 +177,23 @@ def test_siren_accuracy_holds_at_high_frequency():
     compare(model, {"lap": "laplacian", "bih": "biharmonic"}, x, rel=1e-9)
 
 
-BLOCKS = ["tanh", "sin", "silu", "softplus", "gelu", "sigmoid", "residual", "layernorm", "gate"]
+BLOCKS = [
+    "tanh",
+    "sin",
+    "silu",
+    "softplus",
+    "gelu",
+    "sigmoid",
+    "residual",
+    "layernorm",
+    "gate",
+    # mutation and batch-axis reshapes (functional capture, exact batch decision)
+    "inplace",
+    "slice_write",
+    "index_put",
+    "cumsum",
+    "reshape_batch",
+]
 
 
 class Composition(nn.Module):
@@ -219,6 +235,22 @@ class Composition(nn.Module):
                 )
             elif block == "layernorm":
                 h = self.norm(torch.sin(z))
+            elif block == "inplace":
+                h = h * 1.0
+                h.add_(torch.tanh(z)).mul_(torch.sigmoid(z))
+                h.sin_()
+            elif block == "slice_write":
+                h = torch.tanh(z) * 1.0
+                h[:, : h.shape[1] // 2 + 1] = torch.sin(z[:, : h.shape[1] // 2 + 1] * h[:, -1:])
+            elif block == "index_put":
+                y = torch.zeros_like(z)
+                y[:, torch.arange(z.shape[1] - 1, -1, -1)] = torch.tanh(z)
+                y[:, 0] += torch.cos(z[:, -1])
+                h = y
+            elif block == "cumsum":
+                h = torch.tanh(torch.cumsum(z, 1) / z.shape[1])
+            elif block == "reshape_batch":
+                h = torch.tanh(z).unsqueeze(1).reshape(x.shape[0], 1, -1).squeeze(1)
             else:
                 g = torch.sigmoid(self.gate(x))
                 h = g * torch.tanh(z) + (1 - g) * h
