@@ -137,7 +137,8 @@ def test_mutation_of_inputs_parameters_buffers_is_refused(model, what):
     x = torch.randn(4, 3, dtype=torch.float64)
     with pytest.raises(InputMutationError, match=what) as err:
         taylorc.compile(model, "laplacian")(x)
-    assert "copy_" in str(err.value) and "test_functional_capture.py" in str(err.value)
+    if what != "parameter":  # autograd refuses that write itself, before any graph exists
+        assert "copy_" in str(err.value) and "test_functional_capture.py" in str(err.value)
 
 
 # -- batch coupling: exact -----------------------------------------------------------------
