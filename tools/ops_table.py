@@ -16,7 +16,7 @@ PATH = Path(__file__).resolve().parent.parent / "docs" / "ops.md"
 
 HEADER = """# Supported ops
 
-Generated from the rule registry (`taylorc/passes/rules.py`) by `tools/ops_table.py`;
+Generated from the rule registry (`taylorc/passes/rules*.py`) by `tools/ops_table.py`;
 CI checks that this file matches the registry. Every op is claimed, and tested against
 nested autograd in float64 (`tests/test_rules.py`, relative error < 1e-9), at Taylor
 orders 1 to 4, in standard and collapsed mode. The rules are written for any order
