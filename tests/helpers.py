@@ -78,3 +78,12 @@ def compare(
         else:
             assert out.shape == ref.shape, m
             assert_close(out, ref, rel)
+
+
+def column_writes(x, act=torch.tanh):
+    """Issue 13's reproduction: writes of a per-point value into columns of a zeros tensor."""
+    d = act(x).sum(1) * x[:, 0]
+    s = torch.zeros(x.shape[0], 3, dtype=x.dtype)
+    s[:, 0] = d
+    s[:, 1] = 5 * d
+    return s

@@ -8,7 +8,7 @@ from fractions import Fraction
 
 import pytest
 import torch
-from helpers import assert_close
+from helpers import assert_close, column_writes
 from torch import nn
 
 import taylorc
@@ -35,14 +35,6 @@ def _zeros_slice_write(x):
     return z
 
 
-def _column_writes(x):
-    d = torch.tanh(x).sum(1) * x[:, 0]
-    s = torch.zeros(x.shape[0], 3, dtype=x.dtype)
-    s[:, 0] = d
-    s[:, 1] = 5 * d
-    return s
-
-
 def _inplace(x):
     y = torch.sin(x) * 1.0
     y.add_(x**2)
@@ -61,7 +53,7 @@ REPRODUCTIONS = {
     "slice_write": _slice_write,
     "column_write": _column_write,
     "zeros_slice_write": _zeros_slice_write,
-    "column_writes": _column_writes,
+    "column_writes": column_writes,
     "inplace": _inplace,
     "index_put": _index_put,
 }

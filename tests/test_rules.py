@@ -7,7 +7,7 @@ import pytest
 import sympy
 import torch
 import torch.nn.functional as F
-from helpers import Directional, assert_close, nested_directional
+from helpers import Directional, assert_close, column_writes, nested_directional
 
 import taylorc
 from taylorc.passes.jet import faa_di_bruno
@@ -114,7 +114,7 @@ CASES = {
     ).flatten(1),
     # writes into intermediates, in-place ops and scatters (functional capture)
     "slice_write": lambda x: _slice_write(x),
-    "select_write_zeros": lambda x: _select_write(x),
+    "select_write_zeros": lambda x: column_writes(x, torch.sin),
     "inplace_ops": lambda x: _inplace(x),
     "index_put": lambda x: _index_write(x),
     "index_add": lambda x: torch.sin(x @ W).index_add(1, torch.tensor([0, 2, 2]), torch.cos(x)),
@@ -168,14 +168,6 @@ def _slice_write(x):
     y = 2 * torch.tanh(x @ W)  # autograd keeps tanh's output: write into a new tensor
     y[:, 1:3] = x[:, :2] ** 2
     return y
-
-
-def _select_write(x):
-    d = torch.sin(x).sum(1) * x[:, 0]
-    s = torch.zeros(x.shape[0], 3, dtype=x.dtype)
-    s[:, 0] = d
-    s[:, 1] = 5 * d
-    return s
 
 
 def _inplace(x):
