@@ -283,10 +283,10 @@ def probe_rows(gm: torch.fx.GraphModule, coord: str, inputs: list) -> tuple[bool
 
     For each bit i of the row index and each value of that bit, a random tangent on
     the rows whose bit i has that value is pushed through the graph with
-    ``torch.func.jvp``; any two distinct rows differ in some bit, so every ordered pair
-    (source row, other row) is probed by one of the ``2 ceil(log2 B)`` tangents. A row
-    is independent of the others iff the output tangent vanishes (exactly: structural
-    zeros are exact in floating point) on every row outside the probed set. The
+    ``torch.func.jvp`` (``2 ceil(log2 B)`` tangents). Any two distinct rows differ in
+    some bit, so an output entry depends on two rows iff for some bit both tangents move
+    it (exact: structural zeros are exact in floating point). The output's batch axes
+    are those along which every tangent stays on its own rows. The
     parameters are perturbed and the points moved slightly, so a coupling hidden by a
     zero parameter or a special point is still seen (with probability one).
 
@@ -313,31 +313,30 @@ def probe_rows(gm: torch.fx.GraphModule, coord: str, inputs: list) -> tuple[bool
             return out[0] if isinstance(out, (tuple, list)) and len(out) == 1 else out
 
         rows = torch.arange(B, device=x.device)
-        candidates = None
-        seen = False
+        candidates, coupled, seen = None, False, False
         with torch.no_grad():
             for bit in range(max(1, math.ceil(math.log2(B)))):
+                hit = []
                 for side in (0, 1):
                     picked = ((rows >> bit) & 1) == side
-                    if B > 1 and (picked.all() or not picked.any()):
-                        continue
                     mask = picked.reshape([B] + [1] * (x.dim() - 1)).to(x.dtype)
                     v = torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device) * mask
                     _, t = torch.func.jvp(f, (x,), (v,))
-                    if not isinstance(t, torch.Tensor):
-                        return None
+                    if not isinstance(t, torch.Tensor) or not t.isfinite().all():
+                        return None  # not one tensor, or 0 * inf somewhere: no exact verdict
                     if candidates is None:
                         candidates = [a for a in range(t.dim()) if t.shape[a] == B]
-                    if not t.isfinite().all():
-                        return None  # 0 * inf somewhere: no exact verdict
                     nonzero = t != 0
-                    seen = seen or bool(nonzero.any())
+                    hit.append(nonzero)
                     candidates = [a for a in candidates if not nonzero.movedim(a, 0)[~picked].any()]
+                # an output entry moved by rows on both sides of a bit depends on two rows
+                coupled = coupled or bool((hit[0] & hit[1]).any())
+                seen = seen or bool(hit[0].any() or hit[1].any())
     except Exception:  # noqa: BLE001 - the probe is a second opinion; the analysis stands
         return None
     if not seen:  # the output does not vary with the points: nothing couples
         return False, candidates or []
-    return not candidates, candidates
+    return coupled, candidates
 
 
 def check_batch_independence(
