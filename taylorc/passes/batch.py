@@ -278,7 +278,7 @@ def _probe_inputs(gm, inputs, index, generator):
     return out
 
 
-def probe_rows(gm: torch.fx.GraphModule, coord: str, inputs: list) -> tuple[bool, list[int]] | None:
+def probe_rows(gm: torch.fx.GraphModule, coord: str, inputs: list) -> tuple[str, list[int]] | None:
     """Decide exactly whether output rows depend on other input rows (forward-mode probe).
 
     For each bit i of the row index and each value of that bit, a random tangent on
@@ -295,9 +295,13 @@ def probe_rows(gm: torch.fx.GraphModule, coord: str, inputs: list) -> tuple[bool
         coord: the coordinates' placeholder (batch axis 0, B rows).
 
     Returns:
-        ``(coupled, axes)``: whether some output row depends on another input row, and
-        the output axes of size B along which the rows stay separate; None when the
-        probe cannot run (the graph fails on real tensors, or its output is not a tensor).
+        ``(verdict, axes)``: ``"independent"`` with the output axes of size B along which
+        every row stays on its own rows; ``"coupled"`` when an entry depends on two rows
+        or rows land on other rows of a batch-sized axis (a shift, a permutation);
+        ``"undecided"`` when every entry depends on one row but no axis holds the B rows
+        (a flattened layout: the graph analysis decides); None when the probe cannot
+        run (the graph fails on real tensors, its output is not one tensor, or a
+        tangent is not finite).
     """
     nodes = [n for n in gm.graph.nodes if n.op == "placeholder"]
     x_node = next(n for n in nodes if n.name == coord)
@@ -313,7 +317,7 @@ def probe_rows(gm: torch.fx.GraphModule, coord: str, inputs: list) -> tuple[bool
             return out[0] if isinstance(out, (tuple, list)) and len(out) == 1 else out
 
         rows = torch.arange(B, device=x.device)
-        candidates, coupled, seen = None, False, False
+        candidates, coupled, seen, sized = None, False, False, False
         with torch.no_grad():
             for bit in range(max(1, math.ceil(math.log2(B)))):
                 hit = []
@@ -326,6 +330,7 @@ def probe_rows(gm: torch.fx.GraphModule, coord: str, inputs: list) -> tuple[bool
                         return None  # not one tensor, or 0 * inf somewhere: no exact verdict
                     if candidates is None:
                         candidates = [a for a in range(t.dim()) if t.shape[a] == B]
+                        sized = bool(candidates)
                     nonzero = t != 0
                     hit.append(nonzero)
                     candidates = [a for a in candidates if not nonzero.movedim(a, 0)[~picked].any()]
@@ -334,9 +339,11 @@ def probe_rows(gm: torch.fx.GraphModule, coord: str, inputs: list) -> tuple[bool
                 seen = seen or bool(hit[0].any() or hit[1].any())
     except Exception:  # noqa: BLE001 - the probe is a second opinion; the analysis stands
         return None
-    if not seen:  # the output does not vary with the points: nothing couples
-        return False, candidates or []
-    return coupled, candidates
+    if not seen or candidates:  # nothing varies, or an axis keeps every row on its own
+        return "independent", candidates or []
+    if coupled or sized:  # an entry moved by two rows, or rows moved to other rows (a shift)
+        return "coupled", []
+    return "undecided", []  # one row per entry, but no axis of B rows: a flattened layout
 
 
 def check_batch_independence(
@@ -374,8 +381,12 @@ def check_batch_independence(
         if refusal is not None:
             raise refusal
         return axis
-    coupled, axes = verdict
-    if coupled:
+    status, axes = verdict
+    if status == "undecided":
+        if refusal is not None:
+            raise refusal
+        return axis
+    if status == "coupled":
         if refusal is not None:
             raise refusal
         raise BatchCouplingError(
