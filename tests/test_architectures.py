@@ -241,7 +241,7 @@ class Composition(nn.Module):
                 h.sin_()
             elif block == "slice_write":
                 h = torch.tanh(z) * 1.0
-                h[:, : h.shape[1] // 2 + 1] = torch.sin(z[:, : h.shape[1] // 2 + 1] * h[:, -1:])
+                h[:, : h.shape[1] // 2 + 1] = torch.sin(z[:, : h.shape[1] // 2 + 1] * z[:, -1:])
             elif block == "index_put":
                 y = torch.zeros_like(z)
                 y[:, torch.arange(z.shape[1] - 1, -1, -1)] = torch.tanh(z)
