@@ -5,7 +5,7 @@ rewrites the graph into forward Taylor propagation (collapsed), and returns a
 module computing the operator per sample. See docs/architecture.md.
 """
 
-from . import cpu, errors, operators
+from . import config, cpu, errors, methods, operators
 from .api import CompiledOperator, compile
 from .losses import unbiased_squared_residual
 from .passes.rules import register_rule
@@ -13,8 +13,10 @@ from .passes.rules import register_rule
 __all__ = [
     "CompiledOperator",
     "compile",
+    "config",
     "cpu",
     "errors",
+    "methods",
     "operators",
     "register_rule",
     "unbiased_squared_residual",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import math
 import os
@@ -10,28 +11,19 @@ from collections.abc import Callable
 
 import torch
 
+from . import methods as _methods
 from . import operators as _ops
 from .capture import Captured, capture
+from .config import BUILD_COUNT, CONFIG
 from .debug import Dumper, format_records
-from .operators.stochastic import sample_directions, stochastic_plan
+from .methods import AUTO_ZCS_MIN_FUNCTIONS, auto_method
 from .passes import PassContext, PassManager
-from .passes.cleanup import CleanupPass
-from .passes.collapse import CollapsePass
-from .passes.cpu_tanh import CPUTanhPass
-from .passes.lower import LowerPass
-from .passes.mlp import MLPPass
-from .passes.stein import SteinPass, sigma_vector, stein_order
-from .passes.taylor import TaylorPass
-from .passes.unstack import UnstackPass
-from .passes.zcs import ZCSPass, shift_inputs
-from .reference import func_loop, nested
 
-METHODS = ("collapsed", "taylor", "nested", "zcs", "auto", "stochastic", "stein")
+METHODS = _methods.NAMES
 
 # Graphs built for a model, shared by every CompiledOperator of it (compiling the same model
 # again reuses the work); weak keys: the cache dies with the model.
 _SHARED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-BUILD_COUNT = [0]  # graphs built by the passes, for tests and diagnostics
 
 
 def _weakrefable(obj) -> bool:
@@ -88,29 +80,19 @@ class CompiledOperator(torch.nn.Module):
         generator: torch.Generator | None = None,
     ):
         super().__init__()
-        if method not in METHODS:
-            raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-        if method in ("zcs", "auto") and wrt is None:
-            raise ValueError(
-                f"method={method!r} is for models of several arguments (a DeepONet's "
-                "(branch_input, trunk_input)): name the coordinate argument with wrt= (index or name)"
-            )
         self.wrt = wrt
-        if method in ("stochastic", "stein") and (samples is None or samples < 1):
-            raise ValueError(f"method={method!r} needs samples= (a positive number of samples)")
-        if method == "stein" and sigma is None:
-            raise ValueError(
-                "method='stein' needs sigma= (the Gaussian smoothing width: a number, one per "
-                "coordinate, or a dict by coordinate name)"
-            )
-        if method == "stochastic" and backend != "eager":
-            raise ValueError(
-                "method='stochastic' redraws its directions per call: use backend='eager'"
-            )
-        self.samples, self.sigma, self.variance_reduction = samples, sigma, variance_reduction
-        self.distribution, self.generator = distribution, generator
-        self.lower_everywhere = False  # tests: lower to the fused ops on the CPU too
-        self.whole_mlp = True  # lower a matching MLP's Laplacian to one kernel (passes.mlp)
+        self.backend = backend
+        self.method_obj = _methods.from_name(
+            method,
+            samples=samples,
+            sigma=sigma,
+            variance_reduction=variance_reduction,
+            distribution=distribution,
+            generator=generator,
+        )
+        self.method = self.method_obj.name
+        self.method_obj.check(self)
+        self.config = dataclasses.replace(CONFIG)  # test and diagnostic switches, per operator
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
         if not callable(model):
@@ -132,13 +114,28 @@ class CompiledOperator(torch.nn.Module):
                 ),
                 None,
             )
-        self.method = method
-        self.backend = backend
         self.debug_dir = debug_dir if debug_dir is not None else os.environ.get("TAYLORC_DEBUG_DIR")
         self._graphs: dict = {}
-        self._orders: dict[int, int] = {}  # operator order per coordinate count (method="auto")
         self._in_shape: tuple[int, ...] | None = None
         self._last = None
+
+    @property
+    def lower_everywhere(self) -> bool:
+        """Lower to the fused ops on every device (``self.config``; tests)."""
+        return self.config.lower_everywhere
+
+    @lower_everywhere.setter
+    def lower_everywhere(self, value: bool) -> None:
+        self.config.lower_everywhere = value
+
+    @property
+    def whole_mlp(self) -> bool:
+        """Lower a matching MLP's Laplacian to one kernel (``self.config``)."""
+        return self.config.whole_mlp
+
+    @whole_mlp.setter
+    def whole_mlp(self, value: bool) -> None:
+        self.config.whole_mlp = value
 
     @property
     def fn(self) -> Callable:
@@ -210,53 +207,56 @@ class CompiledOperator(torch.nn.Module):
         return i
 
     def method_for(self, args: tuple, i: int) -> str:
-        """The method a call runs: ``method``, or for ``"auto"`` the rule of :func:`auto_method`."""
-        if self.method != "auto":
-            return self.method
-        M = max((a.shape[0] for j, a in enumerate(args) if j != i), default=1)
-        D = args[i].shape[1]
-        if D not in self._orders:  # planning work: once per width, not per call
-            self._orders[D] = max(op.order(D, self.coords) for op in self.ops.values())
-        return auto_method(self._orders[D], M, args[i].shape[0])
+        """The name of the method a call runs: ``method``, or for ``"auto"`` :func:`auto_method`'s."""
+        return self.method_obj.resolve(self, args, i).name
 
-    def graph_for(self, x: torch.Tensor, args: tuple | None = None, method: str | None = None):
+    def graph_for(self, x: torch.Tensor, args: tuple | None = None, method=None):
         """The compiled graph for inputs like ``x``: ``(GraphModule, Captured, PassContext)``.
 
         Builds and caches it on first use (capture, then the passes of the method).
-        ``args`` are all the call's arguments for models of several (``wrt``).
+        ``args`` are all the call's arguments for models of several (``wrt``);
+        ``method`` a name or :class:`~taylorc.methods.Method` (default: this operator's).
         """
-        method = method or self.method
+        method = self._method(method)
         args = args if args is not None else (x,)
         i = next(j for j, a in enumerate(args) if a is x)
-        key = (method, i) + tuple((tuple(a.shape), a.dtype, a.device) for a in args)
+        key = method.key() + (i,) + tuple((tuple(a.shape), a.dtype, a.device) for a in args)
         hit = self._graphs.get(key)
         if hit is not None:
             return hit
         shared = _SHARED.setdefault(self.fn, {}) if _weakrefable(self.fn) else {}
-        random = (self.samples, self.distribution, repr(self.sigma), self.variance_reduction)
-        lowering = (self.lower_everywhere, self.whole_mlp)
-        shared_key = (self._spec_key(), self.backend, self.debug_dir, random, lowering, key)
+        lowering = (self.config.lower_everywhere, self.config.whole_mlp)
+        shared_key = (self._spec_key(), self.backend, self.debug_dir, lowering, key)
         if shared_key in shared:  # another CompiledOperator of this model built it already
             self._graphs[key] = shared[shared_key]
             self._last = shared[shared_key][2]
             return self._graphs[key]
         BUILD_COUNT[0] += 1
-        D = math.prod(x.shape[1:])
-        example = x
-        if method == "stochastic":
-            if len(self.ops) != 1:
-                raise ValueError("method='stochastic' takes one operator, not a dict")
-            ((name, op),) = self.ops.items()
-            plan = stochastic_plan(name, op, D, self.coords, self.samples, self.distribution)
-        else:
-            plan = _ops.build_plan(self.ops, D, self.coords)
-        if method == "stein":
-            stein_order(self.ops, D, self.coords)
-            n_eval = 2 * self.samples + 1 if self.variance_reduction else self.samples
-            example = x.new_zeros((n_eval * x.shape[0],) + tuple(x.shape[1:]))
-            args = (example,)
+        plan = method.plan(self, math.prod(x.shape[1:]))
+        example, args = method.example(x, args)
+        cap = self._capture(x, example, args, i)
+        ctx = PassContext(plan, cap.gm, cap.coord, x.dtype, x.device)
+        ctx.probe_inputs = cap.inputs(self.model, *args)  # the exact batch-coupling probe
+        dump = Dumper(self.debug_dir) if self.debug_dir else None
+        gm = PassManager(method.passes(self, cap, ctx, x), dump).run(cap.gm, ctx)
+        if self.backend in ("inductor", "taylorc"):
+            gm = torch.compile(gm, backend="inductor", dynamic=False)
+        self._graphs[key] = shared[shared_key] = (gm, cap, ctx)
+        self._last = ctx
+        return self._graphs[key]
+
+    def _method(self, method) -> _methods.Method:
+        if method is None:
+            return self.method_obj
+        if isinstance(method, _methods.Method):
+            return method
+        if method == self.method_obj.name:
+            return self.method_obj
+        return _methods.from_name(method)
+
+    def _capture(self, x, example, args, i) -> Captured:
         try:
-            cap = capture(self.fn, example, args, i)
+            return capture(self.fn, example, args, i)
         except RuntimeError as e:
             w = self._expected_width()
             if w is not None and x.shape[-1] != w:
@@ -265,42 +265,6 @@ class CompiledOperator(torch.nn.Module):
                     f"({type(e).__name__}: {str(e).splitlines()[0]})"
                 ) from e
             raise
-        ctx = PassContext(plan, cap.gm, cap.coord, x.dtype, x.device)
-        ctx.probe_inputs = cap.inputs(self.model, *args)  # the exact batch-coupling probe
-        if method == "zcs":
-            passes = [ZCSPass(self.ops, self.coords)]
-        elif method == "stein":
-            sigma = sigma_vector(self.sigma, D, self.coords)
-            passes = [
-                SteinPass(
-                    self.ops, self.coords, self.samples, sigma, self.variance_reduction, x.shape[0]
-                )
-            ]
-        else:
-            passes = [TaylorPass()]
-        if method in ("collapsed", "stochastic"):
-            passes.append(CollapsePass())
-        lower = (self.backend == "taylorc" or self.lower_everywhere) and method in (
-            "collapsed",
-            "taylor",
-        )
-        if lower:
-            passes.append(LowerPass(force=self.lower_everywhere))
-        whole = MLPPass(force=self.lower_everywhere)
-        if lower and self.whole_mlp and method == "collapsed" and whole.match(cap.gm, ctx):
-            passes = [whole]  # one kernel for the whole network replaces the layered passes
-        passes.append(CleanupPass())
-        if method in ("collapsed", "taylor"):
-            passes.append(UnstackPass())  # a no-op off the CPU and for many directions
-        if self.backend == "taylorc":
-            passes.append(CPUTanhPass())  # a no-op off the CPU and for float64
-        dump = Dumper(self.debug_dir) if self.debug_dir else None
-        gm = PassManager(passes, dump).run(cap.gm, ctx)
-        if self.backend in ("inductor", "taylorc"):
-            gm = torch.compile(gm, backend="inductor", dynamic=False)
-        self._graphs[key] = shared[shared_key] = (gm, cap, ctx)
-        self._last = ctx
-        return self._graphs[key]
 
     def _spec_key(self):
         """A hashable description of the requested operators (callables by identity)."""
@@ -331,31 +295,7 @@ class CompiledOperator(torch.nn.Module):
         for j, a in enumerate(args):
             if j != i and not isinstance(a, torch.Tensor):
                 raise ValueError(f"argument {j} must be a tensor, got {type(a).__name__}")
-        method = self.method_for(args, i)
-        if method == "nested":
-            if self.coords is not None and len(self.coords) != math.prod(x.shape[1:]):
-                _ops.build_plan(
-                    {}, math.prod(x.shape[1:]), self.coords
-                )  # raises the coords ValueError
-            if len(args) > 1:
-                out = func_loop(self.fn, self.ops, args, i, self.coords)
-            else:
-                out = nested(self.fn, self.ops, x, self.coords)
-            outs = [out[n] for n in self.ops]
-        else:
-            gm, cap, ctx = self.graph_for(x, args, method)
-            inputs = cap.inputs(self.model, *args)
-            if method == "zcs":
-                inputs += shift_inputs(x.shape[1], x.dtype, x.device)
-            elif method == "stein":
-                shape = (self.samples, x.shape[0], math.prod(x.shape[1:]))
-                inputs.append(
-                    torch.randn(shape, generator=self.generator, dtype=x.dtype, device=x.device)
-                )
-            elif method == "stochastic":
-                # a new tensor, not an in-place write: earlier draws stay saved for backward
-                gm.directions = sample_directions(ctx.plan, self.generator, x.dtype, x.device)
-            outs = gm(*inputs)
+        outs = self.method_obj.resolve(self, args, i).run(self, args, i)
         if self._in_shape is None:
             self._in_shape = tuple(x.shape[1:])
         return outs[0] if self.single else dict(zip(self.ops, outs))
@@ -365,7 +305,7 @@ class CompiledOperator(torch.nn.Module):
     def explain(self) -> str:
         """Summary of the pipeline: operator, method, plan, and per pass time, nodes, FLOPs, memory."""
         head = f"taylorc.CompiledOperator(operator={self._op_text()}, method={self.method!r}, backend={self.backend!r})"
-        if self.method == "nested":
+        if not self.method_obj.builds_graph:
             return head + "\n  nested autograd (torch.func): no graph passes"
         if self._last is None:
             return head + "\n  not compiled yet: call it on a batch of coordinates"
@@ -383,27 +323,6 @@ class CompiledOperator(torch.nn.Module):
         state = self.__dict__.copy()
         state["_graphs"], state["_last"] = {}, None
         return state
-
-
-def auto_method(order: int, M: int, N: int) -> str:
-    """The method ``method="auto"`` runs for a model of M functions at N points.
-
-    The forward (collapsed Taylor) route shares the trunk's jets among all M
-    functions but contracts every propagated coefficient with the branch for
-    all M x N pairs; ZCS contracts once per derivative level but nests one
-    reverse pass per order. Measured on the CPU (``bench/zcs.py``, docs/zcs.md):
-    forward wins at order 4 and for few functions, ZCS for many functions at
-    order <= 2 (2.2x at M = 160, N = 1000). N does not change the winner there.
-
-    Returns:
-        ``"collapsed"`` or ``"zcs"``.
-    """
-    if order > 2 or M <= AUTO_ZCS_MIN_FUNCTIONS:
-        return "collapsed"
-    return "zcs"
-
-
-AUTO_ZCS_MIN_FUNCTIONS = 100
 
 
 def _argument_names(fn) -> list[str]:
@@ -507,4 +426,11 @@ def compile(
     )
 
 
-__all__ = ["CompiledOperator", "compile", "Captured"]
+__all__ = [
+    "AUTO_ZCS_MIN_FUNCTIONS",
+    "BUILD_COUNT",
+    "CompiledOperator",
+    "Captured",
+    "auto_method",
+    "compile",
+]

@@ -19,8 +19,9 @@ import torch.fx
 from torch.fx.experimental.proxy_tensor import make_fx
 from torch.fx.passes.dialect.common.cse_pass import CSEPass
 
+from .config import CONFIG
+
 log = logging.getLogger(__name__)
-LOWER_EVERYWHERE = False  # tests: lower on the CPU too (the ops then run their references)
 
 
 def cleanup(gm: torch.fx.GraphModule) -> torch.fx.GraphModule:
@@ -54,7 +55,7 @@ def taylorc_backend(gm: torch.fx.GraphModule, example_inputs):
 
     gm = cleanup(gm)
     tensors = [t for t in example_inputs if isinstance(t, torch.Tensor)]
-    if LOWER_EVERYWHERE or any(t.is_cuda for t in tensors):
+    if CONFIG.lower_everywhere or any(t.is_cuda for t in tensors):
         gm = lower_foreign(gm, example_inputs)
     return compile_fx(gm, example_inputs)
 

@@ -258,7 +258,7 @@ def test_structural_lowering_of_a_foreign_graph():
 def test_backend_lowers_foreign_steps_and_trains(monkeypatch, caplog):
     import taylorc.backend
 
-    monkeypatch.setattr(taylorc.backend, "LOWER_EVERYWHERE", True)
+    monkeypatch.setattr(taylorc.config.CONFIG, "lower_everywhere", True)
     torch._dynamo.reset()
     args = step_inputs()
     args[3].requires_grad_(True)

@@ -1,0 +1,30 @@
+"""Process-wide switches that are not part of an operator's meaning (tests, diagnostics).
+
+``CONFIG.lower_everywhere`` lowers Taylor steps to the fused ``torch.library`` ops on the
+CPU too, where they run their PyTorch references (the kernel tests use it);
+``CONFIG.whole_mlp`` lets a matching MLP's Laplacian become one ``mlp_laplacian`` call.
+Each :class:`~taylorc.api.CompiledOperator` copies ``CONFIG`` when it is made and may be
+changed on its own (``op.config.lower_everywhere = True``). ``STATS`` counts the graphs
+built by the passes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class Config:
+    """Switches of the pipeline (see the module docstring).
+
+    Attributes:
+        lower_everywhere: lower to the fused ops on every device, not CUDA only.
+        whole_mlp: lower a matching MLP's Laplacian to one kernel call (``passes.mlp``).
+    """
+
+    lower_everywhere: bool = False
+    whole_mlp: bool = True
+
+
+CONFIG = Config()
+BUILD_COUNT = [0]  # graphs built by the passes, for tests and diagnostics
