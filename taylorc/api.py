@@ -339,23 +339,10 @@ def _argument_names(fn) -> list[str]:
     ]
 
 
-def compile(
-    model: torch.nn.Module | Callable,
-    operator="laplacian",
-    *,
-    method: str = "collapsed",
-    debug_dir: str | os.PathLike | None = None,
-    backend: str = "eager",
-    coords=None,
-    params: dict | None = None,
-    wrt: int | str | None = None,
-    samples: int | None = None,
-    sigma=None,
-    variance_reduction: bool = True,
-    distribution: str = "rademacher",
-    generator: torch.Generator | None = None,
-) -> CompiledOperator:
+def compile(model: torch.nn.Module | Callable, operator="laplacian", **options) -> CompiledOperator:
     """Compile a linear differential operator of ``model``.
+
+    ``options`` are the keywords of :class:`CompiledOperator` (all keyword-only here):
 
     Args:
         model: ``nn.Module`` (parameters stay live) or function mapping
@@ -409,21 +396,7 @@ def compile(
     Method: Dangel, Siebert, Zeinhofer, Walther, "Collapsing Taylor Mode
     Automatic Differentiation" (NeurIPS 2025).
     """
-    return CompiledOperator(
-        model,
-        operator,
-        method=method,
-        debug_dir=debug_dir,
-        backend=backend,
-        coords=coords,
-        params=params,
-        wrt=wrt,
-        samples=samples,
-        sigma=sigma,
-        variance_reduction=variance_reduction,
-        distribution=distribution,
-        generator=generator,
-    )
+    return CompiledOperator(model, operator, **options)
 
 
 __all__ = [
