@@ -1,0 +1,72 @@
+"""The public rule API: what a user needs to give taylorc the Taylor rule of an op.
+
+A rule computes coefficient k >= 1 of an op's output from the :class:`Jet` s of its
+inputs (``jet[j]`` is coefficient j, None when it is zero). Most ops need one line:
+
+* an elementwise function: :func:`def_deriv` with a :class:`DerivativeTable` (its
+  derivatives in sympy); Faa di Bruno's formula (:func:`compose`) does the rest;
+* a linear op: :func:`deflinear`; a bilinear one: :func:`def_bilinear` (:func:`leibniz`);
+* an identity over registered ops: :func:`def_comp`;
+* anything else: :func:`register_rule` with ``rule(ctx, k, *args)`` written with
+  ``ctx.top`` (:class:`RuleContext`) so that it serves collapsed mode too.
+
+Worked example (docs/architecture.md, "Rules"): a custom ``torch.library`` op
+``demo::scaled_tanh(x, a) = a tanh(x)`` gets its rule from ``g' = a (1 - (g/a)^2)``::
+
+    import sympy, torch
+    from taylorc.rules import X, Y, DerivativeTable, def_deriv
+
+    @torch.library.custom_op("demo::scaled_tanh", mutates_args=())
+    def scaled_tanh(x: torch.Tensor, a: float) -> torch.Tensor:
+        return a * torch.tanh(x)
+
+    @scaled_tanh.register_fake
+    def _(x, a):
+        return torch.empty_like(x)
+
+    def_deriv(torch.ops.demo.scaled_tanh.default,
+              lambda a: DerivativeTable(ode=a * (1 - (Y / a) ** 2)))
+
+Method: Griewank & Walther, "Evaluating Derivatives" (2008), ch. 13; collapsed mode
+after Dangel, Siebert, Zeinhofer, Walther, "Collapsing Taylor Mode Automatic
+Differentiation" (NeurIPS 2025).
+"""
+
+from __future__ import annotations
+
+from .passes.jet import Jet, RuleContext, compose, leibniz
+from .passes.rules import (
+    _X as X,
+)
+from .passes.rules import (
+    _Y as Y,
+)
+from .passes.rules import (
+    CONSTANT_OPS,
+    RULES,
+    DerivativeTable,
+    RuleInfo,
+    def_bilinear,
+    def_comp,
+    def_deriv,
+    deflinear,
+    register_rule,
+)
+
+__all__ = [
+    "CONSTANT_OPS",
+    "RULES",
+    "DerivativeTable",
+    "Jet",
+    "RuleContext",
+    "RuleInfo",
+    "X",
+    "Y",
+    "compose",
+    "def_bilinear",
+    "def_comp",
+    "def_deriv",
+    "deflinear",
+    "leibniz",
+    "register_rule",
+]
