@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import torch
 import torch.fx
 
+from .. import ir
 from ..kernels.jet_activation import ACTIVATIONS
 from ..kernels.mlp_laplacian import collapsed_laplacian, fits
 from . import PassContext
@@ -143,8 +144,8 @@ class MLPPass:
                 m.activation,
             ),
         )
-        lap.meta["taylorc"] = {"rule": "mlp_laplacian", "layers": len(m.weights)}
+        ir.set_tag(lap, ir.Tag(None, 0, role="mlp"))
         graph.output((lap,))
         new = torch.fx.GraphModule(gm, graph)
-        new.meta["taylorc"] = {"mlp": m}
+        ir.set_info(new, ir.GraphInfo("mlp", gm, options={"mlp": m}))
         return new
