@@ -11,10 +11,13 @@ for Physics-Informed Neural Networks", NeurIPS 2024, Sec. 3): A from the inputs 
 B from ``g = dr/dz`` per column, read through zero-valued taps on the outputs.
 
 The sites pipeline (:func:`taylorc.api.CompiledOperator.taylor_graph`) is taylor,
-collapse, and a cleanup that neither prunes known zeros nor hoists the first
-layer's direction matmul out of the batch, so every column's per-sample input and
-pre-activation output exist as nodes; its last pass, :class:`SitesPass`, adds one
-tap input per site and returns every site's input columns. Method of the graph:
+:class:`PinPass`, collapse and :class:`SitesPass`, without the cleanup pass: zero
+pruning would cut known-zero columns out of the graph (their g is not zero), CSE
+would merge equal columns of different orders (one tap could not tell their g
+apart), and hoisting the first layer's direction matmul out of the batch would
+lose its per-sample inputs. So every column's per-sample input and pre-activation
+output is its own node; :class:`SitesPass` adds one tap input per site and returns
+every site's input columns. Method of the graph:
 Dangel, Siebert, Zeinhofer, Walther, "Collapsing Taylor Mode AD" (NeurIPS 2025).
 """
 
@@ -304,6 +307,8 @@ def _attach_taps(graph: torch.fx.Graph, site: LinearSite, N: int) -> None:
         if c.output is not None:
             groups.setdefault(c.output, []).append(s)
     for z, cols in groups.items():
+        if len({site.columns[s].order for s in cols}) > 1:  # one tap could not split their g
+            raise ir.IRError(f"site {site.name}: columns of several orders share the node {z.name}")
         shape = list(z.meta["val"].shape)
         column = site.columns[cols[0]]
         with graph.inserting_before(z.next):

@@ -1,8 +1,8 @@
 """The Taylor graph as a product: :class:`TaylorGraph`, its linear sites, and runs with taps.
 
 ``op.taylor_graph(x)`` (:meth:`taylorc.api.CompiledOperator.taylor_graph`) builds the
-graph of the operator through the sites pipeline (taylor, collapse, a cleanup that
-keeps per-sample columns, :class:`~taylorc.sites.SitesPass`; no unstack, lowering or
+graph of the operator through the sites pipeline (taylor, :class:`~taylorc.sites.PinPass`,
+collapse, :class:`~taylorc.sites.SitesPass`; no cleanup, unstack, lowering or
 whole-MLP kernel) and returns it with its :class:`~taylorc.sites.LinearSite` records.
 :meth:`TaylorGraph.run` evaluates it with zero-valued taps on every site's outputs
 and returns every site's input columns: what Kronecker-factored curvature for PINN
@@ -116,7 +116,6 @@ def build_taylor_graph(op, args: tuple) -> TaylorGraph:
     from .capture import capture
     from .debug import Dumper
     from .passes import PassContext, PassManager
-    from .passes.cleanup import CleanupPass
     from .passes.collapse import CollapsePass
     from .passes.taylor import TaylorPass
 
@@ -137,7 +136,7 @@ def build_taylor_graph(op, args: tuple) -> TaylorGraph:
     collapsing = op.method == "collapsed"
     passes = [TaylorPass(), PinPass(cap.param_names, collapsing)]
     passes += [CollapsePass()] if collapsing else []
-    passes += [CleanupPass(prune=False, hoist=False), SitesPass(cap.param_names)]
+    passes += [SitesPass(cap.param_names)]  # no cleanup: see SitesPass
     dump = Dumper(op.debug_dir) if op.debug_dir else None
     gm = PassManager(passes, dump).run(cap.gm, ctx)
     op._graphs[key] = TaylorGraph(gm, cap, ctx, op, tuple(x.shape))

@@ -186,24 +186,16 @@ def hoist_broadcast_matmuls(gm: torch.fx.GraphModule) -> int:
 class CleanupPass:
     """Zero pruning, batch hoisting, CSE and DCE, in place; keeps constants, tags and the description.
 
-    Args:
-        prune: propagate known zeros (off in the sites pipeline: a site's known-zero
-            column must stay a node that feeds the rest of the graph).
-        hoist: hoist batch broadcasts out of matmuls (off in the sites pipeline: the
-            first layer's direction inputs stay per sample).
+    The sites pipeline (:mod:`taylorc.taylor_graph`) does not run it: pruning and CSE
+    merge or drop columns that KFAC reads separately, hoisting loses per-sample inputs.
     """
 
     name = "cleanup"
 
-    def __init__(self, prune: bool = True, hoist: bool = True):
-        self.prune, self.hoist = prune, hoist
-
     def __call__(self, gm: torch.fx.GraphModule, ctx: PassContext) -> torch.fx.GraphModule:
         annotate_shapes(gm)
-        if self.prune:
-            prune_zeros(gm)
-        if self.hoist:
-            hoist_broadcast_matmuls(gm)
+        prune_zeros(gm)
+        hoist_broadcast_matmuls(gm)
         ir.cse(gm)
         ir.dce(gm)
         return gm
