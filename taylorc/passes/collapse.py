@@ -54,6 +54,7 @@ class CollapsePass:
                 weights = em.proxy(contract.args[1][0])  # the top_weights buffer
                 if plan.R_top < plan.R:
                     weights = torch.ops.aten.slice.Tensor(weights, -1, 0, plan.R_top)
+                    ir.set_tag(weights.node, ir.Tag(None, K, "top", plan.R, role="top_weights"))
             env: dict[torch.fx.Node, Jet] = {}
             for node in ctx.source.graph.nodes:
                 if node.op == "output":
