@@ -82,7 +82,8 @@ class Tag:
         """The tag as a small JSON-able dict (the debug dump's node table)."""
         out = {"source": self.source.name if self.source is not None else None}
         out.update({k: getattr(self, k) for k in _FIELDS if k != "source"})
-        return {k: v for k, v in out.items() if v is not None and v is not False}
+        out = {k: v for k, v in out.items() if v is not None and v is not False}
+        return {**out, "collapsed": self.collapsed}
 
 
 _FIELDS = tuple(f.name for f in dataclasses.fields(Tag))

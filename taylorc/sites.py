@@ -171,7 +171,9 @@ def _columns(h_jet, z_jet, K: int, R: int, G: int, collapsed: bool) -> list[Colu
     return cols
 
 
-def find_sites(gm: torch.fx.GraphModule, param_names: list[str], plan) -> list[LinearSite]:
+def find_sites(
+    gm: torch.fx.GraphModule, param_names: list[str], plan, coord: str = "x"
+) -> list[LinearSite]:
     """The linear sites of a Taylor graph (taylor or collapsed, before any fusing pass).
 
     Args:
@@ -179,6 +181,7 @@ def find_sites(gm: torch.fx.GraphModule, param_names: list[str], plan) -> list[L
         param_names: qualified parameter names in the order of the captured graph's
             first placeholders (:attr:`taylorc.capture.Captured.param_names`).
         plan: the :class:`~taylorc.operators.plan.JetPlan`.
+        coord: the name capture gave the coordinates' placeholder.
 
     Returns:
         one site per use of a weight whose input depends on the coordinates (layers
@@ -191,12 +194,14 @@ def find_sites(gm: torch.fx.GraphModule, param_names: list[str], plan) -> list[L
     weights = (
         torch.tensor([[float(w) for w in row] for row in plan.top_weights]) if collapsed else None
     )
-    coord = next(p for p in placeholders if len(info.jet(p)) > 1)
-    points = coord.meta["val"].shape[0]
+    from .passes.taylor import depends_on
+
+    varying = depends_on(info.source.graph, coord)
+    points = next(p for p in placeholders if p.name == coord).meta["val"].shape[0]
     sites, uses = [], {}
     for node in info.source.graph.nodes:
         use = linear_use(node, params)
-        if use is None or len(info.jet(use[0])) <= 1:
+        if use is None or use[0] not in varying:
             continue
         h, w, b = use
         weight = params[w]
@@ -238,7 +243,7 @@ class SitesPass:
 
         annotate_shapes(gm)
         info = ir.info(gm)
-        info.sites = find_sites(gm, self.param_names, ctx.plan)
+        info.sites = find_sites(gm, self.param_names, ctx.plan, ctx.coord)
         graph = gm.graph
         out = next(n for n in graph.nodes if n.op == "output")
         first = next(n for n in graph.nodes if n.op != "placeholder")

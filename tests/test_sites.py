@@ -166,6 +166,11 @@ def test_residual_multi_output_and_dict():
     check_sites(model, {"u": "u", "lap": "laplacian", "ux": "u_x"}, D3, "taylor", coords="x y z")
 
 
+def test_value_operator_has_one_column():  # the boundary term of a PINN loss: S = 1
+    tg = check_sites(mlp(3, [6]), "u", D3)
+    assert all([c.kind for c in s.columns] == ["value"] for s in tg.sites)
+
+
 def test_heat_operator():
     check_sites(mlp(3, [6]), "heat", D3)
     check_sites(mlp(3, [6]), "u_t - 0.5*u_xx + u_x*0", D3, coords="x y t")

@@ -46,15 +46,7 @@ class Emitter:
     def last(self) -> torch.fx.Node:
         return next(iter(reversed(self.graph.nodes)))
 
-    def tag_since(
-        self,
-        marker: torch.fx.Node,
-        source: torch.fx.Node | None,
-        order: int,
-        layout: str,
-        stop=None,
-        **extra,
-    ) -> None:
+    def tag_since(self, marker, source, order: int, layout: str, stop=None, **extra) -> None:
         """Tag the nodes after ``marker`` (up to ``stop`` or the end) that have no tag yet.
 
         ``source`` is the captured-graph node they derive from; ``extra`` sets the other
