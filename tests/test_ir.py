@@ -6,10 +6,12 @@ from pathlib import Path
 import pytest
 import torch
 from helpers import mlp
+from test_architectures import ARCHITECTURES
 
 import taylorc
 from taylorc import ir
 from taylorc.models import DeepONet
+from taylorc.passes import checking
 
 X = torch.randn(5, 3, dtype=torch.float64)
 X5 = torch.randn(4, 5, dtype=torch.float64)
@@ -139,3 +141,34 @@ def test_no_node_lookup_by_generated_name():
         if pattern.search(line)
     ]
     assert offenders == [], offenders
+
+
+VARIANTS = {
+    "collapsed": {},
+    "taylor": {"method": "taylor"},
+    "stochastic": {"method": "stochastic", "samples": 2},
+    "stein": {"method": "stein", "samples": 2, "sigma": 0.1},
+    "lowered": {},  # lower_everywhere below
+}
+
+
+@pytest.mark.parametrize("name", sorted(ARCHITECTURES))
+def test_validate_after_every_pass_of_every_method(name):
+    assert checking()  # tests/conftest.py: every PassManager validates after each pass
+    cls, D = ARCHITECTURES[name]
+    model = cls(D).double()
+    x = 0.5 * torch.randn(3, D, dtype=torch.float64)
+    for variant, kwargs in VARIANTS.items():
+        op = taylorc.compile(model, "laplacian", **kwargs)
+        op.lower_everywhere = variant == "lowered"
+        _, gm = built(op, x)
+        ir.validate(gm)
+    ir.validate(taylorc.compile(model, "laplacian").taylor_graph(x).gm)
+
+
+def test_float32_cpu_tanh_keeps_the_description():
+    model = mlp(3, [8]).float()
+    op = taylorc.compile(model, {"u": "u", "lap": "laplacian"}, backend="taylorc")
+    gm = op.graph_for(X.float())[0]
+    assert [r["pass"] for r in op._last.records][-1] == "cpu_tanh"
+    ir.validate(gm._orig_mod if hasattr(gm, "_orig_mod") else gm)

@@ -301,10 +301,10 @@ def lower_structural(gm: torch.fx.GraphModule) -> int:
                 ]
             ir.set_tag(call, ir.Tag(None, 0, role="lowered"))
             for old, node in zip(outs, new):
-                old.replace_all_uses_with(node)
+                ir.replace(gm, old, node)
             replaced += 1
         if replaced:
             stable_toposort(graph)
-            graph.eliminate_dead_code()
+            ir.dce(gm)
     gm.recompile()
     return replaced
