@@ -280,6 +280,20 @@ class CompiledOperator(torch.nn.Module):
         )
         return ops, tuple(self.coords or ())
 
+    def taylor_graph(self, *args: torch.Tensor):
+        """The Taylor graph at inputs like ``args``, with its linear sites (for KFAC).
+
+        Built by the sites pipeline (taylor, collapse, a cleanup that keeps every
+        column per sample; no fusing), cached per input shape. Returns a
+        :class:`taylorc.taylor_graph.TaylorGraph`: ``.gm``, ``.sites``, and
+        ``.run(*args)`` with zero taps on the sites' outputs. Methods ``"collapsed"``
+        and ``"taylor"`` only (ValueError otherwise). Sites: Dangel, Müller,
+        Zeinhofer, "KFAC for PINNs" (NeurIPS 2024).
+        """
+        from .taylor_graph import build_taylor_graph
+
+        return build_taylor_graph(self, args)
+
     @property
     def plan(self) -> _ops.JetPlan | None:
         """The jet plan of the last compiled input shape (None before the first call)."""

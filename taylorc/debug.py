@@ -23,6 +23,8 @@ from pathlib import Path
 import torch
 import torch.fx
 
+from .ir import Tag, tag_of
+
 aten = torch.ops.aten
 
 _FREE = {
@@ -95,10 +97,11 @@ def graph_stats(gm: torch.fx.GraphModule) -> dict:
     flops = sum(node_flops(n) for n in gm.graph.nodes)
     coeff_bytes = 0
     for n in gm.graph.nodes:
-        tag = n.meta.get("taylorc", {})
+        tag = tag_of(n)
         v = n.meta.get("val")
         if (
-            tag.get("order", 0) >= 1
+            tag is not None
+            and tag.order >= 1
             and isinstance(v, torch.Tensor)
             and _op_name(n).split(".")[0] not in _FREE
         ):
@@ -117,14 +120,14 @@ def node_table(gm: torch.fx.GraphModule) -> str:
     for n in gm.graph.nodes:
         v = n.meta.get("val")
         shape = tuple(v.shape) if isinstance(v, torch.Tensor) else ""
-        tag = n.meta.get("taylorc")
+        tag = tag_of(n)
         rows.append(
             (
                 n.name,
                 n.op,
                 _op_name(n) if n.op == "call_function" else str(n.target),
                 str(shape),
-                json.dumps(tag, default=str) if tag else "",
+                json.dumps(tag.describe(), default=str) if tag else "",
             )
         )
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
@@ -147,12 +150,12 @@ def graph_picture(gm: torch.fx.GraphModule):
     dot = pydot.Dot(graph_type="digraph", rankdir="TB")
     for n in gm.graph.nodes:
         v = n.meta.get("val")
-        tag = n.meta.get("taylorc", {})
-        order = tag.get("order", 0)
+        tag = tag_of(n) or Tag(None, 0)
+        order = tag.order
         label = n.name + "\\n" + (_op_name(n) if n.op == "call_function" else n.op)
         if isinstance(v, torch.Tensor):
             label += "\\n" + "x".join(map(str, v.shape))
-        if tag:
+        if tag_of(n) is not None:
             label += f"\\nk={order}" + (" collapsed" if tag.get("collapsed") else "")
         dot.add_node(
             pydot.Node(

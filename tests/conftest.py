@@ -15,6 +15,9 @@ settings.load_profile(os.environ.get("TAYLORC_HYPOTHESIS_PROFILE", "ci"))
 
 torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
 
+# every pass manager validates the IR after every pass (taylorc.ir.validate)
+os.environ.setdefault("TAYLORC_CHECK_IR", "1")
+
 if not torch.cuda.is_available():  # the Triton kernels run in the interpreter on the CPU
     os.environ.setdefault("TRITON_INTERPRET", "1")
 

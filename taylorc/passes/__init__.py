@@ -6,6 +6,7 @@ records time and node counts, and dumps every stage when debugging.
 
 from __future__ import annotations
 
+import os
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -14,6 +15,7 @@ from typing import Any, Protocol
 import torch
 import torch.fx
 
+from .. import ir
 from ..operators.plan import JetPlan
 
 
@@ -64,17 +66,33 @@ def relink(order: list[torch.fx.Node]) -> None:
         prev = node
 
 
+def checking() -> bool:
+    """Whether pass managers validate the IR after every pass by default.
+
+    On when the environment variable ``TAYLORC_CHECK_IR`` is set to anything but
+    ``""``/``"0"`` (``tests/conftest.py`` sets it for the test suite).
+    """
+    return os.environ.get("TAYLORC_CHECK_IR", "") not in ("", "0")
+
+
 class PassManager:
     """Run passes in order; lint, recompile, record, and dump each stage.
 
     Args:
         passes: the passes, in order.
         dump: a :class:`taylorc.debug.Dumper` or None.
+        check: run :func:`taylorc.ir.validate` after every pass (default: when
+            dumping, or when :func:`checking`).
+
+    Raises (from :meth:`run`):
+        taylorc.ir.IRError: with ``check``, a pass broke an IR invariant (the message
+            names the pass).
     """
 
-    def __init__(self, passes: list[Pass], dump=None):
+    def __init__(self, passes: list[Pass], dump=None, check: bool | None = None):
         self.passes = passes
         self.dump = dump
+        self.check = check if check is not None else (dump is not None or checking())
 
     def run(self, gm: torch.fx.GraphModule, ctx: PassContext) -> torch.fx.GraphModule:
         self._record(gm, ctx, "capture", 0.0)
@@ -83,6 +101,11 @@ class PassManager:
             gm = p(gm, ctx)
             gm.graph.lint()
             gm.recompile()
+            if self.check:
+                try:
+                    ir.validate(gm)
+                except ir.IRError as e:
+                    raise ir.IRError(f"after the {p.name} pass: {e}") from None
             self._record(gm, ctx, p.name, time.perf_counter() - t0)
         if self.dump is not None:
             self.dump.summary(ctx)

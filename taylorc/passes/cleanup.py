@@ -12,9 +12,9 @@ from __future__ import annotations
 import torch
 import torch.fx
 from torch._subclasses.fake_tensor import FakeTensorMode
-from torch.fx.passes.dialect.common.cse_pass import CSEPass
 from torch.fx.passes.fake_tensor_prop import FakeTensorProp
 
+from .. import ir
 from . import PassContext
 
 aten = torch.ops.aten
@@ -89,7 +89,7 @@ def prune_zeros(gm: torch.fx.GraphModule) -> int:
                 aten.zeros.default, (list(v.shape),), {"dtype": v.dtype, "device": v.device}
             )
         z.meta.update(n.meta)
-        n.replace_all_uses_with(z)
+        ir.replace(gm, n, z)
         zero.add(z)
 
     for n in list(graph.nodes):
@@ -123,15 +123,15 @@ def prune_zeros(gm: torch.fx.GraphModule) -> int:
                 make_zero(n)
             else:
                 keep, factor = (b, alpha) if a in zero else (a, 1)
-                _replace_by(graph, n, keep, factor)
+                _replace_by(gm, n, keep, factor)
             replaced += 1
-    graph.eliminate_dead_code()
+    ir.dce(gm)
     return replaced
 
 
-def _replace_by(graph, n, keep, factor):
+def _replace_by(gm, n, keep, factor):
     """Replace ``n`` by ``factor * keep``, expanded to ``n``'s shape when ``keep`` broadcast."""
-    out = keep
+    graph, out = gm.graph, keep
     v = n.meta["val"]
     with graph.inserting_before(n):
         if not isinstance(keep, torch.fx.Node):
@@ -147,7 +147,8 @@ def _replace_by(graph, n, keep, factor):
             out = graph.call_function(aten.mul.Tensor, (out, factor))
     if out is not keep:
         out.meta.update(n.meta)
-    n.replace_all_uses_with(out)
+        ir.tag_new(out.all_input_nodes, ir.tag_of(n))  # the expand under the mul
+    ir.replace(gm, n, out)
 
 
 def hoist_broadcast_matmuls(gm: torch.fx.GraphModule) -> int:
@@ -175,16 +176,19 @@ def hoist_broadcast_matmuls(gm: torch.fx.GraphModule) -> int:
         with gm.graph.inserting_before(n):
             small = gm.graph.call_function(aten.matmul.default, (src, w))
             wide = gm.graph.call_function(aten.expand.default, (small, list(out.shape)))
-        for m in (small, wide):
-            m.meta["taylorc"] = dict(n.meta.get("taylorc", {}))
-        n.replace_all_uses_with(wide)
+        ir.tag_new((small, wide), ir.tag_of(n))
+        ir.replace(gm, n, wide)
         gm.graph.erase_node(n)
         count += 1
     return count
 
 
 class CleanupPass:
-    """Zero pruning, CSE (torch.fx's CSEPass) and DCE; keeps the module's constants and metadata."""
+    """Zero pruning, batch hoisting, CSE and DCE, in place; keeps constants, tags and the description.
+
+    The sites pipeline (:mod:`taylorc.taylor_graph`) does not run it: pruning and CSE
+    merge or drop columns that KFAC reads separately, hoisting loses per-sample inputs.
+    """
 
     name = "cleanup"
 
@@ -192,10 +196,6 @@ class CleanupPass:
         annotate_shapes(gm)
         prune_zeros(gm)
         hoist_broadcast_matmuls(gm)
-        gm.recompile()
-        meta = dict(gm.meta)
-        result = CSEPass()(gm)
-        out = result.graph_module
-        out.meta.update(meta)
-        out.graph.eliminate_dead_code()
-        return out
+        ir.cse(gm)
+        ir.dce(gm)
+        return gm

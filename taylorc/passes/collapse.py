@@ -16,6 +16,7 @@ from __future__ import annotations
 import torch
 import torch.fx
 
+from .. import ir
 from . import PassContext, relink
 from .jet import Jet, RuleContext
 from .taylor import Emitter, emit_coefficient, shape_of
@@ -24,7 +25,7 @@ from .taylor import Emitter, emit_coefficient, shape_of
 class CollapsePass:
     """Replace the standard top-order chain of a Taylor graph by its collapsed form.
 
-    Reads ``gm.meta["taylorc"]["jets"]`` (made by the taylor pass) and
+    Reads the jets of ``gm``'s :class:`~taylorc.ir.GraphInfo` (made by the taylor pass) and
     ``ctx.source``; a graph whose plan is not collapsible is returned unchanged.
     """
 
@@ -32,22 +33,20 @@ class CollapsePass:
 
     def __call__(self, gm: torch.fx.GraphModule, ctx: PassContext) -> torch.fx.GraphModule:
         plan = ctx.plan
-        info = gm.meta["taylorc"]
+        info = ir.info(gm)
         contract = next(
             (
                 n
                 for n in gm.graph.nodes
-                if n.meta.get("taylorc", {}).get("role") == "contract_top"
-                and n.op == "call_function"
+                if n.op == "call_function" and getattr(ir.tag_of(n), "role", None) == "contract_top"
             ),
             None,
         )
         if not plan.collapsible or contract is None:
             return gm
-        nodes = {n.name: n for n in gm.graph.nodes}
         K = plan.K
         em = Emitter(gm.graph, plan.R)
-        jets = info["jets"]
+        jets = info.jets
         before = set(gm.graph.nodes)
         with gm.graph.inserting_before(contract):
             weights = None
@@ -55,12 +54,13 @@ class CollapsePass:
                 weights = em.proxy(contract.args[1][0])  # the top_weights buffer
                 if plan.R_top < plan.R:
                     weights = torch.ops.aten.slice.Tensor(weights, -1, 0, plan.R_top)
+                    ir.set_tag(weights.node, ir.Tag(None, K, "top", plan.R, role="top_weights"))
             env: dict[torch.fx.Node, Jet] = {}
             for node in ctx.source.graph.nodes:
                 if node.op == "output":
                     continue
-                names = jets[node.name]
-                coeffs = [em.proxy(nodes[m]) if m is not None else None for m in names[:K]]
+                names = jets[node]
+                coeffs = [em.proxy(m) if m is not None else None for m in names[:K]]
                 env[node] = Jet(coeffs, shape_of(node) if "val" in node.meta else ())
                 if len(names) <= K:
                     continue  # constants carry the value only
@@ -79,7 +79,7 @@ class CollapsePass:
                     else None,
                 )
                 if node.op == "placeholder":
-                    seed = names[K] and em.proxy(nodes[names[K]])
+                    seed = names[K] and em.proxy(names[K])
                     if seed is not None and plan.R_top < plan.R:
                         seed = torch.ops.aten.slice.Tensor(seed, 0, 0, plan.R_top)
                     top = rctx.contract(seed) if seed is not None else None
@@ -87,10 +87,8 @@ class CollapsePass:
                     rctx.value = coeffs[0]
                     top = emit_coefficient(rctx, node, env, K)
                 env[node].coeffs.append(top)
-                em.tag_since(marker, node.name, K, True, stop=contract, coefficient=True)
-                jets[node.name] = names[:K] + [
-                    top.node.name if isinstance(top, torch.fx.Proxy) else None
-                ]
+                em.tag_since(marker, node, K, "top", stop=contract, coefficient=True)
+                jets[node] = names[:K] + [top.node if isinstance(top, torch.fx.Proxy) else None]
         (result,) = [a for a in ctx.source.graph.nodes if a.op == "output"][0].args
         if isinstance(result, (tuple, list)):
             result = result[0]
@@ -100,9 +98,10 @@ class CollapsePass:
                 "collapsed top coefficient vanished while the standard one did not"
             )
         emitted = {n for n in gm.graph.nodes if n not in before}
-        contract.replace_all_uses_with(top.node)
+        ir.replace(gm, contract, top.node)
         gm.graph.erase_node(contract)
-        gm.graph.eliminate_dead_code()
+        ir.dce(gm)
+        info.method = "collapsed"
         schedule_early(gm.graph, emitted)
         return gm
 

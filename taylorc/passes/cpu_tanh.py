@@ -24,6 +24,7 @@ from __future__ import annotations
 import torch
 import torch.fx
 
+from .. import ir
 from . import PassContext
 
 aten = torch.ops.aten
@@ -84,7 +85,7 @@ def rewrite_tanh(gm: torch.fx.GraphModule) -> int:
         with gm.graph.inserting_before(node):
             out = gm.graph.call_function(tanh_expm1, node.args)
         out.meta.update(node.meta)
-        node.replace_all_uses_with(out)
+        ir.replace(gm, node, out)
         gm.graph.erase_node(node)
         count += 1
     if count:

@@ -3,7 +3,7 @@
 In the taylor/collapse graphs an activation ``y = g(x)`` becomes, per order, a
 handful of elementwise nodes (derivatives of g, products of coefficients, the
 weighted sum over directions in collapsed mode). This pass finds those steps by
-the jets the taylor and collapse passes record (``gm.meta["taylorc"]["jets"]``),
+the jets the taylor and collapse passes record (:class:`taylorc.ir.GraphInfo`),
 recognises the activation in the source graph (``tanh``, ``sin``, ``cos``,
 ``sigmoid``, ``exp``, ``gelu`` and the pattern ``x * sigmoid(x)`` = silu), and
 replaces the step by ``taylorc::jet_activation`` (:mod:`taylorc.kernels`), which
@@ -33,6 +33,7 @@ import torch.fx
 from torch.fx.experimental.proxy_tensor import make_fx
 from torch.fx.passes.utils.matcher_utils import SubgraphMatcher
 
+from .. import ir
 from ..kernels.jet_activation import ACTIVATIONS, MAX_ORDER, jet_activation_reference
 from . import PassContext, relink
 
@@ -107,20 +108,18 @@ class LowerPass:
     def __call__(self, gm: torch.fx.GraphModule, ctx: PassContext) -> torch.fx.GraphModule:
         self.lowered = []
         on_cuda = torch.device(ctx.device).type == "cuda"
-        info = gm.meta.get("taylorc", {})
+        info = ir.info(gm)
         if not (on_cuda or self.force):
             return gm
-        if "jets" not in info:  # a foreign Taylor graph: match the steps by their shape
+        if info is None:  # a foreign Taylor graph: match the steps by their shape
             self.lowered = [f"structural:{i}" for i in range(lower_structural(gm))]
             return gm
         plan = ctx.plan
-        collapsed = plan.collapsible and any(
-            n.meta.get("taylorc", {}).get("collapsed") for n in gm.graph.nodes
-        )
+        collapsed = plan.collapsible and info.method == "collapsed"
         if plan.K == 0 or plan.K > MAX_ORDER or (collapsed and plan.G != 1):
             return gm
-        nodes = {n.name: n for n in gm.graph.nodes}
-        jets = info["jets"]
+        nodes = set(gm.graph.nodes)
+        jets = info.jets
         weights = None
         if collapsed:
             w = [float(v) for v in plan.top_weights[0]]
@@ -131,10 +130,10 @@ class LowerPass:
                 weights = "lower_weights"
         for src in ctx.source.graph.nodes:
             found = activation_of(src)
-            if found is None or src.name not in jets or found[1].name not in jets:
+            if found is None or src not in jets or found[1] not in jets:
                 continue
             act, arg = found
-            x_names, y_names = jets[arg.name], jets[src.name]
+            x_names, y_names = jets[arg], jets[src]
             if len(x_names) != plan.K + 1 or len(y_names) != plan.K + 1:
                 continue  # a constant input or a pruned chain: leave it
             if any(n is None or n not in nodes for n in x_names):
@@ -145,38 +144,36 @@ class LowerPass:
             linear = linear_of(arg, ctx.coord)
             if linear is not None and self.fuse_linear:
                 x, weight, bias = linear
-                xl_names = jets.get(x.name, [])
+                xl_names = jets.get(x, [])
                 if len(xl_names) == plan.K + 1 and all(n in nodes for n in xl_names if n):
-                    params = [nodes[jets[weight.name][0]]]
-                    params.append(nodes[jets[bias.name][0]] if bias is not None else None)
+                    params = [jets[weight][0]]
+                    params.append(jets[bias][0] if bias is not None else None)
                     new = self._replace(
-                        gm, nodes, act, xl_names, y_names, collapsed, weights, plan, shape, params
+                        gm, src, act, xl_names, y_names, collapsed, weights, plan, shape, params
                     )
                     self._record(src, new, jets, nodes)
                     continue
-            new = self._replace(gm, nodes, act, x_names, y_names, collapsed, weights, plan, shape)
+            new = self._replace(gm, src, act, x_names, y_names, collapsed, weights, plan, shape)
             self._record(src, new, jets, nodes)
         stable_toposort(gm.graph)
-        gm.graph.eliminate_dead_code()
+        ir.dce(gm)
         return gm
 
     def _record(self, src, new, jets, nodes):
         """Point the source node's jet at the kernel's outputs, so later steps read those."""
         if new is None:
             return
-        jets[src.name] = [n.name for n in new]
-        nodes.update({n.name: n for n in new})
+        jets[src] = list(new)
+        nodes.update(new)
         self.lowered.append(src.name)
 
-    def _replace(
-        self, gm, nodes, act, x_names, y_names, collapsed, weights, plan, shape, linear=None
-    ):
+    def _replace(self, gm, src, act, xs, y_names, collapsed, weights, plan, shape, linear=None):
         """Emit the kernel call for one activation (``linear``: fuse its ``(weight, bias)`` too)."""
         graph = gm.graph
-        xs = [nodes[n] if n is not None else None for n in x_names]
         if any(x is None for x in xs):
             return None
-        ys = [nodes.get(n) if n is not None else None for n in y_names]  # None: dead
+        alive = set(graph.nodes)
+        ys = [n if n in alive else None for n in y_names]  # None: dead
         n_low = plan.K - 1 if collapsed else plan.K
         # emitted at the end; stable_toposort pulls the call up to the first use of its outputs
         with graph.inserting_before(next(iter(reversed(graph.nodes)))):
@@ -216,11 +213,16 @@ class LowerPass:
                 outs.append(emit(operator.getitem, call, 2))
             shapes = [shape] + [[plan.R] + shape] * n_low + ([shape] if collapsed else [])
             shaped = [emit(aten.reshape.default, o, sh) for o, sh in zip(outs, shapes)]
-        for node in ops:
-            node.meta["taylorc"] = {"role": "lowered", "activation": act}
+        R = plan.R
+        for k, node in enumerate(shaped):
+            top = collapsed and k == len(shaped) - 1
+            ir.set_tag(
+                node, ir.Tag(src, k, ir.layout_of(k, top), R, role="lowered", coefficient=True)
+            )
+        ir.tag_new(ops, ir.Tag(src, 0, "value", R, role="lowered"))
         for old, new in zip(ys, shaped):  # stable_toposort then fixes the order
             if old is not None:
-                old.replace_all_uses_with(new)
+                ir.replace(gm, old, new)
         return shaped
 
 
@@ -297,12 +299,12 @@ def lower_structural(gm: torch.fx.GraphModule) -> int:
                     graph.call_function(aten.reshape_as.default, (y1, x1)),
                     graph.call_function(aten.reshape_as.default, (ytop, top)),
                 ]
-            call.meta["taylorc"] = {"role": "lowered", "activation": act, "match": "structural"}
+            ir.set_tag(call, ir.Tag(None, 0, role="lowered"))
             for old, node in zip(outs, new):
-                old.replace_all_uses_with(node)
+                ir.replace(gm, old, node)
             replaced += 1
         if replaced:
             stable_toposort(graph)
-            graph.eliminate_dead_code()
+            ir.dce(gm)
     gm.recompile()
     return replaced

@@ -19,8 +19,10 @@ from dataclasses import dataclass
 import torch
 import torch.fx
 
+from .. import ir
 from ..kernels.jet_activation import ACTIVATIONS
 from ..kernels.mlp_laplacian import collapsed_laplacian, fits
+from ..sites import linear_use
 from . import PassContext
 from .lower import activation_of
 
@@ -29,28 +31,20 @@ aten = torch.ops.aten
 
 @dataclass
 class MLPMatch:
-    """The matched network: parameter placeholders per linear layer, in forward order."""
+    """The matched network: parameter placeholders (nodes of the captured graph) per linear
+    layer, in forward order."""
 
-    weights: list[str]
-    biases: list[str | None]
+    weights: list[torch.fx.Node]
+    biases: list[torch.fx.Node | None]
     activation: str
 
 
-def _addmm_layer(node, params: set[str]):
-    """``(input, weight name, bias name)`` of ``addmm(b, h, permute(W, [1, 0]))``, else None."""
+def _addmm_layer(node, params: dict):
+    """``(input, weight, bias)`` placeholders of ``addmm(b, h, permute(W, [1, 0]))``, else None."""
     if not (isinstance(node, torch.fx.Node) and node.target is aten.addmm.default):
         return None
-    if node.kwargs.get("beta", 1) != 1 or node.kwargs.get("alpha", 1) != 1:
-        return None
-    bias, h, wt = node.args[:3]
-    if not (isinstance(wt, torch.fx.Node) and wt.target is aten.permute.default):
-        return None
-    w = wt.args[0]
-    if list(wt.args[1]) != [1, 0] or getattr(w, "name", None) not in params:
-        return None
-    if getattr(bias, "name", None) not in params:
-        return None
-    return h, w.name, bias.name
+    use = linear_use(node, params)
+    return use if use is not None and use[2] is not None else None
 
 
 def _is_unit_laplacian(plan, D: int) -> bool:
@@ -97,7 +91,7 @@ class MLPPass:
         D = coord.meta["val"].shape[1]
         if not _is_unit_laplacian(ctx.plan, D):
             return None
-        params = {n.name for n in placeholders if n.name.startswith("p_")}
+        params = {n: n.name for n in placeholders if n.name.startswith("p_")}
         out = next(n for n in gm.graph.nodes if n.op == "output").args[0]
         layers, acts, node = [], set(), out
         while True:
@@ -118,8 +112,7 @@ class MLPPass:
         ):
             return None  # mixed activations, or intermediate values read elsewhere
         layers.reverse()
-        shapes = {n.name: tuple(n.meta["val"].shape) for n in placeholders}
-        if not fits(D, [shapes[w][0] for w, _ in layers]):
+        if not fits(D, [w.meta["val"].shape[0] for w, _ in layers]):
             return None
         self.matched = MLPMatch([w for w, _ in layers], [b for _, b in layers], acts.pop())
         return self.matched
@@ -129,22 +122,23 @@ class MLPPass:
         if m is None:
             raise RuntimeError("MLPPass: call match() first; it found no MLP to lower")
         graph = torch.fx.Graph()
-        env = {}
+        env, coord = {}, None
         for n in gm.graph.nodes:
             if n.op == "placeholder":
-                env[n.name] = graph.placeholder(n.name)
-                env[n.name].meta = dict(n.meta)
+                env[n] = graph.placeholder(n.name)
+                env[n].meta = dict(n.meta)
+                coord = env[n] if n.name == ctx.coord else coord
         lap = graph.call_function(
             collapsed_laplacian,
             (
-                env[ctx.coord],
+                coord,
                 [env[w] for w in m.weights],
                 [env[b] if b is not None else None for b in m.biases],
                 m.activation,
             ),
         )
-        lap.meta["taylorc"] = {"rule": "mlp_laplacian", "layers": len(m.weights)}
+        ir.set_tag(lap, ir.Tag(None, 0, role="mlp"))
         graph.output((lap,))
         new = torch.fx.GraphModule(gm, graph)
-        new.meta["taylorc"] = {"mlp": m}
+        ir.set_info(new, ir.GraphInfo("mlp", gm, options={"mlp": m}))
         return new

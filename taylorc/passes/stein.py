@@ -28,6 +28,7 @@ import torch.fx
 from torch._decomp import core_aten_decompositions
 from torch.fx.experimental.proxy_tensor import make_fx
 
+from .. import ir
 from ..operators.spec import LinearOperator, is_constant, resolve_dim
 from ..reference import assemble_terms
 from . import PassContext
@@ -212,5 +213,7 @@ class SteinPass:
         out.graph._codegen = torch.fx.graph.CodeGen()
         out.graph.eliminate_dead_code()
         out.recompile()
-        out.meta["taylorc"] = {"samples": S, "variance_reduction": vr}
+        noise = [n for n in out.graph.nodes if n.op == "placeholder"][-1:]
+        options = {"samples": S, "variance_reduction": vr}
+        ir.set_info(out, ir.GraphInfo("stein", gm, inputs={"noise": noise}, options=options))
         return out

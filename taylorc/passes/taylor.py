@@ -22,6 +22,7 @@ import torch
 import torch.fx
 from torch.fx.experimental.proxy_tensor import make_fx
 
+from .. import ir
 from ..errors import UnsupportedOperatorError, user_source_line
 from . import PassContext
 from .batch import check_batch_independence, lost_batch_axis
@@ -32,7 +33,7 @@ aten = torch.ops.aten
 
 
 class Emitter:
-    """Emits rule output into a graph and tags every new node with ``meta["taylorc"]``."""
+    """Emits rule output into a graph and tags every new node with an :class:`~taylorc.ir.Tag`."""
 
     def __init__(self, graph: torch.fx.Graph, R: int):
         self.graph = graph
@@ -45,22 +46,18 @@ class Emitter:
     def last(self) -> torch.fx.Node:
         return next(iter(reversed(self.graph.nodes)))
 
-    def tag_since(
-        self, marker: torch.fx.Node, source: str, order: int, collapsed: bool, stop=None, **extra
-    ) -> None:
-        """Tag the nodes after ``marker`` (up to ``stop`` or the end) that have no tag yet."""
+    def tag_since(self, marker, source, order: int, layout: str, stop=None, **extra) -> None:
+        """Tag the nodes after ``marker`` (up to ``stop`` or the end) that have no tag yet.
+
+        ``source`` is the captured-graph node they derive from; ``extra`` sets the other
+        :class:`~taylorc.ir.Tag` fields (``role``, ``coefficient``).
+        """
+        tag = ir.Tag(source, order, layout, self.R, **extra)
         n = marker.next
         while n is not self.graph._root and n is not stop:
-            n.meta.setdefault(
-                "taylorc",
-                {"source": source, "order": order, "collapsed": collapsed, "R": self.R, **extra},
-            )
+            if ir.tag_of(n) is None:
+                ir.set_tag(n, tag)
             n = n.next
-
-
-def placeholder(em: Emitter, name: str) -> torch.fx.Node:
-    """The placeholder of the new graph with this name (it mirrors the source placeholder)."""
-    return next(n for n in em.graph.nodes if n.op == "placeholder" and n.name == name)
 
 
 def map_args(args, env, pick):
@@ -153,8 +150,8 @@ class TaylorPass:
 
     Reads ``gm`` (the captured graph) and ``ctx.plan``; returns a new
     GraphModule with the same placeholders whose output is the tuple of the
-    plan's terms. ``gm.meta["taylorc"]["jets"]`` maps each source node name to
-    the names of its coefficient nodes.
+    plan's terms. ``gm.meta["taylorc"]`` is a :class:`~taylorc.ir.GraphInfo` whose
+    ``jets`` map each source node to its coefficient nodes.
 
     Raises:
         BatchCouplingError: the model mixes batch rows (see :mod:`taylorc.passes.batch`).
@@ -172,7 +169,7 @@ class TaylorPass:
         em = Emitter(graph, plan.R)
         varying = needs_jet(gm.graph, ctx.coord)
         env: dict[torch.fx.Node, Jet] = {}
-        jets: dict[str, list] = {}
+        jets: dict[torch.fx.Node, list] = {}
         out_node = None
         for node in gm.graph.nodes:
             if node.op == "output":
@@ -181,13 +178,15 @@ class TaylorPass:
             if node.op == "placeholder":
                 p = em.proxy(graph.placeholder(node.name))
                 p.node.meta["val"] = node.meta.get("val")
-                coeffs = [p] + (self._seed(em, root, node, ctx) if node.name == ctx.coord else [])
+                coeffs = [p] + (
+                    self._seed(em, root, node, p, ctx) if node.name == ctx.coord else []
+                )
             elif node not in varying or node.target in CONSTANT_OPS or node.op == "get_attr":
                 marker = em.last()
                 new = graph.node_copy(node, lambda n: env[n][0].node)
                 if node.op == "get_attr":
                     setattr(root, node.target, getattr(gm, node.target))
-                em.tag_since(marker, node.name, 0, False, constant=True)
+                em.tag_since(marker, node, 0, "value", role="constant")
                 coeffs = [em.proxy(new)]
             elif node.op == "call_function":
                 coeffs = self._propagate(em, node, env, plan, ctx)
@@ -196,16 +195,14 @@ class TaylorPass:
                     f"unsupported graph node {node.op} {node.target} ('{node.name}')"
                 )
             env[node] = Jet(coeffs, shape_of(node) if "val" in node.meta else ())
-            jets[node.name] = [
-                c.node.name if isinstance(c, torch.fx.Proxy) else None for c in coeffs
-            ]
+            jets[node] = [c.node if isinstance(c, torch.fx.Proxy) else None for c in coeffs]
         result = self._outputs(em, root, out_node, env, ctx)
         graph.output(tuple(r.node if isinstance(r, torch.fx.Proxy) else r for r in result))
         new_gm = torch.fx.GraphModule(root, graph, class_name="TaylorGraph")
-        new_gm.meta["taylorc"] = {"jets": jets, "K": plan.K, "R": plan.R, "source": gm}
+        ir.set_info(new_gm, ir.GraphInfo("taylor", gm, plan.K, plan.R, plan.G, jets))
         return new_gm
 
-    def _seed(self, em, root, node, ctx):
+    def _seed(self, em, root, node, p, ctx):
         """Input jet: x_1 = the directions (broadcast over the batch), x_k = 0 for k >= 2."""
         plan = ctx.plan
         if plan.K == 0:
@@ -215,14 +212,12 @@ class TaylorPass:
         marker = em.last()
         v = em.proxy(em.graph.get_attr("directions"))
         x1 = aten.expand.default(aten.reshape.default(v, [plan.R, 1] + shape[1:]), [plan.R] + shape)
-        em.tag_since(marker, node.name, 1, False, coefficient=True, seed=True)
+        em.tag_since(marker, node, 1, "block", coefficient=True, role="seed")
         coeffs = [x1]
         for k in range(2, plan.K + 1):
             marker = em.last()
-            coeffs.append(
-                aten.new_zeros.default(em.proxy(placeholder(em, node.name)), [plan.R] + shape)
-            )
-            em.tag_since(marker, node.name, k, False, coefficient=True, seed=True)
+            coeffs.append(aten.new_zeros.default(p, [plan.R] + shape))
+            em.tag_since(marker, node, k, "block", coefficient=True, role="seed")
         return coeffs
 
     def _propagate(self, em, node, env, plan, ctx):
@@ -230,12 +225,12 @@ class TaylorPass:
         rule_for(node)  # fail before emitting anything
         marker = em.last()
         rctx.value = emit_value(node, env)
-        em.tag_since(marker, node.name, 0, False, coefficient=True)
+        em.tag_since(marker, node, 0, "value", coefficient=True)
         coeffs = [rctx.value]
         for k in range(1, plan.K + 1):
             marker = em.last()
             coeffs.append(emit_coefficient(rctx, node, env, k))
-            em.tag_since(marker, node.name, k, False, coefficient=True)
+            em.tag_since(marker, node, k, "block", coefficient=True)
         return coeffs
 
     def _outputs(self, em, root, out_node, env, ctx):
@@ -257,11 +252,11 @@ class TaylorPass:
             root.register_buffer("top_weights", w)
             eq = "r,r...->..." if plan.G == 1 else "gr,r...->g..."
             top = aten.einsum.default(eq, [em.proxy(em.graph.get_attr("top_weights")), y[plan.K]])
-        em.tag_since(marker, result.name, plan.K, False, role="contract_top")
+        em.tag_since(marker, result, plan.K, "top", role="contract_top")
         marker = em.last()
-        x = em.proxy(placeholder(em, ctx.coord))
+        x = next(j[0] for n, j in env.items() if n.op == "placeholder" and n.name == ctx.coord)
         outs = [read_term(t, y, top, plan, root, em, ctx, x) for t in plan.terms]
-        em.tag_since(marker, result.name, -1, False, role="extract")
+        em.tag_since(marker, result, -1, "value", role="extract")
         return outs
 
 

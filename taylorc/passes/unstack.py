@@ -25,6 +25,7 @@ from __future__ import annotations
 import torch
 import torch.fx
 
+from .. import ir
 from . import PassContext
 from .cleanup import annotate_shapes
 
@@ -132,6 +133,7 @@ class _Splitter:
                 if a not in self._stacked:
                     with self.graph.inserting_before(user):
                         self._stacked[a] = self.call(aten.stack.default, (self.pieces[a],))
+                    ir.tag_new([self._stacked[a]], ir.tag_of(a), role="stack")
                 user.replace_input_with(a, self._stacked[a])
 
 
@@ -153,24 +155,44 @@ def unstack(gm: torch.fx.GraphModule) -> int:
             with graph.inserting_after(node):
                 R = gm.directions.shape[0]
                 sp.pieces[node] = [sp.call(aten.select.int, (node, 0, r)) for r in range(R)]
+            _tag_pieces(node, sp.pieces[node], [])
             continue
         if not any(a in sp.pieces for a in node.all_input_nodes):
             continue
+        first = node.prev
         with graph.inserting_before(node):
             new = sp.split(node) if node.op == "call_function" else None
+        made = []
+        while first.next is not node:
+            first = first.next
+            made.append(first)
         if isinstance(new, list):
             sp.pieces[node] = new
+            _tag_pieces(node, new, made)
             count += 1
         elif isinstance(new, torch.fx.Node):
-            node.replace_all_uses_with(new)
+            ir.tag_new(made, ir.tag_of(node))
+            ir.replace(gm, node, new)
             count += 1
         else:
             sp.restack(node)
-    graph.eliminate_dead_code()
+    description = ir.info(gm)
+    if description is not None:  # the jets now name the per-direction pieces
+        description.remap(lambda n: tuple(sp.pieces[n]) if n in sp.pieces else n)
+    ir.dce(gm)
     graph.lint()
     gm.recompile()
     annotate_shapes(gm)
     return count
+
+
+def _tag_pieces(node, pieces, made) -> None:
+    """Tag direction r's piece as direction r of ``node``'s block, other new nodes like it."""
+    tag = ir.tag_of(node)
+    for r, p in enumerate(pieces):
+        if tag is not None and p in made or node.op == "get_attr":
+            ir.tag_new([p], tag, layout="direction", direction=r)
+    ir.tag_new(made, tag)
 
 
 class UnstackPass:

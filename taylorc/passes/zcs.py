@@ -29,6 +29,7 @@ import torch.fx
 from torch._decomp import core_aten_decompositions
 from torch.fx.experimental.proxy_tensor import make_fx
 
+from .. import ir
 from ..reference import MultiIndexCache, assemble_terms
 from . import PassContext
 from .batch import check_batch_independence
@@ -112,12 +113,13 @@ class ZCSPass:
         names = [n.name for n in placeholders] + shift_names(D, coords)
         for node, name in zip([n for n in out.graph.nodes if n.op == "placeholder"], names):
             node.name = node.target = name
-        for j, node in enumerate(list(out.graph.nodes)[n_in : n_in + D]):
-            node.meta["taylorc"] = {"role": "zcs_shift", "dim": j}
+        shifts = list(out.graph.nodes)[n_in : n_in + D]
+        for node in shifts:
+            ir.set_tag(node, ir.Tag(None, 0, role="zcs_shift"))
         out.graph._codegen = torch.fx.graph.CodeGen()
         out.graph.eliminate_dead_code()
         out.recompile()
-        out.meta["taylorc"] = {"shift_leaves": D, "source": gm}
+        ir.set_info(out, ir.GraphInfo("zcs", gm, inputs={"zcs_shift": shifts}))
         return out
 
 

@@ -1,0 +1,357 @@
+"""Linear sites: where the Taylor graph applies a weight, column by column (the contract KFAC reads).
+
+In the Taylor graph of a network, every linear layer ``z = h W^T + b`` is applied to
+S coefficient columns that share W: the value, each direction of each order below
+the top, and the top (collapsed: one column per collapse-weight row; standard: one
+per direction). A :class:`LinearSite` records, for one use of a weight in the
+captured graph (``addmm(b, h, permute(W))`` or ``mm(h, permute(W))``), the input and
+output node of every column. Kronecker-factored curvature for PINN losses needs
+exactly these (Dangel, Müller, Zeinhofer, "Kronecker-Factored Approximate Curvature
+for Physics-Informed Neural Networks", NeurIPS 2024, Sec. 3): A from the inputs Z,
+B from ``g = dr/dz`` per column, read through zero-valued taps on the outputs.
+
+The sites pipeline (:func:`taylorc.api.CompiledOperator.taylor_graph`) is taylor,
+:class:`PinPass`, collapse and :class:`SitesPass`, without the cleanup pass: zero
+pruning would cut known-zero columns out of the graph (their g is not zero), CSE
+would merge equal columns of different orders (one tap could not tell their g
+apart), and hoisting the first layer's direction matmul out of the batch would
+lose its per-sample inputs. So every column's per-sample input and pre-activation
+output is its own node; :class:`SitesPass` adds one tap input per site and returns
+every site's input columns. Method of the graph:
+Dangel, Siebert, Zeinhofer, Walther, "Collapsing Taylor Mode AD" (NeurIPS 2025).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.fx
+
+from . import ir
+
+aten = torch.ops.aten
+
+
+@dataclass
+class Column:
+    """One coefficient column of a linear site.
+
+    Attributes:
+        kind: ``"value"`` (order 0, the plain forward), ``"direction"`` (order k,
+            direction r) or ``"top"`` (the collapsed top order, collapse-weight row g).
+        order: the Taylor order k.
+        index: the direction r (``"direction"``) or the row g (``"top"`` with several
+            rows); None for the value and a single-row top.
+        input: the node holding the input coefficient: ``(M, d_in)`` for value/top,
+            ``(R, M, d_in)`` (take ``[index]``) for a direction, ``(G, M, d_in)`` for a
+            top of G rows. None: known zero and not in the graph.
+        output: the node holding the pre-activation output coefficient, same layout
+            with ``d_out``. None: it does not reach the result (g = 0 there).
+        zero_input: the input is known to be zero (the input's higher orders, e.g. the
+            first layer's top); KFAC still counts the column in S.
+    """
+
+    kind: str
+    order: int
+    index: int | None
+    input: torch.fx.Node | None
+    output: torch.fx.Node | None
+    zero_input: bool = False
+
+
+@dataclass
+class LinearSite:
+    """One use of a weight in a linear layer of the captured model, over all its columns.
+
+    Attributes:
+        name: unique among the graph's sites: the module's name, ``"#<i>"`` appended
+            for the i-th further use of the same weight.
+        module: qualified name of the module that owns the weight (``"net.0"``).
+        weight: qualified parameter name of W ``(d_out, d_in)``.
+        bias: qualified parameter name of b ``(d_out,)``, or None (no bias, or a bias
+            added outside the matmul, which is then not part of this site).
+        source: the ``addmm``/``mm`` node of the captured graph.
+        columns: the S columns, in the order of ``Z``'s and the tap's axis 1: the value,
+            then order 1..K-1 (each: directions 0..R-1), then the top.
+        rows_per_point: input rows per point (1, or n for a layer applied to ``(B, n, d)``).
+        collapse_weights: the plan's top weights ``(G, R)`` (None for standard Taylor).
+        tap, z: nodes of the sites graph: the tap placeholder and the stacked inputs.
+    """
+
+    name: str
+    module: str
+    weight: str
+    bias: str | None
+    source: torch.fx.Node
+    columns: list[Column] = field(default_factory=list)
+    rows_per_point: int = 1
+    collapse_weights: torch.Tensor | None = None
+    tap: torch.fx.Node | None = None
+    z: torch.fx.Node | None = None
+
+    @property
+    def S(self) -> int:
+        """Number of coefficient columns."""
+        return len(self.columns)
+
+    def parameters(self, model: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The live ``(W, b)`` tensors of ``model`` (b None without a bias)."""
+        params = dict(model.named_parameters())
+        return params[self.weight], params[self.bias] if self.bias is not None else None
+
+    def references(self):
+        """Every node of the sites graph this site names, as ``(where, node)`` pairs."""
+        for s, c in enumerate(self.columns):
+            for what, n in (("input", c.input), ("output", c.output)):
+                if n is not None:
+                    yield f"sites[{self.name}].columns[{s}].{what}", n
+        for what, n in (("tap", self.tap), ("z", self.z)):
+            if n is not None:
+                yield f"sites[{self.name}].{what}", n
+
+    def remap(self, fn) -> None:
+        """Replace every referenced node n by ``fn(n)`` (see :meth:`taylorc.ir.GraphInfo.remap`)."""
+        for c in self.columns:
+            c.input = fn(c.input) if c.input is not None else None
+            c.output = fn(c.output) if c.output is not None else None
+        self.tap = fn(self.tap) if self.tap is not None else None
+        self.z = fn(self.z) if self.z is not None else None
+
+
+def linear_use(node: torch.fx.Node, params: dict[torch.fx.Node, str]):
+    """``(input, weight node, bias node or None)`` of ``addmm(b, h, permute(W))`` / ``mm(h, permute(W))``.
+
+    ``params`` maps the parameter placeholders of the captured graph to their names;
+    W must be one of them (``t(W)`` is accepted for ``permute(W, [1, 0])``). None otherwise.
+    """
+    if node.op != "call_function" or node.target not in (aten.addmm.default, aten.mm.default):
+        return None
+    if node.kwargs.get("beta", 1) != 1 or node.kwargs.get("alpha", 1) != 1:
+        return None
+    bias, h, wt = (None, *node.args[:2]) if node.target is aten.mm.default else node.args[:3]
+    if not isinstance(wt, torch.fx.Node) or not isinstance(h, torch.fx.Node):
+        return None
+    transposed = wt.target is aten.permute.default and list(wt.args[1]) == [1, 0]
+    if not (transposed or wt.target is aten.t.default) or wt.args[0] not in params:
+        return None
+    return h, wt.args[0], bias if bias in params else None
+
+
+def known_zero(node: torch.fx.Node | None) -> bool:
+    """Whether a node is zero by construction: a zero maker, a view/reduction of one, or a
+    product with one (the input's higher orders and what the collapse makes of them)."""
+    from .passes.cleanup import ABSORBING, LINEAR_IN_FIRST, ZERO_MAKERS
+
+    if node is None:
+        return True
+    if node.op != "call_function":
+        return False
+    if node.target in ZERO_MAKERS:
+        return True
+    if node.target in LINEAR_IN_FIRST:
+        return isinstance(node.args[0], torch.fx.Node) and known_zero(node.args[0])
+    return node.target in ABSORBING and any(known_zero(a) for a in node.all_input_nodes)
+
+
+def _columns(h_jet, z_jet, K: int, R: int, G: int, collapsed: bool) -> list[Column]:
+    """The columns of one site from the jets of its input and output."""
+
+    def at(jet, k):
+        return jet[k] if k < len(jet) else None
+
+    cols = [Column("value", 0, None, at(h_jet, 0), at(z_jet, 0))]
+    for k in range(1, K + 1):
+        x, z = at(h_jet, k), at(z_jet, k)
+        if k == K and collapsed:
+            rows = [None] if G == 1 else list(range(G))
+            cols += [Column("top", k, g, x, z, zero_input=known_zero(x)) for g in rows]
+        else:
+            cols += [Column("direction", k, r, x, z, zero_input=known_zero(x)) for r in range(R)]
+    return cols
+
+
+def find_sites(
+    gm: torch.fx.GraphModule, param_names: list[str], plan, coord: str = "x"
+) -> list[LinearSite]:
+    """The linear sites of a Taylor graph (taylor or collapsed, before any fusing pass).
+
+    Args:
+        gm: the graph, with its :class:`~taylorc.ir.GraphInfo` (jets by source node).
+        param_names: qualified parameter names in the order of the captured graph's
+            first placeholders (:attr:`taylorc.capture.Captured.param_names`).
+        plan: the :class:`~taylorc.operators.plan.JetPlan`.
+        coord: the name capture gave the coordinates' placeholder.
+
+    Returns:
+        one site per use of a weight whose input depends on the coordinates (layers
+        on constants, e.g. a DeepONet branch at a fixed function, have no columns).
+    """
+    info = ir.info(gm)
+    placeholders = [n for n in info.source.graph.nodes if n.op == "placeholder"]
+    params = dict(zip(placeholders, param_names))
+    collapsed = info.method == "collapsed"
+    weights = (
+        torch.tensor([[float(w) for w in row] for row in plan.top_weights]) if collapsed else None
+    )
+    from .passes.taylor import depends_on
+
+    varying = depends_on(info.source.graph, coord)
+    points = next(p for p in placeholders if p.name == coord).meta["val"].shape[0]
+    sites, uses = [], {}
+    for node in info.source.graph.nodes:
+        use = linear_use(node, params)
+        if use is None or use[0] not in varying:
+            continue
+        h, w, b = use
+        weight = params[w]
+        module = weight.rsplit(".", 1)[0] if weight.endswith(".weight") else weight
+        i = uses[weight] = uses.get(weight, -1) + 1
+        cols = _columns(info.jet(h), info.jet(node), info.K, info.R, info.G, collapsed)
+        site = LinearSite(
+            module + (f"#{i}" if i else ""), module, weight, params.get(b), node, cols
+        )
+        site.collapse_weights = weights
+        site.rows_per_point = max(1, h.meta["val"].shape[0] // points)
+        sites.append(site)
+    return sites
+
+
+class SitesPass:
+    """Find the linear sites and open them: one tap input per site, every site's inputs returned.
+
+    The graph gains, after its placeholders, one tap placeholder per site, shaped
+    ``(N, S, d_out)`` (``(N, S, n, d_out)`` for layers applied to ``(N, n, d)``), whose
+    column s is added to the site's output column s; and its output becomes
+    ``(*terms, *Z)`` with ``Z`` per site shaped like the tap with ``d_in``. Zero taps
+    leave the result unchanged; the gradient of the result with respect to a tap is
+    ``g = dr/dz`` per point and column. Sites land in ``GraphInfo.sites``.
+
+    Args:
+        param_names: qualified parameter names in captured-placeholder order.
+    """
+
+    name = "sites"
+
+    def __init__(self, param_names: list[str]):
+        self.param_names = param_names
+
+    def __call__(self, gm: torch.fx.GraphModule, ctx) -> torch.fx.GraphModule:
+        from torch._subclasses.fake_tensor import FakeTensorMode
+
+        from .passes.cleanup import annotate_shapes
+
+        annotate_shapes(gm)
+        info = ir.info(gm)
+        info.sites = find_sites(gm, self.param_names, ctx.plan, ctx.coord)
+        graph = gm.graph
+        out = next(n for n in graph.nodes if n.op == "output")
+        first = next(n for n in graph.nodes if n.op != "placeholder")
+        coord = next(n for n in graph.nodes if n.op == "placeholder" and n.name == ctx.coord)
+        N, zs = coord.meta["val"].shape[0], []
+        for i, site in enumerate(info.sites):
+            d_in, d_out = _width(site, "input"), _width(site, "output")
+            mid = [site.rows_per_point] if site.rows_per_point > 1 else []
+            with graph.inserting_before(first):
+                site.tap = graph.placeholder(f"tap_{i}")
+            with FakeTensorMode():
+                site.tap.meta["val"] = torch.empty([N, site.S, *mid, d_out], dtype=ctx.dtype)
+            _attach_taps(graph, site, N)
+            with graph.inserting_before(out):
+                site.z = _stack_inputs(graph, site, N, mid, d_in, ctx.dtype)
+            zs.append(site.z)
+        terms = out.args[0][: len(ctx.plan.terms)]  # without PinPass's pins
+        out.args = (tuple(terms) + tuple(zs),)
+        return gm
+
+
+class PinPass:
+    """Keep every linear site's input coefficients alive until :class:`SitesPass` reads them.
+
+    The Laplacian's graph never reads the last layer's first-order inputs, and the
+    collapse pass drops them; KFAC counts them in its input factor (Dangel, Müller,
+    Zeinhofer 2024). This pass appends them to the graph's outputs (orders below the
+    top, all orders without collapse); :class:`SitesPass` removes them again.
+    """
+
+    name = "pin_sites"
+
+    def __init__(self, param_names: list[str], collapsing: bool):
+        self.param_names, self.collapsing = param_names, collapsing
+
+    def __call__(self, gm: torch.fx.GraphModule, ctx) -> torch.fx.GraphModule:
+        info = ir.info(gm)
+        placeholders = [n for n in info.source.graph.nodes if n.op == "placeholder"]
+        params = dict(zip(placeholders, self.param_names))
+        top = ctx.plan.K if self.collapsing and ctx.plan.collapsible else ctx.plan.K + 1
+        pins = []
+        for node in info.source.graph.nodes:
+            use = linear_use(node, params)
+            if use is not None:
+                pins += [n for n in info.jet(use[0])[:top] if n is not None]
+        out = next(n for n in gm.graph.nodes if n.op == "output")
+        out.args = (tuple(out.args[0]) + tuple(pins),)
+        return gm
+
+
+def _width(site: LinearSite, what: str) -> int:
+    """d_in or d_out of a site, from any column's input or output node."""
+    node = next(getattr(c, what) for c in site.columns if getattr(c, what) is not None)
+    return node.meta["val"].shape[-1]
+
+
+def _tag(node, site, column, role) -> None:
+    layout = {"value": "value", "top": "top", "direction": "block"}[column.kind]
+    ir.set_tag(node, ir.Tag(site.source, column.order, layout, role=role))
+
+
+def _attach_taps(graph: torch.fx.Graph, site: LinearSite, N: int) -> None:
+    """``z + tap[:, s]`` for each output column s (a block's R columns at once)."""
+    groups: dict[torch.fx.Node, list[int]] = {}
+    for s, c in enumerate(site.columns):
+        if c.output is not None:
+            groups.setdefault(c.output, []).append(s)
+    for z, cols in groups.items():
+        if len({site.columns[s].order for s in cols}) > 1:  # one tap could not split their g
+            raise ir.IRError(f"site {site.name}: columns of several orders share the node {z.name}")
+        shape = list(z.meta["val"].shape)
+        column = site.columns[cols[0]]
+        with graph.inserting_before(z.next):
+            if column.index is None:  # one column: (M, d_out)
+                piece = graph.call_function(aten.select.int, (site.tap, 1, cols[0]))
+                made = [piece]
+            else:  # a block of columns: (R, M, d_out)
+                piece = graph.call_function(aten.slice.Tensor, (site.tap, 1, cols[0], cols[-1] + 1))
+                made = [piece]
+                piece = graph.call_function(aten.movedim.int, (piece, 1, 0))
+                made.append(piece)
+            made.append(graph.call_function(aten.reshape.default, (made[-1], shape)))
+            tapped = graph.call_function(aten.add.Tensor, (z, made[-1]))
+        for n in made + [tapped]:
+            _tag(n, site, column, "tap")
+        # not ir.replace: the site keeps naming the untapped output z
+        z.replace_all_uses_with(tapped, delete_user_cb=lambda u, t=tapped: u is not t)
+
+
+def _stack_inputs(graph, site: LinearSite, N: int, mid: list[int], d_in: int, dtype):
+    """``Z (N, S, *mid, d_in)``: the input columns stacked (known zeros made explicit)."""
+    cols = []
+    for c in site.columns:
+        if c.input is None:
+            shape = [N * (mid[0] if mid else 1), d_in]
+            col = graph.call_function(aten.zeros.default, (shape,), {"dtype": dtype})
+        elif c.kind == "direction" or (c.kind == "top" and c.index is not None):
+            col = graph.call_function(aten.select.int, (c.input, 0, c.index))
+        else:
+            col = c.input
+        cols.append(col)
+        if col is not c.input:
+            _tag(col, site, c, "site_input")
+    made = [graph.call_function(aten.stack.default, (cols, 1))]  # (N * n, S, d_in)
+    if mid:  # rows of one point are consecutive: (N, n, S, d_in) -> (N, S, n, d_in)
+        made.append(graph.call_function(aten.reshape.default, (made[-1], [N, *mid, site.S, d_in])))
+        made.append(graph.call_function(aten.movedim.int, (made[-1], 1, 2)))
+    made.append(graph.call_function(aten.reshape.default, (made[-1], [N, site.S, *mid, d_in])))
+    for n in made:
+        _tag(n, site, site.columns[0], "site_input")
+    return made[-1]

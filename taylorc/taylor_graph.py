@@ -1,0 +1,143 @@
+"""The Taylor graph as a product: :class:`TaylorGraph`, its linear sites, and runs with taps.
+
+``op.taylor_graph(x)`` (:meth:`taylorc.api.CompiledOperator.taylor_graph`) builds the
+graph of the operator through the sites pipeline (taylor, :class:`~taylorc.sites.PinPass`,
+collapse, :class:`~taylorc.sites.SitesPass`; no cleanup, unstack, lowering or
+whole-MLP kernel) and returns it with its :class:`~taylorc.sites.LinearSite` records.
+:meth:`TaylorGraph.run` evaluates it with zero-valued taps on every site's outputs
+and returns every site's input columns: what Kronecker-factored curvature for PINN
+losses needs (Dangel, Müller, Zeinhofer, NeurIPS 2024; the graph: Dangel, Siebert,
+Zeinhofer, Walther, "Collapsing Taylor Mode AD", NeurIPS 2025).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from . import ir
+from .sites import LinearSite, PinPass, SitesPass
+
+
+@dataclass
+class SiteRun:
+    """One evaluation of a :class:`TaylorGraph` with taps.
+
+    Attributes:
+        outputs: what the operator returns: a tensor ``(N, *out)``, or a dict of them.
+        inputs: site name -> ``Z (N, S, d_in)`` (``(N, S, n, d_in)`` for a layer applied
+            to ``(N, n, d)``), the input columns in the site's column order; known-zero
+            columns are zeros. Differentiable (call ``.detach()`` for curvature factors).
+        taps: site name -> the zero tap ``(N, S, d_out)`` (or ``(N, S, n, d_out)``), a
+            leaf with ``requires_grad``; after a backward pass of (a sum over points of)
+            the outputs, ``taps[name].grad[n, s] = dr_n / dz_ns``.
+    """
+
+    outputs: torch.Tensor | dict[str, torch.Tensor]
+    inputs: dict[str, torch.Tensor]
+    taps: dict[str, torch.Tensor]
+
+
+class TaylorGraph:
+    """The compiled Taylor graph of one input shape, with its linear sites.
+
+    Attributes:
+        gm: the ``torch.fx.GraphModule``; ``gm(*params, *buffers, *args, *taps)``
+            returns ``(*terms, *Z)``, one term per requested operator, one ``Z`` per site.
+        sites: the :class:`~taylorc.sites.LinearSite` records, in forward order.
+        plan: the :class:`~taylorc.operators.plan.JetPlan`.
+        info: the graph's :class:`~taylorc.ir.GraphInfo`.
+    """
+
+    def __init__(self, gm: torch.fx.GraphModule, captured, ctx, operator, shape: tuple):
+        self.gm, self.captured, self.ctx, self._op = gm, captured, ctx, operator
+        self.shape = shape  # of the coordinates it was built for
+        self.plan = ctx.plan
+        self.info = ir.info(gm)
+        self.sites: list[LinearSite] = self.info.sites
+
+    def site(self, name: str) -> LinearSite:
+        """The site named ``name`` (KeyError if none)."""
+        for s in self.sites:
+            if s.name == name:
+                return s
+        raise KeyError(f"no linear site {name!r}; sites: {[s.name for s in self.sites]}")
+
+    def parameters_of(self, site: LinearSite) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The live ``(W, b)`` of a site in the compiled model."""
+        return site.parameters(self._op.model)
+
+    def run(self, *args: torch.Tensor) -> SiteRun:
+        """Evaluate at the call's arguments with zero taps on every site's outputs.
+
+        Args:
+            args: the same arguments as the operator's call (``x (N, *in)``, or all of a
+                model of several arguments), of the shape this graph was built for.
+
+        Returns:
+            a :class:`SiteRun`.
+
+        Raises:
+            ValueError: arguments of another shape, dtype or device than the graph's.
+        """
+        x = args[self._op.wrt_index(args)]
+        if tuple(x.shape) != self.shape:
+            raise ValueError(
+                f"this Taylor graph is for inputs of shape {self.shape}, "
+                f"got {tuple(x.shape)}: call op.taylor_graph on them"
+            )
+        taps = {
+            s.name: torch.zeros(
+                s.tap.meta["val"].shape, dtype=x.dtype, device=x.device, requires_grad=True
+            )
+            for s in self.sites
+        }
+        outs = self.gm(*self.captured.inputs(self._op.model, *args), *taps.values())
+        terms, zs = outs[: len(self._op.ops)], outs[len(self._op.ops) :]
+        outputs = terms[0] if self._op.single else dict(zip(self._op.ops, terms))
+        return SiteRun(outputs, {s.name: z for s, z in zip(self.sites, zs)}, taps)
+
+    def __call__(self, *args: torch.Tensor):
+        """The operator's value at ``args`` (as ``op(*args)``), through this graph."""
+        return self.run(*args).outputs
+
+
+def build_taylor_graph(op, args: tuple) -> TaylorGraph:
+    """Build (or fetch from ``op``'s cache) the sites-pipeline graph for ``args``.
+
+    Raises:
+        ValueError: ``op.method`` is not ``"collapsed"`` or ``"taylor"`` (the other
+            methods have no Taylor coefficients to share a weight); bad inputs, as for
+            the operator's call.
+    """
+    from . import operators as _ops
+    from .capture import capture
+    from .debug import Dumper
+    from .passes import PassContext, PassManager
+    from .passes.collapse import CollapsePass
+    from .passes.taylor import TaylorPass
+
+    if op.method not in ("collapsed", "taylor"):
+        raise ValueError(
+            f"taylor_graph needs method='collapsed' or 'taylor', not {op.method!r}: "
+            "the other methods propagate no Taylor coefficients through the layers"
+        )
+    i = op.wrt_index(args)
+    x = args[i]
+    op._check(x)
+    key = ("sites", op.method, i) + tuple((tuple(a.shape), a.dtype, a.device) for a in args)
+    if key in op._graphs:
+        return op._graphs[key]
+    plan = _ops.build_plan(op.ops, math.prod(x.shape[1:]), op.coords)
+    cap = capture(op.fn, x, args, i)
+    ctx = PassContext(plan, cap.gm, cap.coord, x.dtype, x.device)
+    collapsing = op.method == "collapsed"
+    passes = [TaylorPass(), PinPass(cap.param_names, collapsing)]
+    passes += [CollapsePass()] if collapsing else []
+    passes += [SitesPass(cap.param_names)]  # no cleanup: see SitesPass
+    dump = Dumper(op.debug_dir) if op.debug_dir else None
+    gm = PassManager(passes, dump).run(cap.gm, ctx)
+    op._graphs[key] = TaylorGraph(gm, cap, ctx, op, tuple(x.shape))
+    return op._graphs[key]
