@@ -115,11 +115,12 @@ def build_taylor_graph(op, args: tuple) -> TaylorGraph:
     from . import operators as _ops
     from .capture import capture
     from .debug import Dumper
+    from .methods.taylor import Taylor
     from .passes import PassContext, PassManager
     from .passes.collapse import CollapsePass
     from .passes.taylor import TaylorPass
 
-    if op.method not in ("collapsed", "taylor"):
+    if not isinstance(op.method_obj, Taylor):
         raise ValueError(
             f"taylor_graph needs method='collapsed' or 'taylor', not {op.method!r}: "
             "the other methods propagate no Taylor coefficients through the layers"
@@ -133,7 +134,8 @@ def build_taylor_graph(op, args: tuple) -> TaylorGraph:
     plan = _ops.build_plan(op.ops, math.prod(x.shape[1:]), op.coords)
     cap = capture(op.fn, x, args, i)
     ctx = PassContext(plan, cap.gm, cap.coord, x.dtype, x.device)
-    collapsing = op.method == "collapsed"
+    ctx.probe_inputs = cap.inputs(op.model, *args)  # the exact batch-coupling probe
+    collapsing = op.method_obj.collapse
     passes = [TaylorPass(), PinPass(cap.param_names, collapsing)]
     passes += [CollapsePass()] if collapsing else []
     passes += [SitesPass(cap.param_names)]  # no cleanup: see SitesPass

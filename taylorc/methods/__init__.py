@@ -32,7 +32,7 @@ DEFAULTS = {
     "distribution": "rademacher",
     "generator": None,
 }
-CLASSES = {cls.name: cls for cls in (Collapsed, Taylor, Nested, ZCS, Auto, Stochastic, Stein)}
+CLASSES = dict((c.name, c) for c in (Collapsed, Taylor, Nested, ZCS, Auto, Stochastic, Stein))
 NAMES = tuple(CLASSES)
 
 
