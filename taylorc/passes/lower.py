@@ -35,6 +35,7 @@ from torch.fx.passes.utils.matcher_utils import SubgraphMatcher
 
 from .. import ir
 from ..kernels.jet_activation import ACTIVATIONS, MAX_ORDER, jet_activation_reference
+from ..sites import linear_use
 from . import PassContext, relink
 
 aten = torch.ops.aten
@@ -65,23 +66,22 @@ def activation_of(node: torch.fx.Node) -> tuple[str, torch.fx.Node] | None:
     return None
 
 
-def linear_of(node: torch.fx.Node, coord: str):
+def linear_of(node: torch.fx.Node, coord: str, params: dict):
     """``(x, weight, bias)`` when a source node is ``addmm(bias, x, permute(weight, [1, 0]))``.
 
-    None for other nodes, for 3-D or wider inputs, and when x is the coordinates.
+    The one linear-layer matcher (:func:`taylorc.sites.linear_use`) with ``params`` the
+    parameter placeholders; None for other nodes, a bias that is not a parameter, and
+    when x is the coordinates (or another placeholder).
     """
     if node.op != "call_function" or node.target is not aten.addmm.default:
         return None
-    bias, x, wt = node.args[:3]
-    if node.kwargs.get("beta", 1) != 1 or node.kwargs.get("alpha", 1) != 1:
+    use = linear_use(node, params)
+    if use is None or use[2] is None:
         return None
-    if not (isinstance(wt, torch.fx.Node) and wt.target is aten.permute.default):
+    x = use[0]
+    if x.name == coord or x.op == "placeholder":
         return None
-    if list(wt.args[1]) != [1, 0] or not isinstance(wt.args[0], torch.fx.Node):
-        return None
-    if not isinstance(x, torch.fx.Node) or x.name == coord or x.op == "placeholder":
-        return None
-    return x, wt.args[0], bias if isinstance(bias, torch.fx.Node) else None
+    return use
 
 
 class LowerPass:
@@ -128,6 +128,11 @@ class LowerPass:
                     "lower_weights", torch.tensor(w, dtype=ctx.dtype, device=ctx.device)
                 )
                 weights = "lower_weights"
+        params_of = {
+            n: n.name
+            for n in ctx.source.graph.nodes
+            if n.op == "placeholder" and n.name != ctx.coord
+        }
         for src in ctx.source.graph.nodes:
             found = activation_of(src)
             if found is None or src not in jets or found[1] not in jets:
@@ -141,7 +146,7 @@ class LowerPass:
             if all(n is None or n not in nodes for n in y_names):
                 continue  # nothing reads this activation's jet
             shape = list(src.meta["val"].shape)
-            linear = linear_of(arg, ctx.coord)
+            linear = linear_of(arg, ctx.coord, params_of)
             if linear is not None and self.fuse_linear:
                 x, weight, bias = linear
                 xl_names = jets.get(x, [])
