@@ -4,7 +4,7 @@ import torch
 from helpers import assert_close
 
 import taylorc
-from taylorc.rules import Y, DerivativeTable, def_deriv
+from taylorc.rules import DerivativeTable, Y, def_deriv
 
 
 @torch.library.custom_op("taylorc_test::scaled_tanh", mutates_args=())
