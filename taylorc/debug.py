@@ -24,25 +24,11 @@ import torch
 import torch.fx
 
 from .ir import Tag, tag_of
+from .ops import having
 
 aten = torch.ops.aten
 
-_FREE = {
-    "view",
-    "reshape",
-    "_unsafe_view",
-    "expand",
-    "permute",
-    "transpose",
-    "unsqueeze",
-    "squeeze",
-    "select",
-    "slice",
-    "alias",
-    "t",
-    "detach",
-    "lift_fresh_copy",
-}
+_FREE = {op._schema.name.split("::")[1] for op in having("free")}  # views: no data moved
 
 
 def _op_name(node: torch.fx.Node) -> str:

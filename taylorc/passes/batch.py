@@ -23,47 +23,13 @@ import torch
 import torch.fx
 
 from ..errors import BatchCouplingError, user_source_line
+from ..ops import facts, having, valued
 
 aten = torch.ops.aten
 
-REDUCTIONS = {
-    aten.sum.dim_IntList,
-    aten.sum.default,
-    aten.mean.dim,
-    aten.mean.default,
-    aten.amax.default,
-    aten.amin.default,
-    aten.var.correction,
-    aten.var_mean.correction,
-    aten.prod.dim_int,
-    aten.prod.default,
-    aten.logsumexp.default,
-    aten._softmax.default,
-    aten._log_softmax.default,
-    aten.cumsum.default,
-    aten.linalg_vector_norm.default,
-    aten.argmax.default,
-    aten.argmin.default,
-    aten.std.correction,
-}
-ALONG_DIM = {  # ops that move data along one dim: coupling when it is the batch dim
-    aten.select.int: 1,
-    aten.slice.Tensor: 1,
-    aten.index_select.default: 1,
-    aten.gather.default: 1,
-    aten.cat.default: 1,
-    aten.roll.default: 2,
-    aten.flip.default: 1,
-    aten.split_with_sizes.default: 2,
-    aten.split.Tensor: 2,
-    aten.unbind.int: 1,
-}
-BATCH_NORMS = {
-    aten.native_batch_norm.default,
-    aten._native_batch_norm_legit_functional.default,
-    aten._native_batch_norm_legit.default,
-    aten._native_batch_norm_legit_no_training.default,
-}
+REDUCTIONS = having("reduction")
+ALONG_DIM = valued("along_dim")  # ops that move data along one dim: coupling on the batch dim
+BATCH_NORMS = having("batch_norm")
 
 
 def _ndim(node) -> int | None:
@@ -120,11 +86,7 @@ def _batch_dim_of(node: torch.fx.Node, axes: dict, B: int):
             if len(node.args) > at + 1 and isinstance(node.args[at + 1], bool)
             else node.kwargs.get("keepdim", False)
         )
-        return (
-            bd
-            if keep or t in (aten._softmax.default, aten._log_softmax.default, aten.cumsum.default)
-            else bd - sum(d < bd for d in dims)
-        )
+        return bd if keep or facts(t).keeps_dim else bd - sum(d < bd for d in dims)
     if t in ALONG_DIM:
         if t is aten.cat.default:
             tensors = node.args[0]

@@ -15,47 +15,17 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.fx.passes.fake_tensor_prop import FakeTensorProp
 
 from .. import ir
+from ..ops import having, valued
 from . import PassContext
 
 aten = torch.ops.aten
 
-ZERO_MAKERS = {aten.zeros.default, aten.zeros_like.default, aten.new_zeros.default}
-# zero if ANY tensor operand is zero
-ABSORBING = {
-    aten.mul.Tensor,
-    aten.matmul.default,
-    aten.mm.default,
-    aten.bmm.default,
-    aten.einsum.default,
-}
-# zero if the FIRST operand is zero
-LINEAR_IN_FIRST = {
-    aten.view.default,
-    aten.reshape.default,
-    aten._unsafe_view.default,
-    aten.expand.default,
-    aten.permute.default,
-    aten.transpose.int,
-    aten.unsqueeze.default,
-    aten.squeeze.dim,
-    aten.squeeze.dims,
-    aten.squeeze.default,
-    aten.sum.dim_IntList,
-    aten.sum.default,
-    aten.mean.dim,
-    aten.mean.default,
-    aten.neg.default,
-    aten.select.int,
-    aten.slice.Tensor,
-    aten.clone.default,
-    aten.alias.default,
-    aten.flip.default,
-    aten.index_select.default,
-    aten._to_copy.default,
-    aten.div.Tensor,
-    aten.t.default,
-}
-ALL_ZERO = {aten.cat.default, aten.stack.default}
+ZERO_MAKERS = having("zero_maker")
+# zero if ANY tensor operand is zero / if the FIRST operand is zero / if ALL are zero
+_ZERO_IF = valued("zero_if")
+ABSORBING = {op for op, how in _ZERO_IF.items() if how == "any"}
+LINEAR_IN_FIRST = {op for op, how in _ZERO_IF.items() if how == "first"}
+ALL_ZERO = {op for op, how in _ZERO_IF.items() if how == "all"}
 
 
 def annotate_shapes(gm: torch.fx.GraphModule) -> None:

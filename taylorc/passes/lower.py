@@ -35,19 +35,13 @@ from torch.fx.passes.utils.matcher_utils import SubgraphMatcher
 
 from .. import ir
 from ..kernels.jet_activation import ACTIVATIONS, MAX_ORDER, jet_activation_reference
+from ..ops import valued
 from ..sites import linear_use
 from . import PassContext, relink
 
 aten = torch.ops.aten
 
-ACTIVATION_TARGETS = {
-    aten.tanh.default: "tanh",
-    aten.sin.default: "sin",
-    aten.cos.default: "cos",
-    aten.sigmoid.default: "sigmoid",
-    aten.exp.default: "exp",
-    aten.gelu.default: "gelu",
-}
+ACTIVATION_TARGETS = valued("activation")
 
 
 def activation_of(node: torch.fx.Node) -> tuple[str, torch.fx.Node] | None:

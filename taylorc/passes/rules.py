@@ -29,6 +29,7 @@ from dataclasses import dataclass
 import sympy
 import torch
 
+from ..ops import having
 from .jet import Jet, add, compose, leibniz, scale
 
 aten = torch.ops.aten
@@ -57,33 +58,7 @@ class RuleInfo:
 RULES: dict[torch._ops.OpOverload, RuleInfo] = {}
 
 # Ops whose output does not vary with their input's value (a.e.): only the value propagates.
-CONSTANT_OPS = {
-    aten.zeros_like.default,
-    aten.ones_like.default,
-    aten.full_like.default,
-    aten.empty_like.default,
-    aten.detach.default,
-    aten.sign.default,
-    aten.floor.default,
-    aten.ceil.default,
-    aten.round.default,
-    aten.trunc.default,
-    aten.gt.Scalar,
-    aten.gt.Tensor,
-    aten.lt.Scalar,
-    aten.lt.Tensor,
-    aten.ge.Scalar,
-    aten.ge.Tensor,
-    aten.le.Scalar,
-    aten.le.Tensor,
-    aten.eq.Scalar,
-    aten.eq.Tensor,
-    aten.ne.Scalar,
-    aten.ne.Tensor,
-    aten.logical_not.default,
-    aten.logical_and.default,
-    aten.logical_or.default,
-}
+CONSTANT_OPS = set(having("constant_output"))
 
 
 def register_rule(

@@ -26,6 +26,7 @@ import torch
 import torch.fx
 
 from .. import ir
+from ..ops import having
 from . import PassContext
 from .cleanup import annotate_shapes
 
@@ -34,7 +35,7 @@ aten = torch.ops.aten
 # dicts whose directions play different roles gain 8-20% at R = 2. Kept small: above
 # a few directions the per-direction calls add up and the stacked GEMMs are efficient.
 MAX_DIRECTIONS = 4
-_SHAPE_OPS = {aten.expand.default, aten.reshape.default, aten.view.default}
+_SHAPE_OPS = having("shape_arg")
 
 
 def _val(node):
