@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 import torch.fx
 
-from .ir import Tag, tag_of
+from .ir import Tag, annotate_shapes, tag_of
 from .ops import having
 
 aten = torch.ops.aten
@@ -72,7 +72,6 @@ def graph_stats(gm: torch.fx.GraphModule) -> dict:
     missing). Coefficient bytes count the materialised (non-view) tensors the
     taylor pass created for orders >= 1.
     """
-    from .passes.cleanup import annotate_shapes
 
     if any("val" not in n.meta for n in gm.graph.nodes if n.op != "output"):
         try:

@@ -23,6 +23,8 @@ from typing import Any
 
 import torch
 import torch.fx
+from torch._subclasses.fake_tensor import FakeTensorMode
+from torch.fx.passes.fake_tensor_prop import FakeTensorProp
 from torch.utils._pytree import tree_flatten
 
 # value: order 0 (shape S); block: (R, *S), one slice per direction; direction: one
@@ -285,3 +287,17 @@ def validate(gm: torch.fx.GraphModule) -> None:
     for n in gm.graph.nodes:
         if n.op in ("call_function", "get_attr") and tag_of(n) is None:
             raise IRError(f"taylor graph: node {n.name} ({n.target}) carries no tag")
+
+
+def annotate_shapes(gm: torch.fx.GraphModule) -> None:
+    """Set ``meta["val"]`` (fake tensors) on every node by fake-tensor propagation."""
+    mode = FakeTensorMode(allow_non_fake_inputs=True)
+    inputs = []
+    for n in gm.graph.nodes:
+        if n.op == "placeholder":
+            v = n.meta["val"]
+            with mode:
+                inputs.append(
+                    torch.empty_strided(v.shape, v.stride(), dtype=v.dtype, device=v.device)
+                )
+    FakeTensorProp(gm, mode).propagate(*inputs)

@@ -239,7 +239,7 @@ class SitesPass:
     def __call__(self, gm: torch.fx.GraphModule, ctx) -> torch.fx.GraphModule:
         from torch._subclasses.fake_tensor import FakeTensorMode
 
-        from .passes.cleanup import annotate_shapes
+        from .ir import annotate_shapes
 
         annotate_shapes(gm)
         info = ir.info(gm)

@@ -11,10 +11,9 @@ from __future__ import annotations
 
 import torch
 import torch.fx
-from torch._subclasses.fake_tensor import FakeTensorMode
-from torch.fx.passes.fake_tensor_prop import FakeTensorProp
 
 from .. import ir
+from ..ir import annotate_shapes  # noqa: F401 - re-exported for the passes
 from ..ops import having, valued
 from . import PassContext
 
@@ -26,20 +25,6 @@ _ZERO_IF = valued("zero_if")
 ABSORBING = {op for op, how in _ZERO_IF.items() if how == "any"}
 LINEAR_IN_FIRST = {op for op, how in _ZERO_IF.items() if how == "first"}
 ALL_ZERO = {op for op, how in _ZERO_IF.items() if how == "all"}
-
-
-def annotate_shapes(gm: torch.fx.GraphModule) -> None:
-    """Set ``meta["val"]`` (fake tensors) on every node by fake-tensor propagation."""
-    mode = FakeTensorMode(allow_non_fake_inputs=True)
-    inputs = []
-    for n in gm.graph.nodes:
-        if n.op == "placeholder":
-            v = n.meta["val"]
-            with mode:
-                inputs.append(
-                    torch.empty_strided(v.shape, v.stride(), dtype=v.dtype, device=v.device)
-                )
-    FakeTensorProp(gm, mode).propagate(*inputs)
 
 
 def _tensor_args(node):

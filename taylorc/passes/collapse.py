@@ -19,7 +19,7 @@ import torch.fx
 from .. import ir
 from . import PassContext, relink
 from .jet import Jet, RuleContext
-from .taylor import Emitter, emit_coefficient, shape_of
+from .taylor import Emitter, emit_coefficient, propagate_composite, shape_of
 
 
 class CollapsePass:
@@ -73,6 +73,7 @@ class CollapsePass:
                     G=plan.G,
                     weights=weights,
                     warn=ctx.warn,
+                    composite=propagate_composite,
                     R_top=plan.R_top,
                     weight_values=[float(w) for w in plan.top_weights[0][: plan.R_top]]
                     if plan.G == 1

@@ -74,6 +74,10 @@ class RuleContext:
         weight_values: the G == 1 collapse weights as numbers (length R_top), so that
             a single direction or all-one weights need no einsum.
         warn: callback for non-smooth ops, ``warn(message)``.
+        composite: ``composite(ctx, k, identity, args, kwargs)``, the propagation of a
+            composite rule through the trace of its identity (the taylor pass's
+            :func:`~taylorc.passes.taylor.propagate_composite`; injected, so that the
+            rules need not import the pass).
     """
 
     node: torch.fx.Node
@@ -87,6 +91,7 @@ class RuleContext:
     weight_values: list[float] | None = None
     cache: dict = field(default_factory=dict)
     warn: Callable[[str], None] | None = None
+    composite: Callable | None = None
 
     @property
     def out_val(self) -> torch.Tensor:

@@ -282,9 +282,9 @@ _register(aten.addmm.default, _addmm_rule, "bilinear", note="bias + Leibniz over
 
 def propagate_composite(ctx, k, identity, args, kwargs):
     """Coefficient k of a composite op: see :func:`taylorc.passes.taylor.propagate_composite`."""
-    from .taylor import propagate_composite as run  # the taylor pass owns the propagation loop
-
-    return run(ctx, k, identity, args, kwargs)
+    if ctx.composite is None:
+        raise RuntimeError("composite rules need RuleContext.composite (the taylor pass sets it)")
+    return ctx.composite(ctx, k, identity, args, kwargs)
 
 
 def _div_rule(ctx, k, a, b):
@@ -865,7 +865,3 @@ def_comp(
     _batch_norm_eval_identity,
     note="eval mode: an affine map per channel",
 )
-
-
-# the other rule modules register into RULES; imported last, they see every helper above
-from . import rules_indexing, rules_linalg, rules_special  # noqa: E402, F401

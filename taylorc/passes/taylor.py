@@ -24,7 +24,7 @@ from torch.fx.experimental.proxy_tensor import make_fx
 
 from .. import ir
 from ..errors import UnsupportedOperatorError, user_source_line
-from . import PassContext
+from . import PassContext, rules_indexing, rules_linalg, rules_special  # noqa: F401 - they fill RULES
 from .batch import check_batch_independence, lost_batch_axis
 from .jet import Jet, RuleContext, add, scale
 from .rules import CONSTANT_OPS, RULES, lower_sympy
@@ -221,7 +221,7 @@ class TaylorPass:
         return coeffs
 
     def _propagate(self, em, node, env, plan, ctx):
-        rctx = RuleContext(node, plan.K, plan.R, warn=ctx.warn)
+        rctx = RuleContext(node, plan.K, plan.R, warn=ctx.warn, composite=propagate_composite)
         rule_for(node)  # fail before emitting anything
         marker = em.last()
         rctx.value = emit_value(node, env)
