@@ -29,8 +29,8 @@ from torch._decomp import core_aten_decompositions
 from torch.fx.experimental.proxy_tensor import make_fx
 
 from .. import ir
+from ..assembly import assemble_terms
 from ..operators.spec import LinearOperator, is_constant, resolve_dim
-from ..reference import assemble_terms
 from . import PassContext
 from .batch import check_batch_independence
 
