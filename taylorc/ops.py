@@ -15,7 +15,9 @@ the facts around it:
   along one dim; ``batch_norm``: one of batch norm's overloads (batch analysis);
 * ``free``: a view or reshape that moves no data (the dump's cost estimates);
   ``shape_arg``: its second argument is a target shape (unstack);
-* ``activation``: the name of the fused ``taylorc::jet_activation`` step it lowers to.
+* ``activation``: the name of the fused ``taylorc::jet_activation`` step it lowers to;
+* ``pointwise``: elementwise with broadcasting (output entry i reads entry i of each
+  operand), so the batch analysis follows the batch axis through it exactly.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ class OpFacts:
     free: bool = False
     shape_arg: bool = False
     activation: str | None = None
+    pointwise: bool = False
 
 
 OPS: dict[torch._ops.OpOverload, OpFacts] = {}
@@ -221,3 +224,29 @@ for _op, _name in {
     aten.gelu.default: "gelu",
 }.items():
     _add([_op], activation=_name)
+_add(
+    [
+        aten.add.Tensor,
+        aten.add.Scalar,
+        aten.sub.Tensor,
+        aten.sub.Scalar,
+        aten.mul.Tensor,
+        aten.mul.Scalar,
+        aten.div.Tensor,
+        aten.div.Scalar,
+        aten.where.self,
+        aten.neg.default,
+        aten.pow.Tensor_Scalar,
+        aten.pow.Tensor_Tensor,
+        aten.clone.default,
+        aten.alias.default,
+        aten._to_copy.default,
+        aten.lift_fresh_copy.default,
+        aten.detach.default,
+        aten.expand.default,
+        aten.clamp.default,
+        aten.clamp_min.default,
+        aten.clamp_max.default,
+    ],
+    pointwise=True,
+)

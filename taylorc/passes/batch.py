@@ -30,6 +30,50 @@ aten = torch.ops.aten
 REDUCTIONS = having("reduction")
 ALONG_DIM = valued("along_dim")  # ops that move data along one dim: coupling on the batch dim
 BATCH_NORMS = having("batch_norm")
+_PRODUCTS = {
+    aten.mm.default,
+    aten.addmm.default,
+    aten.bmm.default,
+    aten.matmul.default,
+    aten.baddbmm.default,
+}
+_MOVES = {
+    aten.permute.default,
+    aten.transpose.int,
+    aten.view.default,
+    aten.reshape.default,
+    aten._unsafe_view.default,
+    aten.unsqueeze.default,
+}
+# ops the analysis follows exactly: on a graph of these only, its verdict needs no probe
+FOLLOWED = (
+    REDUCTIONS
+    | set(ALONG_DIM)
+    | BATCH_NORMS
+    | _PRODUCTS
+    | _MOVES
+    | having("pointwise")
+    | having("constant_output")
+)
+
+
+def followed_exactly(gm: torch.fx.GraphModule, coord: str, axis: int | None, lost) -> bool:
+    """Whether the analysis's verdict is exact: every op after the coordinates is one it
+    follows exactly (or a registered elementwise rule), and it lost the axis nowhere."""
+    from .rules import RULES  # the elementwise ops of the registry are pointwise too
+
+    if axis is None or lost:
+        return False
+    x = next(n for n in gm.graph.nodes if n.op == "placeholder" and n.name == coord)
+    seen = {x}
+    for n in gm.graph.nodes:
+        if n.op == "output" or not any(a in seen for a in n.all_input_nodes):
+            continue
+        seen.add(n)
+        info = RULES.get(n.target)
+        if n.target not in FOLLOWED and (info is None or info.kind != "elementwise"):
+            return False
+    return True
 
 
 def _ndim(node) -> int | None:
@@ -99,7 +143,8 @@ def _batch_dim_of(node: torch.fx.Node, axes: dict, B: int):
         pos = ALONG_DIM[t]
         d = node.args[pos] if len(node.args) > pos else node.kwargs.get("dim", 0)
         in_nd = _ndim(first)
-        if bd is not None and isinstance(d, int) and d % in_nd == bd:
+        dims = [e % in_nd for e in d] if isinstance(d, (list, tuple)) else [d % in_nd]
+        if bd is not None and bd in dims:
             if t is aten.slice.Tensor and _shape(node)[bd] == B:
                 return bd  # the whole batch: x[:, ...]
             raise _Coupling(f"it indexes along the batch dimension (dim {bd})")
@@ -169,7 +214,9 @@ def lost_batch_axis() -> ValueError:
     )
 
 
-def analyse_batch_axis(gm: torch.fx.GraphModule, coord: str) -> int | None:
+def analyse_batch_axis(
+    gm: torch.fx.GraphModule, coord: str, lost: list | None = None
+) -> int | None:
     """Follow the batch axis through the graph; raise where an op would mix the rows.
 
     Conservative where it knows an op (it may refuse a graph whose rows stay
@@ -179,6 +226,8 @@ def analyse_batch_axis(gm: torch.fx.GraphModule, coord: str) -> int | None:
     Args:
         gm: a captured graph (``meta["val"]`` on every node).
         coord: the name of the coordinates' placeholder (batch axis 0).
+        lost: if given, receives the nodes after the coordinates whose batch axis the
+            analysis could not follow (there it can miss a coupling).
 
     Returns:
         the output's axis that carries the coordinates' batch axis (0 for a
@@ -216,6 +265,8 @@ def analyse_batch_axis(gm: torch.fx.GraphModule, coord: str) -> int | None:
     out = next(n for n in gm.graph.nodes if n.op == "output").args[0]
     if isinstance(out, (tuple, list)):
         out = out[0] if len(out) == 1 else None
+    if lost is not None:  # nodes after the coordinates whose batch axis the analysis lost
+        lost.extend(n for n in downstream if n.op == "call_function" and axes.get(n) is None)
     return axes.get(out, 0 if out is x else None)
 
 
@@ -317,7 +368,9 @@ def check_batch_independence(
     refusal of a model whose rows are independent, whatever ops it uses (a reshape
     round trip, ``torch.func.grad`` of a sum over the batch inside the forward). The
     graph analysis (:func:`analyse_batch_axis`) names the culprit op, node and source
-    line when the rows are coupled.
+    line when the rows are coupled; where it accepts a graph of ops it follows exactly
+    (:func:`followed_exactly`: an MLP, a ResNet, most PINN nets) its verdict stands and
+    the probe is skipped.
 
     Args:
         gm: a captured graph (``meta["val"]`` on every node).
@@ -334,10 +387,13 @@ def check_batch_independence(
             the chain of nodes from the coordinates (or, when the analysis cannot
             name an op, what the probe saw).
     """
+    lost: list = []
     try:
-        axis, refusal = analyse_batch_axis(gm, coord), None
+        axis, refusal = analyse_batch_axis(gm, coord, lost), None
     except BatchCouplingError as e:
         axis, refusal = None, e
+    if refusal is None and followed_exactly(gm, coord, axis, lost):
+        return axis  # the probe would only confirm it (and costs 2 log2 B evaluations)
     verdict = probe_rows(gm, coord, probe_inputs) if probe_inputs is not None else None
     if verdict is None:
         if refusal is not None:
