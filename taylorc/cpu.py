@@ -5,9 +5,9 @@ Taylor graphs allocate many short-lived tensors of one to tens of MiB per call
 blocks above its mmap threshold (128 KiB at start, adapting up to 32 MiB) with
 fresh ``mmap`` pages and returns them at ``free``, and it trims the heap top
 above 128 KiB. Every call then touches fresh pages: thousands of minor page
-faults, expensive under virtualisation and serialised across threads. On the
-2-core EPYC VM of ``bench/results`` this is 29-44% of an evaluation of the
-PINN-sized collapsed Laplacian (``bench/cpu_peers.py`` measures it).
+faults, expensive under virtualisation and serialised across threads: a large
+share of a small Laplacian's evaluation (measured in docs/benchmarks.md,
+``bench/cpu_peers.py``).
 """
 
 from __future__ import annotations

@@ -53,9 +53,9 @@ def auto_method(order: int, M: int, N: int) -> str:
     The forward (collapsed Taylor) route shares the trunk's jets among all M
     functions but contracts every propagated coefficient with the branch for
     all M x N pairs; ZCS contracts once per derivative level but nests one
-    reverse pass per order. Measured on the CPU (``bench/zcs.py``, docs/zcs.md):
-    forward wins at order 4 and for few functions, ZCS for many functions at
-    order <= 2 (2.2x at M = 160, N = 1000). N does not change the winner there.
+    reverse pass per order. Measured on the CPU (``bench/zcs.py``; numbers in
+    docs/zcs.md and docs/benchmarks.md): forward wins at order 4 and for few
+    functions, ZCS for many functions at order <= 2. N does not change the winner.
 
     Returns:
         ``"collapsed"`` or ``"zcs"``.

@@ -3,14 +3,11 @@
 their derivative stays ``1 - tanh^2`` of the output, as for ``torch.tanh``.
 
 Why: torch's vectorised CPU ``tanh`` (Sleef, 1 ulp, also what inductor emits) is slow
-on AVX2: on the 2-core EPYC VM of ``bench/results`` one float32 ``tanh`` of
-(8192, 32) takes ~560 us, 13 times a multiply of the same size, and a tanh-MLP's
-Laplacian spends a third of its time there. The identity
-``tanh|x| = -expm1(-2|x|) / (expm1(-2|x|) + 2)`` costs one ``expm1`` and a division
-(~300 us compiled, about 1.9x faster) and keeps the relative accuracy near 0 that
-the textbook ``2 / (1 + exp(-2x)) - 1`` (inductor's opt-in
-``cpp.use_decompose_tanh``) loses to cancellation. Measured maximum relative
-error against float64 on [-12, 12]: 1.7e-7 (torch's tanh: 6e-8). float64 graphs and
+on AVX2, many times a multiply of the same size, and a tanh-MLP's Laplacian spends
+much of its time there. The identity ``tanh|x| = -expm1(-2|x|) / (expm1(-2|x|) + 2)``
+costs one ``expm1`` and a division and keeps the relative accuracy near 0 that the
+textbook ``2 / (1 + exp(-2x)) - 1`` (inductor's opt-in ``cpp.use_decompose_tanh``)
+loses to cancellation (timings and errors: docs/benchmarks.md). float64 graphs and
 other devices are left alone: there the exact ``tanh`` is either not the bottleneck
 or must stay exact.
 
