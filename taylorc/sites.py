@@ -232,6 +232,9 @@ class SitesPass:
     """
 
     name = "sites"
+    requires = ("taylor",)
+    forbids = ("clean",)  # pruning and CSE would merge or drop columns
+    ensures = ("sites",)
 
     def __init__(self, param_names: list[str]):
         self.param_names = param_names
@@ -275,6 +278,9 @@ class PinPass:
     """
 
     name = "pin_sites"
+    requires = ("taylor",)
+    forbids = ("collapsed", "clean")  # the collapse drops what it pins
+    ensures = ("pinned",)
 
     def __init__(self, param_names: list[str], collapsing: bool):
         self.param_names, self.collapsing = param_names, collapsing

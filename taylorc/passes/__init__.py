@@ -20,11 +20,65 @@ from ..operators.plan import JetPlan
 
 
 class Pass(Protocol):
-    """A graph pass: ``gm = pass_(gm, ctx)``."""
+    """A graph pass in the torch.fx style: ``result = pass_(gm, ctx)``.
+
+    Attributes:
+        name: the stage's name (dump files, records).
+        requires: stage facts that must hold before the pass runs (``"captured"``,
+            ``"operator"``: the graph computes the operators, ``"taylor"``,
+            ``"collapsed"``, ``"clean"``, ...).
+        forbids: stage facts that must NOT hold yet (the collapse needs the chain that
+            cleanup prunes).
+        ensures: stage facts that hold after it.
+
+    Returns:
+        a :class:`PassResult` (the graph and what the pass did), or just the graph.
+    """
 
     name: str
+    requires: tuple[str, ...]
+    forbids: tuple[str, ...]
+    ensures: tuple[str, ...]
 
-    def __call__(self, gm: torch.fx.GraphModule, ctx: PassContext) -> torch.fx.GraphModule: ...
+    def __call__(
+        self, gm: torch.fx.GraphModule, ctx: PassContext
+    ) -> PassResult | torch.fx.GraphModule: ...
+
+
+@dataclass
+class PassResult:
+    """What a pass returns: the new graph and a summary of what it did (``{"lowered": [...]}``).
+
+    The pass manager records ``done`` with the stage (``ctx.records[i]["done"]``)
+    instead of the pass keeping it in attributes.
+    """
+
+    gm: torch.fx.GraphModule
+    done: dict[str, Any] = field(default_factory=dict)
+
+
+class PassOrderError(ValueError):
+    """A pipeline runs a pass before what it requires or after what it forbids."""
+
+
+def check_order(passes: list, facts: set[str] | None = None) -> set[str]:
+    """Raise :class:`PassOrderError` unless each pass's requirements hold in order.
+
+    Returns:
+        the stage facts after the last pass.
+    """
+    facts = set(facts if facts is not None else {"captured"})
+    for p in passes:
+        missing = set(getattr(p, "requires", ())) - facts
+        present = set(getattr(p, "forbids", ())) & facts
+        if missing or present:
+            raise PassOrderError(
+                f"the {p.name} pass needs {sorted(missing)} first"
+                if missing
+                else f"the {p.name} pass must run before what ensured {sorted(present)}"
+            )
+        facts |= set(getattr(p, "ensures", ()))
+    return facts
 
 
 @dataclass
@@ -95,10 +149,13 @@ class PassManager:
         self.check = check if check is not None else (dump is not None or checking())
 
     def run(self, gm: torch.fx.GraphModule, ctx: PassContext) -> torch.fx.GraphModule:
+        """Run the passes on ``gm``; raises :class:`PassOrderError` for a misordered pipeline."""
+        check_order(self.passes)
         self._record(gm, ctx, "capture", 0.0)
         for p in self.passes:
             t0 = time.perf_counter()
-            gm = p(gm, ctx)
+            out = p(gm, ctx)
+            gm, done = (out.gm, out.done) if isinstance(out, PassResult) else (out, {})
             gm.graph.lint()
             gm.recompile()
             if self.check:
@@ -107,6 +164,8 @@ class PassManager:
                 except ir.IRError as e:
                     raise ir.IRError(f"after the {p.name} pass: {e}") from None
             self._record(gm, ctx, p.name, time.perf_counter() - t0)
+            if done:
+                ctx.records[-1]["done"] = done
         if self.dump is not None:
             self.dump.summary(ctx)
         return gm

@@ -146,6 +146,9 @@ class CleanupPass:
     """
 
     name = "cleanup"
+    requires = ("operator",)
+    forbids = ("clean",)
+    ensures = ("clean",)
 
     def __call__(self, gm: torch.fx.GraphModule, ctx: PassContext) -> torch.fx.GraphModule:
         annotate_shapes(gm)

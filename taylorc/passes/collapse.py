@@ -30,6 +30,9 @@ class CollapsePass:
     """
 
     name = "collapse"
+    requires = ("taylor",)
+    forbids = ("collapsed", "clean")
+    ensures = ("collapsed",)
 
     def __call__(self, gm: torch.fx.GraphModule, ctx: PassContext) -> torch.fx.GraphModule:
         plan = ctx.plan

@@ -99,6 +99,9 @@ class CPUTanhPass:
     """
 
     name = "cpu_tanh"
+    requires = ("clean",)
+    forbids = ()
+    ensures = ("cpu_tanh",)
 
     def __init__(self):
         self.rewritten = 0

@@ -37,7 +37,7 @@ from .. import ir
 from ..kernels.jet_activation import ACTIVATIONS, MAX_ORDER, jet_activation_reference
 from ..ops import valued
 from ..sites import linear_use
-from . import PassContext, relink
+from . import PassContext, PassResult, relink
 
 aten = torch.ops.aten
 
@@ -88,30 +88,33 @@ class LowerPass:
             themselves: the first layer's unit directions need no GEMM (cleanup
             hoists it to ``(R, 1, D) @ W^T``).
 
-    Attributes:
-        lowered: after a run, the source node names that were replaced.
+    Returns:
+        a :class:`~taylorc.passes.PassResult` whose ``done["lowered"]`` lists the source
+        node names that were replaced.
     """
 
     name = "lower"
+    requires = ("taylor",)
+    forbids = ("clean",)  # it reads the activations' full jets, before pruning
+    ensures = ("lowered",)
 
     def __init__(self, force: bool = False, fuse_linear: bool = True):
         self.force = force
         self.fuse_linear = fuse_linear
-        self.lowered: list[str] = []
 
-    def __call__(self, gm: torch.fx.GraphModule, ctx: PassContext) -> torch.fx.GraphModule:
-        self.lowered = []
+    def __call__(self, gm: torch.fx.GraphModule, ctx: PassContext) -> PassResult:
+        lowered: list[str] = []
         on_cuda = torch.device(ctx.device).type == "cuda"
         info = ir.info(gm)
         if not (on_cuda or self.force):
-            return gm
+            return PassResult(gm, {"lowered": lowered})
         if info is None:  # a foreign Taylor graph: match the steps by their shape
-            self.lowered = [f"structural:{i}" for i in range(lower_structural(gm))]
-            return gm
+            lowered = [f"structural:{i}" for i in range(lower_structural(gm))]
+            return PassResult(gm, {"lowered": lowered})
         plan = ctx.plan
         collapsed = plan.collapsible and info.method == "collapsed"
         if plan.K == 0 or plan.K > MAX_ORDER or (collapsed and plan.G != 1):
-            return gm
+            return PassResult(gm, {"lowered": lowered})
         nodes = set(gm.graph.nodes)
         jets = info.jets
         weights = None
@@ -150,21 +153,21 @@ class LowerPass:
                     new = self._replace(
                         gm, src, act, xl_names, y_names, collapsed, weights, plan, shape, params
                     )
-                    self._record(src, new, jets, nodes)
+                    self._record(src, new, jets, nodes, lowered)
                     continue
             new = self._replace(gm, src, act, x_names, y_names, collapsed, weights, plan, shape)
-            self._record(src, new, jets, nodes)
+            self._record(src, new, jets, nodes, lowered)
         stable_toposort(gm.graph)
         ir.dce(gm)
-        return gm
+        return PassResult(gm, {"lowered": lowered})
 
-    def _record(self, src, new, jets, nodes):
+    def _record(self, src, new, jets, nodes, lowered):
         """Point the source node's jet at the kernel's outputs, so later steps read those."""
         if new is None:
             return
         jets[src] = list(new)
         nodes.update(new)
-        self.lowered.append(src.name)
+        lowered.append(src.name)
 
     def _replace(self, gm, src, act, xs, y_names, collapsed, weights, plan, shape, linear=None):
         """Emit the kernel call for one activation (``linear``: fuse its ``(weight, bias)`` too)."""

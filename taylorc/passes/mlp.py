@@ -23,7 +23,7 @@ from .. import ir
 from ..kernels.jet_activation import ACTIVATIONS
 from ..kernels.mlp_laplacian import collapsed_laplacian, fits
 from ..sites import linear_use
-from . import PassContext
+from . import PassContext, PassResult
 from .lower import activation_of
 
 aten = torch.ops.aten
@@ -68,18 +68,20 @@ class MLPPass:
     Args:
         force: lower also when the coordinates are not on CUDA.
 
-    Use :meth:`match` first: ``__call__`` builds the new graph from its result.
+    :meth:`match` tells whether the kernel applies (the method's pipeline asks it);
+    ``__call__`` matches again and builds the new graph.
     """
 
     name = "mlp"
+    requires = ("captured",)
+    forbids = ("operator",)  # it replaces the whole Taylor pipeline
+    ensures = ("operator", "taylor", "collapsed", "lowered")
 
     def __init__(self, force: bool = False):
         self.force = force
-        self.matched: MLPMatch | None = None
 
     def match(self, gm: torch.fx.GraphModule, ctx: PassContext) -> MLPMatch | None:
         """The network's layers when the kernel applies to this captured graph, else None."""
-        self.matched = None
         if not (torch.device(ctx.device).type == "cuda" or self.force):
             return None
         if ctx.dtype not in (torch.float32, torch.float64):
@@ -114,13 +116,12 @@ class MLPPass:
         layers.reverse()
         if not fits(D, [w.meta["val"].shape[0] for w, _ in layers]):
             return None
-        self.matched = MLPMatch([w for w, _ in layers], [b for _, b in layers], acts.pop())
-        return self.matched
+        return MLPMatch([w for w, _ in layers], [b for _, b in layers], acts.pop())
 
-    def __call__(self, gm: torch.fx.GraphModule, ctx: PassContext) -> torch.fx.GraphModule:
-        m = self.matched
+    def __call__(self, gm: torch.fx.GraphModule, ctx: PassContext) -> PassResult:
+        m = self.match(gm, ctx)
         if m is None:
-            raise RuntimeError("MLPPass: call match() first; it found no MLP to lower")
+            raise ValueError("MLPPass: the graph is not an MLP whose Laplacian the kernel computes")
         graph = torch.fx.Graph()
         env, coord = {}, None
         for n in gm.graph.nodes:
@@ -141,4 +142,4 @@ class MLPPass:
         graph.output((lap,))
         new = torch.fx.GraphModule(gm, graph)
         ir.set_info(new, ir.GraphInfo("mlp", gm, options={"mlp": m}))
-        return new
+        return PassResult(new, {"layers": len(m.weights), "activation": m.activation})

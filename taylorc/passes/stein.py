@@ -109,6 +109,9 @@ class SteinPass:
     """
 
     name = "stein"
+    requires = ("captured",)
+    forbids = ("operator",)
+    ensures = ("operator",)
 
     def __init__(self, ops, coords, samples: int, sigma: torch.Tensor, variance_reduction, batch):
         self.ops, self.coords, self.S = ops, coords, samples

@@ -160,6 +160,9 @@ class TaylorPass:
     """
 
     name = "taylor"
+    requires = ("captured",)
+    forbids = ("operator",)
+    ensures = ("taylor", "operator")
 
     def __call__(self, gm: torch.fx.GraphModule, ctx: PassContext) -> torch.fx.GraphModule:
         plan = ctx.plan

@@ -205,6 +205,9 @@ class UnstackPass:
     """
 
     name = "unstack"
+    requires = ("clean",)
+    forbids = ("unstacked",)
+    ensures = ("unstacked",)
 
     def __init__(self):
         self.split = 0

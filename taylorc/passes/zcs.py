@@ -59,6 +59,9 @@ class ZCSPass:
     """
 
     name = "zcs"
+    requires = ("captured",)
+    forbids = ("operator",)
+    ensures = ("operator",)
 
     def __init__(self, ops: dict, coords=None):
         self.ops = ops
