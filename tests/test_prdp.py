@@ -314,7 +314,7 @@ def reference_rule(history, k, dk, c, tau_step=0.95, tau_stop=0.9, w=6, delta=3)
 
 
 def run(metrics, **kw):
-    ref = Refiner(k0=5, dk=2, **kw)
+    ref = Refiner(k0=5, dk=2, tau_step=0.95, **kw)
     ks, k, c = [], 5, math.inf
     for t in range(len(metrics)):
         got = ref.step(metrics[t])
@@ -352,7 +352,7 @@ def test_refiner_state_dict_roundtrip_and_defaults():
     clone = Refiner()
     clone.load_state_dict(ref.state_dict())
     assert [clone.step(0.9) for _ in range(5)] == [ref.step(0.9) for _ in range(5)]
-    assert clone.history == ref.history and (ref.k0, ref.dk) == (20, 10)
+    assert clone.history == ref.history and (ref.k0, ref.dk) == (1, 1)
     paper = Refiner.paper()
     assert (paper.k0, paper.dk, paper.tau_step, paper.ema_window, paper.window) == (
         1,
@@ -361,7 +361,8 @@ def test_refiner_state_dict_roundtrip_and_defaults():
         6,
         3,
     )
-    assert (Refiner.scaled(200).k0, Refiner.scaled(200).dk) == (20, 10)
+    scaled = Refiner.scaled(200)
+    assert (scaled.k0, scaled.dk, scaled.ema_window, scaled.window) == (40, 20, 3, 2)
     with pytest.raises(ValueError, match="positive finite"):
         ref.step(float("nan"))
 
