@@ -16,6 +16,7 @@ per-epoch record and, per problem and mode, the medians over seeds of
 Bhatia, Koehler, Thuerey, "Progressively Refined Differentiable Physics", ICLR 2025.
 
     python bench/prdp.py [--problems 2d 3d] [--seeds 0 1 2] [--epochs 20] [--train 32]
+    python bench/prdp.py --plot bench/results/prdp-cpu-x86_64.json   # docs/img/prdp.png
 """
 
 from __future__ import annotations
@@ -64,6 +65,36 @@ def summarize(runs: list[dict]) -> dict:
     return out
 
 
+def plot(results: dict, path: Path, seed: int = 0) -> None:
+    """K and the validation nMSE against epochs for one seed: a row per problem, both modes."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = [r for r in results["runs"] if r["seed"] == seed]
+    problems = sorted({r["problem"] for r in runs})
+    fig, axes = plt.subplots(len(problems), 2, figsize=(11, 3.6 * len(problems)), squeeze=False)
+    for row, problem in zip(axes, problems):
+        for r in runs:
+            if r["problem"] != problem:
+                continue
+            style = "-" if r["mode"] == "unrolled" else "--"
+            label = f"{r['schedule']} ({r['mode']})"
+            ep = [e["epoch"] for e in r["epochs"]]
+            row[0].plot(ep, [e["K"] for e in r["epochs"]], style, label=label)
+            row[1].semilogy(ep, [e["val"] for e in r["epochs"]], style, label=label)
+        row[0].set_title(f"{problem}: solver iterations K per solve")
+        row[1].set_title(f"{problem}: 2-step validation nMSE (converged solver)")
+        for ax in row:
+            ax.set_xlabel("epoch")
+        row[1].legend(fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--problems", nargs="+", default=["2d", "3d"], choices=sorted(PROBLEMS))
@@ -76,7 +107,13 @@ def main(argv=None):
     p.add_argument("--epochs-3d", type=int, default=None)
     p.add_argument("--out", default=None)
     p.add_argument("--quiet", action="store_true")
+    p.add_argument("--plot", default=None, help="only plot an existing JSON to docs/img/prdp.png")
     args = p.parse_args(argv)
+    if args.plot:
+        img = Path(__file__).parent.parent / "docs" / "img" / "prdp.png"
+        plot(json.loads(Path(args.plot).read_text()), img)
+        print(f"wrote {img}")
+        return
     torch.set_num_threads(1)
     machine = f"cpu-{platform.machine()}"
     out = Path(args.out or Path(__file__).parent / "results" / f"prdp-{machine}.json")

@@ -150,7 +150,7 @@ def assemble(
     Returns:
         :class:`SparseSystem` (``grid_shape`` the nodes of the unknowns; ``coarsen``
         re-assembles the same spec on every other node, for multigrid, when every
-        axis has an odd number >= 9 of nodes).
+        axis has an odd number >= 9 of nodes and the derivatives are of order <= 2).
 
     Raises:
         ValueError: a bad spec or grid (see ``discretize``), an unknown form, a
@@ -184,7 +184,9 @@ def assemble(
     rebuild = functools.partial(
         assemble, spec, coords=coords, params=params, form=form, dtype=dtype, device=device
     )
-    coarsen = _coarsener(rebuild, grid, coefficients, st.shape)
+    # multigrid's transfers assume one Dirichlet layer (orders <= 2)
+    wide = bool(st.boundary.reshape(st.shape)[(1,) * len(st.shape)])
+    coarsen = None if wide else _coarsener(rebuild, grid, coefficients, st.shape)
     full = SparseSystem(pattern.to(device), values, tuple(st.shape), coarsen)
     return full if form == "full" else interior_block(full, st.boundary)
 
@@ -231,12 +233,11 @@ def interior_block(full: SparseSystem, boundary: np.ndarray) -> SparseSystem:
     ).to(p.row.device)
     # from_coo sorts row-major like the full pattern, so the gathered order matches
     width = 2 if boundary.reshape(full.grid_shape)[(1,) * len(full.grid_shape)] else 1
-    coarse = full.coarsen
     return SparseSystem(
         pat_ii,
         full.values[ii],
         tuple(n - 2 * width for n in full.grid_shape),
-        None if width != 1 else coarse,
+        full.coarsen,
         interior=True,
         lifting=(full.values[ib], pat_ib, inner_idx, bnd_idx),
     )

@@ -157,7 +157,7 @@ def contraction_factor(solver: Solver, iters: int = 60, seed: int = 0) -> float:
 
     Runs ``iters`` iterations on a smooth-plus-random right-hand side (smooth modes are
     the slow ones of stationary methods) and returns the geometric mean of the residual
-    ratio over the last third: a power-iteration estimate of the iteration matrix's
+    ratio over the last third of the iterations above the rounding floor (100 eps): a power-iteration estimate of the iteration matrix's
     spectral radius (Saad 2003, Sec. 4.2) that also serves CG and multigrid.
     """
     s = solver.system
@@ -166,12 +166,13 @@ def contraction_factor(solver: Solver, iters: int = 60, seed: int = 0) -> float:
     b = b + _smooth_mode(s).to(b)
     with torch.no_grad():
         solver(b, iters=iters)
+    floor = 100 * torch.finfo(s.dtype).eps  # below it the ratios measure rounding, not rho
     h = [float(v.max()) for v in solver.history]
-    tail = [v for v in h[-(iters // 3 + 1) :] if v > 0]
-    if len(tail) < 2 or tail[-1] <= 0:
+    h = h[: next((i for i, v in enumerate(h) if v <= floor), len(h))]
+    tail = h[-(max(len(h) // 3, 1) + 1) :]
+    if len(tail) < 2:
         return 0.0
-    rate = (tail[-1] / tail[0]) ** (1 / (len(tail) - 1))
-    return min(rate, 1.0)
+    return min((tail[-1] / tail[0]) ** (1 / (len(tail) - 1)), 1.0)
 
 
 def _smooth_mode(s: SparseSystem) -> torch.Tensor:

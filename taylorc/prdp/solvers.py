@@ -21,14 +21,10 @@ import torch
 from .multigrid import VCycle
 from .sparse import SparseSystem
 from .stationary import Jacobi, RedBlackSOR
+from .stationary import record as _record
 
 METHODS = ("jacobi", "sor", "cg", "mg")
 MODES = ("unrolled", "implicit")
-
-
-def _record(history, r, bnorm):
-    if history is not None:
-        history.append((r.detach().norm(dim=0) / bnorm).cpu())
 
 
 class ConjugateGradient:

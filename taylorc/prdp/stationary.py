@@ -16,7 +16,8 @@ import torch
 from .sparse import Pattern, SparseSystem, _SpMM
 
 
-def _record(history: list | None, r: torch.Tensor, bnorm: torch.Tensor) -> None:
+def record(history: list | None, r: torch.Tensor, bnorm: torch.Tensor) -> None:
+    """Append the relative residual norms ``||r_b|| / ||b_b||`` (``(B,)``, detached) to ``history``."""
     if history is not None:
         history.append((r.detach().norm(dim=0) / bnorm).cpu())
 
@@ -39,7 +40,7 @@ class Jacobi:
         """``iters`` sweeps from ``x``; ``b, x (N, B)``; appends residual norms to ``history``."""
         for _ in range(iters):
             r = b - self.system.matmul_cols(x)
-            _record(history, r, bnorm)
+            record(history, r, bnorm)
             x = x + self.scale * r
         return x
 
