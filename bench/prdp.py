@@ -15,7 +15,7 @@ per-epoch record and, per problem and mode, the medians over seeds of
 ``final_val(PRDP) / final_val(K_eps)`` and the savings in iterations and wall time.
 Bhatia, Koehler, Thuerey, "Progressively Refined Differentiable Physics", ICLR 2025.
 
-    python bench/prdp.py [--problems 2d 3d] [--seeds 0 1 2] [--epochs 20] [--train 32]
+    python bench/prdp.py [--problems 2d 3d] [--seeds 0 1 2] [--epochs 20] [--train 24]
     python bench/prdp.py --plot bench/results/prdp-cpu-x86_64.json   # docs/img/prdp.png
 """
 
@@ -102,10 +102,13 @@ def main(argv=None):
     p.add_argument("--schedules", nargs="+", default=SCHEDULES)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--epochs", type=int, default=20)
-    p.add_argument("--train", type=int, default=32, help="training trajectories")
+    p.add_argument("--train", type=int, default=24, help="training trajectories")
     p.add_argument("--train-3d", type=int, default=16, help="training trajectories in 3-d")
     p.add_argument("--epochs-3d", type=int, default=None)
     p.add_argument("--out", default=None)
+    p.add_argument(
+        "--merge", action="store_true", help="keep the runs of other problems already in --out"
+    )
     p.add_argument("--quiet", action="store_true")
     p.add_argument("--plot", default=None, help="only plot an existing JSON to docs/img/prdp.png")
     args = p.parse_args(argv)
@@ -124,6 +127,10 @@ def main(argv=None):
         "args": vars(args),
         "runs": [],
     }
+    if args.merge and out.exists():
+        old = json.loads(out.read_text())
+        results["runs"] = [r for r in old["runs"] if r["problem"] not in args.problems]
+        results["args_before"] = old.get("args")
     for problem in args.problems:
         is3 = problem == "3d"
         base = dict(

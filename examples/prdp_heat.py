@@ -9,7 +9,7 @@ Prints each run's 2-step validation nMSE (converged solver) and relative L2 erro
 the reference trajectories, the cumulative solver iterations and the wall time, and saves
 a figure of K and the validation metric against epochs.
 
-    python examples/prdp_heat.py [--epochs 20 --n 64 --train 32 --mode unrolled|implicit]
+    python examples/prdp_heat.py [--epochs 20 --n 64 --train 24 --mode unrolled|implicit]
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ def main(argv=None) -> float:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--n", type=int, default=64, help="nodes per axis")
-    p.add_argument("--train", type=int, default=32, help="training trajectories")
+    p.add_argument("--train", type=int, default=24, help="training trajectories")
     p.add_argument("--mode", default="unrolled", choices=["unrolled", "implicit"])
     p.add_argument("--small-k", type=int, default=20, help="the fixed small K to compare")
     p.add_argument("--seed", type=int, default=0)

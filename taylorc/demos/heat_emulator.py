@@ -38,11 +38,11 @@ class Config:
     nu_dt: float = 1e-3
     method: str = "jacobi"
     mode: str = "unrolled"
-    train: int = 48
+    train: int = 24
     val: int = 8
     steps: int = 4
-    batch: int = 16
-    epochs: int = 30
+    batch: int = 8
+    epochs: int = 20
     lr: float = 3e-3
     channels: int = 8
     tol: float = 1e-6
@@ -162,7 +162,7 @@ def nmse(pred, ref) -> torch.Tensor:
 def make_schedule(schedule, k_eps: int, cfg: Config):
     """``(K for epoch 0, Refiner or None)`` for ``"prdp"``, ``"k_eps"``, ``"k_eps/2"`` or an int."""
     if schedule == "prdp":
-        refiner = Refiner.scaled(k_eps, **cfg.refiner)
+        refiner = Refiner.scaled(k_eps, **{"k_max": k_eps, **cfg.refiner})
         return refiner.k, refiner
     if schedule == "k_eps":
         return k_eps, None

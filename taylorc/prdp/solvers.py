@@ -131,7 +131,8 @@ class Solver:
         adjoint_iters: iterations of the implicit backward solve (default: the forward K).
 
     Calling: ``b`` is ``(N,)`` or batch-first ``(B, N)`` with the system's dtype and
-    device; ``x0`` the same shape (default zeros); returns ``x`` shaped like ``b``.
+    device; ``x0`` the same shape (default zeros; in implicit mode it gets no gradient,
+    as the solution it approximates does not depend on it); returns ``x`` shaped like ``b``.
     After a call, ``history`` holds the relative residual norms (``(B,)`` tensors) the
     method computed (every iteration for Jacobi, CG and multigrid; the initial and
     final ones for SOR) and ``residual`` the final one. Nothing raises on
@@ -185,7 +186,6 @@ class Solver:
         if self.method == "mg":
             return MultigridIteration(system, **cycle)
         if o["preconditioner"] == "mg":
-            cycle["omega"] = None
             return ConjugateGradient(system, VCycle(system, **cycle))
         return ConjugateGradient(system)
 
