@@ -107,7 +107,9 @@ def main(argv=None):
     p.add_argument("--epochs-3d", type=int, default=None)
     p.add_argument("--out", default=None)
     p.add_argument(
-        "--merge", action="store_true", help="keep the runs of other problems already in --out"
+        "--merge",
+        action="store_true",
+        help="keep the runs of other problems/seeds already in --out",
     )
     p.add_argument("--quiet", action="store_true")
     p.add_argument("--plot", default=None, help="only plot an existing JSON to docs/img/prdp.png")
@@ -129,7 +131,8 @@ def main(argv=None):
     }
     if args.merge and out.exists():
         old = json.loads(out.read_text())
-        results["runs"] = [r for r in old["runs"] if r["problem"] not in args.problems]
+        rerun = {(p, s) for p in args.problems for s in args.seeds}
+        results["runs"] = [r for r in old["runs"] if (r["problem"], r["seed"]) not in rerun]
         results["args_before"] = old.get("args")
     for problem in args.problems:
         is3 = problem == "3d"
