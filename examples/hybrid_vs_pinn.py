@@ -27,7 +27,7 @@ import time
 import torch
 
 import taylorc
-from taylorc.demos.common import agg_figure, boundary_points, mlp, relative_l2
+from taylorc.demos.common import agg_figure, boundary_points, mlp, relative_l2, save_figure
 from taylorc.demos.heat_emulator import Config, Corrector
 from taylorc.operators import grid_nodes
 from taylorc.prdp import Refiner, Solver, TimeStepper, estimate_k_eps
@@ -175,9 +175,7 @@ def plot(xy, u_pinn, u_hyb, path):
         ax.set_title(title)
         fig.colorbar(im, ax=ax)
     fig.suptitle(f"'{SPEC}', kappa = {KAPPA}: PINN vs solver-in-the-loop")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 if __name__ == "__main__":

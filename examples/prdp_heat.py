@@ -19,7 +19,7 @@ import math
 
 import torch
 
-from taylorc.demos.common import agg_figure
+from taylorc.demos.common import agg_figure, save_figure
 from taylorc.demos.heat_emulator import Config, make_data, train
 
 
@@ -75,9 +75,7 @@ def plot(runs: dict, path: str) -> None:
         ax.set_xlabel("epoch")
         ax.set_title(title)
         ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 if __name__ == "__main__":

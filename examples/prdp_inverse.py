@@ -24,7 +24,7 @@ import scipy.sparse.linalg as sla
 import torch
 from torch import nn
 
-from taylorc.demos.common import agg_figure, mlp
+from taylorc.demos.common import agg_figure, mlp, save_figure
 from taylorc.operators import grid_nodes
 from taylorc.prdp import Refiner, Solver, assemble, estimate_k_eps
 
@@ -157,9 +157,7 @@ def plot(results, nodes, n, path):
     axes[3].set_xlabel("epoch")
     axes[3].set_title("V-cycles per solve")
     axes[3].legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 if __name__ == "__main__":
