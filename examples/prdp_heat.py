@@ -41,7 +41,7 @@ def main(argv=None) -> float:
     for sched in ("prdp", "k_eps", args.small_k):
         r = runs[str(sched)] = train(cfg, sched, args.quiet, data)
         print(
-            f"{str(sched):6s}: 2-step val nMSE {r['final_val']:.3e}, relative L2 error "
+            f"{str(sched):6s}: 2-step val nMSE {r['final_val']:.3e}, relative L2 error (its root) "
             f"{math.sqrt(r['final_val']):.3e}, {r['iterations']} solver iterations, "
             f"{r['wall_s']:.1f} s (K_eps = {r['k_eps']})"
         )
