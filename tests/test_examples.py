@@ -48,6 +48,12 @@ def _load(name):
             "plate",
             ["--adam-steps", "3", "--lbfgs-steps", "2", "--interior", "64", "--boundary", "32"],
         ),
+        ("prdp_heat", ["--epochs", "2", "--n", "17", "--train", "2", "--small-k", "3"]),
+        ("prdp_inverse", ["--epochs", "2", "--steps", "2", "--n", "17"]),
+        (
+            "hybrid_vs_pinn",
+            ["--pinn-steps", "5", "--interior", "64", "--epochs", "2", "--batches", "1"],
+        ),
     ],
 )
 def test_example_runs(name, args, tmp_path, capsys):

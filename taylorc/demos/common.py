@@ -126,3 +126,12 @@ def agg_figure():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def save_figure(fig, path: str, dpi: int = 100) -> None:
+    """Tight layout, save to ``path``, close (frees the figure's memory)."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)

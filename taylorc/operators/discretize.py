@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import scipy.sparse as sp
@@ -80,6 +81,73 @@ def boundary_mask(shape: Sequence[int], width: int) -> np.ndarray:
     return mask.reshape(-1)
 
 
+@dataclass
+class Stencils:
+    """The pieces of a discretized operator before the coefficients are applied.
+
+    ``terms`` holds one ``(coefficient, K)`` pair per term of the spec: ``K`` the
+    ``(N, N)`` scipy CSR Kronecker product of 1-d difference matrices, the
+    coefficient as the spec gives it (number, sympy expression, Coefficient).
+    The matrix is ``sum_t diag(c_t(nodes)) K_t`` with identity rows on
+    ``boundary`` (``(N,)`` bool). Shared by :func:`discretize` (scipy values)
+    and :func:`taylorc.prdp.assemble` (torch values, differentiable in the
+    coefficients): one discretization code path.
+    """
+
+    shape: list[int]
+    spacing: list[float]
+    nodes: torch.Tensor
+    names: list[str] | None
+    terms: list[tuple[object, sp.csr_matrix]]
+    boundary: np.ndarray
+
+
+def stencils(
+    spec,
+    grid: Sequence[torch.Tensor],
+    coords=None,
+    params: dict | None = None,
+    symbols: Sequence[str] = (),
+) -> Stencils:
+    """Parse ``spec`` and build its per-term difference matrices on ``grid`` (see :func:`discretize`).
+
+    ``symbols`` are extra names allowed in coefficients (left symbolic in the
+    terms, for a caller that supplies their values, like ``taylorc.prdp.assemble``).
+
+    Raises:
+        ValueError: as :func:`discretize`; a derivative w.r.t. one of ``symbols``.
+    """
+    names = split_coords(coords)
+    extra = list(symbols)
+    op: Operator = parse(spec, None if names is None else names + extra, params)
+    if op.kind == "gradient":
+        raise ValueError(
+            "discretize takes scalar operators; the gradient is a vector of first derivatives"
+        )
+    D = len(grid)
+    if names is not None and len(names) != D:
+        raise ValueError(f"coords names {len(names)} coordinates but the grid has {D} axes")
+    shape = [len(g) for g in grid]
+    hs = [_uniform_spacing(g, d) for d, g in enumerate(grid)]
+    nodes = grid_nodes([torch.as_tensor(g, dtype=torch.float64) for g in grid])
+    terms = []
+    width = 1
+    for variables, c in op.terms(D, names).items():
+        alpha = [0] * D
+        for v in variables:
+            if v in extra:
+                raise ValueError(
+                    f"{spec!r} differentiates u w.r.t. {v!r}, a coefficient name, not a coordinate"
+                )
+            alpha[resolve_dim(v, D, names, "discretize")] += 1
+        width = max(width, *[1 if a <= 2 else 2 for a in alpha])
+        K = sp.csr_matrix(np.ones((1, 1)))
+        for d in range(D):
+            K = sp.kron(K, difference_matrix(shape[d], alpha[d], hs[d]), format="csr")
+        terms.append((c, K))
+    return Stencils(shape, hs, nodes, names, terms, boundary_mask(shape, width))
+
+
 def discretize(
     spec, grid: Sequence[torch.Tensor], coords=None, params: dict | None = None
 ) -> torch.Tensor:
@@ -102,32 +170,13 @@ def discretize(
         ValueError: non-uniform grid, a per-coordinate order above 4, a gradient
             spec, or coords not matching the grid's dimension.
     """
-    names = split_coords(coords)
-    op: Operator = parse(spec, names, params)
-    if op.kind == "gradient":
-        raise ValueError(
-            "discretize takes scalar operators; the gradient is a vector of first derivatives"
-        )
-    D = len(grid)
-    if names is not None and len(names) != D:
-        raise ValueError(f"coords names {len(names)} coordinates but the grid has {D} axes")
-    shape = [len(g) for g in grid]
-    hs = [_uniform_spacing(g, d) for d, g in enumerate(grid)]
-    nodes = grid_nodes([torch.as_tensor(g, dtype=torch.float64) for g in grid])
-    N = math.prod(shape)
+    st = stencils(spec, grid, coords, params)
+    N = math.prod(st.shape)
     A = sp.csr_matrix((N, N))
-    width = 1
-    for variables, c in op.terms(D, names).items():
-        alpha = [0] * D
-        for v in variables:
-            alpha[resolve_dim(v, D, names, "discretize")] += 1
-        width = max(width, *[1 if a <= 2 else 2 for a in alpha])
-        K = sp.csr_matrix(np.ones((1, 1)))
-        for d in range(D):
-            K = sp.kron(K, difference_matrix(shape[d], alpha[d], hs[d]), format="csr")
-        A = A + sp.diags(coefficient_values(c, nodes, names).numpy()) @ K
+    for c, K in st.terms:
+        A = A + sp.diags(coefficient_values(c, st.nodes, st.names).numpy()) @ K
     A = A.tolil()
-    for i in np.flatnonzero(boundary_mask(shape, width)):
+    for i in np.flatnonzero(st.boundary):
         A.rows[i], A.data[i] = [int(i)], [1.0]
     A = A.tocsr()
     A.sort_indices()
