@@ -13,7 +13,7 @@ from torch import nn
 
 import taylorc
 from taylorc.errors import BatchCouplingError, InputMutationError
-from taylorc.operators.spec import _compositions, partial_weights
+from taylorc.operators.weights import _compositions, partial_weights
 
 
 def _slice_write(x):
