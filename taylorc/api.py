@@ -15,7 +15,7 @@ from . import methods as _methods
 from . import operators as _ops
 from .capture import Captured, capture
 from .config import BUILD_COUNT, CONFIG
-from .debug import Dumper, format_records
+from .debug import Dumper, format_records, graph_stats
 from .methods import AUTO_ZCS_MIN_FUNCTIONS, auto_method
 from .passes import PassContext, PassManager
 
@@ -323,7 +323,10 @@ class CompiledOperator(torch.nn.Module):
             return head + "\n  nested autograd (torch.func): no graph passes"
         if self._last is None:
             return head + "\n  not compiled yet: call it on a batch of coordinates"
-        return "\n".join([head, self._last.plan.describe(), format_records(self._last.records)])
+        records = self._last.records
+        if records and "flops" not in records[-1] and self._last.final is not None:
+            records[-1].update(graph_stats(self._last.final))  # the final graph, on demand
+        return "\n".join([head, self._last.plan.describe(), format_records(records)])
 
     def _op_text(self):
         if self.single:

@@ -198,11 +198,13 @@ class Dumper:
 
 
 def format_records(records: list[dict]) -> str:
-    """Text table of pass records (used by ``CompiledOperator.explain``)."""
+    """Text table of pass records (used by ``CompiledOperator.explain``); ``-`` where a
+    stage's estimates were not computed (they are, for every stage, when dumping)."""
     lines = [f"{'pass':<10}{'ms':>8}{'nodes':>7}{'MFLOP':>11}{'coeff MB':>10}"]
     for r in records:
-        lines.append(
-            f"{r['pass']:<10}{1e3 * r['seconds']:>8.1f}{r['nodes']:>7}"
-            f"{r['flops'] / 1e6:>11.2f}{r['coefficient_bytes'] / 2**20:>10.2f}"
+        flops = f"{r['flops'] / 1e6:>11.2f}" if "flops" in r else f"{'-':>11}"
+        mb = (
+            f"{r['coefficient_bytes'] / 2**20:>10.2f}" if "coefficient_bytes" in r else f"{'-':>10}"
         )
+        lines.append(f"{r['pass']:<10}{1e3 * r['seconds']:>8.1f}{r['nodes']:>7}{flops}{mb}")
     return "\n".join(lines)

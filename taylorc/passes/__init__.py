@@ -93,6 +93,7 @@ class PassContext:
         records: one dict per pass run (name, seconds, node counts, FLOPs, bytes).
         batch_axis: the output axis that carries the coordinates' batch axis (set by
             the batch analysis; 1 for a DeepONet's ``(M, N)``), None if unknown.
+        final: the pipeline's last graph (set by the pass manager).
         probe_inputs: real tensors for the source graph's placeholders (parameters,
             buffers, arguments), for the exact batch-coupling probe
             (:func:`taylorc.passes.batch.probe_rows`); None: the graph analysis decides.
@@ -106,6 +107,7 @@ class PassContext:
     records: list[dict[str, Any]] = field(default_factory=list)
     batch_axis: int | None = 0
     probe_inputs: list | None = None
+    final: Any = None
 
     def warn(self, message: str) -> None:
         warnings.warn(message, UserWarning, stacklevel=4)
@@ -168,12 +170,15 @@ class PassManager:
                 ctx.records[-1]["done"] = done
         if self.dump is not None:
             self.dump.summary(ctx)
+        ctx.final = gm
         return gm
 
     def _record(self, gm, ctx, name, seconds):
         from ..debug import graph_stats
 
-        stats = graph_stats(gm)
+        # FLOP and memory estimates propagate fake tensors: only for the dump (explain()
+        # estimates the final graph when asked)
+        stats = graph_stats(gm) if self.dump is not None else {"nodes": len(gm.graph.nodes)}
         ctx.records.append({"pass": name, "seconds": seconds, **stats})
         if self.dump is not None:
             self.dump.stage(len(ctx.records) - 1, name, gm)
