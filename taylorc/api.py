@@ -119,23 +119,17 @@ class CompiledOperator(torch.nn.Module):
         self._in_shape: tuple[int, ...] | None = None
         self._last = None
 
-    @property
-    def lower_everywhere(self) -> bool:
-        """Lower to the fused ops on every device (``self.config``; tests)."""
-        return self.config.lower_everywhere
-
-    @lower_everywhere.setter
-    def lower_everywhere(self, value: bool) -> None:
-        self.config.lower_everywhere = value
-
-    @property
-    def whole_mlp(self) -> bool:
-        """Lower a matching MLP's Laplacian to one kernel (``self.config``)."""
-        return self.config.whole_mlp
-
-    @whole_mlp.setter
-    def whole_mlp(self, value: bool) -> None:
-        self.config.whole_mlp = value
+    # test and diagnostic switches, on the operator's own copy of taylorc.config.CONFIG
+    lower_everywhere = property(
+        lambda self: self.config.lower_everywhere,
+        lambda self, v: setattr(self.config, "lower_everywhere", v),
+        doc="Lower to the fused ops on every device (``self.config``; tests).",
+    )
+    whole_mlp = property(
+        lambda self: self.config.whole_mlp,
+        lambda self, v: setattr(self.config, "whole_mlp", v),
+        doc="Lower a matching MLP's Laplacian to one kernel (``self.config``).",
+    )
 
     @property
     def fn(self) -> Callable:

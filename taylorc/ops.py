@@ -71,6 +71,19 @@ def _add(ops, **kw) -> None:
 
 
 _NONE = OpFacts()
+# views and reshapes that keep every element: zero in, zero out; no data moved
+_VIEWS = [
+    aten.view.default,
+    aten.reshape.default,
+    aten._unsafe_view.default,
+    aten.expand.default,
+    aten.permute.default,
+    aten.transpose.int,
+    aten.unsqueeze.default,
+    aten.squeeze.dim,
+    aten.squeeze.dims,
+    aten.squeeze.default,
+]
 
 _add(
     [
@@ -84,21 +97,14 @@ _add(
         aten.ceil.default,
         aten.round.default,
         aten.trunc.default,
-        aten.gt.Scalar,
-        aten.gt.Tensor,
-        aten.lt.Scalar,
-        aten.lt.Tensor,
-        aten.ge.Scalar,
-        aten.ge.Tensor,
-        aten.le.Scalar,
-        aten.le.Tensor,
-        aten.eq.Scalar,
-        aten.eq.Tensor,
-        aten.ne.Scalar,
-        aten.ne.Tensor,
         aten.logical_not.default,
         aten.logical_and.default,
         aten.logical_or.default,
+    ]
+    + [  # comparisons
+        getattr(getattr(aten, name), overload)
+        for name in ("gt", "lt", "ge", "le", "eq", "ne")
+        for overload in ("Scalar", "Tensor")
     ],
     constant_output=True,
 )
@@ -108,17 +114,8 @@ _add(
     zero_if="any",
 )
 _add(
-    [
-        aten.view.default,
-        aten.reshape.default,
-        aten._unsafe_view.default,
-        aten.expand.default,
-        aten.permute.default,
-        aten.transpose.int,
-        aten.unsqueeze.default,
-        aten.squeeze.dim,
-        aten.squeeze.dims,
-        aten.squeeze.default,
+    _VIEWS
+    + [
         aten.sum.dim_IntList,
         aten.sum.default,
         aten.mean.dim,
@@ -194,17 +191,8 @@ _add(
     batch_norm=True,
 )
 _add(
-    [
-        aten.view.default,
-        aten.reshape.default,
-        aten._unsafe_view.default,
-        aten.expand.default,
-        aten.permute.default,
-        aten.transpose.int,
-        aten.unsqueeze.default,
-        aten.squeeze.dim,
-        aten.squeeze.dims,
-        aten.squeeze.default,
+    _VIEWS
+    + [
         aten.select.int,
         aten.slice.Tensor,
         aten.alias.default,

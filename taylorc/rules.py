@@ -10,22 +10,8 @@ inputs (``jet[j]`` is coefficient j, None when it is zero). Most ops need one li
 * anything else: :func:`register_rule` with ``rule(ctx, k, *args)`` written with
   ``ctx.top`` (:class:`RuleContext`) so that it serves collapsed mode too.
 
-Worked example (docs/architecture.md, "Rules"): a custom ``torch.library`` op
-``demo::scaled_tanh(x, a) = a tanh(x)`` gets its rule from ``g' = a (1 - (g/a)^2)``::
-
-    import sympy, torch
-    from taylorc.rules import X, Y, DerivativeTable, def_deriv
-
-    @torch.library.custom_op("demo::scaled_tanh", mutates_args=())
-    def scaled_tanh(x: torch.Tensor, a: float) -> torch.Tensor:
-        return a * torch.tanh(x)
-
-    @scaled_tanh.register_fake
-    def _(x, a):
-        return torch.empty_like(x)
-
-    def_deriv(torch.ops.demo.scaled_tanh.default,
-              lambda a: DerivativeTable(ode=a * (1 - (Y / a) ** 2)))
+Worked example: docs/architecture.md, "Rules" (a custom ``torch.library`` op given its
+derivative table with :func:`def_deriv`; ``tests/test_rule_api.py`` runs it).
 
 Method: Griewank & Walther, "Evaluating Derivatives" (2008), ch. 13; collapsed mode
 after Dangel, Siebert, Zeinhofer, Walther, "Collapsing Taylor Mode Automatic
