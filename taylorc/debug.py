@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 import torch.fx
 
-from .ir import Tag, annotate_shapes, tag_of
+from .ir import Tag, ensure_shapes, tag_of
 from .ops import having
 
 aten = torch.ops.aten
@@ -73,11 +73,7 @@ def graph_stats(gm: torch.fx.GraphModule) -> dict:
     taylor pass created for orders >= 1.
     """
 
-    if any("val" not in n.meta for n in gm.graph.nodes if n.op != "output"):
-        try:
-            annotate_shapes(gm)
-        except Exception:  # statistics must never break compilation
-            pass
+    ensure_shapes(gm)
     counts = Counter(_op_name(n) for n in gm.graph.nodes if n.op == "call_function")
     flops = sum(node_flops(n) for n in gm.graph.nodes)
     coeff_bytes = 0

@@ -301,3 +301,12 @@ def annotate_shapes(gm: torch.fx.GraphModule) -> None:
                     torch.empty_strided(v.shape, v.stride(), dtype=v.dtype, device=v.device)
                 )
     FakeTensorProp(gm, mode).propagate(*inputs)
+
+
+def ensure_shapes(gm: torch.fx.GraphModule) -> None:
+    """Annotate ``meta["val"]`` where a node lacks it (a pass's new nodes); never raises."""
+    if any("val" not in n.meta for n in gm.graph.nodes if n.op != "output"):
+        try:
+            annotate_shapes(gm)
+        except Exception:  # noqa: BLE001 - shapes are an aid; a graph that fake mode cannot run still runs
+            pass

@@ -1,5 +1,6 @@
 """The public rule API's worked example: a custom torch.library op given its derivative table."""
 
+import pytest
 import torch
 from helpers import assert_close
 
@@ -17,15 +18,21 @@ def _(x, a):
     return torch.empty_like(x)
 
 
-def_deriv(
-    torch.ops.taylorc_test.scaled_tanh.default,
-    lambda a: DerivativeTable(ode=a * (1 - (Y / a) ** 2)),
-)
+@pytest.fixture
+def scaled_tanh_rule():
+    """The worked example's rule, registered for the test and removed after it."""
+    op = torch.ops.taylorc_test.scaled_tanh.default
+    def_deriv(op, lambda a: DerivativeTable(ode=a * (1 - (Y / a) ** 2)))
+    yield
+    taylorc.rules.RULES.pop(op)
+
 
 W = torch.randn(3, 5, dtype=torch.float64)
 
 
-def test_custom_op_with_a_derivative_table_matches_nested_autograd_of_its_definition():
+def test_custom_op_with_a_derivative_table_matches_nested_autograd_of_its_definition(
+    scaled_tanh_rule,
+):
     f = lambda x: scaled_tanh(x @ W, 1.7).sum(1, keepdim=True)
     same = lambda x: (1.7 * torch.tanh(x @ W)).sum(1, keepdim=True)  # the oracle's model
     x = torch.randn(4, 3, dtype=torch.float64)

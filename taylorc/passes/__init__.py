@@ -176,8 +176,9 @@ class PassManager:
     def _record(self, gm, ctx, name, seconds):
         from ..debug import graph_stats
 
-        # FLOP and memory estimates propagate fake tensors: only for the dump (explain()
-        # estimates the final graph when asked)
+        # later passes (unstack, cpu_tanh, cleanup) read the shapes of the nodes a pass made;
+        # the FLOP and memory estimates only the dump (explain() estimates the final graph)
+        ir.ensure_shapes(gm)
         stats = graph_stats(gm) if self.dump is not None else {"nodes": len(gm.graph.nodes)}
         ctx.records.append({"pass": name, "seconds": seconds, **stats})
         if self.dump is not None:
