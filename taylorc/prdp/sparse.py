@@ -124,6 +124,7 @@ class SparseSystem:
             is implicit and zero in the multigrid transfers).
         lifting: ``(A_IB values, pattern, interior index, boundary index)`` of an
             interior block, for :meth:`lift`/:meth:`extend`; None otherwise.
+        periodic: per axis, whether the grid wraps around there (``()``: no axis).
     """
 
     pattern: Pattern
@@ -132,6 +133,7 @@ class SparseSystem:
     coarsen: Callable[[], SparseSystem] | None = None
     interior: bool = False
     lifting: tuple | None = None
+    periodic: tuple[bool, ...] = ()
 
     @property
     def n(self) -> int:
