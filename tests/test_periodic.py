@@ -128,6 +128,15 @@ def test_periodic_time_stepper_is_the_same_operator():
     torch.testing.assert_close(step.system.to_dense(), ref, rtol=1e-14, atol=1e-14)
 
 
+def test_fully_periodic_interior_form_is_the_full_system():
+    g = Grid([period(10), period(12)], periodic=True)
+    full, inner = assemble(SPEC, g, coords="x y"), assemble(SPEC, g, coords="x y", form="interior")
+    assert inner.grid_shape == (10, 12) and torch.equal(inner.to_dense(), full.to_dense())
+    f = torch.rand(2, 120, dtype=F64)
+    assert torch.equal(inner.lift(f), f) and torch.equal(inner.lift(f[0]), f[0])
+    assert torch.equal(inner.extend(f, f), f)
+
+
 @pytest.mark.parametrize("method, iters", [("jacobi", 150), ("cg", 80)])
 def test_periodic_implicit_gradients_match_dense_solve(method, iters):
     A = assemble(SPEC, Grid([period(10), period(8)], periodic=True), coords="x y")

@@ -96,11 +96,11 @@ class Grid(tuple):
     def __new__(cls, axes: Sequence[torch.Tensor], periodic: bool | Sequence[bool] = False):
         self = super().__new__(cls, axes)
         flags = (periodic,) * len(self) if isinstance(periodic, bool) else tuple(periodic)
-        if len(flags) != len(self) or not all(isinstance(p, bool) for p in flags):
+        if len(flags) != len(self) or not all(isinstance(p, (bool, np.bool_)) for p in flags):
             raise ValueError(
                 f"periodic must be a bool or one bool per axis ({len(self)}), got {periodic!r}"
             )
-        self.periodic = flags
+        self.periodic = tuple(bool(p) for p in flags)
         return self
 
     def __repr__(self) -> str:
