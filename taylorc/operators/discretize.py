@@ -135,9 +135,9 @@ class Stencils:
     coefficient as the spec gives it (number, sympy expression, Coefficient).
     The matrix is ``sum_t diag(c_t(nodes)) K_t`` with identity rows on
     ``boundary`` (``(N,)`` bool: the nodes within ``width`` (1 or 2) of a
-    non-periodic edge; ``periodic`` one flag per axis). Shared by :func:`discretize` (scipy values)
-    and :func:`taylorc.prdp.assemble` (torch values, differentiable in the
-    coefficients): one discretization code path.
+    non-periodic edge; ``periodic`` one flag per axis). Shared by
+    :func:`discretize` (scipy values) and :func:`taylorc.prdp.assemble` (torch
+    values, differentiable in the coefficients): one discretization code path.
     """
 
     shape: list[int]
