@@ -1,6 +1,6 @@
 """Operator specs and planning: which jets to propagate and how to read the operator off them."""
 
-from .discretize import discretize, grid_nodes
+from .discretize import Grid, discretize, grid_nodes
 from .parse import from_sympy, parse, parse_expression, split_coords
 from .plan import JetPlan, PartPlan, TermPlan, build_plan
 from .spec import (
@@ -27,6 +27,7 @@ __all__ = [
     "Biharmonic",
     "Coefficient",
     "Gradient",
+    "Grid",
     "Heat",
     "Helmholtz",
     "JetPlan",

@@ -19,7 +19,7 @@ import numpy as np
 import sympy
 import torch
 
-from ..operators.discretize import stencils
+from ..operators.discretize import Grid, periodic_axes, stencils
 from ..operators.parse import split_coords
 from ..operators.spec import Coefficient
 from .sparse import Pattern, SparseSystem
@@ -43,9 +43,9 @@ def _grid_key(grid) -> tuple:
 
 
 @functools.lru_cache(maxsize=64)
-def _structure(spec, grid_key, coords: tuple | None, names: tuple, params_key):
+def _structure(spec, grid_key, periodic: tuple, coords: tuple | None, names: tuple, params_key):
     """Pattern and per-term entry maps, cached: parsing and scipy work happen once per spec and grid."""
-    grid = [torch.tensor(g, dtype=torch.float64) for g in grid_key]
+    grid = Grid([torch.tensor(g, dtype=torch.float64) for g in grid_key], periodic)
     st = stencils(spec, grid, None if coords is None else list(coords), dict(params_key), names)
     N = math.prod(st.shape)
     inner = ~st.boundary
@@ -131,7 +131,9 @@ def assemble(
         spec: an operator spec as for :func:`taylorc.operators.discretize`, e.g.
             ``"u - dt*k*(u_xx + u_yy)"``; names in ``coefficients`` may appear in
             coefficients of terms (never as derivative subscripts).
-        grid: one uniform 1-d coordinate tensor per axis (>= 5 nodes each).
+        grid: one uniform 1-d coordinate tensor per axis (>= 5 nodes each); a
+            :class:`taylorc.operators.Grid` makes axes periodic (no Dirichlet rows
+            there, wrapped stencils; ``n`` nodes per period, spacing ``L / n``).
         coords: the coordinate names (needed for expression specs), e.g. ``"x y"``.
         coefficients: ``{name: value}``; a value is a number, a tensor with one
             value per node (grid-shaped or ``(N,)``; may require grad), or a callable
@@ -139,7 +141,8 @@ def assemble(
             or ``(N, 1)``, evaluated here (gradients reach its parameters).
         params: constant names for the spec (as for ``taylorc.compile``).
         form: ``"full"``: all ``N`` nodes, identity (Dirichlet) rows at the
-            boundary (``A u = f`` means ``u = f`` there; not symmetric).
+            non-periodic boundary (``A u = f`` means ``u = f`` there; not symmetric
+            unless every axis is periodic).
             ``"interior"``: the block ``A_II`` of the interior nodes (symmetric for
             a self-adjoint spec with constant or node-wise zeroth-order
             coefficients: what CG needs); use :meth:`SparseSystem.lift` for the
@@ -148,9 +151,11 @@ def assemble(
             coefficients, else float64 on the CPU.
 
     Returns:
-        :class:`SparseSystem` (``grid_shape`` the nodes of the unknowns; ``coarsen``
-        re-assembles the same spec on every other node, for multigrid, when every
-        axis has an odd number >= 9 of nodes and the derivatives are of order <= 2).
+        :class:`SparseSystem` (``grid_shape`` the nodes of the unknowns, ``periodic``
+        the grid's flags; ``coarsen`` re-assembles the same spec on every other node,
+        for multigrid, when every non-periodic axis has an odd number >= 9 of nodes,
+        every periodic axis an even number >= 10, and the derivatives are of order
+        <= 2 on non-periodic axes).
 
     Raises:
         ValueError: a bad spec or grid (see ``discretize``), an unknown form, a
@@ -165,6 +170,7 @@ def assemble(
     st, pattern, terms, bnd_pos = _structure(
         spec,
         _grid_key(grid),
+        periodic_axes(grid),
         None if names is None else tuple(names),
         tuple(coefficients),
         tuple(sorted((params or {}).items())),
@@ -185,15 +191,16 @@ def assemble(
         assemble, spec, coords=coords, params=params, form=form, dtype=dtype, device=device
     )
     # multigrid's transfers assume one Dirichlet layer (orders <= 2)
-    wide = bool(st.boundary.reshape(st.shape)[(1,) * len(st.shape)])
-    coarsen = None if wide else _coarsener(rebuild, grid, coefficients, st.shape)
-    full = SparseSystem(pattern.to(device), values, tuple(st.shape), coarsen)
-    return full if form == "full" else interior_block(full, st.boundary)
+    coarsen = None if st.width > 1 else _coarsener(rebuild, grid, coefficients, st)
+    full = SparseSystem(pattern.to(device), values, tuple(st.shape), coarsen, periodic=st.periodic)
+    return full if form == "full" else interior_block(full, st.boundary, st.interior_shape())
 
 
-def _coarsener(rebuild: Callable, grid, coefficients, shape) -> Callable | None:
-    """``() -> SparseSystem`` on every other node, or None when an axis cannot be halved."""
-    if any(n % 2 == 0 or (n + 1) // 2 < 5 for n in shape):
+def _coarsener(rebuild: Callable, grid, coefficients, st) -> Callable | None:
+    """``() -> SparseSystem`` on every other node, or None when an axis cannot be halved
+    (``2m + 1 -> m + 1`` nodes on a Dirichlet axis, ``2m -> m`` on a periodic one, m >= 5)."""
+    shape = st.shape
+    if any(n % 2 != (0 if p else 1) or (n + 1) // 2 < 5 for n, p in zip(shape, st.periodic)):
         return None
 
     def coarse_value(v):
@@ -203,7 +210,9 @@ def _coarsener(rebuild: Callable, grid, coefficients, shape) -> Callable | None:
         return v
 
     def coarsen():
-        coarse_grid = [torch.as_tensor(g, dtype=torch.float64)[::2] for g in _grid_key(grid)]
+        coarse_grid = Grid(
+            [torch.as_tensor(g, dtype=torch.float64)[::2] for g in _grid_key(grid)], st.periodic
+        )
         return rebuild(
             coarse_grid, coefficients={k: coarse_value(v) for k, v in coefficients.items()}
         )
@@ -211,8 +220,9 @@ def _coarsener(rebuild: Callable, grid, coefficients, shape) -> Callable | None:
     return coarsen
 
 
-def interior_block(full: SparseSystem, boundary: np.ndarray) -> SparseSystem:
-    """``A_II`` of a full-form system with its lifting block ``A_IB`` (see :func:`assemble`)."""
+def interior_block(full: SparseSystem, boundary: np.ndarray, shape: tuple) -> SparseSystem:
+    """``A_II`` (unknowns on a ``shape`` grid) of a full-form system with its lifting block
+    ``A_IB`` (see :func:`assemble`)."""
     p = full.pattern
     N = full.n
     bnd = torch.from_numpy(boundary).to(p.row.device)
@@ -232,12 +242,12 @@ def interior_block(full: SparseSystem, boundary: np.ndarray) -> SparseSystem:
         new[p.row[ib]].cpu().numpy(), new_b[p.col[ib]].cpu().numpy(), len(inner_idx), len(bnd_idx)
     ).to(p.row.device)
     # from_coo sorts row-major like the full pattern, so the gathered order matches
-    width = 2 if boundary.reshape(full.grid_shape)[(1,) * len(full.grid_shape)] else 1
     return SparseSystem(
         pat_ii,
         full.values[ii],
-        tuple(n - 2 * width for n in full.grid_shape),
+        shape,
         full.coarsen,
         interior=True,
         lifting=(full.values[ib], pat_ib, inner_idx, bnd_idx),
+        periodic=full.periodic,
     )

@@ -9,6 +9,7 @@ backward w.r.t. a CSR operand builds a dense ``N x N`` gradient).
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -124,6 +125,7 @@ class SparseSystem:
             is implicit and zero in the multigrid transfers).
         lifting: ``(A_IB values, pattern, interior index, boundary index)`` of an
             interior block, for :meth:`lift`/:meth:`extend`; None otherwise.
+        periodic: per axis, whether the grid wraps around there (``()``: no axis).
     """
 
     pattern: Pattern
@@ -132,6 +134,7 @@ class SparseSystem:
     coarsen: Callable[[], SparseSystem] | None = None
     interior: bool = False
     lifting: tuple | None = None
+    periodic: tuple[bool, ...] = ()
 
     @property
     def n(self) -> int:
@@ -220,9 +223,8 @@ class SparseSystem:
         """
         vals, pat, inner, bnd = self._lifting()
         fb = f[..., bnd]
-        coupled = _SpMM.apply(vals, fb.reshape(-1, fb.shape[-1]).T, pat).T.reshape(
-            *f.shape[:-1], -1
-        )
+        batch = math.prod(f.shape[:-1])  # explicit: a fully periodic grid has no f_B
+        coupled = _SpMM.apply(vals, fb.reshape(batch, -1).T, pat).T.reshape(*f.shape[:-1], -1)
         return f[..., inner] - coupled
 
     def extend(self, x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:

@@ -3,7 +3,8 @@
 Both are plain torch code (differentiable when unrolled) and serve as solvers and as
 multigrid smoothers. Red-black SOR colours the grid nodes by the parity of the sum of
 their indices: a valid Gauss-Seidel ordering only when no matrix entry couples two
-nodes of one colour (5-/7-point stencils; not mixed derivatives or fourth order).
+nodes of one colour (5-/7-point stencils; not mixed derivatives or fourth order; an
+even number of nodes on each periodic axis, where node n-1 neighbours node 0).
 """
 
 from __future__ import annotations
@@ -60,7 +61,8 @@ class RedBlackSOR:
     (Saad 2003, Sec. 4.1 and 12.4).
 
     Raises:
-        ValueError: a zero diagonal, or an entry coupling two nodes of one colour.
+        ValueError: a zero diagonal, an odd number of nodes on a periodic axis, or an
+            entry coupling two nodes of one colour.
     """
 
     def __init__(self, system: SparseSystem, omega: float = 1.0, reverse: bool = False):
@@ -68,6 +70,13 @@ class RedBlackSOR:
             raise ValueError(
                 f"red-black SOR needs a grid system; grid_shape {system.grid_shape} "
                 f"does not match N = {system.n}"
+            )
+        odd = [n for n, p in zip(system.grid_shape, system.periodic) if p and n % 2]
+        if odd:
+            raise ValueError(
+                f"red-black SOR needs an even number of nodes on each periodic axis (the "
+                f"colouring must alternate across the wrap); got {system.grid_shape} with "
+                f"periodic {system.periodic}: use an even count or method='jacobi'"
             )
         p = system.pattern
         colors = torch.from_numpy(grid_colors(system.grid_shape)).to(p.row.device)
