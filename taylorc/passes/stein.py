@@ -121,81 +121,14 @@ class SteinPass:
         check_batch_independence(gm, ctx.coord, ctx.probe_inputs)
         placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
         ix = next(i for i, n in enumerate(placeholders) if n.name == ctx.coord)
-        x_val = placeholders[ix].meta["val"]
-        S, B, vr = self.S, self.B, self.vr
-        in_shape = tuple(x_val.shape[1:])
+        in_shape = tuple(placeholders[ix].meta["val"].shape[1:])
         D = int(torch.tensor(in_shape).prod()) if in_shape else 1
-        ops, coords, sigma = self.ops, self.coords, self.sigma
-        s = [float(v) for v in sigma]
+        S, B = self.S, self.B
+        widths = [float(v) for v in self.sigma]  # numbers, outside the trace
 
         def estimator(*inputs):
-            base, noise = list(inputs[:-1]), inputs[-1]
-            x = base[ix]  # (B, *in)
-            delta = noise * sigma.to(dtype=x.dtype, device=x.device)  # (S, B, D)
-            shift = delta.reshape((S, B) + in_shape)
-            points = [x[None], x + shift, x - shift] if vr else [x + shift]
-            base[ix] = torch.cat(points).reshape((-1,) + in_shape)
-            g = gm(*base)
-            g = g.reshape((-1, B) + tuple(g.shape[1:]))  # (n_eval, B, *out)
-            out_nd = g.dim() - 2
-            if vr:
-                g0, plus, minus = g[0], g[1 : S + 1], g[S + 1 :]
-                value = ((plus + minus) / 2).mean(0)
-                odd, even = (plus - minus) / 2, (plus + minus - 2 * g0) / 2
-            else:
-                value = g.mean(0)
-                odd = even = g
-
-            def component(i):  # delta_i (S, B) broadcast against (S, B, *out)
-                return delta[..., i].reshape((S, B) + (1,) * out_nd)
-
-            def derivative(alpha):
-                idx = [i for i, a in enumerate(alpha) for _ in range(a)]
-                if not idx:
-                    return value
-                if len(idx) == 1:
-                    (i,) = idx
-                    return (component(i) * odd).mean(0) / s[i] ** 2
-                i, j = idx
-                w = component(i) * component(j) - (s[i] ** 2 if i == j else 0.0)
-                return (w * even).mean(0) / (s[i] ** 2 * s[j] ** 2)
-
-            def weighted(
-                vec, inner, against
-            ):  # mean_s (delta-form . vec) * against, vectorized over D
-                form = inner @ torch.tensor(vec, dtype=x.dtype, device=x.device)  # (S, B)
-                return (form.reshape((S, B) + (1,) * out_nd) * against).mean(0)
-
-            flat = x.reshape(B, D)
-            s2 = torch.tensor([v * v for v in s], dtype=x.dtype, device=x.device)
-            terms = {}
-            for name, op in ops.items():
-                if op.kind != "linear":
-                    terms[name] = assemble_terms(derivative, value, {name: op}, flat, coords, 0)[
-                        name
-                    ]
-                    continue
-                first, diag, rest, total = [0.0] * D, [0.0] * D, {}, 0
-                for variables, c in op.terms(D, coords).items():
-                    idx = sorted(resolve_dim(v, D, coords, "stein") for v in variables)
-                    if not is_constant(c) or (len(idx) == 2 and idx[0] != idx[1]) or not idx:
-                        rest[tuple(variables)] = c
-                    elif len(idx) == 1:
-                        first[idx[0]] += float(c) / s[idx[0]] ** 2
-                    else:
-                        diag[idx[0]] += float(c) / s[idx[0]] ** 4
-                if any(first):
-                    total = total + weighted(first, delta, odd)
-                if any(diag):
-                    total = total + weighted(diag, delta * delta - s2, even)
-                if rest:
-                    other = LinearOperator(rest)
-                    total = (
-                        total
-                        + assemble_terms(derivative, value, {name: other}, flat, coords, 0)[name]
-                    )
-                terms[name] = total if not isinstance(total, int) else torch.zeros_like(value)
-            return tuple(terms[k] for k in ops)
+            smoothed = _Smoothed(gm, list(inputs[:-1]), ix, inputs[-1], self, in_shape, widths)
+            return tuple(smoothed.term(name, op, D, self.coords) for name, op in self.ops.items())
 
         examples = [
             torch.zeros(n.meta["val"].shape, dtype=n.meta["val"].dtype, device=ctx.device)
@@ -217,6 +150,80 @@ class SteinPass:
         out.graph.eliminate_dead_code()
         out.recompile()
         noise = [n for n in out.graph.nodes if n.op == "placeholder"][-1:]
-        options = {"samples": S, "variance_reduction": vr}
+        options = {"samples": S, "variance_reduction": self.vr}
         ir.set_info(out, ir.GraphInfo("stein", gm, inputs={"noise": noise}, options=options))
         return out
+
+
+class _Smoothed:
+    """The model at the replicated points of one call, and Stein's estimators from it."""
+
+    def __init__(self, gm, base, ix, noise, stein, in_shape, widths):
+        S, B, vr = stein.S, stein.B, stein.vr
+        self.S, self.B, self.s = S, B, widths
+        x = self.x = base[ix]  # (B, *in)
+        self.delta = noise * stein.sigma.to(dtype=x.dtype, device=x.device)  # (S, B, D)
+        shift = self.delta.reshape((S, B) + in_shape)
+        points = [x[None], x + shift, x - shift] if vr else [x + shift]
+        base[ix] = torch.cat(points).reshape((-1,) + in_shape)
+        g = gm(*base)
+        g = g.reshape((-1, B) + tuple(g.shape[1:]))  # (n_eval, B, *out)
+        self.out_nd = g.dim() - 2
+        if vr:
+            g0, plus, minus = g[0], g[1 : S + 1], g[S + 1 :]
+            self.value = ((plus + minus) / 2).mean(0)
+            self.odd, self.even = (plus - minus) / 2, (plus + minus - 2 * g0) / 2
+        else:
+            self.value = g.mean(0)
+            self.odd = self.even = g
+
+    def component(self, i):
+        """delta_i (S, B), broadcast against (S, B, *out)."""
+        return self.delta[..., i].reshape((self.S, self.B) + (1,) * self.out_nd)
+
+    def derivative(self, alpha):
+        """Stein's estimate of d^alpha of the smoothed model (orders <= 2)."""
+        s = self.s
+        idx = [i for i, a in enumerate(alpha) for _ in range(a)]
+        if not idx:
+            return self.value
+        if len(idx) == 1:
+            (i,) = idx
+            return (self.component(i) * self.odd).mean(0) / s[i] ** 2
+        i, j = idx
+        w = self.component(i) * self.component(j) - (s[i] ** 2 if i == j else 0.0)
+        return (w * self.even).mean(0) / (s[i] ** 2 * s[j] ** 2)
+
+    def weighted(self, vec, inner, against):
+        """mean_s (inner . vec) * against, vectorized over the D coordinates."""
+        x = self.x
+        form = inner @ torch.tensor(vec, dtype=x.dtype, device=x.device)  # (S, B)
+        return (form.reshape((self.S, self.B) + (1,) * self.out_nd) * against).mean(0)
+
+    def term(self, name, op, D, coords):
+        """One operator: constant first-order and pure second-order parts in one weighted
+        mean each, the rest through the per-multi-index estimates."""
+        flat, s = self.x.reshape(self.B, D), self.s
+        if op.kind != "linear":
+            return assemble_terms(self.derivative, self.value, {name: op}, flat, coords, 0)[name]
+        first, diag, rest, total = [0.0] * D, [0.0] * D, {}, 0
+        for variables, c in op.terms(D, coords).items():
+            idx = sorted(resolve_dim(v, D, coords, "stein") for v in variables)
+            if not is_constant(c) or (len(idx) == 2 and idx[0] != idx[1]) or not idx:
+                rest[tuple(variables)] = c
+            elif len(idx) == 1:
+                first[idx[0]] += float(c) / s[idx[0]] ** 2
+            else:
+                diag[idx[0]] += float(c) / s[idx[0]] ** 4
+        if any(first):
+            total = total + self.weighted(first, self.delta, self.odd)
+        if any(diag):
+            s2 = torch.tensor([v * v for v in s], dtype=self.x.dtype, device=self.x.device)
+            total = total + self.weighted(diag, self.delta * self.delta - s2, self.even)
+        if rest:
+            other = LinearOperator(rest)
+            total = (
+                total
+                + assemble_terms(self.derivative, self.value, {name: other}, flat, coords, 0)[name]
+            )
+        return total if not isinstance(total, int) else torch.zeros_like(self.value)
