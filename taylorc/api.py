@@ -353,8 +353,6 @@ def _argument_names(fn) -> list[str]:
 def compile(model: torch.nn.Module | Callable, operator="laplacian", **options) -> CompiledOperator:
     """Compile a linear differential operator of ``model``.
 
-    ``options`` are the keywords of :class:`CompiledOperator` (all keyword-only here):
-
     Args:
         model: ``nn.Module`` (parameters stay live) or function mapping
             coordinates ``(B, D)`` / ``(B, *in)`` to ``(B, *out)``. Output row b
@@ -365,6 +363,9 @@ def compile(model: torch.nn.Module | Callable, operator="laplacian", **options) 
             field's notation (``"u_t - 0.01*u_xx + 2*u_xy"`` with ``coords``),
             a sympy expression, a :class:`taylorc.operators.Operator`, or a
             dict of these (one propagation for all; the call returns a dict).
+        **options: the keywords of :class:`CompiledOperator`, below.
+
+    Keyword Args:
         method: ``"collapsed"`` (default), ``"taylor"``, ``"nested"`` (torch.func;
             a loop over the functions for models of several arguments), ``"zcs"``
             (zero coordinate shift, reverse mode; needs ``wrt``) or ``"auto"``

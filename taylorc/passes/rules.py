@@ -82,8 +82,9 @@ def register_rule(
             known derivative list, :func:`~taylorc.passes.jet.leibniz` for
             bilinear ones, and ``ctx.top(k, linear, rest)`` so the rule works
             in collapsed mode too (Dangel et al. 2025).
-        kind, smooth, note: recorded for the ops table; ``smooth=False`` makes
-            taylorc warn at derivative order >= 2.
+        kind: recorded for the ops table (``"user"`` by default).
+        smooth: False makes taylorc warn at derivative order >= 2.
+        note: one line for the ops table.
 
     Raises:
         TypeError: ``op`` is not an ATen overload or ``rule`` is not callable.

@@ -104,7 +104,8 @@ class VCycle:
             axis, ``m 2^k`` per periodic axis, from :func:`taylorc.prdp.assemble`).
         kind: the smoother, ``"jacobi"`` (weighted, ``2D/(2D+1)``) or ``"sor"`` (red-black
             Gauss-Seidel; the post-smoother sweeps black-red, so the cycle is symmetric).
-        pre, post: smoothing sweeps before and after the coarse correction.
+        pre: smoothing sweeps before the coarse correction.
+        post: smoothing sweeps after it.
         omega: smoother weight (None: the textbook default).
 
     Raises:

@@ -63,8 +63,13 @@ class TimeStepper:
     Args:
         spec: e.g. ``"u_t - nu*u_xx - nu*u_yy"`` (``coords`` names the space axes; ``t``
             is added), coefficient names from ``coefficients``/``params`` allowed.
-        grid, coords, coefficients, params, form, dtype, device: as for
-            :func:`taylorc.prdp.assemble`.
+        grid: the grid, as for :func:`taylorc.prdp.assemble` (so are the following).
+        coords: coordinate names.
+        coefficients: named coefficients.
+        params: named numbers.
+        form: ``"full"`` or ``"interior"``.
+        dtype: of the matrix values.
+        device: of the matrix.
         dt: the time step (in the units of t).
         scheme: ``"euler"`` (backward Euler) or ``"cn"`` (Crank-Nicolson).
 
