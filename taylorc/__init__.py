@@ -5,7 +5,7 @@ rewrites the graph into forward Taylor propagation (collapsed), and returns a
 module computing the operator per sample. See docs/architecture.md.
 """
 
-from . import cpu, errors, operators
+from . import cpu, errors, operators, optim
 from .api import CompiledOperator, compile
 from .losses import unbiased_squared_residual
 from .passes.rules import register_rule
@@ -16,6 +16,7 @@ __all__ = [
     "cpu",
     "errors",
     "operators",
+    "optim",
     "register_rule",
     "unbiased_squared_residual",
 ]
