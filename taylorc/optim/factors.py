@@ -46,19 +46,32 @@ def layer_factors(layer: Layer, approx: str = "expand") -> tuple[torch.Tensor, t
 
 def layer_gradient(layer: Layer, r: torch.Tensor) -> torch.Tensor:
     """``Ĝ = [∇W | ∇b]`` of ½ mean ||r||²: 1/N Σ_n,m r_nm Σ_s g_mns Z̃_nsᵀ, ``(d_out, d_in+1)``."""
-    rg = (r.T[:, :, None, None] * layer.g).sum(0)  # (N, S, d_out)
-    return rg.reshape(-1, rg.shape[-1]).T @ layer.Z.reshape(-1, layer.Z.shape[-1]) / r.shape[0]
+    g = layer.g[0] * r[:, :1, None] if r.shape[1] == 1 else torch.einsum("nm,mnso->nso", r, layer.g)
+    return g.reshape(-1, g.shape[-1]).T @ layer.Z.reshape(-1, layer.Z.shape[-1]) / r.shape[0]
 
 
-def jvp(lin: Linearization, direction: dict[str, torch.Tensor]) -> torch.Tensor:
-    """``J v`` of the residual, ``(M, N)``: Σ_layers Σ_s g_mns · (V Z̃_ns), exact.
+def jvp(lin: Linearization, *directions: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+    """``[J v, ...]`` of the residual, each ``(M, N)``: Σ_layers Σ_s g_mns · (V Z̃_ns), exact.
 
-    ``direction`` maps weight names to blocks ``V (d_out, d_in+1)`` (missing: zero).
+    Each direction maps weight names to blocks ``V (d_out, d_in+1)`` (missing: zero).
+    All directions share one matmul per layer, on the narrower side of the layer
+    (``(V Z̃)·g`` or ``Z̃·(Vᵀ g)``): the elementwise product is then the smaller one.
     """
-    out = lin.r.new_zeros(lin.r.shape[1], lin.r.shape[0])
+    M, N = lin.r.shape[1], lin.r.shape[0]
+    out = [lin.r.new_zeros(M, N) for _ in directions]
     for name, layer in lin.layers.items():
-        if name in direction:
-            out += (layer.g * (layer.Z @ direction[name].T)).sum((-1, -2))
+        Vs = [(i, d[name]) for i, d in enumerate(directions) if name in d]
+        if not Vs:
+            continue
+        d_out, d_in = layer.g.shape[-1], layer.Z.shape[-1]
+        if d_out <= d_in:  # Z̃ Vᵀ: (N, S, k * d_out), dotted with g
+            ZV = layer.Z @ torch.cat([V for _, V in Vs]).T
+            for j, (i, _) in enumerate(Vs):
+                out[i] += (layer.g * ZV[..., j * d_out : (j + 1) * d_out]).sum((-1, -2))
+        else:  # g V: (M, N, S, k * d_in), dotted with Z̃
+            gV = layer.g @ torch.cat([V for _, V in Vs], 1)
+            for j, (i, _) in enumerate(Vs):
+                out[i] += (gV[..., j * d_in : (j + 1) * d_in] * layer.Z).sum((-1, -2))
     return out
 
 

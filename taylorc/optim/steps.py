@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from .factors import jvp
-from .record import Layer, Linearization
+from .record import Layer
 
 # Dangel, Müller, Zeinhofer, NeurIPS 2024, App. (line search): α ∈ {2^-30, ..., 2^0}
 GRID = tuple(2.0**-k for k in range(30, -1, -1))
@@ -68,13 +68,6 @@ def line_search(model, layers, blocks: dict, loss_fn, current: float, grid=GRID)
     return alpha
 
 
-def gram(lins: list[Linearization], u: dict, v: dict | None = None) -> torch.Tensor:
-    """uᵀ G v with G = Σ_t 1/N_t J_tᵀ J_t the exact mini-batch Gramian (JVPs from the taps)."""
-    return _gram_jvps(
-        [jvp(lin, u) for lin in lins], None if v is None else [jvp(lin, v) for lin in lins], lins
-    )
-
-
 def _gram_jvps(ju: list, jv: list | None, lins) -> torch.Tensor:
     """Σ_t 1/N_t ⟨J_t u, J_t v⟩ from the JVPs."""
     jv = ju if jv is None else jv
@@ -85,7 +78,8 @@ def kfac_star(lins, grad: dict, Delta: dict, prev: dict, damping: float):
     """(α, μ) of Martens & Grosse 2015, Sec. 7 ("KFAC*"): minimise the damped quadratic
     model m(αΔ + μδ) = gᵀ(αΔ + μδ) + ½ (αΔ + μδ)ᵀ(G + λI)(αΔ + μδ), i.e. solve
     [[ΔᵀGΔ + λΔᵀΔ, ΔᵀGδ + λΔᵀδ], [·, δᵀGδ + λδᵀδ]] (α, μ) = −(gᵀΔ, gᵀδ)."""
-    jD, jP = [jvp(lin, Delta) for lin in lins], [jvp(lin, prev) for lin in lins]  # 2 per term
+    both = [jvp(lin, Delta, prev) for lin in lins]  # two JVPs per term, one matmul
+    jD, jP = [b[0] for b in both], [b[1] for b in both]
     a = _gram_jvps(jD, None, lins) + damping * dot(Delta, Delta)
     b = _gram_jvps(jD, jP, lins) + damping * dot(Delta, prev)
     c = _gram_jvps(jP, None, lins) + damping * dot(prev, prev)
