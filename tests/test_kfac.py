@@ -76,6 +76,22 @@ def test_tap_jacobian_equals_nested_jacobian(name):
     torch.testing.assert_close(J, oracle_jacobian(model, residual(model, name, "nested"), x))
 
 
+def test_tap_jacobian_two_outputs_and_shared_weight():
+    """M = 2 residual outputs (two reverse passes) and a weight used twice (more columns)."""
+    model = mlp(3, [5], out=2)
+    lap = taylorc.compile(model, "laplacian")
+    nested = taylorc.compile(model, "laplacian", method="nested")
+    x = torch.rand(4, 3, dtype=DT)
+    f = lambda x: lap(x) * model(x) + model(x + 1)  # model called twice, one nonlinearity
+    g = lambda x: nested(x) * model(x) + model(x + 1)
+    lin = linearize(model, value_op(model), f, x, check=True)
+    assert lin.r.shape == (4, 2) and lin.layers["0.weight"].Z.shape[1] == 5 + 1 + 1
+    J = torch.cat(
+        [to_vector(torch.einsum("mnso,nsi->nmoi", L.g, L.Z), L) for L in lin.layers.values()], -1
+    ).reshape(8, -1)
+    torch.testing.assert_close(J, oracle_jacobian(model, g, x))
+
+
 @pytest.mark.parametrize("name", ["laplacian", "burgers"])
 def test_gramian_equals_dense_oracle(name):
     model = mlp(3, [5, 4])

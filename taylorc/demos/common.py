@@ -138,12 +138,16 @@ SECOND_ORDER_DEFAULTS = {
 }
 
 
-def second_order_arguments(p: argparse.ArgumentParser, steps: int) -> None:
+def second_order_arguments(
+    p: argparse.ArgumentParser, steps: int, seconds: float | None = None
+) -> None:
     """Add ``--optimizer``, ``--steps``, ``--seconds``, ``--resample``, ``--damping``, ``--ema``,
     ``--momentum`` (None: the optimiser's default in ``SECOND_ORDER_DEFAULTS``)."""
     p.add_argument("--optimizer", choices=OPTIMIZERS, default="kfac*")
     p.add_argument("--steps", type=int, default=steps, help="KFAC/ENGD steps")
-    p.add_argument("--seconds", type=float, default=None, help="stop KFAC/ENGD after this time")
+    p.add_argument(
+        "--seconds", type=float, default=seconds, help="stop KFAC/ENGD after this training time"
+    )
     p.add_argument("--resample", type=int, default=100, help="new collocation points every k steps")
     for name in ("damping", "ema", "momentum"):
         p.add_argument(f"--{name}", type=float, default=None)

@@ -125,7 +125,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         lr=2e-3,
         figure="poisson.png",
     )
-    second_order_arguments(p, steps=10_000)
+    second_order_arguments(p, steps=10_000, seconds=270)  # the main job: under 5 minutes
     p.add_argument("--dim", type=int, default=5)
     p.add_argument("--test-points", type=int, default=10_000)
     return p.parse_args(argv)
