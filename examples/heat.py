@@ -20,17 +20,7 @@ import time
 import torch
 
 import taylorc
-from taylorc.demos.common import (
-    agg_figure,
-    boundary_points,
-    make_optimizer,
-    mlp,
-    pinn_arguments,
-    relative_l2,
-    second_order_arguments,
-    train,
-    train_second_order,
-)
+from taylorc.demos import common
 
 PROBLEMS = {  # coordinates (time last), operator, kappa
     "2+1": ("x y t", "u_t - kappa*(u_xx + u_yy)"),
@@ -50,7 +40,9 @@ def sampler(args, D: int, gen: torch.Generator, dtype):
     """``() -> {"interior", "boundary"}``: uniform interior points; half walls, half t = 0."""
 
     def sample():
-        xb = boundary_points(args.boundary - args.boundary // 2, D, dtype, gen, dims=range(D - 1))
+        xb = common.boundary_points(
+            args.boundary - args.boundary // 2, D, dtype, gen, dims=range(D - 1)
+        )
         x0 = torch.rand(args.boundary // 2, D, generator=gen, dtype=dtype)
         x0[:, -1] = 0
         xi = torch.rand(args.interior, D, generator=gen, dtype=dtype)
@@ -60,7 +52,7 @@ def sampler(args, D: int, gen: torch.Generator, dtype):
 
 
 def parse_args(argv=None):
-    p = pinn_arguments(
+    p = common.pinn_arguments(
         __doc__.splitlines()[0],
         widths=[64],
         interior=3000,
@@ -70,7 +62,7 @@ def parse_args(argv=None):
         lr=2e-3,
         figure="heat.png",
     )
-    second_order_arguments(p, steps=2000)
+    common.second_order_arguments(p, steps=2000)
     p.add_argument("--problem", choices=list(PROBLEMS), default="4+1")
     p.add_argument("--kappa", type=float, default=None, help="default: 0.05 (2+1), 0.25 (4+1)")
     args = p.parse_args(argv)
@@ -87,7 +79,7 @@ def main(argv=None) -> float:
     dtype = torch.float64
     coords, spec = PROBLEMS[args.problem]
     D = len(coords.split())
-    model = mlp(D, args.widths).to(dtype)
+    model = common.mlp(D, args.widths).to(dtype)
     heat = taylorc.compile(model, spec, coords=coords, params={"kappa": args.kappa})
     residuals = {
         "interior": heat,
@@ -100,13 +92,13 @@ def main(argv=None) -> float:
         def loss_fn():
             return sum(0.5 * f(points[k]).pow(2).mean() for k, f in residuals.items())
 
-        train(model, loss_fn, args.adam_steps, args.lbfgs_steps, args.lr, args.quiet)
+        common.train(model, loss_fn, args.adam_steps, args.lbfgs_steps, args.lr, args.quiet)
     else:
-        opt = make_optimizer(args, model, residuals)
-        train_second_order(opt, sample, args.steps, args.resample, args.seconds, args.quiet)
+        opt = common.make_optimizer(args, model, residuals)
+        common.train_second_order(opt, sample, args.steps, args.resample, args.seconds, args.quiet)
     xt = torch.rand(20_000, D, dtype=dtype, generator=gen)
     with torch.no_grad():
-        err = relative_l2(model(xt), exact(xt, args.problem, args.kappa))
+        err = common.relative_l2(model(xt), exact(xt, args.problem, args.kappa))
     print(f"relative L2 error: {err:.3e}  (20000 fresh points, {time.perf_counter() - t0:.0f} s)")
     if args.figure:
         plot(model, args, D, args.figure)
@@ -116,7 +108,7 @@ def main(argv=None) -> float:
 
 def plot(model, args, D: int, path: str) -> None:
     """PINN and |error| on the first two space coordinates (others 0.5) at t = 0, 0.5, 1."""
-    plt = agg_figure()
+    plt = common.agg_figure()
     n = 81
     s = torch.linspace(0, 1, n, dtype=torch.float64)
     X, Y = torch.meshgrid(s, s, indexing="ij")
