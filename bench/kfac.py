@@ -96,7 +96,7 @@ def make_step(method: str, model, residuals, lr: float | None = None):
     elif method == "kfac":
         opt = KFAC(model, residuals, lr="line_search", damping=3.5e-10, ema=0.19, momentum=0.63)
     elif method == "engd":
-        opt = ENGD(model, residuals, damping=1e-10)
+        opt = ENGD(model, residuals, damping=1e-10, ema=0.3)
     else:
         return _first_order(method, model, residuals, lr)
     return lambda points: sum(opt.step(points).values())
@@ -238,7 +238,8 @@ def main(argv=None) -> None:
     results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {"device": DEVICE}
     if args.what == "plot":
         return plot(results)
-    results.update(curves(args) if args.what == "curves" else cost(args))
+    for key, value in (curves(args) if args.what == "curves" else cost(args)).items():
+        results.setdefault(key, {}).update(value)  # a rerun of some methods keeps the others
     results["threads"] = args.threads
     RESULTS.write_text(json.dumps(results, indent=1) + "\n")
     print(f"results merged into {RESULTS}")

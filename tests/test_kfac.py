@@ -314,7 +314,7 @@ def test_state_dict_round_trip_and_float32():
 
 def test_engd_and_line_search_decrease_the_loss():
     for make in (
-        lambda m, r: ENGD(m, r, damping=1e-10),
+        lambda m, r: ENGD(m, r, damping=1e-10, ema=0.3),
         lambda m, r: KFAC(m, r, lr="line_search", momentum=0.3),
     ):
         model, res, points, _ = poisson2d(width=8, n_i=50, n_b=20)

@@ -134,7 +134,7 @@ OPTIMIZERS = ("kfac*", "kfac", "engd", "adam-lbfgs")
 SECOND_ORDER_DEFAULTS = {
     "kfac*": dict(damping=2.7e-9, ema=0.937, momentum=0.0),
     "kfac": dict(damping=3.5e-10, ema=0.19, momentum=0.63),
-    "engd": dict(damping=1e-10, ema=0.0, momentum=0.0),
+    "engd": dict(damping=1e-10, ema=0.3, momentum=0.0),  # ENGD full: λ = 1e-10, β = 0.3
 }
 
 
@@ -162,7 +162,7 @@ def make_optimizer(args, model: nn.Module, residuals: dict):
         for k, v in SECOND_ORDER_DEFAULTS[args.optimizer].items()
     }
     if args.optimizer == "engd":
-        return ENGD(model, residuals, damping=opts["damping"])
+        return ENGD(model, residuals, damping=opts["damping"], ema=opts["ema"])
     lr = "auto" if args.optimizer == "kfac*" else "line_search"
     return KFAC(model, residuals, lr=lr, **opts)
 
