@@ -8,6 +8,8 @@ Dangel, Müller, Zeinhofer, NeurIPS 2024, Sec. 4) or the (4+1)-d heat problem
 time and step. Adam's learning rate is tuned on the grid ``--adam-lrs`` by short runs
 (``--tune-seconds`` each); Adam -> L-BFGS spends half the budget in each.
 
+``steps``: KFAC* for ``--steps`` steps, the error every 250 steps (step-indexed).
+
 ``cost``: seconds per step of KFAC*, KFAC (line search) and ENGD relative to an Adam
 step on the same batch (Poisson, N = 3000/500), for nets of 449, 10,065 and 116,864
 parameters, timed round-robin (``bench/timing.py``).
@@ -16,6 +18,7 @@ Results merge into ``bench/results/kfac-<device>.json``; ``plot`` draws
 ``docs/img/kfac-<device>.png``.
 
     python bench/kfac.py curves --problem poisson --seconds 600
+    python bench/kfac.py steps --steps 10000   # KFAC* by step (about 30 min)
     python bench/kfac.py cost --repeats 5
     python bench/kfac.py plot
 """
@@ -126,8 +129,9 @@ def _first_order(method, model, residuals, lr):
     return step
 
 
-def train(method, name, seconds, lr=None, eval_every=5.0, seed=1):
-    """Train for ``seconds`` of training time; returns ``{time, step, error}`` lists."""
+def train(method, name, seconds, lr=None, eval_every=5.0, seed=1, max_steps=None, eval_steps=None):
+    """Train for ``seconds`` of training time (or ``max_steps``); returns ``{time, step, error}``
+    lists, logged every ``eval_every`` seconds (or every ``eval_steps`` steps)."""
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(0)
     model, residuals, sample, exact, D = problem(name, [64], gen)
@@ -139,8 +143,9 @@ def train(method, name, seconds, lr=None, eval_every=5.0, seed=1):
     for phase, budget in phases:
         step = make_step(phase, model, residuals, lr)
         end = clock + budget
-        while clock < end:
-            if clock >= next_eval:
+        while clock < end and (max_steps is None or k < max_steps):
+            due = k % eval_steps == 0 if eval_steps else clock >= next_eval
+            if due:
                 with torch.no_grad():
                     err = relative_l2(model(x_eval), exact(x_eval))
                 for key, v in (("time", clock), ("step", k), ("error", err)):
@@ -175,6 +180,15 @@ def curves(args) -> dict:
         out[m] = log
         print(f"{m:10s} {log['step'][-1]:6d} steps  relative L2 {log['error'][-1]:.2e}", flush=True)
     return {f"curves/{args.problem}": dict(out, seconds=args.seconds)}
+
+
+def steps(args) -> dict:
+    """KFAC* by step on the paper's data regime: the step-indexed acceptance numbers."""
+    log = train("kfac*", args.problem, math.inf, max_steps=args.steps, eval_steps=250)
+    for k, e in zip(log["step"], log["error"]):
+        if k % 1000 == 0:
+            print(f"step {k:6d}  relative L2 {e:.2e}", flush=True)
+    return {f"steps/{args.problem}": {"kfac*": log, "steps": args.steps}}
 
 
 def cost(args) -> dict:
@@ -225,20 +239,22 @@ def plot(results: dict) -> None:
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("what", choices=["curves", "cost", "plot"])
+    p.add_argument("what", choices=["curves", "steps", "cost", "plot"])
     p.add_argument("--problem", choices=["poisson", "heat"], default="poisson")
     p.add_argument("--methods", nargs="+", choices=METHODS, default=METHODS)
     p.add_argument("--seconds", type=float, default=600.0)
     p.add_argument("--tune-seconds", type=float, default=20.0)
     p.add_argument("--adam-lrs", type=float, nargs="+", default=[3e-4, 1e-3, 3e-3, 1e-2])
     p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--steps", type=int, default=10_000, help="for `steps`")
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {"device": DEVICE}
     if args.what == "plot":
         return plot(results)
-    for key, value in (curves(args) if args.what == "curves" else cost(args)).items():
+    run = {"curves": curves, "steps": steps, "cost": cost}[args.what]
+    for key, value in run(args).items():
         results.setdefault(key, {}).update(value)  # a rerun of some methods keeps the others
     results["threads"] = args.threads
     RESULTS.write_text(json.dumps(results, indent=1) + "\n")
