@@ -224,6 +224,9 @@ def plot(results: dict) -> None:
             if log:
                 axes[0, j].loglog(log["time"][1:], log["error"][1:], label=m)
                 axes[1, j].loglog(log["step"][1:], log["error"][1:], label=m)
+        long = results.get("steps/" + key.split("/")[1], {}).get("kfac*")
+        if long:
+            axes[1, j].loglog(long["step"][1:], long["error"][1:], "k--", label="kfac* by step")
         axes[0, j].set_title(f"{key.split('/')[1]}: {results[key]['seconds']:.0f} s per method")
         axes[0, j].set_xlabel("training time [s] (2-core CPU, shared)")
         axes[1, j].set_xlabel("step")
