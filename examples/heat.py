@@ -73,6 +73,12 @@ def parse_args(argv=None):
 
 def main(argv=None) -> float:
     args = parse_args(argv)
+    with common.torch_threads(args.threads):
+        return _run(args)
+
+
+def _run(args) -> float:
+    """Train, report, plot (see :func:`main`)."""
     t0 = time.perf_counter()
     torch.manual_seed(args.seed)
     gen = torch.Generator().manual_seed(args.seed)

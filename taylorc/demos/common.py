@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
+from contextlib import contextmanager
 
 import torch
 from torch import nn
@@ -151,6 +152,13 @@ def second_order_arguments(
     p.add_argument("--resample", type=int, default=100, help="new collocation points every k steps")
     for name in ("damping", "ema", "momentum"):
         p.add_argument(f"--{name}", type=float, default=None)
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch intra-op threads (PINN-sized ops: more threads cost more than they save "
+        "on a 2-core machine, much more when it is shared)",
+    )
 
 
 def make_optimizer(args, model: nn.Module, residuals: dict):
@@ -181,7 +189,7 @@ def train_second_order(
 
     from tqdm import tqdm
 
-    bar = tqdm(range(steps), desc=type(opt).__name__.lower(), disable=quiet)
+    bar = tqdm(range(steps), desc=type(opt).__name__, disable=quiet)
     t0, loss, points = time.perf_counter(), float("nan"), None
     for step in bar:
         if step % resample == 0:
@@ -193,3 +201,14 @@ def train_second_order(
             break
     bar.close()
     return loss
+
+
+@contextmanager
+def torch_threads(n: int):
+    """Run the block with ``n`` torch intra-op threads (restored after: demos also run in tests)."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)

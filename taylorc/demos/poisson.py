@@ -32,6 +32,7 @@ from .common import (
     pinn_arguments,
     relative_l2,
     second_order_arguments,
+    torch_threads,
     train,
     train_second_order,
 )
@@ -134,6 +135,12 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> float:
     """Train, print the relative L2 error, save the figure; returns the error."""
     args = parse_args(argv)
+    with torch_threads(args.threads):
+        return _run(args)
+
+
+def _run(args) -> float:
+    """Train, report, plot (see :func:`main`)."""
     t0 = time.perf_counter()
     model, err = train_pinn(args)
     print(
