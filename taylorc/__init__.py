@@ -5,7 +5,7 @@ rewrites the graph into forward Taylor propagation (collapsed), and returns a
 module computing the operator per sample. See docs/architecture.md.
 """
 
-from . import config, cpu, errors, methods, operators, prdp
+from . import config, cpu, errors, methods, operators, optim, prdp
 from .api import CompiledOperator, compile
 from .losses import unbiased_squared_residual
 from .passes.rules import register_rule
@@ -18,6 +18,7 @@ __all__ = [
     "errors",
     "methods",
     "operators",
+    "optim",
     "prdp",
     "register_rule",
     "unbiased_squared_residual",

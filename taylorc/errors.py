@@ -43,6 +43,15 @@ class InputMutationError(TraceError):
     """
 
 
+class KFACError(TaylorcError, ValueError):
+    """A PINN loss that Kronecker-factored curvature cannot read from the Taylor graph.
+
+    Raised by :mod:`taylorc.optim`: a parameter that the residual uses outside the
+    linear sites of the compiled graph (the message names it), an operator compiled
+    with a method that propagates no Taylor coefficients, or a residual of another model.
+    """
+
+
 def user_source_line(node: torch.fx.Node) -> str | None:
     """The innermost frame of ``node``'s recorded stack trace that lies outside torch.
 

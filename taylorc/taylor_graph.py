@@ -12,6 +12,7 @@ Zeinhofer, Walther, "Collapsing Taylor Mode AD", NeurIPS 2025).
 
 from __future__ import annotations
 
+import contextvars
 import math
 from dataclasses import dataclass
 
@@ -19,6 +20,10 @@ import torch
 
 from . import ir
 from .sites import LinearSite, PinPass, SitesPass
+
+# While set (by taylorc.optim's recording), CompiledOperator calls run their Taylor graph with
+# taps through the recorder instead of the fused graph, so KFAC sees every linear site.
+RECORDING: contextvars.ContextVar = contextvars.ContextVar("taylorc_recording", default=None)
 
 
 @dataclass

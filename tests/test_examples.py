@@ -32,7 +32,14 @@ def _load(name):
                 "32",
                 "--test-points",
                 "100",
+                "--steps",
+                "3",
             ],
+        ),
+        (
+            "poisson",
+            ["--optimizer", "adam-lbfgs", "--adam-steps", "3", "--lbfgs-steps", "2"]
+            + ["--interior", "64", "--boundary", "32", "--test-points", "100"],
         ),
         (
             "burgers",
@@ -40,7 +47,12 @@ def _load(name):
         ),
         (
             "heat",
-            ["--adam-steps", "3", "--lbfgs-steps", "2", "--interior", "64", "--boundary", "32"],
+            ["--steps", "3", "--interior", "64", "--boundary", "32"],
+        ),
+        (
+            "heat",
+            ["--problem", "2+1", "--optimizer", "engd", "--steps", "2"]
+            + ["--widths", "8", "--interior", "64", "--boundary", "32"],
         ),
         ("deeponet_diffusion_reaction", ["--steps", "3", "--train-functions", "30"]),
         ("high_dim", ["--dim", "6", "--seconds", "0.5", "--widths", "16", "--batch", "16"]),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
+from contextlib import contextmanager
 
 import torch
 from torch import nn
@@ -135,3 +136,88 @@ def save_figure(fig, path: str, dpi: int = 100) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=dpi)
     plt.close(fig)
+
+
+OPTIMIZERS = ("kfac*", "kfac", "engd", "adam-lbfgs")
+# Best runs of the paper's 5-d Poisson sweeps (Dangel, Müller, Zeinhofer 2024, exp10):
+# KFAC* λ = 2.7e-9, β = 0.937; KFAC λ = 3.5e-10, β = 0.19, μ = 0.63.
+SECOND_ORDER_DEFAULTS = {
+    "kfac*": dict(damping=2.7e-9, ema=0.937, momentum=0.0),
+    "kfac": dict(damping=3.5e-10, ema=0.19, momentum=0.63),
+    "engd": dict(damping=1e-10, ema=0.3, momentum=0.0),  # ENGD full: λ = 1e-10, β = 0.3
+}
+
+
+def second_order_arguments(
+    p: argparse.ArgumentParser, steps: int, seconds: float | None = None
+) -> None:
+    """Add ``--optimizer``, ``--steps``, ``--seconds``, ``--resample``, ``--damping``, ``--ema``,
+    ``--momentum`` (None: the optimiser's default in ``SECOND_ORDER_DEFAULTS``)."""
+    p.add_argument("--optimizer", choices=OPTIMIZERS, default="kfac*")
+    p.add_argument("--steps", type=int, default=steps, help="KFAC/ENGD steps")
+    p.add_argument(
+        "--seconds", type=float, default=seconds, help="stop KFAC/ENGD after this training time"
+    )
+    p.add_argument("--resample", type=int, default=100, help="new collocation points every k steps")
+    for name in ("damping", "ema", "momentum"):
+        p.add_argument(f"--{name}", type=float, default=None)
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch intra-op threads (PINN-sized ops: more threads cost more than they save "
+        "on a 2-core machine, much more when it is shared)",
+    )
+
+
+def make_optimizer(args, model: nn.Module, residuals: dict):
+    """``taylorc.optim.KFAC`` (``"kfac*"``: lr="auto"; ``"kfac"``: line search) or ``ENGD``."""
+    from taylorc.optim import ENGD, KFAC
+
+    opts = {
+        k: getattr(args, k) if getattr(args, k) is not None else v
+        for k, v in SECOND_ORDER_DEFAULTS[args.optimizer].items()
+    }
+    if args.optimizer == "engd":
+        return ENGD(model, residuals, damping=opts["damping"], ema=opts["ema"])
+    lr = "auto" if args.optimizer == "kfac*" else "line_search"
+    return KFAC(model, residuals, lr=lr, **opts)
+
+
+def train_second_order(
+    opt,
+    sample: Callable[[], dict],
+    steps: int,
+    resample: int = 100,
+    seconds: float | None = None,
+    quiet: bool = False,
+) -> float:
+    """``opt.step(points)`` for ``steps`` steps (or ``seconds``), new points from ``sample()``
+    every ``resample`` steps (the paper's data regime); returns the last loss. tqdm shows it."""
+    import time
+
+    from tqdm import tqdm
+
+    bar = tqdm(range(steps), desc=type(opt).__name__, disable=quiet)
+    t0, loss, points = time.perf_counter(), float("nan"), None
+    for step in bar:
+        if step % resample == 0:
+            points = sample()
+        loss = sum(opt.step(points).values())
+        if step % 10 == 0:
+            bar.set_postfix(loss=f"{loss:.2e}", step=step)
+        if seconds is not None and time.perf_counter() - t0 > seconds:
+            break
+    bar.close()
+    return loss
+
+
+@contextmanager
+def torch_threads(n: int):
+    """Run the block with ``n`` torch intra-op threads (restored after: demos also run in tests)."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)

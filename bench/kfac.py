@@ -1,0 +1,268 @@
+"""KFAC for PINNs (taylorc.optim) against ENGD, Adam and Adam -> L-BFGS, on the CPU.
+
+``curves``: equal wall time, side by side in one process (one thread): each method
+trains for ``--seconds`` of training time (evaluation excluded) on the 5-d Poisson
+problem (5 -> 64 -> 1 tanh, N_Ω = 3000, N_∂ = 500 redrawn every 100 steps, float64;
+Dangel, Müller, Zeinhofer, NeurIPS 2024, Sec. 4) or the (4+1)-d heat problem
+(examples/heat.py); the relative L2 error on 30,000 fixed points is logged against
+time and step. Adam's learning rate is tuned on the grid ``--adam-lrs`` by short runs
+(``--tune-seconds`` each); Adam -> L-BFGS spends half the budget in each.
+
+``steps``: KFAC* for ``--steps`` steps, the error every 250 steps (step-indexed).
+
+``cost``: seconds per step of KFAC*, KFAC (line search) and ENGD relative to an Adam
+step on the same batch (Poisson, N = 3000/500), for nets of 449, 10,065 and 116,864
+parameters, timed round-robin (``bench/timing.py``).
+
+Results merge into ``bench/results/kfac-<device>.json``; ``plot`` draws
+``docs/img/kfac-<device>.png``.
+
+    python bench/kfac.py curves --problem poisson --seconds 600
+    python bench/kfac.py steps --steps 10000   # KFAC* by step (about 30 min)
+    python bench/kfac.py cost --repeats 5
+    python bench/kfac.py plot
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import math
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import torch
+from timing import round_robin
+
+from taylorc.demos.common import boundary_points, mlp, relative_l2
+from taylorc.demos.poisson import exact as poisson_exact
+from taylorc.demos.poisson import interior_points, source
+
+ROOT = Path(__file__).parent
+DEVICE = f"cpu-{platform.machine()}"
+RESULTS = ROOT / "results" / f"kfac-{DEVICE}.json"
+METHODS = ["kfac*", "kfac", "engd", "adam", "adam-lbfgs"]
+NETS = {"449": [64], "10065": [64, 64, 48, 48], "116864": [256, 256, 128, 128]}
+DT = torch.float64
+
+
+def _heat_module():
+    spec = importlib.util.spec_from_file_location("heat", ROOT.parent / "examples" / "heat.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def problem(name: str, widths: list[int], gen: torch.Generator):
+    """``(model, residuals, sample, exact, D)`` of ``"poisson"`` (5-d) or ``"heat"`` (4+1)."""
+    import taylorc
+
+    if name == "poisson":
+        D = 5
+        model = mlp(D, widths).to(DT)
+        lap = taylorc.compile(model, "laplacian")
+        residuals = {
+            "interior": lambda x: -lap(x) - source(x),
+            "boundary": lambda x: model(x) - poisson_exact(x),
+        }
+
+        def sample():
+            return {
+                "interior": interior_points(3000, D, gen, DT),
+                "boundary": boundary_points(500, D, DT, gen),
+            }
+
+        return model, residuals, sample, poisson_exact, D
+    heat = _heat_module()
+    coords, spec = heat.PROBLEMS["4+1"]
+    D = 5
+    model = mlp(D, widths).to(DT)
+    op = taylorc.compile(model, spec, coords=coords, params={"kappa": 0.25})
+
+    def exact(x):
+        return heat.exact(x, "4+1", 0.25)
+
+    residuals = {"interior": op, "boundary": lambda x: model(x) - exact(x)}
+    args = argparse.Namespace(interior=3000, boundary=500)
+    return model, residuals, heat.sampler(args, D, gen, DT), exact, D
+
+
+def make_step(method: str, model, residuals, lr: float | None = None):
+    """``step(points) -> loss`` of one method (Adam: lr; L-BFGS: a closure step)."""
+    from taylorc.optim import ENGD, KFAC
+
+    if method == "kfac*":
+        opt = KFAC(model, residuals, lr="auto", damping=2.7e-9, ema=0.937)
+    elif method == "kfac":
+        opt = KFAC(model, residuals, lr="line_search", damping=3.5e-10, ema=0.19, momentum=0.63)
+    elif method == "engd":
+        opt = ENGD(model, residuals, damping=1e-10, ema=0.3)
+    else:
+        return _first_order(method, model, residuals, lr)
+    return lambda points: sum(opt.step(points).values())
+
+
+def _first_order(method, model, residuals, lr):
+    if method == "adam":
+        opt = torch.optim.Adam(model.parameters(), lr=lr)
+    else:
+        opt = torch.optim.LBFGS(
+            model.parameters(), lr=1.0, history_size=50, line_search_fn="strong_wolfe"
+        )
+
+    def step(points):
+        def closure():
+            opt.zero_grad()
+            loss = sum(0.5 * f(points[k]).pow(2).mean() for k, f in residuals.items())
+            loss.backward()
+            return loss
+
+        if method == "adam":
+            loss = closure()
+            opt.step()
+            return loss.item()
+        return opt.step(closure).item()
+
+    return step
+
+
+def train(method, name, seconds, lr=None, eval_every=5.0, seed=1, max_steps=None, eval_steps=None):
+    """Train for ``seconds`` of training time (or ``max_steps``); returns ``{time, step, error}``
+    lists, logged every ``eval_every`` seconds (or every ``eval_steps`` steps)."""
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(0)
+    model, residuals, sample, exact, D = problem(name, [64], gen)
+    x_eval = torch.rand(30_000, D, dtype=DT, generator=gen)
+    phases = [("adam", seconds / 2), ("lbfgs", seconds / 2)] if method == "adam-lbfgs" else None
+    phases = phases or [(method, seconds)]
+    log = {"time": [], "step": [], "error": []}
+    clock, k, next_eval, points = 0.0, 0, 0.0, None
+    for phase, budget in phases:
+        step = make_step(phase, model, residuals, lr)
+        end = clock + budget
+        while clock < end and (max_steps is None or k < max_steps):
+            due = k % eval_steps == 0 if eval_steps else clock >= next_eval
+            if due:
+                with torch.no_grad():
+                    err = relative_l2(model(x_eval), exact(x_eval))
+                for key, v in (("time", clock), ("step", k), ("error", err)):
+                    log[key].append(v)
+                next_eval += eval_every
+            if k % 100 == 0 and (phase != "lbfgs" or points is None):
+                points = sample()
+            t0 = time.perf_counter()
+            loss = step(points)
+            clock += time.perf_counter() - t0
+            k += 1
+            if not math.isfinite(loss):
+                break
+    with torch.no_grad():
+        err = relative_l2(model(x_eval), exact(x_eval))
+    log["time"].append(clock), log["step"].append(k), log["error"].append(err)
+    return log
+
+
+def curves(args) -> dict:
+    out = {}
+    lr = None
+    if {"adam", "adam-lbfgs"} & set(args.methods):
+        tuned = {
+            a: train("adam", args.problem, args.tune_seconds, a)["error"][-1] for a in args.adam_lrs
+        }
+        lr = min(tuned, key=tuned.get)
+        out["adam_tuning"] = {"seconds": args.tune_seconds, "final_error": tuned, "lr": lr}
+        print("adam lr tuning:", tuned, "->", lr, flush=True)
+    for m in args.methods:
+        log = train(m, args.problem, args.seconds, lr)
+        out[m] = log
+        print(f"{m:10s} {log['step'][-1]:6d} steps  relative L2 {log['error'][-1]:.2e}", flush=True)
+    return {f"curves/{args.problem}": dict(out, seconds=args.seconds)}
+
+
+def steps(args) -> dict:
+    """KFAC* by step on the paper's data regime: the step-indexed acceptance numbers."""
+    log = train("kfac*", args.problem, math.inf, max_steps=args.steps, eval_steps=250)
+    for k, e in zip(log["step"], log["error"]):
+        if k % 1000 == 0:
+            print(f"step {k:6d}  relative L2 {e:.2e}", flush=True)
+    return {f"steps/{args.problem}": {"kfac*": log, "steps": args.steps}}
+
+
+def cost(args) -> dict:
+    rows = []
+    for label, widths in NETS.items():
+        gen = torch.Generator().manual_seed(0)
+        fns = {}
+        for m in ["adam", "kfac*", "kfac"] + (["engd"] if label == "449" else []):
+            torch.manual_seed(1)
+            model, residuals, sample, _, _ = problem("poisson", widths, gen)
+            points, step = sample(), make_step(m, model, residuals, 1e-4)
+            fns[m] = lambda step=step, points=points: step(points)
+        times = round_robin(fns, args.repeats, warmup=2)
+        med = {m: statistics.median(t) for m, t in times.items()}
+        params = sum(p.numel() for p in model.parameters())
+        row = {"params": params, "seconds": med, "vs_adam": {m: med[m] / med["adam"] for m in med}}
+        rows.append(row)
+        print(params, {m: f"{v:.2f}x" for m, v in row["vs_adam"].items()}, flush=True)
+    return {"cost": {"repeats": args.repeats, "batch": [3000, 500], "rows": rows}}
+
+
+def plot(results: dict) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [k for k in results if k.startswith("curves/")]
+    fig, axes = plt.subplots(2, len(panels), figsize=(6 * len(panels), 8), squeeze=False)
+    for j, key in enumerate(panels):
+        for m in METHODS:
+            log = results[key].get(m)
+            if log:
+                axes[0, j].loglog(log["time"][1:], log["error"][1:], label=m)
+                axes[1, j].loglog(log["step"][1:], log["error"][1:], label=m)
+        long = results.get("steps/" + key.split("/")[1], {}).get("kfac*")
+        if long:
+            axes[1, j].loglog(long["step"][1:], long["error"][1:], "k--", label="kfac* by step")
+        axes[0, j].set_title(f"{key.split('/')[1]}: {results[key]['seconds']:.0f} s per method")
+        axes[0, j].set_xlabel("training time [s] (2-core CPU, shared)")
+        axes[1, j].set_xlabel("step")
+        for ax in axes[:, j]:
+            ax.set_ylabel("relative L2 error")
+            ax.legend()
+            ax.grid(True, which="both", alpha=0.3)
+    fig.tight_layout()
+    path = ROOT.parent / "docs" / "img" / f"kfac-{DEVICE}.png"
+    fig.savefig(path, dpi=100)
+    print(f"figure saved to {path}")
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("what", choices=["curves", "steps", "cost", "plot"])
+    p.add_argument("--problem", choices=["poisson", "heat"], default="poisson")
+    p.add_argument("--methods", nargs="+", choices=METHODS, default=METHODS)
+    p.add_argument("--seconds", type=float, default=600.0)
+    p.add_argument("--tune-seconds", type=float, default=20.0)
+    p.add_argument("--adam-lrs", type=float, nargs="+", default=[3e-4, 1e-3, 3e-3, 1e-2])
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--steps", type=int, default=10_000, help="for `steps`")
+    p.add_argument("--threads", type=int, default=1)
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {"device": DEVICE}
+    if args.what == "plot":
+        return plot(results)
+    run = {"curves": curves, "steps": steps, "cost": cost}[args.what]
+    for key, value in run(args).items():
+        results.setdefault(key, {}).update(value)  # a rerun of some methods keeps the others
+    results["threads"] = args.threads
+    RESULTS.write_text(json.dumps(results, indent=1) + "\n")
+    print(f"results merged into {RESULTS}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,18 @@
+"""Second-order optimisers for PINN losses that read the Taylor graph's linear sites.
+
+- :class:`KFAC`: Kronecker-factored curvature for PINNs (Dangel, Müller, Zeinhofer,
+  NeurIPS 2024), step rules KFAC* (Martens & Grosse 2015, Sec. 7), line search, or lr;
+- :class:`ENGD`: energy natural gradient descent with the dense Gramian (Müller &
+  Zeinhofer, ICML 2023);
+- :func:`kfac_factors`, :func:`gramian`: the curvature building blocks.
+
+See docs/kfac.md.
+"""
+
+from .engd import ENGD
+from .factors import kfac_factors
+from .gramian import gramian
+from .kfac import KFAC
+from .kronecker import KroneckerSum
+
+__all__ = ["ENGD", "KFAC", "KroneckerSum", "gramian", "kfac_factors"]

@@ -1,0 +1,105 @@
+"""``ENGD``: energy natural gradient descent with the dense Gramian (small nets).
+
+Müller & Zeinhofer, "Achieving High Accuracy with PINNs via Energy Natural Gradient
+Descent" (ICML 2023): d = −(Ĝ + λI)⁺ ∇L by least squares, Ĝ ← βĜ + (1 − β)G a moving
+average from the identity of the exact Gauss-Newton matrix G of the PINN loss
+(:func:`taylorc.optim.gramian`; at β = 0, plain ENGD), then the same grid line search
+as KFAC (Dangel, Müller, Zeinhofer, NeurIPS 2024, use it as their baseline). Costs
+O(P²) memory and O(P³) time per step: a reference for nets of a few thousand parameters.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .factors import from_vector, layer_gradient, to_vector
+from .gramian import dense_gramian, layout, size
+from .record import linearize
+from .steps import add_, line_search, total_loss
+
+
+class ENGD(torch.optim.Optimizer):
+    """Energy natural gradient descent on L = Σ_t 1/(2N_t) Σ_n ||r_t,n||².
+
+    Same residuals and ``step(points)`` as :class:`taylorc.optim.KFAC`.
+
+    Args:
+        model: the ``nn.Module``.
+        residuals: term name -> residual callable.
+        lr: ``"line_search"`` (α ∈ {2⁻³⁰..2⁰}) or a float.
+        damping: λ added to the Gramian's diagonal.
+        ema: β of the Gramian's moving average, started at the identity (the baselines of
+            Dangel, Müller, Zeinhofer 2024 use 0.3: the identity regularises the first
+            steps, where the exact Gramian of a fresh net is nearly singular).
+
+    Raises:
+        ValueError: unknown ``lr``.
+        taylorc.errors.KFACError: a parameter used outside the linear sites.
+    """
+
+    def __init__(
+        self, model: torch.nn.Module, residuals: dict, lr="line_search", damping=0.0, ema=0.3
+    ):
+        if not (lr == "line_search" or isinstance(lr, (int, float)) and not isinstance(lr, bool)):
+            raise ValueError(f"lr must be 'line_search' or a number, got {lr!r}")
+        from ..api import compile as _compile
+
+        params = [p for p in model.parameters() if p.requires_grad]
+        super().__init__(params, dict(lr=lr, damping=damping, ema=ema, step=0))
+        self.model, self.residuals = model, dict(residuals)
+        self._value_op = _compile(model, "u")
+        self._checked: set = set()
+
+    def step(self, points: dict) -> dict[str, float]:
+        """One ENGD step on ``points``; returns term name -> ½ mean ||r||² before it."""
+        group = self.param_groups[0]
+        lins = []
+        for term, f in self.residuals.items():
+            x = points[term]
+            key = (term, tuple(x.shape), x.dtype)
+            lins.append(linearize(self.model, self._value_op, f, x, check=key not in self._checked))
+            self._checked.add(key)
+        losses = {t: lin.loss.item() for t, lin in zip(self.residuals, lins)}
+        layers = layout(lins, self.model)
+        grad = torch.cat(
+            [
+                to_vector(
+                    sum(
+                        layer_gradient(lin.layers[ref.weight], lin.r)
+                        for lin in lins
+                        if ref.weight in lin.layers
+                    ),
+                    ref,
+                )
+                for ref in layers
+            ]
+        )
+        G = self._average(dense_gramian(lins, layers).double(), group["ema"])
+        G = G + group["damping"] * torch.eye(len(G), dtype=G.dtype, device=G.device)
+        d = torch.linalg.lstsq(G, -grad.double()[:, None], driver="gelsd").solution[:, 0]
+        blocks, i = {}, 0
+        for ref in layers:
+            blocks[ref.weight] = from_vector(d[i : i + size(ref)].to(grad.dtype), ref)
+            i += size(ref)
+        by_name = {ref.weight: ref for ref in layers}
+        if group["lr"] == "line_search":
+            line_search(
+                self.model,
+                by_name,
+                blocks,
+                lambda: total_loss(self.residuals, points),
+                sum(losses.values()),
+            )
+        else:
+            add_(self.model, by_name, blocks, float(group["lr"]))
+        group["step"] += 1
+        return losses
+
+    def _average(self, G: torch.Tensor, beta: float) -> torch.Tensor:
+        """Ĝ ← βĜ + (1 − β)G, Ĝ = I before the first step (kept in the optimiser's state)."""
+        st = self.state[self.param_groups[0]["params"][0]]
+        old = st.get("gramian")
+        if old is None or old.shape != G.shape:
+            old = torch.eye(len(G), dtype=G.dtype, device=G.device)
+        st["gramian"] = beta * old + (1 - beta) * G
+        return st["gramian"]

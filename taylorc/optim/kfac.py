@@ -1,0 +1,213 @@
+"""``KFAC``: Kronecker-factored curvature for PINN losses, read from the Taylor graph.
+
+Dangel, Müller, Zeinhofer, "Kronecker-Factored Approximate Curvature for
+Physics-Informed Neural Networks" (NeurIPS 2024). Per loss term t and linear layer,
+Kronecker factors A_t ⊗ B_t of the Gauss-Newton block (:mod:`taylorc.optim.factors`),
+averaged over steps Â ← βÂ + (1 − β)A (from identity), damped Ā = Â + λI, and the
+terms' sum solved exactly per layer (:mod:`taylorc.optim.kronecker`):
+Δ = −(Σ_t Ā_t ⊗ B̄_t)⁻¹ ∇L. Step rules: ``lr="auto"`` (KFAC*: Martens & Grosse,
+"Optimizing Neural Networks with Kronecker-factored Approximate Curvature", ICML 2015,
+Sec. 7), ``"line_search"`` (momentum, then a grid line search), or a float.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .factors import APPROX, layer_factors, layer_gradient
+from .gramian import layout
+from .kronecker import KroneckerSum
+from .record import linearize
+from .steps import add_, kfac_star, line_search, total_loss
+
+RULES = ("auto", "line_search")
+
+
+class KFAC(torch.optim.Optimizer):
+    """KFAC for PINN losses L = Σ_t 1/(2N_t) Σ_n ||r_t(x_t,n)||².
+
+    Example::
+
+        lap = taylorc.compile(model, "laplacian")
+        opt = taylorc.optim.KFAC(model, residuals={
+            "interior": lambda x: -lap(x) - f(x),
+            "boundary": lambda x: model(x) - g(x)}, lr="auto")
+        for step in range(3000):
+            losses = opt.step({"interior": xi, "boundary": xb})  # {term: ½ mean r²}
+
+    A residual is any callable of its points ``(N, *in) -> (N,)`` or ``(N, M)`` that
+    calls compiled operators of ``model`` (method ``"collapsed"`` or ``"taylor"``; any
+    operator: Laplacian, heat, biharmonic, a dict such as Burgers' {u, u_t, u_x, u_xx})
+    and ``model`` itself, and may be nonlinear in them (the Gauss-Newton matrix
+    linearises r). Every trainable parameter that a residual depends on must be the
+    weight or in-layer bias of a linear layer (``nn.Linear``, ``x @ W.T``).
+
+    Args:
+        model: the ``nn.Module`` (float32 or float64; factors are solved in float64).
+        residuals: term name -> residual callable.
+        lr: ``"auto"`` (KFAC*: (α, μ) from the 2x2 quadratic model with exact
+            Gramian-vector products; the first step uses ``initial_lr``),
+            ``"line_search"`` (δ̂ ← μδ̂ + Δ, α ∈ {2⁻³⁰..2⁰} minimising the loss on the
+            batch, 0 if none decreases it), or a float (δ̂ ← μδ̂ + Δ, step lr·δ̂).
+        damping: λ added to every factor (and to the 2x2 system of ``"auto"``).
+        ema: β of the factors' moving average (0: this step's factors only).
+        momentum: μ of ``"line_search"`` and float ``lr`` (ignored by ``"auto"``).
+        approx: ``"expand"`` (the paper's) or ``"reduce"``.
+        update_every, invert_every: recompute factors / re-factor the solves every k steps.
+        initial_lr: α of KFAC*'s first step (no previous direction yet).
+
+    Raises:
+        ValueError: unknown ``lr`` rule or ``approx``, non-positive counts.
+        taylorc.errors.KFACError: (at the first step of each term) a parameter used
+            outside the linear sites of the Taylor graph, named.
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        residuals: dict,
+        lr="auto",
+        damping: float = 1e-9,
+        ema: float = 0.95,
+        momentum: float = 0.0,
+        approx: str = "expand",
+        update_every: int = 1,
+        invert_every: int = 1,
+        initial_lr: float = 1e-6,
+    ):
+        if not (lr in RULES or isinstance(lr, (int, float)) and not isinstance(lr, bool)):
+            raise ValueError(f"lr must be one of {RULES} or a number, got {lr!r}")
+        if approx not in APPROX:
+            raise ValueError(f"approx must be one of {APPROX}, got {approx!r}")
+        if update_every < 1 or invert_every < 1:
+            raise ValueError("update_every and invert_every must be positive")
+        if not residuals:
+            raise ValueError("residuals is empty: give at least one loss term")
+        from ..api import compile as _compile
+
+        defaults = dict(
+            lr=lr,
+            damping=damping,
+            ema=ema,
+            momentum=momentum,
+            approx=approx,
+            update_every=update_every,
+            invert_every=invert_every,
+            initial_lr=initial_lr,
+            step=0,
+        )
+        super().__init__([p for p in model.parameters() if p.requires_grad], defaults)
+        self.model, self.residuals = model, dict(residuals)
+        self._value_op = _compile(model, "u")
+        self._solvers: dict | None = None
+        self._checked: set = set()
+        self.last: dict = {}  # the last step's vectors (for tests and diagnostics)
+
+    # -- one step -------------------------------------------------------------------
+
+    def linearize(self, points: dict) -> dict:
+        """Every term's :class:`~taylorc.optim.record.Linearization` at ``points``."""
+        missing = set(self.residuals) - set(points)
+        if missing:
+            raise ValueError(f"no points for the terms {sorted(missing)}")
+        lins = {}
+        for term, f in self.residuals.items():
+            x = points[term]
+            key = (term, tuple(x.shape), x.dtype)
+            lins[term] = linearize(self.model, self._value_op, f, x, check=key not in self._checked)
+            self._checked.add(key)
+        return lins
+
+    def step(self, points: dict) -> dict[str, float]:
+        """One KFAC step on the batch ``points`` (term name -> ``(N_t, *in)``).
+
+        Returns:
+            term name -> ½ mean ||r||² at the parameters before the step.
+        """
+        group = self.param_groups[0]
+        lins = self.linearize(points)
+        losses = {t: lin.loss.item() for t, lin in lins.items()}
+        layers = {layer.weight: layer for layer in layout(list(lins.values()), self.model)}
+        grad = {
+            w: sum(layer_gradient(lin.layers[w], lin.r) for lin in lins.values() if w in lin.layers)
+            for w in layers
+        }
+        k = group["step"]
+        if k % group["update_every"] == 0:
+            self._update_factors(lins, group)
+        if self._solvers is None or k % group["invert_every"] == 0:
+            self._invert(group)
+        Delta = {w: -self._solvers[w].solve(grad[w]) for w in layers}
+        self.last = dict(grad=grad, Delta=Delta)
+        update = self._direction(group, lins, layers, grad, Delta, sum(losses.values()), points)
+        for w, d in update.items():
+            self.state[self._param(w)]["delta"] = d
+        self.last["update"] = update
+        group["step"] = k + 1
+        return losses
+
+    def _direction(self, group, lins, layers, grad, Delta, current, points) -> dict:
+        """Apply the step rule; returns the update's momentum state (δ or δ̂)."""
+        prev = {w: self.state[self._param(w)].get("delta") for w in layers}
+        lr = group["lr"]
+        if lr == "auto":
+            if any(v is None for v in prev.values()):
+                alpha, mu, prev = group["initial_lr"], 0.0, {}
+            else:
+                alpha, mu = kfac_star(list(lins.values()), grad, Delta, prev, group["damping"])
+            delta = {w: alpha * Delta[w] + (mu * prev[w] if w in prev else 0) for w in Delta}
+            add_(self.model, layers, delta)
+            self.last.update(alpha=alpha, mu=mu)
+            return delta
+        mu = group["momentum"]
+        delta = {w: Delta[w] + (mu * prev[w] if prev[w] is not None else 0) for w in Delta}
+        if lr == "line_search":
+
+            def loss_fn():
+                return total_loss(self.residuals, points)
+
+            alpha = line_search(self.model, layers, delta, loss_fn, current)
+        else:
+            alpha = float(lr)
+            add_(self.model, layers, delta, alpha)
+        self.last.update(alpha=alpha, mu=mu)
+        return delta
+
+    # -- curvature ------------------------------------------------------------------
+
+    def _param(self, weight: str) -> torch.Tensor:
+        return dict(self.model.named_parameters())[weight]
+
+    def _update_factors(self, lins: dict, group) -> None:
+        """Â ← βÂ + (1 − β)A for every term and layer (identity before the first update)."""
+        beta = group["ema"]
+        for term, lin in lins.items():
+            for w, layer in lin.layers.items():
+                A, B = layer_factors(layer, group["approx"])
+                st = self.state[self._param(w)]
+                for key, F in (("A", A), ("B", B)):
+                    old = st.setdefault(key, {}).get(term)
+                    if old is None:
+                        old = torch.eye(F.shape[0], dtype=F.dtype, device=F.device)
+                    st[key][term] = beta * old + (1 - beta) * F
+
+    def _invert(self, group) -> None:
+        """Damp the averaged factors and prepare one Kronecker-sum solver per layer."""
+        lam, self._solvers = group["damping"], {}
+        for name, p in self.model.named_parameters():
+            st = self.state.get(p, {})
+            if "A" not in st:
+                continue
+            pairs = []
+            for term in st["A"]:
+                A, B = st["A"][term], st["B"][term]
+                eye = lambda M: torch.eye(M.shape[0], dtype=M.dtype, device=M.device)
+                pairs.append((A + lam * eye(A), B + lam * eye(B)))
+            self._solvers[name] = KroneckerSum(pairs)
+
+    # -- state ----------------------------------------------------------------------
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Restore factors, momentum and step count (solvers are rebuilt at the next step)."""
+        super().load_state_dict(state_dict)
+        self._solvers = None

@@ -1,0 +1,229 @@
+"""Evaluate a PINN residual with taps on every linear site it reaches: ``linearize``.
+
+Residuals are plain callables of the points (``lambda x: -lap(x) - f(x)``). Inside
+:func:`recording`, every :class:`~taylorc.api.CompiledOperator` call runs the
+operator's Taylor graph of linear sites (``op.taylor_graph(x).run(x)``, zero taps
+on the outputs of every column) instead of its fused graph, and a direct call of
+the model runs the value operator ``"u"`` the same way: the residual's value is
+unchanged, and one reverse pass of r through the taps gives ``g_ns = dr_n/dz_ns``
+for every site and column (Dangel, Müller, Zeinhofer, "Kronecker-Factored
+Approximate Curvature for Physics-Informed Neural Networks", NeurIPS 2024, Sec. 3;
+Λ = 1 for the loss ½ r²).
+
+:func:`linearize` groups the columns by weight (several uses of one weight, and the
+uses in several operators of one residual, are more columns of one shared layer) and
+appends the bias entry (1 on value columns, 0 on derivative columns).
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+
+from ..errors import KFACError
+from ..taylor_graph import RECORDING
+
+
+@dataclass
+class Layer:
+    """One weight's columns in one loss term, with their output gradients.
+
+    Attributes:
+        weight, bias: qualified parameter names (bias None: no bias in the sites).
+        Z: ``(N, S, d_in[+1])`` augmented inputs Z̃ (bias entry last), detached.
+        g: ``(M, N, S, d_out)``: ``dr_nm / dz_ns`` for each of the M residual outputs.
+    """
+
+    weight: str
+    bias: str | None
+    Z: torch.Tensor
+    g: torch.Tensor
+
+
+@dataclass
+class Linearization:
+    """A loss term at the current parameters: residual and per-weight columns.
+
+    Attributes:
+        r: ``(N, M)`` residual (detached).
+        layers: weight name -> :class:`Layer`, in the model's parameter order.
+    """
+
+    r: torch.Tensor
+    layers: dict[str, Layer]
+
+    @property
+    def loss(self) -> torch.Tensor:
+        """½ mean over points of ||r_n||² (the PINN loss of this term)."""
+        return 0.5 * self.r.pow(2).sum(1).mean()
+
+
+class Recorder:
+    """Collects the Taylor-graph runs of one residual evaluation (see :func:`recording`)."""
+
+    def __init__(self, model: torch.nn.Module, value_op):
+        self.model, self.value_op, self.runs = model, value_op, []
+
+    def call(self, op, args: tuple):
+        """Run ``op`` at ``args`` through its tapped Taylor graph; returns what ``op(*args)`` would."""
+        if op.model is not self.model:
+            raise KFACError(
+                "a residual calls a compiled operator of another model: compile the operators "
+                "of the residuals from the model given to the optimiser"
+            )
+        if op.method not in ("collapsed", "taylor"):
+            raise KFACError(
+                f"a residual calls an operator compiled with method={op.method!r}, which "
+                "propagates no Taylor coefficients through the layers: use 'collapsed' or 'taylor'"
+            )
+        token = RECORDING.set(None)  # capture and the graph call the model: plain forward there
+        try:
+            tg = op.taylor_graph(*args)
+            run = tg.run(*args)
+        finally:
+            RECORDING.reset(token)
+        self.runs.append((tg, run))
+        return run.outputs
+
+
+@contextmanager
+def recording(model: torch.nn.Module, value_op):
+    """Within, compiled operators of ``model`` and ``model(x)`` itself run with taps.
+
+    ``value_op`` is ``taylorc.compile(model, "u")``, the Taylor graph of a direct call.
+    Yields the :class:`Recorder`. Not thread-safe for one model (its ``forward`` is
+    patched on the instance for the duration).
+    """
+    rec = Recorder(model, value_op)
+    own = model.__dict__.get("forward")
+
+    def forward(*args, **kwargs):
+        if RECORDING.get() is not rec or kwargs:
+            return (own or type(model).forward.__get__(model))(*args, **kwargs)
+        return rec.call(value_op, args)
+
+    model.forward = forward
+    token = RECORDING.set(rec)
+    try:
+        yield rec
+    finally:
+        RECORDING.reset(token)
+        if own is None:
+            del model.forward
+        else:
+            model.forward = own
+
+
+def _bias_entries(site, dtype, device) -> torch.Tensor:
+    """``(S * n,)``: 1 for value columns, 0 for derivative columns (n rows per point)."""
+    ones = [1.0 if c.kind == "value" else 0.0 for c in site.columns]
+    entry = torch.tensor(ones, dtype=dtype, device=device)
+    return entry.repeat_interleave(site.rows_per_point)
+
+
+def _flat(t: torch.Tensor, lead: int) -> torch.Tensor:
+    """``(*lead dims, S, [n,] d) -> (*lead dims, S * n, d)``."""
+    return t.reshape(*t.shape[:lead], -1, t.shape[-1])
+
+
+def linearize(model, value_op, residual, x: torch.Tensor, check: bool = False) -> Linearization:
+    """Evaluate ``residual(x)`` with taps and read every site's Z̃ and g.
+
+    Args:
+        model: the ``nn.Module`` the residual's operators were compiled from.
+        value_op: ``taylorc.compile(model, "u")`` (direct model calls).
+        residual: callable ``x -> r``, ``r`` of shape ``(N,)`` or ``(N, M)``.
+        x: the points ``(N, *in)``.
+        check: also verify that every parameter the residual depends on is covered
+            by linear sites and that their gradient equals Σ g Z̃ᵀ (one more backward).
+
+    Returns:
+        a :class:`Linearization`.
+
+    Raises:
+        KFACError: no linear site reached; a parameter used outside the linear sites
+            (named); operators of another model or of a method without Taylor graph.
+    """
+    with recording(model, value_op) as rec:
+        r = residual(x)
+    N = x.shape[0]
+    r = r.reshape(N, -1)
+    taps = [(tg, site, run) for tg, run in rec.runs for site in tg.sites]
+    if not taps:
+        raise KFACError("the residual reaches no linear site of the model's Taylor graph")
+    leaves = [run.taps[site.name] for _, site, run in taps]
+    gs = []
+    for m in range(r.shape[1]):  # Λ = 1: one reverse pass per residual output
+        got = torch.autograd.grad(r[:, m].sum(), leaves, retain_graph=True, allow_unused=True)
+        gs.append([torch.zeros_like(t) if g is None else g for g, t in zip(got, leaves)])
+    layers = _group(model, taps, gs, N)
+    if check:
+        _check_coverage(model, r, layers)
+    return Linearization(r.detach(), layers)
+
+
+def _group(model, taps, gs, N) -> dict[str, Layer]:
+    """Concatenate every use of a weight along the column axis; bias entries appended."""
+    pieces: dict[str, list] = {}
+    for i, (_, site, run) in enumerate(taps):
+        Z = _flat(run.inputs[site.name].detach(), 1)
+        g = _flat(gs[0][i], 1)[None] if len(gs) == 1 else torch.stack([_flat(m[i], 1) for m in gs])
+        pieces.setdefault(site.weight, []).append((site, Z, g))
+    order = {name: i for i, (name, _) in enumerate(model.named_parameters())}
+    layers = {}
+    for weight in sorted(pieces, key=order.__getitem__):
+        biases = {s.bias for s, _, _ in pieces[weight]} - {None}
+        if len(biases) > 1:
+            raise KFACError(f"the weight {weight} is used with several biases {sorted(biases)}")
+        bias = next(iter(biases), None)
+        Zs = [_augment(site, Z, bias) for site, Z, _ in pieces[weight]]
+        gl = [g for _, _, g in pieces[weight]]
+        Z = Zs[0] if len(Zs) == 1 else torch.cat(Zs, 1)
+        layers[weight] = Layer(weight, bias, Z, gl[0] if len(gl) == 1 else torch.cat(gl, 2))
+    return layers
+
+
+def _augment(site, Z: torch.Tensor, bias: str | None) -> torch.Tensor:
+    """Z̃: the bias entry appended when the layer has a bias (0 for a use without it)."""
+    if bias is None:
+        return Z
+    N, S, d = Z.shape
+    out = Z.new_empty(N, S, d + 1)
+    out[..., :d] = Z
+    if site.bias:
+        out[..., d] = _bias_entries(site, Z.dtype, Z.device)
+    else:
+        out[..., d] = 0
+    return out
+
+
+def _check_coverage(model, r: torch.Tensor, layers: dict[str, Layer]) -> None:
+    """Raise KFACError naming parameters that r depends on outside the linear sites."""
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    grads = torch.autograd.grad(r.sum(), [p for _, p in named], allow_unused=True)
+    covered = {}
+    for layer in layers.values():
+        gw = torch.einsum("mnso,nsi->oi", layer.g, layer.Z)
+        covered[layer.weight] = gw[:, : layer.Z.shape[-1] - (layer.bias is not None)]
+        if layer.bias is not None:
+            covered[layer.bias] = gw[:, -1]
+    bad = []
+    for (name, _), got in zip(named, grads):
+        want = covered.get(name)
+        if want is None:
+            if got is not None and got.abs().max() > 0:
+                bad.append(name)
+            continue
+        got = torch.zeros_like(want) if got is None else got
+        scale = max(got.abs().max().item(), want.abs().max().item(), 1e-30)
+        tol = 1e-6 if r.dtype == torch.float64 else 1e-3
+        if (got - want).abs().max().item() > tol * scale:
+            bad.append(name)
+    if bad:
+        raise KFACError(
+            f"parameters used outside the linear sites of the Taylor graph: {bad}; KFAC "
+            "reads curvature only for weights applied by linear layers (addmm/mm) whose "
+            "bias, if any, is added inside the layer"
+        )

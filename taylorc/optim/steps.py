@@ -1,0 +1,93 @@
+"""Step rules shared by the optimisers: grid line search and the KFAC* 2x2 system.
+
+Directions are dicts weight name -> block ``(d_out, d_in[+1])`` (bias last column),
+the layout of :mod:`taylorc.optim.factors`.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .factors import jvp
+from .record import Layer
+
+# Dangel, Müller, Zeinhofer, NeurIPS 2024, App. (line search): α ∈ {2^-30, ..., 2^0}
+GRID = tuple(2.0**-k for k in range(30, -1, -1))
+
+
+def dot(u: dict, v: dict) -> torch.Tensor:
+    """Σ over shared blocks of ⟨u, v⟩."""
+    return sum((u[k] * v[k]).sum() for k in u if k in v)
+
+
+def total_loss(residuals: dict, points: dict) -> float:
+    """Σ_t ½ mean_n ||r_t,n||² with the operators' fast graphs, no autograd."""
+    total = 0.0
+    with torch.no_grad():
+        for term, f in residuals.items():
+            x = points[term]
+            total += 0.5 * f(x).reshape(x.shape[0], -1).pow(2).sum(1).mean().item()
+    return total
+
+
+def _param_deltas(model, layers: dict[str, Layer], blocks: dict) -> list:
+    """``[(parameter, delta)]`` of a block direction (W part, bias column)."""
+    params = dict(model.named_parameters())
+    out = []
+    for name, X in blocks.items():
+        layer = layers[name]
+        W = params[layer.weight]
+        out.append((W, X[:, : W.shape[1]].reshape(W.shape)))
+        if layer.bias is not None:
+            out.append((params[layer.bias], X[:, -1]))
+    return out
+
+
+@torch.no_grad()
+def add_(model, layers: dict[str, Layer], blocks: dict, scale: float = 1.0) -> None:
+    """θ ← θ + scale · blocks (in place)."""
+    for p, d in _param_deltas(model, layers, blocks):
+        p.add_(d.to(p.dtype), alpha=scale)
+
+
+@torch.no_grad()
+def line_search(model, layers, blocks: dict, loss_fn, current: float, grid=GRID) -> float:
+    """Grid line search: θ ← θ + α d with the α of ``grid`` of least loss; α = 0 when
+    none improves on ``current``. Returns α. ``loss_fn()`` evaluates at the live θ."""
+    pairs = _param_deltas(model, layers, blocks)
+    start = [p.detach().clone() for p, _ in pairs]
+    best, alpha = current, 0.0
+    for a in grid:
+        for (p, d), p0 in zip(pairs, start):
+            p.copy_(p0 + a * d.to(p.dtype))
+        loss = loss_fn()
+        if loss < best:
+            best, alpha = loss, a
+    for (p, d), p0 in zip(pairs, start):
+        p.copy_(p0 + alpha * d.to(p.dtype))
+    return alpha
+
+
+def _gram_jvps(ju: list, jv: list | None, lins) -> torch.Tensor:
+    """Σ_t 1/N_t ⟨J_t u, J_t v⟩ from the JVPs."""
+    jv = ju if jv is None else jv
+    return sum((a * b).sum() / lin.r.shape[0] for a, b, lin in zip(ju, jv, lins))
+
+
+def kfac_star(lins, grad: dict, Delta: dict, prev: dict, damping: float):
+    """(α, μ) of Martens & Grosse 2015, Sec. 7 ("KFAC*"): minimise the damped quadratic
+    model m(αΔ + μδ) = gᵀ(αΔ + μδ) + ½ (αΔ + μδ)ᵀ(G + λI)(αΔ + μδ), i.e. solve
+    [[ΔᵀGΔ + λΔᵀΔ, ΔᵀGδ + λΔᵀδ], [·, δᵀGδ + λδᵀδ]] (α, μ) = −(gᵀΔ, gᵀδ)."""
+    both = [jvp(lin, Delta, prev) for lin in lins]  # two JVPs per term, one matmul
+    jD, jP = [b[0] for b in both], [b[1] for b in both]
+    a = _gram_jvps(jD, None, lins) + damping * dot(Delta, Delta)
+    b = _gram_jvps(jD, jP, lins) + damping * dot(Delta, prev)
+    c = _gram_jvps(jP, None, lins) + damping * dot(prev, prev)
+    M = torch.stack([torch.stack([a, b]), torch.stack([b, c])]).double()
+    rhs = -torch.stack([dot(grad, Delta), dot(grad, prev)]).double()
+    if not (torch.isfinite(M).all() and torch.isfinite(rhs).all()):
+        raise FloatingPointError(
+            "KFAC*: the quadratic model is not finite (the iterates diverged): increase damping"
+        )
+    sol = torch.linalg.lstsq(M, rhs[:, None]).solution[:, 0]  # singular when δ ∥ Δ
+    return sol[0].item(), sol[1].item()

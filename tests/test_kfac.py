@@ -1,0 +1,347 @@
+"""KFAC for PINN losses (taylorc.optim) against independent oracles, float64.
+
+Oracles: per-point Jacobians ∂r_n/∂θ of the residual written with ``method="nested"``
+operators (torch.func inside, autograd outside); the dense Gramian built from them;
+a test-local loop over points and columns implementing the factor formulas of Dangel,
+Müller, Zeinhofer (NeurIPS 2024, Sec. 3.2) from the raw sites run; dense
+``torch.linalg.solve`` of the Kronecker sum; the 2x2 argmin of the quadratic model.
+"""
+
+import math
+
+import pytest
+import torch
+from helpers import mlp
+from torch import nn
+
+import taylorc
+from taylorc.errors import KFACError
+from taylorc.operators import WeightedLaplacian
+from taylorc.optim import ENGD, KFAC, KroneckerSum, gramian, kfac_factors
+from taylorc.optim.factors import to_vector
+from taylorc.optim.record import linearize
+
+DT = torch.float64
+C = [[2.0, 0.5, 0.0], [0.5, 1.0, 0.2], [0.0, 0.2, 1.5]]
+OPERATORS = {
+    "laplacian": (dict(operator="laplacian"), lambda d, x: -d - x[:, :1]),
+    "heat": (dict(operator="heat"), lambda d, x: d - 1.0),
+    "weighted": (dict(operator=WeightedLaplacian(C)), lambda d, x: d + x.sum(1, keepdim=True)),
+    "biharmonic": (dict(operator="biharmonic"), lambda d, x: d),
+    "burgers": (
+        dict(operator={"u": "u", "u_t": "u_t", "u_x": "u_x", "u_xx": "u_xx"}, coords="x y t"),
+        lambda d, x: d["u_t"] + d["u"] * d["u_x"] - 0.01 * d["u_xx"],
+    ),
+}
+
+
+def residual(model, name, method="collapsed"):
+    """The interior residual of operator ``name`` compiled with ``method``."""
+    kwargs, r = OPERATORS[name]
+    op = taylorc.compile(model, method=method, **kwargs)
+    return lambda x: r(op(x), x)
+
+
+def oracle_jacobian(model, f, x):
+    """``(N * M, P)``: ∂r_nm/∂θ by autograd of the residual f, θ = each layer's W then b."""
+    params = [p for p in model.parameters()]
+    r = f(x).reshape(x.shape[0], -1)
+    rows = []
+    for n in range(r.shape[0]):
+        for m in range(r.shape[1]):
+            gs = torch.autograd.grad(r[n, m], params, retain_graph=True, allow_unused=True)
+            rows.append(
+                torch.cat(
+                    [
+                        (torch.zeros_like(p) if g is None else g).flatten()
+                        for g, p in zip(gs, params)
+                    ]
+                )
+            )
+    return torch.stack(rows)
+
+
+def value_op(model):
+    return taylorc.compile(model, "u")
+
+
+@pytest.mark.parametrize("name", list(OPERATORS))
+def test_tap_jacobian_equals_nested_jacobian(name):
+    model = mlp(3, [5, 4])
+    x = torch.rand(4, 3, dtype=DT)
+    lin = linearize(model, value_op(model), residual(model, name), x, check=True)
+    J = torch.cat(
+        [to_vector(torch.einsum("mnso,nsi->nmoi", L.g, L.Z), L) for L in lin.layers.values()], -1
+    ).reshape(-1, sum(p.numel() for p in model.parameters()))
+    torch.testing.assert_close(J, oracle_jacobian(model, residual(model, name, "nested"), x))
+
+
+def test_tap_jacobian_two_outputs_and_shared_weight():
+    """M = 2 residual outputs (two reverse passes) and a weight used twice (more columns)."""
+    model = mlp(3, [5], out=2)
+    lap = taylorc.compile(model, "laplacian")
+    nested = taylorc.compile(model, "laplacian", method="nested")
+    x = torch.rand(4, 3, dtype=DT)
+    f = lambda x: lap(x) * model(x) + model(x + 1)  # model called twice, one nonlinearity
+    g = lambda x: nested(x) * model(x) + model(x + 1)
+    lin = linearize(model, value_op(model), f, x, check=True)
+    assert lin.r.shape == (4, 2) and lin.layers["0.weight"].Z.shape[1] == 5 + 1 + 1
+    J = torch.cat(
+        [to_vector(torch.einsum("mnso,nsi->nmoi", L.g, L.Z), L) for L in lin.layers.values()], -1
+    ).reshape(8, -1)
+    torch.testing.assert_close(J, oracle_jacobian(model, g, x))
+
+
+@pytest.mark.parametrize("name", ["laplacian", "burgers"])
+def test_gramian_equals_dense_oracle(name):
+    model = mlp(3, [5, 4])
+    xi, xb = torch.rand(6, 3, dtype=DT), torch.rand(3, 3, dtype=DT)
+    res = {"interior": residual(model, name), "boundary": lambda x: model(x) - 1.0}
+    G = gramian(model, res, {"interior": xi, "boundary": xb})
+    Ji = oracle_jacobian(model, residual(model, name, "nested"), xi)
+    Jb = oracle_jacobian(model, lambda x: model(x) - 1.0, xb)
+    torch.testing.assert_close(G, Ji.T @ Ji / 6 + Jb.T @ Jb / 3)
+
+
+def reference_factors(model, op, x, approx):
+    """Loops over points and columns, from the raw sites run: {weight: (A, B)}."""
+    tg = op.taylor_graph(x)
+    run = tg.run(x)
+    r = run.outputs.reshape(x.shape[0], -1)
+    leaves = [run.taps[s.name] for s in tg.sites]
+    gs = torch.autograd.grad(r.sum(), leaves)
+    out = {}
+    for site, g in zip(tg.sites, gs):
+        Z = run.inputs[site.name].detach()
+        N, S = Z.shape[:2]
+        Zt = [
+            [
+                torch.cat([Z[n, s], Z.new_ones(1) if c.kind == "value" else Z.new_zeros(1)])
+                for s, c in enumerate(site.columns)
+            ]
+            for n in range(N)
+        ]
+        if approx == "expand":
+            A = sum(torch.outer(Zt[n][s], Zt[n][s]) for n in range(N) for s in range(S)) / (N * S)
+            B = sum(torch.outer(g[n, s], g[n, s]) for n in range(N) for s in range(S)) / N
+        else:
+            zbar = [sum(Zt[n]) / S for n in range(N)]
+            A = sum(torch.outer(z, z) for z in zbar) / N
+            B = sum(torch.outer(g[n].sum(0), g[n].sum(0)) for n in range(N)) / N
+        out[site.weight] = (A, B)
+    return out
+
+
+@pytest.mark.parametrize("approx", ["expand", "reduce"])
+@pytest.mark.parametrize("operator", ["laplacian", "biharmonic"])
+def test_factors_equal_reference(approx, operator):
+    model = mlp(3, [5, 4])
+    op = taylorc.compile(model, operator)
+    x = torch.rand(5, 3, dtype=DT)
+    got = kfac_factors(model, {"t": lambda x: op(x)}, {"t": x}, approx)["t"]
+    ref = reference_factors(model, op, x, approx)
+    assert set(got) == set(ref) == {"0.weight", "2.weight", "4.weight"}
+    first = op.taylor_graph(x).sites[0]
+    assert first.columns[-1].zero_input  # the first layer's top column is zero, still in S
+    for w in ref:
+        torch.testing.assert_close(got[w][0], ref[w][0])
+        torch.testing.assert_close(got[w][1], ref[w][1])
+
+
+def layer_blocks(model, J, N):
+    """The oracle Gramian's diagonal blocks per layer, ``J (N, P)`` in parameter order."""
+    G, blocks, i = J.T @ J / N, {}, 0
+    mods = [m for m in model if isinstance(m, nn.Linear)]
+    for k, m in zip(range(0, len(model), 2), mods):
+        p = m.weight.numel() + m.bias.numel()
+        blocks[f"{k}.weight"] = G[i : i + p, i : i + p]
+        i += p
+    return blocks
+
+
+def kron_block(A, B, d_out, d_in):
+    """A ⊗ B re-ordered to the ``cat(W.flatten(), b)`` layout of the oracle."""
+    M = torch.kron(B, A)  # row-major vec of (d_out, d_in+1)
+    idx = torch.arange(d_out * (d_in + 1)).reshape(d_out, d_in + 1)
+    order = torch.cat([idx[:, :-1].flatten(), idx[:, -1]])
+    return M[order][:, order]
+
+
+def test_exact_cases_boundary():
+    model = mlp(3, [5, 4])
+    f = lambda x: model(x) - 2.0
+    for N, layers in ((1, ["0.weight", "2.weight", "4.weight"]), (7, ["4.weight"])):
+        x = torch.rand(N, 3, dtype=DT)
+        fac = kfac_factors(model, {"b": f}, {"b": x})["b"]
+        blocks = layer_blocks(model, oracle_jacobian(model, f, x), N)
+        for w in layers:
+            W = dict(model.named_parameters())[w]
+            torch.testing.assert_close(kron_block(*fac[w], *W.shape), blocks[w])
+    # N = 7 on an inner layer is an approximation: it must differ (the test can fail)
+    A, B = fac["0.weight"]
+    assert not torch.allclose(kron_block(A, B, 5, 3), blocks["0.weight"])
+
+
+def test_interior_value_operator_equals_boundary_kfac_and_duplicates():
+    model = mlp(3, [5, 4])
+    u = taylorc.compile(model, "u")
+    x = torch.rand(6, 3, dtype=DT)
+    got = kfac_factors(
+        model, {"i": lambda x: u(x) - 1.0, "b": lambda x: model(x) - 1.0}, {"i": x, "b": x}
+    )
+    lap = taylorc.compile(model, "laplacian")
+    twice = kfac_factors(model, {"i": lambda x: lap(x)}, {"i": torch.cat([x, x])})["i"]
+    once = kfac_factors(model, {"i": lambda x: lap(x)}, {"i": x})["i"]
+    for w in got["i"]:
+        for k in range(2):
+            torch.testing.assert_close(got["i"][w][k], got["b"][w][k])
+            torch.testing.assert_close(twice[w][k], once[w][k])
+
+
+def spd(n, gen):
+    M = torch.randn(n, n, dtype=DT, generator=gen)
+    return M @ M.T + 0.1 * torch.eye(n, dtype=DT)
+
+
+@pytest.mark.parametrize("terms", [1, 2, 3])
+def test_kronecker_sum_solve_equals_dense(terms):
+    gen = torch.Generator().manual_seed(terms)
+    pairs = [(spd(4, gen), spd(3, gen)) for _ in range(terms)]
+    G = torch.randn(3, 4, dtype=DT, generator=gen)
+    X = KroneckerSum(pairs).solve(G)
+    M = sum(torch.kron(A, B) for A, B in pairs)  # acts on column-major vec
+    x = torch.linalg.solve(M, G.T.reshape(-1))
+    torch.testing.assert_close(X, x.reshape(4, 3).T)
+
+
+def poisson2d(seed=0, width=64, n_i=900, n_b=120):
+    torch.manual_seed(seed)
+    model = mlp(2, [width])
+    lap = taylorc.compile(model, "laplacian")
+    u = lambda x: torch.sin(math.pi * x).prod(1, keepdim=True)
+    res = {
+        "interior": lambda x: -lap(x) - 2 * math.pi**2 * u(x),
+        "boundary": lambda x: model(x) - u(x),
+    }
+    xb = torch.rand(n_b, 2, dtype=DT)
+    face = torch.randint(0, 2, (n_b,))
+    xb[torch.arange(n_b), face] = torch.randint(0, 2, (n_b,)).to(DT)
+    points = {"interior": torch.rand(n_i, 2, dtype=DT), "boundary": xb}
+    return model, res, points, u
+
+
+def flat(blocks, model):
+    """Blocks dict -> vector in parameter order (W then b per layer)."""
+    params = dict(model.named_parameters())
+    return torch.cat(
+        [torch.cat([X[:, :-1].flatten(), X[:, -1]]) for w, X in blocks.items() if w in params]
+    )
+
+
+def test_kfac_star_solves_the_2x2_quadratic_model():
+    model, res, points, _ = poisson2d(width=8, n_i=30, n_b=10)
+    lam = 1e-3
+    opt = KFAC(model, res, lr="auto", damping=lam, ema=0.5)
+    opt.step(points)
+    prev = flat(opt.last["update"], model)
+    J = {t: oracle_jacobian(model, residual_nested(model, t, res), points[t]) for t in res}
+    G = sum(J[t].T @ J[t] / points[t].shape[0] for t in res)
+    opt.step(points)
+    g, D = flat(opt.last["grad"], model), flat(opt.last["Delta"], model)
+    M = torch.stack([D, prev], 1)
+    want = torch.linalg.solve(M.T @ (G + lam * torch.eye(len(g), dtype=DT)) @ M, -M.T @ g)
+    torch.testing.assert_close(torch.tensor([opt.last["alpha"], opt.last["mu"]], dtype=DT), want)
+
+
+def residual_nested(model, term, res):
+    """The same residual as poisson2d's with a nested Laplacian."""
+    if term == "boundary":
+        return res[term]
+    lap = taylorc.compile(model, "laplacian", method="nested")
+    u = lambda x: torch.sin(math.pi * x).prod(1, keepdim=True)
+    return lambda x: -lap(x) - 2 * math.pi**2 * u(x)
+
+
+def test_large_damping_step_tends_to_scaled_gradient():
+    model, res, points, _ = poisson2d(width=8, n_i=30, n_b=10)
+    lam = 1e8
+    opt = KFAC(model, res, lr=1.0, damping=lam, ema=0.0)
+    opt.step(points)
+    # Ā ≈ λI and B̄ ≈ λI for both terms: Δ → −ĝ / (2 λ²)
+    for w, D in opt.last["Delta"].items():
+        torch.testing.assert_close(D, -opt.last["grad"][w] / (2 * lam**2), rtol=1e-5, atol=0)
+
+
+def test_poisson2d_smoke_kfac_star():
+    model, res, points, u = poisson2d()
+    opt = KFAC(model, res, lr="auto", damping=1e-10, ema=0.5)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # 900 points: intra-op threads only add overhead (and on a loaded CI)
+    try:
+        for _ in range(300):
+            opt.step(points)
+    finally:
+        torch.set_num_threads(threads)
+    x = torch.rand(4000, 2, dtype=DT)
+    with torch.no_grad():
+        err = ((model(x) - u(x)).norm() / u(x).norm()).item()
+    assert err <= 3e-3, err
+
+
+def test_state_dict_round_trip_and_float32():
+    model, res, points, _ = poisson2d(width=8, n_i=30, n_b=10)
+    twin, _, _, _ = poisson2d(width=8, n_i=30, n_b=10)
+    lap2 = taylorc.compile(twin, "laplacian")
+    u = lambda x: torch.sin(math.pi * x).prod(1, keepdim=True)
+    res2 = {
+        "interior": lambda x: -lap2(x) - 2 * math.pi**2 * u(x),
+        "boundary": lambda x: twin(x) - u(x),
+    }
+    a = KFAC(model, res, lr="auto", ema=0.7)
+    for _ in range(3):
+        a.step(points)
+    twin.load_state_dict(model.state_dict())
+    b = KFAC(twin, res2, lr="auto", ema=0.7)
+    b.load_state_dict(a.state_dict())
+    a.step(points), b.step(points)
+    for p, q in zip(model.parameters(), twin.parameters()):
+        torch.testing.assert_close(p, q)
+    model.float()
+    single = {k: v.float() for k, v in points.items()}
+    losses = [sum(KFAC(model, res, lr="line_search", momentum=0.5).step(single).values())]
+    assert all(math.isfinite(v) for v in losses)
+
+
+def test_engd_and_line_search_decrease_the_loss():
+    for make in (
+        lambda m, r: ENGD(m, r, damping=1e-10, ema=0.3),
+        lambda m, r: KFAC(m, r, lr="line_search", momentum=0.3),
+    ):
+        model, res, points, _ = poisson2d(width=8, n_i=50, n_b=20)
+        opt = make(model, res)
+        first = sum(opt.step(points).values())
+        for _ in range(4):
+            last = sum(opt.step(points).values())
+        assert last < 0.5 * first
+
+
+class Scaled(nn.Module):
+    """A learnable output scale: a parameter outside every linear site."""
+
+    def __init__(self):
+        super().__init__()
+        self.net, self.scale = mlp(2, [4]), nn.Parameter(torch.ones((), dtype=DT))
+
+    def forward(self, x):
+        return self.scale * self.net(x)
+
+
+def test_parameters_outside_sites_are_named():
+    model = Scaled()
+    lap = taylorc.compile(model, "laplacian")
+    opt = KFAC(model, {"i": lambda x: lap(x)})
+    with pytest.raises(KFACError, match="scale"):
+        opt.step({"i": torch.rand(4, 2, dtype=DT)})
+    nested = taylorc.compile(model.net, "laplacian", method="nested")
+    with pytest.raises(KFACError, match="nested"):
+        KFAC(model.net, {"i": lambda x: nested(x)}).step({"i": torch.rand(4, 2, dtype=DT)})
