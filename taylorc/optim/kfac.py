@@ -53,7 +53,8 @@ class KFAC(torch.optim.Optimizer):
         ema: β of the factors' moving average (0: this step's factors only).
         momentum: μ of ``"line_search"`` and float ``lr`` (ignored by ``"auto"``).
         approx: ``"expand"`` (the paper's) or ``"reduce"``.
-        update_every, invert_every: recompute factors / re-factor the solves every k steps.
+        update_every: recompute the factors every k steps.
+        invert_every: re-factor the solves every k steps.
         initial_lr: α of KFAC*'s first step (no previous direction yet).
 
     Raises:

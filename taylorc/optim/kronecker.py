@@ -38,7 +38,8 @@ class KroneckerSum:
     Args:
         pairs: ``[(A_t (d_in, d_in), B_t (d_out, d_out)), ...]``, symmetric positive
             definite (damp them first); computed in float64.
-        cg_tol, cg_iters: for three or more terms, CG's relative residual and budget.
+        cg_tol: for three or more terms, CG's relative residual tolerance.
+        cg_iters: CG's iteration budget there.
 
     Raises:
         ValueError: no pairs; factors of mismatched shapes.
