@@ -1,0 +1,131 @@
+"""5-d Poisson PINN trained data-parallel with torch.distributed (DDP) and taylorc.
+
+torchrun --nproc_per_node=2 examples/poisson_ddp.py [--adam-steps N --interior N ...]
+
+The problem, the network and the sampling are those of ``taylorc/demos/poisson.py``
+(imported, not copied): every rank draws the same global collocation set from the
+same seed as the single-process demo and keeps its own contiguous shard, so the
+union of the shards is exactly the demo's set. The whole PINN loss (interior
+residual through ``taylorc.compile``, boundary residual through the model) is one
+``nn.Module`` wrapped in ``DistributedDataParallel``: the forward goes through DDP,
+and DDP's reducer all-reduces (averages) the gradients during ``backward``. With
+equal shard sizes the average of the per-rank means is the mean over all points,
+so a step equals the single-process step on the union (tests/test_distributed.py).
+
+Backend: nccl when CUDA is available (one GPU per local rank), else gloo. Adam with
+the demo's cosine decay; no L-BFGS (its line search would need every closure
+evaluation to go through DDP in lockstep). Rank 0 prints ``relative L2 error:``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+import taylorc
+from taylorc.demos.common import boundary_points, mlp, relative_l2
+from taylorc.demos.poisson import exact, interior_points, source
+
+
+class PoissonLoss(nn.Module):
+    """The PINN loss as a module, so that DDP sees a forward before the backward.
+
+    Holds the model (``self.model``) and its compiled Laplacian (whose submodule is
+    the same model, so ``parameters()`` lists each parameter once). Inputs: interior
+    points ``xi`` (Ni, D), source ``f`` (Ni, 1), boundary points ``xb`` (Nb, D),
+    boundary values ``g`` (Nb, 1), all of the model's dtype and device. Returns the
+    scalar ``mean((-lap u - f)^2) + mean((u - g)^2)`` over the LOCAL points.
+    """
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+        self.laplacian = taylorc.compile(model, operator="laplacian")
+
+    def forward(self, xi, f, xb, g):
+        """Local loss (scalar tensor); see the class docstring for shapes."""
+        residual = -self.laplacian(xi) - f
+        return residual.pow(2).mean() + (self.model(xb) - g).pow(2).mean()
+
+
+def shard(x: torch.Tensor, rank: int, world: int) -> torch.Tensor:
+    """Rank ``rank``'s contiguous slice of ``x`` (N, ...), N divisible by ``world``.
+
+    Equal shard sizes make DDP's gradient average equal the gradient of the global
+    mean; unequal ones would weight points differently, hence the ValueError.
+    """
+    if x.shape[0] % world:
+        raise ValueError(f"{x.shape[0]} points do not split evenly over {world} ranks")
+    return x.chunk(world)[rank]
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    """Options (defaults: the demo's problem, a few minutes of Adam on 2 CPU ranks)."""
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--dim", type=int, default=5)
+    p.add_argument("--widths", type=int, nargs="+", default=[64, 64, 48, 48])
+    p.add_argument("--interior", type=int, default=2000, help="global interior points")
+    p.add_argument("--boundary", type=int, default=500, help="global boundary points")
+    p.add_argument("--adam-steps", type=int, default=1500)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--test-points", type=int, default=10_000)
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> float | None:
+    """Train under DDP; rank 0 prints and returns the relative L2 error (others: None)."""
+    args = parse_args(argv)
+    cuda = torch.cuda.is_available()
+    dist.init_process_group("nccl" if cuda else "gloo")
+    rank, world = dist.get_rank(), dist.get_world_size()
+    device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if cuda else None
+    if cuda:
+        torch.cuda.set_device(device)
+    dtype = torch.float64
+    # Same seeding and draw order as taylorc/demos/poisson.py: identical initial
+    # parameters on every rank (DDP also broadcasts rank 0's) and the demo's points.
+    torch.manual_seed(args.seed)
+    gen = torch.Generator().manual_seed(args.seed)
+    model = mlp(args.dim, args.widths).to(dtype)
+    xi = interior_points(args.interior, args.dim, gen, dtype)
+    xb = boundary_points(args.boundary, args.dim, dtype, gen)
+    xi, xb = shard(xi, rank, world).to(device), shard(xb, rank, world).to(device)
+    f, g = source(xi), exact(xb)
+    model.to(device)
+    loss_module = DistributedDataParallel(PoissonLoss(model))
+    adam = torch.optim.Adam(loss_module.parameters(), lr=args.lr)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(
+        adam, max(args.adam_steps, 1), eta_min=args.lr / 20
+    )
+    t0 = time.perf_counter()
+    for step in range(args.adam_steps):
+        adam.zero_grad()
+        loss = loss_module(xi, f, xb, g)
+        loss.backward()  # DDP's reducer averages the gradients over ranks here
+        adam.step()
+        sched.step()
+        if rank == 0 and step % 100 == 0:
+            print(f"step {step}: local loss {loss.item():.3e}", flush=True)
+    per_step = (time.perf_counter() - t0) / max(args.adam_steps, 1)
+    err = None
+    if rank == 0:
+        x = interior_points(args.test_points, args.dim, gen, dtype).to(device)
+        with torch.no_grad():
+            err = relative_l2(model(x), exact(x))
+        print(
+            f"relative L2 error: {err:.3e}  ({args.test_points} fresh points, {world} ranks, "
+            f"{per_step * 1e3:.1f} ms/step on rank 0)"
+        )
+    dist.destroy_process_group()
+    return err
+
+
+if __name__ == "__main__":
+    main()
