@@ -52,10 +52,18 @@ class Config:
 
 
 def coords(dim: int) -> str:
+    """The space coordinates' names of a ``dim``-dimensional grid: ``"x y"`` or ``"x y z"``."""
     return "x y z"[: 2 * dim - 1]
 
 
 def heat_system(cfg: Config):
+    """The implicit-Euler heat matrix ``I - nu dt Laplacian`` on the unit grid of ``cfg``.
+
+    Returns:
+        a :class:`taylorc.prdp.sparse.SparseSystem` of ``n^dim`` unknowns, ``cfg.dtype``,
+        Dirichlet rows on the boundary (second-order stencils: LeVeque 2007, ch. 1;
+        backward Euler as in Bhatia, Koehler, Thuerey, ICLR 2025, heat experiments).
+    """
     g = [torch.linspace(0, 1, cfg.n, dtype=torch.float64)] * cfg.dim
     lap = " + ".join(f"u_{c}{c}" for c in coords(cfg.dim).split())
     return assemble(f"u - {cfg.nu_dt!r}*({lap})", g, coords=coords(cfg.dim), dtype=cfg.dtype)
@@ -69,6 +77,7 @@ def forcing(u: torch.Tensor, cfg: Config) -> torch.Tensor:
 
 
 def interior_mask(cfg: Config, dtype) -> torch.Tensor:
+    """``(n,) * dim`` tensor of ``dtype``: 1 at interior nodes, 0 on the boundary."""
     m = torch.zeros([cfg.n] * cfg.dim, dtype=dtype)
     m[(slice(1, -1),) * cfg.dim] = 1
     return m
