@@ -228,11 +228,8 @@ class CompiledOperator(torch.nn.Module):
         BUILD_COUNT[0] += 1
         plan = method.plan(self, math.prod(x.shape[1:]))
         example, args = method.example(x, args)
-        cap = self._capture(x, example, args, i)
-        ctx = PassContext(plan, cap.gm, cap.coord, x.dtype, x.device)
-        ctx.probe_inputs = cap.inputs(self.model, *args)  # the exact batch-coupling probe
-        dump = Dumper(self.debug_dir) if self.debug_dir else None
-        gm = PassManager(method.passes(self, cap, ctx, x), dump).run(cap.gm, ctx)
+        pipeline = lambda cap, ctx: method.passes(self, cap, ctx, x)  # noqa: E731
+        gm, cap, ctx = self.build(x, example, args, i, plan, pipeline)
         if self.backend in ("inductor", "taylorc"):
             gm = torch.compile(gm, backend="inductor", dynamic=False)
         self._graphs[key] = shared[shared_key] = (gm, cap, ctx)
@@ -247,6 +244,18 @@ class CompiledOperator(torch.nn.Module):
         if method == self.method_obj.name:
             return self.method_obj
         return _methods.from_name(method)
+
+    def build(self, x, example, args: tuple, i: int, plan, pipeline):
+        """Capture the model on ``args`` (``example`` at position i) and run the passes
+        ``pipeline(cap, ctx)`` returns; ``(GraphModule, Captured, PassContext)``, not cached.
+
+        Shared by :meth:`graph_for` and the sites pipeline (:meth:`taylor_graph`).
+        """
+        cap = self._capture(x, example, args, i)
+        ctx = PassContext(plan, cap.gm, cap.coord, x.dtype, x.device)
+        ctx.probe_inputs = cap.inputs(self.model, *args)  # the exact batch-coupling probe
+        dump = Dumper(self.debug_dir) if self.debug_dir else None
+        return PassManager(pipeline(cap, ctx), dump).run(cap.gm, ctx), cap, ctx
 
     def _capture(self, x, example, args, i) -> Captured:
         try:

@@ -118,10 +118,7 @@ def build_taylor_graph(op, args: tuple) -> TaylorGraph:
             the operator's call.
     """
     from . import operators as _ops
-    from .capture import capture
-    from .debug import Dumper
     from .methods.taylor import Taylor
-    from .passes import PassContext, PassManager
     from .passes.collapse import CollapsePass
     from .passes.taylor import TaylorPass
 
@@ -137,14 +134,13 @@ def build_taylor_graph(op, args: tuple) -> TaylorGraph:
     if key in op._graphs:
         return op._graphs[key]
     plan = _ops.build_plan(op.ops, math.prod(x.shape[1:]), op.coords)
-    cap = capture(op.fn, x, args, i)
-    ctx = PassContext(plan, cap.gm, cap.coord, x.dtype, x.device)
-    ctx.probe_inputs = cap.inputs(op.model, *args)  # the exact batch-coupling probe
     collapsing = op.method_obj.collapse
-    passes = [TaylorPass(), PinPass(cap.param_names, collapsing)]
-    passes += [CollapsePass()] if collapsing else []
-    passes += [SitesPass(cap.param_names)]  # no cleanup: see SitesPass
-    dump = Dumper(op.debug_dir) if op.debug_dir else None
-    gm = PassManager(passes, dump).run(cap.gm, ctx)
+
+    def pipeline(cap, ctx):
+        passes = [TaylorPass(), PinPass(cap.param_names, collapsing)]
+        passes += [CollapsePass()] if collapsing else []
+        return passes + [SitesPass(cap.param_names)]  # no cleanup: see SitesPass
+
+    gm, cap, ctx = op.build(x, x, args, i, plan, pipeline)
     op._graphs[key] = TaylorGraph(gm, cap, ctx, op, tuple(x.shape))
     return op._graphs[key]
