@@ -276,3 +276,16 @@ def test_fully_mixed_fifth_order_matches_nested():
     out = taylorc.compile(f, "u_abcde", coords="a b c d e")(x)
     ref = taylorc.compile(f, "u_abcde", coords="a b c d e", method="nested")(x)
     assert_close(out, ref, 1e-9)
+
+
+def test_probe_runs_through_writes():
+    """Functionalization's copy has no forward-AD formula: the probe must still decide
+    (a refusal of the analysis, at B == width after reshapes, stood otherwise)."""
+    from taylorc.capture import capture
+    from taylorc.passes.probe import probe_rows
+
+    x = torch.randn(6, 6, dtype=torch.float64)
+    cap = capture(_slice_write, x)
+    assert probe_rows(cap.gm, "x", cap.inputs(None, x)) == ("independent", [0])
+    cap = capture(COUPLED["row write"], x)
+    assert probe_rows(cap.gm, "x", cap.inputs(None, x))[0] == "coupled"

@@ -68,7 +68,7 @@ def probe_rows(gm: torch.fx.GraphModule, coord: str, inputs: list) -> tuple[str,
         B = x.shape[0]
 
         def f(xx):
-            out = gm(*real[:i], xx, *real[i + 1 :])
+            out = _ForwardAD(gm).run(*real[:i], xx, *real[i + 1 :])
             return out[0] if isinstance(out, (tuple, list)) and len(out) == 1 else out
 
         rows = torch.arange(B, device=x.device)
@@ -99,3 +99,15 @@ def probe_rows(gm: torch.fx.GraphModule, coord: str, inputs: list) -> tuple[str,
     if coupled or sized:  # an entry moved by two rows, or rows moved to other rows (a shift)
         return "coupled", []
     return "undecided", []  # one row per entry, but no axis of B rows: a flattened layout
+
+
+class _ForwardAD(torch.fx.Interpreter):
+    """Runs a captured graph under forward AD: functionalization's ``aten.copy`` (the
+    value written by ``y[...] = v``) has no forward-AD formula, so it runs as what it
+    computes, ``src`` cast and broadcast to ``self``'s dtype and shape."""
+
+    def call_function(self, target, args, kwargs):
+        if target is torch.ops.aten.copy.default:
+            base, src = args[0], args[1]
+            return src.to(base.dtype).expand(base.shape).clone()
+        return super().call_function(target, args, kwargs)
