@@ -147,8 +147,9 @@ def assemble(
             a self-adjoint spec with constant or node-wise zeroth-order
             coefficients: what CG needs); use :meth:`SparseSystem.lift` for the
             right-hand side ``f_I - A_IB g_B`` and :meth:`SparseSystem.extend`.
-        dtype, device: of the values; default from the tensor/network
-            coefficients, else float64 on the CPU.
+        dtype: of the values; default from the tensor/network coefficients,
+            else float64.
+        device: of the values; default from the coefficients, else the CPU.
 
     Returns:
         :class:`SparseSystem` (``grid_shape`` the nodes of the unknowns, ``periodic``
@@ -159,8 +160,8 @@ def assemble(
 
     Raises:
         ValueError: a bad spec or grid (see ``discretize``), an unknown form, a
-        coefficient with the wrong number of values, or a coefficient name used as
-        a derivative subscript.
+            coefficient with the wrong number of values, or a coefficient name used
+            as a derivative subscript.
     """
     if form not in FORMS:
         raise ValueError(f"form must be one of {FORMS}, got {form!r}")
