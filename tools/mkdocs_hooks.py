@@ -43,7 +43,9 @@ def missing(site_dir: str) -> list[str]:
         for name in module.__all__:
             obj = getattr(module, name)
             if not documented_paths(package, name, obj) & listed:
-                problems.append(f"{package}.{name} is public but the API reference does not list it")
+                problems.append(
+                    f"{package}.{name} is public but the API reference does not list it"
+                )
             if not (inspect.getdoc(obj) or "").strip():
                 problems.append(f"{package}.{name} has no docstring")
     return problems
