@@ -101,3 +101,11 @@ def test_poisson_ddp_example_runs():
     out = torchrun(ROOT / "examples" / "poisson_ddp.py", *args)
     # rank 0 alone prints the main job's line
     assert len(re.findall(r"^relative L2 error: \S+", out.stdout, re.M)) == 1, out.stdout
+
+
+@needs_gloo
+def test_poisson_ddp_example_kfac_star_runs():
+    # KFAC* over the default group, uneven boundary shards (16/15)
+    args = "--optimizer kfac* --kfac-steps 3 --interior 64 --boundary 31 --test-points 100"
+    out = torchrun(ROOT / "examples" / "poisson_ddp.py", *args.split())
+    assert len(re.findall(r"^relative L2 error: \S+", out.stdout, re.M)) == 1, out.stdout
