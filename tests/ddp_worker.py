@@ -29,7 +29,8 @@ by itself; UNEVEN shards, 33/31 interior and 17/15 boundary points of 64/32):
 - ``kfac_ls``: line-search KFAC with momentum, a dict operator and three terms (the
   Kronecker sum solved by CG);
 - ``engd``: ENGD with the line search;
-- (with ``kfac_star``) ``KFAC(DistributedDataParallel(model), ...)`` raises KFACError;
+- (with ``kfac_star``) ``KFAC(DistributedDataParallel(model), ...)`` raises KFACError,
+  and a step where rank 1 holds no boundary point raises ValueError on both ranks;
 - ``kfac_local`` (control): KFAC* on a group of one rank each (``dist.new_subgroups``):
   each rank trains on its shard alone, so it must differ from the union's run.
 """
@@ -262,6 +263,19 @@ def main() -> None:
         except taylorc.errors.KFACError as e:
             if rank == 0:
                 print(f"DDP_WRAPPER_REJECTED {str(e)[:60]}", flush=True)
+        # a rank without points of a term: ValueError on EVERY rank (none left waiting)
+        points = kfac_points(rank)
+        if rank == 1:
+            points["boundary"] = points["boundary"][:0]
+        opt = taylorc.optim.KFAC(model, {"boundary": lambda x: model(x)[:, 0]})
+        try:
+            opt.step(points)
+        except ValueError as e:
+            assert "no points of the terms ['boundary']" in str(e), e
+            if rank == 0:
+                print("EMPTY_SHARD_REJECTED", flush=True)
+        else:
+            raise AssertionError("an empty shard was not rejected")
     for case in sys.argv[1:]:
         start, model, ref = run(case, rank, world, solo)
         gap = spread(model)
