@@ -1,6 +1,7 @@
 """5-d Poisson PINN trained data-parallel with torch.distributed (DDP) and taylorc.
 
 torchrun --nproc_per_node=2 examples/poisson_ddp.py [--adam-steps N --interior N ...]
+torchrun --nproc_per_node=2 examples/poisson_ddp.py --optimizer kfac* [--kfac-steps N]
 
 The problem, the network and the sampling are those of ``taylorc/demos/poisson.py``
 (imported, not copied): every rank draws the same global collocation set from the
@@ -15,7 +16,14 @@ so a step equals the single-process step on the union (tests/test_distributed.py
 Backend: nccl when CUDA is available (one GPU per local rank), else gloo. Adam with
 the demo's cosine decay, i.e. the Adam phase of ``--optimizer adam-lbfgs``; no
 L-BFGS (its line search would need every closure evaluation to go through DDP in
-lockstep) and no KFAC (issue 17, item 2). Rank 0 prints ``relative L2 error:``.
+lockstep). Rank 0 prints ``relative L2 error:``.
+
+``--optimizer kfac*`` (or ``kfac``, ``engd``): ``taylorc.optim.KFAC`` with the demo's
+hyperparameters, NOT wrapped in DDP (the optimiser all-reduces its own gradient,
+factors and Gramian products over the default process group; docs/distributed.md).
+Every rank draws the demo's points every 100 steps and keeps its shard (shards may
+be uneven here), so the run follows the single-process demo's up to rounding. It
+stops after ``--kfac-steps`` steps, never on a time budget (ranks stop together).
 """
 
 from __future__ import annotations
@@ -31,7 +39,14 @@ from torch.nn.parallel import DistributedDataParallel
 
 import taylorc
 from taylorc.demos import poisson
-from taylorc.demos.common import boundary_points, mlp, relative_l2
+from taylorc.demos.common import (
+    SECOND_ORDER_DEFAULTS,
+    boundary_points,
+    make_optimizer,
+    mlp,
+    relative_l2,
+    train_second_order,
+)
 from taylorc.demos.poisson import exact, interior_points, source
 
 
@@ -82,7 +97,37 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=demo.lr)
     p.add_argument("--seed", type=int, default=demo.seed)
     p.add_argument("--test-points", type=int, default=demo.test_points)
-    return p.parse_args(argv)
+    p.add_argument("--optimizer", choices=["adam", *SECOND_ORDER_DEFAULTS], default="adam")
+    p.add_argument("--kfac-steps", type=int, default=5000, help="KFAC/ENGD steps")
+    p.add_argument(
+        "--resample", type=int, default=demo.resample, help="KFAC/ENGD: new points every k steps"
+    )
+    args = p.parse_args(argv)
+    args.damping = args.ema = args.momentum = None  # the demo's (SECOND_ORDER_DEFAULTS)
+    return args
+
+
+def train_second_order_ddp(args, model, gen, rank: int, world: int, device) -> float:
+    """KFAC*/KFAC/ENGD over the default process group (no DDP); returns seconds per step."""
+    dtype = torch.float64
+    laplacian = taylorc.compile(model, operator="laplacian")
+    residuals = {
+        "interior": lambda x: -laplacian(x) - source(x),
+        "boundary": lambda x: model(x) - exact(x),
+    }
+
+    def sample():  # the demo's draws (same generator, same order); this rank's part
+        xi = interior_points(args.interior, args.dim, gen, dtype)
+        xb = boundary_points(args.boundary, args.dim, dtype, gen)
+        return {
+            "interior": xi.tensor_split(world)[rank].to(device),
+            "boundary": xb.tensor_split(world)[rank].to(device),
+        }
+
+    opt = make_optimizer(args, model, residuals)  # process_group=None: the default group
+    t0 = time.perf_counter()
+    train_second_order(opt, sample, args.kfac_steps, args.resample, quiet=rank != 0)
+    return (time.perf_counter() - t0) / max(args.kfac_steps, 1)
 
 
 def main(argv=None) -> float | None:
@@ -100,6 +145,9 @@ def main(argv=None) -> float | None:
     torch.manual_seed(args.seed)
     gen = torch.Generator().manual_seed(args.seed)
     model = mlp(args.dim, args.widths).to(dtype)
+    if args.optimizer != "adam":
+        per_step = train_second_order_ddp(args, model.to(device), gen, rank, world, device)
+        return finish(args, model, gen, rank, world, device, per_step)
     xi = interior_points(args.interior, args.dim, gen, dtype)
     xb = boundary_points(args.boundary, args.dim, dtype, gen)
     xi, xb = shard(xi, rank, world).to(device), shard(xb, rank, world).to(device)
@@ -122,6 +170,12 @@ def main(argv=None) -> float | None:
         if rank == 0 and step % 100 == 0:
             print(f"step {step}: local loss {loss.item():.3e}", flush=True)
     per_step = (time.perf_counter() - t0) / max(args.adam_steps - 1, 1)
+    return finish(args, model, gen, rank, world, device, per_step)
+
+
+def finish(args, model, gen, rank: int, world: int, device, per_step: float) -> float | None:
+    """Rank 0: relative L2 error on fresh points, printed and returned; then tear down."""
+    dtype = torch.float64
     err = None
     if rank == 0:
         x = interior_points(args.test_points, args.dim, gen, dtype).to(device)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import torch
 
+from .distributed import Reducer, resolve
 from .factors import from_vector, layer_gradient, to_vector
 from .gramian import dense_gramian, layout, size
 from .record import linearize
@@ -31,42 +32,61 @@ class ENGD(torch.optim.Optimizer):
         ema: β of the Gramian's moving average, started at the identity (the baselines of
             Dangel, Müller, Zeinhofer 2024 use 0.3: the identity regularises the first
             steps, where the exact Gramian of a fresh net is nearly singular).
+        process_group: as :class:`taylorc.optim.KFAC`'s: under ``torch.distributed``,
+            the loss, gradient, Gramian and line-search losses are all-reduced, so a
+            step on R ranks with a shard each equals the step on the union of the shards.
 
     Raises:
-        ValueError: unknown ``lr``.
-        taylorc.errors.KFACError: a parameter used outside the linear sites.
+        ValueError: unknown ``lr``; (distributed, at ``step``) a rank without points of a term.
+        taylorc.errors.KFACError: a parameter used outside the linear sites; ``model``
+            wrapped in ``DistributedDataParallel``.
     """
 
     def __init__(
-        self, model: torch.nn.Module, residuals: dict, lr="line_search", damping=0.0, ema=0.3
+        self,
+        model: torch.nn.Module,
+        residuals: dict,
+        lr="line_search",
+        damping=0.0,
+        ema=0.3,
+        process_group=None,
     ):
         if not (lr == "line_search" or isinstance(lr, (int, float)) and not isinstance(lr, bool)):
             raise ValueError(f"lr must be 'line_search' or a number, got {lr!r}")
         from ..api import compile as _compile
 
+        group = resolve(process_group, model)
         params = [p for p in model.parameters() if p.requires_grad]
         super().__init__(params, dict(lr=lr, damping=damping, ema=ema, step=0))
         self.model, self.residuals = model, dict(residuals)
         self._value_op = _compile(model, "u")
         self._checked: set = set()
+        self._reducer = None if group is None else Reducer(group)
+        if self._reducer is not None:
+            self._reducer.broadcast_(model.parameters())
 
     def step(self, points: dict) -> dict[str, float]:
         """One ENGD step on ``points``; returns term name -> ½ mean ||r||² before it."""
-        group = self.param_groups[0]
+        group, rd, terms = self.param_groups[0], self._reducer, list(self.residuals)
+        if rd is not None:  # this rank's shares N_t,r / N_t of the global means
+            share, counts = rd.shares({t: points[t] for t in terms})
+            weigh = lambda t, x: x * share[t]  # noqa: E731
+        else:
+            counts, weigh = None, lambda t, x: x  # noqa: E731
         lins = []
         for term, f in self.residuals.items():
             x = points[term]
             key = (term, tuple(x.shape), x.dtype)
             lins.append(linearize(self.model, self._value_op, f, x, check=key not in self._checked))
             self._checked.add(key)
-        losses = {t: lin.loss.item() for t, lin in zip(self.residuals, lins)}
+        loss = [weigh(t, lin.loss) for t, lin in zip(terms, lins)]
         layers = layout(lins, self.model)
         grad = torch.cat(
             [
                 to_vector(
                     sum(
-                        layer_gradient(lin.layers[ref.weight], lin.r)
-                        for lin in lins
+                        weigh(t, layer_gradient(lin.layers[ref.weight], lin.r))
+                        for t, lin in zip(terms, lins)
                         if ref.weight in lin.layers
                     ),
                     ref,
@@ -74,7 +94,13 @@ class ENGD(torch.optim.Optimizer):
                 for ref in layers
             ]
         )
-        G = self._average(dense_gramian(lins, layers).double(), group["ema"])
+        if rd is None:
+            G = dense_gramian(lins, layers)
+        else:
+            G = sum(weigh(t, dense_gramian([lin], layers)) for t, lin in zip(terms, lins))
+            rd.sum_([*loss, grad, G])
+        losses = {t: v.item() for t, v in zip(terms, loss)}
+        G = self._average(G.double(), group["ema"])
         G = G + group["damping"] * torch.eye(len(G), dtype=G.dtype, device=G.device)
         d = torch.linalg.lstsq(G, -grad.double()[:, None], driver="gelsd").solution[:, 0]
         blocks, i = {}, 0
@@ -87,8 +113,9 @@ class ENGD(torch.optim.Optimizer):
                 self.model,
                 by_name,
                 blocks,
-                lambda: total_loss(self.residuals, points),
+                lambda: total_loss(self.residuals, points, counts),
                 sum(losses.values()),
+                reducer=rd,
             )
         else:
             add_(self.model, by_name, blocks, float(group["lr"]))

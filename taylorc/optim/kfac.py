@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import torch
 
+from .distributed import Reducer, resolve
 from .factors import APPROX, layer_factors, layer_gradient
 from .gramian import layout
 from .kronecker import KroneckerSum
@@ -56,11 +57,24 @@ class KFAC(torch.optim.Optimizer):
         update_every: recompute the factors every k steps.
         invert_every: re-factor the solves every k steps.
         initial_lr: α of KFAC*'s first step (no previous direction yet).
+        process_group: data parallelism over ``torch.distributed`` (docs/distributed.md).
+            ``None``: the default group when ``torch.distributed`` is initialized with
+            more than one rank, else single-process; or a ``ProcessGroup`` (of one rank:
+            single-process). Distributed, each rank passes its own shard of every term's
+            points (any sizes, at least one point each) and every mean over points
+            (loss, gradient, factors, Gramian products, line-search losses) is
+            all-reduced: a step equals the single-process step on the union of the
+            shards, up to rounding. Rank 0's parameters are broadcast at construction.
+        split_inversion: distributed, factorise each layer's Kronecker sum on one rank
+            and broadcast it (``None``: on when distributed); off: every rank
+            factorises every layer. Same result either way.
 
     Raises:
-        ValueError: unknown ``lr`` rule or ``approx``, non-positive counts.
+        ValueError: unknown ``lr`` rule or ``approx``, non-positive counts; (distributed,
+            at ``step``, on every rank) a rank without points of a term.
         taylorc.errors.KFACError: (at the first step of each term) a parameter used
-            outside the linear sites of the Taylor graph, named.
+            outside the linear sites of the Taylor graph, named; ``model`` wrapped in
+            ``DistributedDataParallel`` (pass ``ddp.module``: KFAC reduces by itself).
     """
 
     def __init__(
@@ -75,6 +89,8 @@ class KFAC(torch.optim.Optimizer):
         update_every: int = 1,
         invert_every: int = 1,
         initial_lr: float = 1e-6,
+        process_group=None,
+        split_inversion: bool | None = None,
     ):
         if not (lr in RULES or isinstance(lr, (int, float)) and not isinstance(lr, bool)):
             raise ValueError(f"lr must be one of {RULES} or a number, got {lr!r}")
@@ -86,6 +102,7 @@ class KFAC(torch.optim.Optimizer):
             raise ValueError("residuals is empty: give at least one loss term")
         from ..api import compile as _compile
 
+        group = resolve(process_group, model)
         defaults = dict(
             lr=lr,
             damping=damping,
@@ -103,6 +120,10 @@ class KFAC(torch.optim.Optimizer):
         self._solvers: dict | None = None
         self._checked: set = set()
         self.last: dict = {}  # the last step's vectors (for tests and diagnostics)
+        self._reducer = None if group is None else Reducer(group)
+        self._split = self._reducer is not None and split_inversion is not False
+        if self._reducer is not None:
+            self._reducer.broadcast_(model.parameters())
 
     # -- one step -------------------------------------------------------------------
 
@@ -126,36 +147,66 @@ class KFAC(torch.optim.Optimizer):
             term name -> ½ mean ||r||² at the parameters before the step.
         """
         group = self.param_groups[0]
+        missing = set(self.residuals) - set(points)
+        if missing:
+            raise ValueError(f"no points for the terms {sorted(missing)}")
+        rd = self._reducer
+        if rd is not None:  # this rank's shares N_t,r / N_t of the global means
+            share, counts = rd.shares({t: points[t] for t in self.residuals})
+            weigh = lambda t, x: x * share[t]  # noqa: E731
+        else:
+            counts, weigh = None, lambda t, x: x  # noqa: E731
         lins = self.linearize(points)
-        losses = {t: lin.loss.item() for t, lin in lins.items()}
         layers = {layer.weight: layer for layer in layout(list(lins.values()), self.model)}
+        k = group["step"]
+        refresh = k % group["update_every"] == 0
+        factors = self._factors(lins, group, weigh) if refresh else {}
+        loss = {t: weigh(t, lin.loss) for t, lin in lins.items()}
         grad = {
-            w: sum(layer_gradient(lin.layers[w], lin.r) for lin in lins.values() if w in lin.layers)
+            w: sum(
+                weigh(t, layer_gradient(lin.layers[w], lin.r))
+                for t, lin in lins.items()
+                if w in lin.layers
+            )
             for w in layers
         }
-        k = group["step"]
-        if k % group["update_every"] == 0:
-            self._update_factors(lins, group)
+        if rd is not None:  # one all-reduce (sum) of every mean over points
+            rd.sum_([*loss.values(), *grad.values(), *(F for AB in factors.values() for F in AB)])
+        losses = {t: v.item() for t, v in loss.items()}
+        if refresh:
+            self._average(factors, group)
         if self._solvers is None or k % group["invert_every"] == 0:
             self._invert(group)
         Delta = {w: -self._solvers[w].solve(grad[w]) for w in layers}
         self.last = dict(grad=grad, Delta=Delta)
-        update = self._direction(group, lins, layers, grad, Delta, sum(losses.values()), points)
+        update = self._direction(
+            group, lins, layers, grad, Delta, sum(losses.values()), points, counts
+        )
         for w, d in update.items():
             self.state[self._param(w)]["delta"] = d
         self.last["update"] = update
         group["step"] = k + 1
         return losses
 
-    def _direction(self, group, lins, layers, grad, Delta, current, points) -> dict:
-        """Apply the step rule; returns the update's momentum state (δ or δ̂)."""
+    def _direction(self, group, lins, layers, grad, Delta, current, points, counts) -> dict:
+        """Apply the step rule; returns the update's momentum state (δ or δ̂).
+
+        ``counts``: term -> global N_t when distributed, else None."""
         prev = {w: self.state[self._param(w)].get("delta") for w in layers}
         lr = group["lr"]
         if lr == "auto":
             if any(v is None for v in prev.values()):
                 alpha, mu, prev = group["initial_lr"], 0.0, {}
             else:
-                alpha, mu = kfac_star(list(lins.values()), grad, Delta, prev, group["damping"])
+                alpha, mu = kfac_star(
+                    list(lins.values()),
+                    grad,
+                    Delta,
+                    prev,
+                    group["damping"],
+                    counts=None if counts is None else [counts[t] for t in lins],
+                    reducer=self._reducer,
+                )
             delta = {w: alpha * Delta[w] + (mu * prev[w] if w in prev else 0) for w in Delta}
             add_(self.model, layers, delta)
             self.last.update(alpha=alpha, mu=mu)
@@ -165,9 +216,9 @@ class KFAC(torch.optim.Optimizer):
         if lr == "line_search":
 
             def loss_fn():
-                return total_loss(self.residuals, points)
+                return total_loss(self.residuals, points, counts)
 
-            alpha = line_search(self.model, layers, delta, loss_fn, current)
+            alpha = line_search(self.model, layers, delta, loss_fn, current, reducer=self._reducer)
         else:
             alpha = float(lr)
             add_(self.model, layers, delta, alpha)
@@ -179,32 +230,43 @@ class KFAC(torch.optim.Optimizer):
     def _param(self, weight: str) -> torch.Tensor:
         return dict(self.model.named_parameters())[weight]
 
-    def _update_factors(self, lins: dict, group) -> None:
-        """Â ← βÂ + (1 − β)A for every term and layer (identity before the first update)."""
-        beta = group["ema"]
+    def _factors(self, lins: dict, group, weigh) -> dict:
+        """``{(term, weight): (A, B)}`` of this batch, each ``weigh(term, ·)``'d
+        (distributed: this rank's shares of the global means, summed by the caller)."""
+        out = {}
         for term, lin in lins.items():
             for w, layer in lin.layers.items():
                 A, B = layer_factors(layer, group["approx"])
-                st = self.state[self._param(w)]
-                for key, F in (("A", A), ("B", B)):
-                    old = st.setdefault(key, {}).get(term)
-                    if old is None:
-                        old = torch.eye(F.shape[0], dtype=F.dtype, device=F.device)
-                    st[key][term] = beta * old + (1 - beta) * F
+                out[term, w] = (weigh(term, A), weigh(term, B))
+        return out
+
+    def _average(self, factors: dict, group) -> None:
+        """Â ← βÂ + (1 − β)A for every term and layer (identity before the first update)."""
+        beta = group["ema"]
+        for (term, w), (A, B) in factors.items():
+            st = self.state[self._param(w)]
+            for key, F in (("A", A), ("B", B)):
+                old = st.setdefault(key, {}).get(term)
+                if old is None:
+                    old = torch.eye(F.shape[0], dtype=F.dtype, device=F.device)
+                st[key][term] = beta * old + (1 - beta) * F
 
     def _invert(self, group) -> None:
         """Damp the averaged factors and prepare one Kronecker-sum solver per layer."""
-        lam, self._solvers = group["damping"], {}
+        lam, pairs = group["damping"], {}
         for name, p in self.model.named_parameters():
             st = self.state.get(p, {})
             if "A" not in st:
                 continue
-            pairs = []
+            pairs[name] = []
             for term in st["A"]:
                 A, B = st["A"][term], st["B"][term]
                 eye = lambda M: torch.eye(M.shape[0], dtype=M.dtype, device=M.device)
-                pairs.append((A + lam * eye(A), B + lam * eye(B)))
-            self._solvers[name] = KroneckerSum(pairs)
+                pairs[name].append((A + lam * eye(A), B + lam * eye(B)))
+        if self._split:
+            self._solvers = self._reducer.solvers(pairs)
+        else:
+            self._solvers = {name: KroneckerSum(p) for name, p in pairs.items()}
 
     # -- state ----------------------------------------------------------------------
 

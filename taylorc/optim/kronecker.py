@@ -40,12 +40,15 @@ class KroneckerSum:
             definite (damp them first); computed in float64.
         cg_tol: for three or more terms, CG's relative residual tolerance.
         cg_iters: CG's iteration budget there.
+        prepared: the float64 tensors of :meth:`prepared` computed elsewhere (e.g. by
+            another rank, :mod:`taylorc.optim.distributed`), shapes
+            :meth:`prepared_shapes`: used instead of factorising again.
 
     Raises:
-        ValueError: no pairs; factors of mismatched shapes.
+        ValueError: no pairs; factors of mismatched shapes; ``prepared`` of other shapes.
     """
 
-    def __init__(self, pairs, cg_tol: float = 1e-12, cg_iters: int = 200):
+    def __init__(self, pairs, cg_tol: float = 1e-12, cg_iters: int = 200, prepared=None):
         if not pairs:
             raise ValueError("KroneckerSum needs at least one (A, B) pair")
         shapes = {(A.shape, B.shape) for A, B in pairs}
@@ -54,13 +57,34 @@ class KroneckerSum:
         self.pairs = [(A.double(), B.double()) for A, B in pairs]
         self.cg_tol, self.cg_iters = cg_tol, cg_iters
         (A1, B1), *rest = self.pairs
-        if not rest:
+        if prepared is not None:
+            want = self.prepared_shapes(self.pairs)
+            if [tuple(t.shape) for t in prepared] != want:
+                raise ValueError(f"prepared tensors of shapes other than {want}")
+            if not rest:
+                self.A_inv, self.B_inv = prepared
+            else:
+                self.KA, self.KB, self.denom = prepared
+        elif not rest:
             self.A_inv, self.B_inv = torch.linalg.inv(A1), torch.linalg.inv(B1)
         else:
             A2, B2 = rest[0]
             self.KA, sA = _congruence(A1, A2)
             self.KB, sB = _congruence(B1, B2)
             self.denom = 1 + sB[:, None] * sA[None, :]
+
+    @staticmethod
+    def prepared_shapes(pairs) -> list[tuple[int, int]]:
+        """Shapes of :meth:`prepared` for ``pairs``: 1 term ``[A⁻¹, B⁻¹]``, else
+        ``[K_A, K_B, 1 + s_B s_Aᵀ]`` (d_in, d_out of the factors)."""
+        a, b = pairs[0][0].shape[0], pairs[0][1].shape[0]
+        return [(a, a), (b, b)] if len(pairs) == 1 else [(a, a), (b, b), (b, a)]
+
+    def prepared(self) -> list[torch.Tensor]:
+        """The factorization (float64) that :meth:`solve` applies; see :meth:`prepared_shapes`."""
+        if len(self.pairs) == 1:
+            return [self.A_inv, self.B_inv]
+        return [self.KA, self.KB, self.denom]
 
     def _two(self, G: torch.Tensor) -> torch.Tensor:
         """Exact solve with the first one or two terms."""

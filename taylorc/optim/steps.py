@@ -20,13 +20,18 @@ def dot(u: dict, v: dict) -> torch.Tensor:
     return sum((u[k] * v[k]).sum() for k in u if k in v)
 
 
-def total_loss(residuals: dict, points: dict) -> float:
-    """Σ_t ½ mean_n ||r_t,n||² with the operators' fast graphs, no autograd."""
+def total_loss(residuals: dict, points: dict, counts: dict | None = None) -> float:
+    """Σ_t ½ mean_n ||r_t,n||² with the operators' fast graphs, no autograd.
+
+    With ``counts`` (term -> global N_t), this rank's share Σ_t ½ Σ_n ||r_t,n||² / N_t
+    instead: the sum over ranks is the loss on all points.
+    """
     total = 0.0
     with torch.no_grad():
         for term, f in residuals.items():
             x = points[term]
-            total += 0.5 * f(x).reshape(x.shape[0], -1).pow(2).sum(1).mean().item()
+            r2 = f(x).reshape(x.shape[0], -1).pow(2).sum(1)
+            total += 0.5 * (r2.mean() if counts is None else r2.sum() / counts[term]).item()
     return total
 
 
@@ -51,16 +56,26 @@ def add_(model, layers: dict[str, Layer], blocks: dict, scale: float = 1.0) -> N
 
 
 @torch.no_grad()
-def line_search(model, layers, blocks: dict, loss_fn, current: float, grid=GRID) -> float:
+def line_search(
+    model, layers, blocks: dict, loss_fn, current: float, grid=GRID, reducer=None
+) -> float:
     """Grid line search: θ ← θ + α d with the α of ``grid`` of least loss; α = 0 when
-    none improves on ``current``. Returns α. ``loss_fn()`` evaluates at the live θ."""
+    none improves on ``current``. Returns α. ``loss_fn()`` evaluates at the live θ;
+    with a :class:`~taylorc.optim.distributed.Reducer`, it gives this rank's share of
+    the loss, and the grid's values are summed over ranks in one collective."""
     pairs = _param_deltas(model, layers, blocks)
     start = [p.detach().clone() for p, _ in pairs]
-    best, alpha = current, 0.0
+    losses = []
     for a in grid:
         for (p, d), p0 in zip(pairs, start):
             p.copy_(p0 + a * d.to(p.dtype))
-        loss = loss_fn()
+        losses.append(loss_fn())
+    if reducer is not None:
+        summed = torch.tensor(losses, dtype=torch.float64, device=start[0].device)
+        reducer.sum_([summed])
+        losses = summed.tolist()
+    best, alpha = current, 0.0
+    for a, loss in zip(grid, losses):
         if loss < best:
             best, alpha = loss, a
     for (p, d), p0 in zip(pairs, start):
@@ -68,21 +83,28 @@ def line_search(model, layers, blocks: dict, loss_fn, current: float, grid=GRID)
     return alpha
 
 
-def _gram_jvps(ju: list, jv: list | None, lins) -> torch.Tensor:
+def _gram_jvps(ju: list, jv: list | None, counts: list) -> torch.Tensor:
     """Σ_t 1/N_t ⟨J_t u, J_t v⟩ from the JVPs."""
     jv = ju if jv is None else jv
-    return sum((a * b).sum() / lin.r.shape[0] for a, b, lin in zip(ju, jv, lins))
+    return sum((a * b).sum() / n for a, b, n in zip(ju, jv, counts))
 
 
-def kfac_star(lins, grad: dict, Delta: dict, prev: dict, damping: float):
+def kfac_star(lins, grad: dict, Delta: dict, prev: dict, damping: float, counts=None, reducer=None):
     """(α, μ) of Martens & Grosse 2015, Sec. 7 ("KFAC*"): minimise the damped quadratic
     model m(αΔ + μδ) = gᵀ(αΔ + μδ) + ½ (αΔ + μδ)ᵀ(G + λI)(αΔ + μδ), i.e. solve
-    [[ΔᵀGΔ + λΔᵀΔ, ΔᵀGδ + λΔᵀδ], [·, δᵀGδ + λδᵀδ]] (α, μ) = −(gᵀΔ, gᵀδ)."""
+    [[ΔᵀGΔ + λΔᵀΔ, ΔᵀGδ + λΔᵀδ], [·, δᵀGδ + λδᵀδ]] (α, μ) = −(gᵀΔ, gᵀδ).
+
+    Distributed (``counts``: each term's global N_t, ``reducer``): the three Gramian
+    products are summed over ranks; g, Δ, δ are the same on every rank already."""
     both = [jvp(lin, Delta, prev) for lin in lins]  # two JVPs per term, one matmul
     jD, jP = [b[0] for b in both], [b[1] for b in both]
-    a = _gram_jvps(jD, None, lins) + damping * dot(Delta, Delta)
-    b = _gram_jvps(jD, jP, lins) + damping * dot(Delta, prev)
-    c = _gram_jvps(jP, None, lins) + damping * dot(prev, prev)
+    counts = [lin.r.shape[0] for lin in lins] if counts is None else counts
+    grams = [_gram_jvps(jD, None, counts), _gram_jvps(jD, jP, counts), _gram_jvps(jP, None, counts)]
+    if reducer is not None:
+        reducer.sum_(grams)
+    a = grams[0] + damping * dot(Delta, Delta)
+    b = grams[1] + damping * dot(Delta, prev)
+    c = grams[2] + damping * dot(prev, prev)
     M = torch.stack([torch.stack([a, b]), torch.stack([b, c])]).double()
     rhs = -torch.stack([dot(grad, Delta), dot(grad, prev)]).double()
     if not (torch.isfinite(M).all() and torch.isfinite(rhs).all()):

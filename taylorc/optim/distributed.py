@@ -1,0 +1,137 @@
+"""Data-parallel curvature: the collectives of :class:`~taylorc.optim.KFAC` and ENGD.
+
+Every curvature quantity of a PINN loss is a mean over the points of each term:
+the loss, the gradient, KFAC's factors A and B (Dangel, Müller, Zeinhofer, NeurIPS
+2024, Sec. 3.2), the Gramian and its products. With the points of term t split over
+R ranks (N_t = Σ_r N_t,r, shards of any sizes), rank r computes its local mean and
+weighs it by N_t,r / N_t; one ``all_reduce`` (sum) of all weighted quantities then
+gives the mean over all N_t points, up to rounding, on every rank. Inversion work is
+split as in KFAC libraries for deep learning (Osawa et al., "Large-Scale Distributed
+Second-Order Optimization Using Kronecker-Factored Approximate Curvature", CVPR 2019;
+Pauloski et al., "KAISA", SC 2021): each layer's factorization is computed by one
+rank and broadcast. Only ``torch.distributed`` collectives are used.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+
+from ..errors import KFACError
+from .kronecker import KroneckerSum
+
+
+def resolve(process_group, model: torch.nn.Module):
+    """The process group to reduce over, or ``None`` for the single-process path.
+
+    Args:
+        process_group: ``None`` (the default group when ``torch.distributed`` is
+            initialized, else single-process) or a ``ProcessGroup``. A group of one
+            rank means single-process (no collectives): ``dist.new_subgroups(1)``
+            gives each rank its own optimiser.
+        model: the model given to the optimiser (checked: not a DDP wrapper).
+
+    Raises:
+        KFACError: ``model`` is a ``DistributedDataParallel`` wrapper.
+    """
+    if isinstance(model, torch.nn.parallel.DistributedDataParallel):
+        raise KFACError(
+            "KFAC/ENGD compute and all-reduce their own gradient and curvature: pass the "
+            "unwrapped model (ddp.module), compile the residuals' operators from it, and "
+            "do not wrap it in DistributedDataParallel"
+        )
+    if process_group is None:
+        if not (dist.is_available() and dist.is_initialized()):
+            return None
+        process_group = dist.group.WORLD
+    return process_group if dist.get_world_size(process_group) > 1 else None
+
+
+class Reducer:
+    """Sums over all ranks of a process group, and the point counts of each term.
+
+    Args:
+        group: a ``ProcessGroup`` of two or more ranks (see :func:`resolve`).
+    """
+
+    def __init__(self, group):
+        self.group = group
+        self.rank, self.world = dist.get_rank(group), dist.get_world_size(group)
+
+    def sum_(self, tensors: list[torch.Tensor]) -> None:
+        """All-reduce (sum) ``tensors`` in place: one collective per (dtype, device)."""
+        by_kind: dict = {}
+        for t in tensors:
+            by_kind.setdefault((t.dtype, t.device), []).append(t)
+        for ts in by_kind.values():
+            flat = torch.cat([t.reshape(-1) for t in ts])
+            dist.all_reduce(flat, group=self.group)
+            i = 0
+            for t in ts:
+                t.copy_(flat[i : i + t.numel()].view_as(t))
+                i += t.numel()
+
+    def shares(self, points: dict) -> tuple[dict[str, float], dict[str, int]]:
+        """``({term: N_t,r / N_t}, {term: N_t})`` for this rank's ``points``.
+
+        Raises:
+            ValueError: (on every rank alike) some rank holds no points of a term.
+        """
+        terms = sorted(points)
+        x = next(iter(points.values()))
+        local = torch.tensor(
+            [[points[t].shape[0], points[t].shape[0] == 0] for t in terms],
+            dtype=torch.int64,
+            device=x.device,
+        )
+        dist.all_reduce(local, group=self.group)
+        empty = [t for t, (_, e) in zip(terms, local.tolist()) if e]
+        if empty:
+            raise ValueError(
+                f"a rank holds no points of the terms {empty}: give every rank at least "
+                "one point of every term"
+            )
+        totals = {t: int(n) for t, (n, _) in zip(terms, local.tolist())}
+        return {t: points[t].shape[0] / totals[t] for t in terms}, totals
+
+    @torch.no_grad()
+    def broadcast_(self, tensors) -> None:
+        """Give every rank rank 0's values of ``tensors`` (in place; e.g. parameters)."""
+        for t in tensors:
+            dist.broadcast(t.data, group=self.group, group_src=0)
+
+    def solvers(self, pairs: dict[str, list]) -> dict[str, KroneckerSum]:
+        """One :class:`KroneckerSum` per layer, each factorised by one rank and broadcast.
+
+        Layers go to ranks greedily by cost (Σ d³ of their factors, largest first);
+        each rank packs its layers' factorizations into one buffer and broadcasts it:
+        one ``broadcast`` per rank. Every rank must pass the same (reduced) ``pairs``.
+        """
+        cost = {n: p[0][0].shape[0] ** 3 + p[0][1].shape[0] ** 3 for n, p in pairs.items()}
+        load, owner = [0] * self.world, {}
+        for n in sorted(pairs, key=lambda n: -cost[n]):  # stable: ties in dict order
+            r = min(range(self.world), key=load.__getitem__)
+            owner[n], load[r] = r, load[r] + cost[n]
+        out = {n: KroneckerSum(p) for n, p in pairs.items() if owner[n] == self.rank}
+        device = next(iter(pairs.values()))[0][0].device
+        for r in range(self.world):
+            mine = [n for n in pairs if owner[n] == r]  # dict order: the same on every rank
+            shapes = [s for n in mine for s in KroneckerSum.prepared_shapes(pairs[n])]
+            numel = sum(a * b for a, b in shapes)
+            if not numel:
+                continue
+            if r == self.rank:
+                buf = torch.cat([t.reshape(-1) for n in mine for t in out[n].prepared()])
+            else:
+                buf = torch.empty(numel, dtype=torch.float64, device=device)
+            dist.broadcast(buf, group=self.group, group_src=r)
+            if r == self.rank:
+                continue
+            i = 0
+            for n in mine:
+                got = []
+                for a, b in KroneckerSum.prepared_shapes(pairs[n]):
+                    got.append(buf[i : i + a * b].view(a, b))
+                    i += a * b
+                out[n] = KroneckerSum(pairs[n], prepared=got)
+        return out
