@@ -227,8 +227,15 @@ class SitesPass:
     leave the result unchanged; the gradient of the result with respect to a tap is
     ``g = dr/dz`` per point and column. Sites land in ``GraphInfo.sites``.
 
+    With ``taps=False`` the graph has no tap inputs and returns, after the Z's, every
+    site's distinct output nodes (:func:`column_groups`, site by site): the gradient
+    of the result with respect to those intermediate tensors is the same g, without
+    the adds on the forward and the scatter into one tap per site on the reverse
+    pass (what :mod:`taylorc.optim` runs).
+
     Args:
         param_names: qualified parameter names in captured-placeholder order.
+        taps: add the tap inputs (True) or return the output columns (False).
     """
 
     name = "sites"
@@ -236,35 +243,41 @@ class SitesPass:
     forbids = ("clean",)  # pruning and CSE would merge or drop columns
     ensures = ("sites",)
 
-    def __init__(self, param_names: list[str]):
-        self.param_names = param_names
+    def __init__(self, param_names: list[str], taps: bool = True):
+        self.param_names, self.taps = param_names, taps
 
     def __call__(self, gm: torch.fx.GraphModule, ctx) -> torch.fx.GraphModule:
         from torch._subclasses.fake_tensor import FakeTensorMode
 
         from .ir import annotate_shapes
+        from .passes.cleanup import hoist_broadcast_matmuls
 
         annotate_shapes(gm)
+        if hoist_broadcast_matmuls(gm):  # per-sample outputs stay: the expand is the column
+            annotate_shapes(gm)
         info = ir.info(gm)
         info.sites = find_sites(gm, self.param_names, ctx.plan, ctx.coord)
         graph = gm.graph
         out = next(n for n in graph.nodes if n.op == "output")
         first = next(n for n in graph.nodes if n.op != "placeholder")
         coord = next(n for n in graph.nodes if n.op == "placeholder" and n.name == ctx.coord)
-        N, zs = coord.meta["val"].shape[0], []
+        N, zs, columns = coord.meta["val"].shape[0], [], []
         for i, site in enumerate(info.sites):
             d_in, d_out = _width(site, "input"), _width(site, "output")
             mid = [site.rows_per_point] if site.rows_per_point > 1 else []
-            with graph.inserting_before(first):
-                site.tap = graph.placeholder(f"tap_{i}")
-            with FakeTensorMode():
-                site.tap.meta["val"] = torch.empty([N, site.S, *mid, d_out], dtype=ctx.dtype)
-            _attach_taps(graph, site, N)
+            if self.taps:
+                with graph.inserting_before(first):
+                    site.tap = graph.placeholder(f"tap_{i}")
+                with FakeTensorMode():
+                    site.tap.meta["val"] = torch.empty([N, site.S, *mid, d_out], dtype=ctx.dtype)
+                _attach_taps(graph, site, N)
+            else:
+                columns += [z for z, _ in column_groups(site)]
             with graph.inserting_before(out):
                 site.z = _stack_inputs(graph, site, N, mid, d_in, ctx.dtype)
             zs.append(site.z)
         terms = out.args[0][: len(ctx.plan.terms)]  # without PinPass's pins
-        out.args = (tuple(terms) + tuple(zs),)
+        out.args = (tuple(terms) + tuple(zs) + tuple(columns),)
         return gm
 
 
@@ -311,15 +324,29 @@ def _tag(node, site, column, role) -> None:
     ir.set_tag(node, ir.Tag(site.source, column.order, layout, role=role))
 
 
-def _attach_taps(graph: torch.fx.Graph, site: LinearSite, N: int) -> None:
-    """``z + tap[:, s]`` for each output column s (a block's R columns at once)."""
+def column_groups(site: LinearSite) -> list[tuple[torch.fx.Node, list[int]]]:
+    """The site's distinct output nodes, each with the columns s it holds, in column order.
+
+    A node holds one column (``(M, d_out)``, ``Column.index`` None) or a block
+    (``(R, M, d_out)``, column s at ``[site.columns[s].index]``).
+
+    Raises:
+        taylorc.ir.IRError: columns of several orders share one node (their g could not
+            be told apart).
+    """
     groups: dict[torch.fx.Node, list[int]] = {}
     for s, c in enumerate(site.columns):
         if c.output is not None:
             groups.setdefault(c.output, []).append(s)
     for z, cols in groups.items():
-        if len({site.columns[s].order for s in cols}) > 1:  # one tap could not split their g
+        if len({site.columns[s].order for s in cols}) > 1:
             raise ir.IRError(f"site {site.name}: columns of several orders share the node {z.name}")
+    return list(groups.items())
+
+
+def _attach_taps(graph: torch.fx.Graph, site: LinearSite, N: int) -> None:
+    """``z + tap[:, s]`` for each output column s (a block's R columns at once)."""
+    for z, cols in column_groups(site):
         shape = list(z.meta["val"].shape)
         column = site.columns[cols[0]]
         with graph.inserting_before(z.next):

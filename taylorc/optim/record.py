@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import KFACError
-from ..taylor_graph import RECORDING
+from ..taylor_graph import RECORDING, build_taylor_graph, site_gradients
 
 
 @dataclass
@@ -32,14 +32,34 @@ class Layer:
 
     Attributes:
         weight, bias: qualified parameter names (bias None: no bias in the sites).
-        Z: ``(N, S, d_in[+1])`` augmented inputs Z̃ (bias entry last), detached.
+        X: ``(N, S, d_in)`` input columns, detached (without the bias entry).
         g: ``(M, N, S, d_out)``: ``dr_nm / dz_ns`` for each of the M residual outputs.
+        e: ``(S,)`` the bias entry of each column (1 on value columns of a use with
+            the bias, else 0); None when the layer has no bias.
     """
 
     weight: str
     bias: str | None
-    Z: torch.Tensor
+    X: torch.Tensor
     g: torch.Tensor
+    e: torch.Tensor | None = None
+
+    @property
+    def d_in(self) -> int:
+        """Columns of the block ``[W | b]``: ``d_in + 1`` with a bias."""
+        return self.X.shape[-1] + (self.bias is not None)
+
+    @property
+    def d_out(self) -> int:
+        """Rows of W."""
+        return self.g.shape[-1]
+
+    @property
+    def Z(self) -> torch.Tensor:
+        """``(N, S, d_in[+1])`` augmented inputs Z̃ (bias entry last; built on each read)."""
+        if self.e is None:
+            return self.X
+        return torch.cat([self.X, self.e.expand(*self.X.shape[:2])[..., None]], -1)
 
 
 @dataclass
@@ -80,7 +100,7 @@ class Recorder:
             )
         token = RECORDING.set(None)  # capture and the graph call the model: plain forward there
         try:
-            tg = op.taylor_graph(*args)
+            tg = build_taylor_graph(op, args, taps=False)  # g from the outputs: no taps
             run = tg.run(*args)
         finally:
             RECORDING.reset(token)
@@ -153,11 +173,11 @@ def linearize(model, value_op, residual, x: torch.Tensor, check: bool = False) -
     taps = [(tg, site, run) for tg, run in rec.runs for site in tg.sites]
     if not taps:
         raise KFACError("the residual reaches no linear site of the model's Taylor graph")
-    leaves = [run.taps[site.name] for _, site, run in taps]
-    gs = []
-    for m in range(r.shape[1]):  # Λ = 1: one reverse pass per residual output
-        got = torch.autograd.grad(r[:, m].sum(), leaves, retain_graph=True, allow_unused=True)
-        gs.append([torch.zeros_like(t) if g is None else g for g, t in zip(got, leaves)])
+    pairs = [(run, site) for _, site, run in taps]
+    M = r.shape[1]
+    gs = [  # Λ = 1: one reverse pass per residual output
+        site_gradients(pairs, r[:, m].sum(), retain_graph=check or m < M - 1) for m in range(M)
+    ]
     layers = _group(model, taps, gs, N)
     if check:
         _check_coverage(model, r, layers)
@@ -165,12 +185,12 @@ def linearize(model, value_op, residual, x: torch.Tensor, check: bool = False) -
 
 
 def _group(model, taps, gs, N) -> dict[str, Layer]:
-    """Concatenate every use of a weight along the column axis; bias entries appended."""
+    """Concatenate every use of a weight along the column axis, with its bias entries."""
     pieces: dict[str, list] = {}
     for i, (_, site, run) in enumerate(taps):
-        Z = _flat(run.inputs[site.name].detach(), 1)
+        X = _flat(run.inputs[site.name].detach(), 1)
         g = _flat(gs[0][i], 1)[None] if len(gs) == 1 else torch.stack([_flat(m[i], 1) for m in gs])
-        pieces.setdefault(site.weight, []).append((site, Z, g))
+        pieces.setdefault(site.weight, []).append((site, X, g))
     order = {name: i for i, (name, _) in enumerate(model.named_parameters())}
     layers = {}
     for weight in sorted(pieces, key=order.__getitem__):
@@ -178,25 +198,16 @@ def _group(model, taps, gs, N) -> dict[str, Layer]:
         if len(biases) > 1:
             raise KFACError(f"the weight {weight} is used with several biases {sorted(biases)}")
         bias = next(iter(biases), None)
-        Zs = [_augment(site, Z, bias) for site, Z, _ in pieces[weight]]
+        Xs = [X for _, X, _ in pieces[weight]]
         gl = [g for _, _, g in pieces[weight]]
-        Z = Zs[0] if len(Zs) == 1 else torch.cat(Zs, 1)
-        layers[weight] = Layer(weight, bias, Z, gl[0] if len(gl) == 1 else torch.cat(gl, 2))
+        e = None
+        if bias is not None:  # 0 for a use without the bias
+            e = torch.cat(
+                [_bias_entries(s, X.dtype, X.device) * bool(s.bias) for s, X, _ in pieces[weight]]
+            )
+        X = Xs[0] if len(Xs) == 1 else torch.cat(Xs, 1)
+        layers[weight] = Layer(weight, bias, X, gl[0] if len(gl) == 1 else torch.cat(gl, 2), e)
     return layers
-
-
-def _augment(site, Z: torch.Tensor, bias: str | None) -> torch.Tensor:
-    """Z̃: the bias entry appended when the layer has a bias (0 for a use without it)."""
-    if bias is None:
-        return Z
-    N, S, d = Z.shape
-    out = Z.new_empty(N, S, d + 1)
-    out[..., :d] = Z
-    if site.bias:
-        out[..., d] = _bias_entries(site, Z.dtype, Z.device)
-    else:
-        out[..., d] = 0
-    return out
 
 
 def _check_coverage(model, r: torch.Tensor, layers: dict[str, Layer]) -> None:
@@ -206,7 +217,7 @@ def _check_coverage(model, r: torch.Tensor, layers: dict[str, Layer]) -> None:
     covered = {}
     for layer in layers.values():
         gw = torch.einsum("mnso,nsi->oi", layer.g, layer.Z)
-        covered[layer.weight] = gw[:, : layer.Z.shape[-1] - (layer.bias is not None)]
+        covered[layer.weight] = gw[:, : layer.X.shape[-1]]
         if layer.bias is not None:
             covered[layer.bias] = gw[:, -1]
     bad = []
