@@ -56,9 +56,11 @@ def _heat_module():
     return module
 
 
-def problem(name: str, widths: list[int], gen: torch.Generator):
-    """``(model, residuals, sample, exact, D)`` of ``"poisson"`` (5-d) or ``"heat"`` (4+1)."""
-    import taylorc
+def problem(name: str, widths: list[int], gen: torch.Generator, taylorc=None):
+    """``(model, residuals, sample, exact, D)`` of ``"poisson"`` (5-d) or ``"heat"`` (4+1);
+    ``taylorc``: the package to compile with (default: this checkout's)."""
+    if taylorc is None:
+        import taylorc
 
     if name == "poisson":
         D = 5
@@ -90,9 +92,12 @@ def problem(name: str, widths: list[int], gen: torch.Generator):
     return model, residuals, heat.sampler(args, D, gen, DT), exact, D
 
 
-def make_step(method: str, model, residuals, lr: float | None = None):
-    """``step(points) -> loss`` of one method (Adam: lr; L-BFGS: a closure step)."""
-    from taylorc.optim import ENGD, KFAC
+def make_step(method: str, model, residuals, lr: float | None = None, optim=None):
+    """``step(points) -> loss`` of one method (Adam: lr; L-BFGS: a closure step);
+    ``optim``: the ``taylorc.optim`` module to take KFAC and ENGD from."""
+    if optim is None:
+        from taylorc import optim
+    ENGD, KFAC = optim.ENGD, optim.KFAC
 
     if method == "kfac*":
         opt = KFAC(model, residuals, lr="auto", damping=2.7e-9, ema=0.937)
@@ -191,23 +196,62 @@ def steps(args) -> dict:
     return {f"steps/{args.problem}": {"kfac*": log, "steps": args.steps}}
 
 
+def load_before(path: str):
+    """The ``taylorc`` package of another checkout (``path/taylorc``), imported as
+    ``taylorc_before`` beside this one (its modules import each other relatively)."""
+    import importlib.util
+    import sys
+
+    root = Path(path) / "taylorc"
+    spec = importlib.util.spec_from_file_location(
+        "taylorc_before", root / "__init__.py", submodule_search_locations=[str(root)]
+    )
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["taylorc_before"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
 def cost(args) -> dict:
+    """Seconds per step against Adam on the same batch, timed round-robin; with
+    ``--before``, the other checkout's KFAC* in the same rounds (``kfac*-before``)."""
+    before = load_before(args.before) if args.before else None
+    clock = time.thread_time if args.clock == "cpu" else time.perf_counter
+
+    def sample_time(fn):
+        t0 = clock()
+        fn()
+        return clock() - t0
+
     rows = []
     for label, widths in NETS.items():
+        if args.nets and label not in args.nets:
+            continue
         gen = torch.Generator().manual_seed(0)
         fns = {}
-        for m in ["adam", "kfac*", "kfac"] + (["engd"] if label == "449" else []):
+        methods = ["adam", "kfac*"] + (["kfac*-before"] if before else [])
+        methods += [m for m in ("kfac", "engd") if m in args.methods]
+        for m in methods:
+            if m == "engd" and label != "449":
+                continue
             torch.manual_seed(1)
-            model, residuals, sample, _, _ = problem("poisson", widths, gen)
-            points, step = sample(), make_step(m, model, residuals, 1e-4)
+            pkg = before if m.endswith("-before") else None
+            model, residuals, sample, _, _ = problem("poisson", widths, gen, pkg)
+            step = make_step(m.removesuffix("-before"), model, residuals, 1e-4, pkg and pkg.optim)
+            points = sample()
             fns[m] = lambda step=step, points=points: step(points)
-        times = round_robin(fns, args.repeats, warmup=2)
+        times = round_robin(fns, args.repeats, sample=sample_time, warmup=2)
         med = {m: statistics.median(t) for m, t in times.items()}
+        # per-round ratios pair samples taken milliseconds apart (robust to load drift)
+        ratio = {
+            m: statistics.median(a / b for a, b in zip(t, times["adam"])) for m, t in times.items()
+        }
         params = sum(p.numel() for p in model.parameters())
-        row = {"params": params, "seconds": med, "vs_adam": {m: med[m] / med["adam"] for m in med}}
+        row = {"params": params, "seconds": med, "vs_adam": ratio}
         rows.append(row)
         print(params, {m: f"{v:.2f}x" for m, v in row["vs_adam"].items()}, flush=True)
-    return {"cost": {"repeats": args.repeats, "batch": [3000, 500], "rows": rows}}
+    out = {"repeats": args.repeats, "batch": [3000, 500], "clock": args.clock, "rows": rows}
+    return {"cost": out}
 
 
 def plot(results: dict) -> None:
@@ -251,6 +295,9 @@ def main(argv=None) -> None:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--steps", type=int, default=10_000, help="for `steps`")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--before", help="`cost`: also time the KFAC* of the checkout at this path")
+    p.add_argument("--clock", choices=["wall", "cpu"], default="wall", help="`cost`'s clock")
+    p.add_argument("--nets", nargs="+", choices=list(NETS), help="`cost`: only these nets")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {"device": DEVICE}

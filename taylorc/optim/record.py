@@ -43,6 +43,7 @@ class Layer:
     X: torch.Tensor
     g: torch.Tensor
     e: torch.Tensor | None = None
+    bias_columns: tuple[int, ...] = ()  # the s with e_s = 1 (e is 0/1)
 
     @property
     def d_in(self) -> int:
@@ -136,11 +137,9 @@ def recording(model: torch.nn.Module, value_op):
             model.forward = own
 
 
-def _bias_entries(site, dtype, device) -> torch.Tensor:
-    """``(S * n,)``: 1 for value columns, 0 for derivative columns (n rows per point)."""
-    ones = [1.0 if c.kind == "value" else 0.0 for c in site.columns]
-    entry = torch.tensor(ones, dtype=dtype, device=device)
-    return entry.repeat_interleave(site.rows_per_point)
+def _bias_entries(site) -> list[float]:
+    """``S * n`` entries: 1 for value columns, 0 for derivative columns (n rows per point)."""
+    return [float(c.kind == "value") for c in site.columns for _ in range(site.rows_per_point)]
 
 
 def _flat(t: torch.Tensor, lead: int) -> torch.Tensor:
@@ -200,13 +199,14 @@ def _group(model, taps, gs, N) -> dict[str, Layer]:
         bias = next(iter(biases), None)
         Xs = [X for _, X, _ in pieces[weight]]
         gl = [g for _, _, g in pieces[weight]]
-        e = None
+        e, cols = None, ()
         if bias is not None:  # 0 for a use without the bias
-            e = torch.cat(
-                [_bias_entries(s, X.dtype, X.device) * bool(s.bias) for s, X, _ in pieces[weight]]
-            )
+            entries = [v * bool(s.bias) for s, _, _ in pieces[weight] for v in _bias_entries(s)]
+            e = torch.tensor(entries, dtype=Xs[0].dtype, device=Xs[0].device)
+            cols = tuple(i for i, v in enumerate(entries) if v)
         X = Xs[0] if len(Xs) == 1 else torch.cat(Xs, 1)
-        layers[weight] = Layer(weight, bias, X, gl[0] if len(gl) == 1 else torch.cat(gl, 2), e)
+        g = gl[0] if len(gl) == 1 else torch.cat(gl, 2)
+        layers[weight] = Layer(weight, bias, X, g, e, cols)
     return layers
 
 
