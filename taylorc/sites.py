@@ -12,12 +12,14 @@ B from ``g = dr/dz`` per column, read through zero-valued taps on the outputs.
 
 The sites pipeline (:func:`taylorc.api.CompiledOperator.taylor_graph`) is taylor,
 :class:`PinPass`, collapse and :class:`SitesPass`, without the cleanup pass: zero
-pruning would cut known-zero columns out of the graph (their g is not zero), CSE
-would merge equal columns of different orders (one tap could not tell their g
-apart), and hoisting the first layer's direction matmul out of the batch would
-lose its per-sample inputs. So every column's per-sample input and pre-activation
-output is its own node; :class:`SitesPass` adds one tap input per site and returns
-every site's input columns. Method of the graph:
+pruning would cut known-zero columns out of the graph (their g is not zero), and
+a plain CSE would merge equal columns of different orders (one tap could not tell
+their g apart). So every column's per-sample input and pre-activation output is
+its own node. :class:`SitesPass` hoists batch broadcasts out of matmuls (the
+first layer's direction columns: the output stays per sample as an ``expand``,
+the input columns stay as they were), adds one tap input per site (or returns
+the output columns), returns every site's input columns, and runs a CSE that
+keeps every output column apart, then DCE. Method of the graph:
 Dangel, Siebert, Zeinhofer, Walther, "Collapsing Taylor Mode AD" (NeurIPS 2025).
 """
 
@@ -240,7 +242,7 @@ class SitesPass:
 
     name = "sites"
     requires = ("taylor",)
-    forbids = ("clean",)  # pruning and CSE would merge or drop columns
+    forbids = ("clean",)  # pruning and a plain CSE would merge or drop columns
     ensures = ("sites",)
 
     def __init__(self, param_names: list[str], taps: bool = True):
@@ -278,6 +280,10 @@ class SitesPass:
             zs.append(site.z)
         terms = out.args[0][: len(ctx.plan.terms)]  # without PinPass's pins
         out.args = (tuple(terms) + tuple(zs) + tuple(columns),)
+        # CSE that keeps every output column apart (its g is read: it must keep exactly
+        # its own users), then DCE of what only the pins read
+        ir.cse(gm, keep={c.output for s in info.sites for c in s.columns if c.output is not None})
+        ir.dce(gm)
         return gm
 
 

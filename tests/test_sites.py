@@ -240,3 +240,28 @@ def test_sites_stay_valid_and_reject_other_methods():
         taylorc.compile(mlp(3, [4]), "laplacian", method="nested").taylor_graph(D3)
     with pytest.raises(ValueError, match="shape"):
         tg.run(D3[:2])
+
+
+def test_cse_keeps_output_columns_apart():
+    """The sites graph is CSE'd, but an output column is never merged: the first layer's
+    zero inputs of orders 2 and 3 (biharmonic) give equal outputs that keep their own g."""
+    for keep_first, want in ((True, 0), (False, 1)):
+        gm, kept = _toy(keep_first)
+        assert ir.cse(gm, kept) == want
+    model, x = mlp(3, [6, 5]), D3
+    op = taylorc.compile(model, "biharmonic")
+    fast = build_taylor_graph(op, (x,), taps=False)
+    first = fast.sites[0]
+    by_order = {c.order: c.output for c in first.columns if c.zero_input and c.output is not None}
+    assert len(by_order) >= 2 and len(set(by_order.values())) == len(by_order)  # own nodes
+    check_untapped(op, op.taylor_graph(x), x)
+
+
+def _toy(keep_first: bool):
+    """``(sin(x), sin(x))`` with the first or no node kept apart."""
+    g = torch.fx.Graph()
+    x = g.placeholder("x")
+    a = g.call_function(torch.ops.aten.sin.default, (x,))
+    b = g.call_function(torch.ops.aten.sin.default, (x,))
+    g.output((a, b))
+    return torch.fx.GraphModule({}, g), {a} if keep_first else set()
