@@ -12,7 +12,10 @@ time and step. Adam's learning rate is tuned on the grid ``--adam-lrs`` by short
 
 ``cost``: seconds per step of KFAC*, KFAC (line search) and ENGD relative to an Adam
 step on the same batch (Poisson, N = 3000/500), for nets of 449, 10,065 and 116,864
-parameters, timed round-robin (``bench/timing.py``).
+parameters, timed round-robin (``bench/timing.py``); ratios are medians of per-round
+ratios. ``--before PATH`` adds the KFAC* of the checkout at PATH (``git archive REV
+taylorc | tar -x -C PATH``) to the same rounds; ``--clock cpu`` times thread CPU time
+(robust to preemption on a shared machine, not to memory-bandwidth contention).
 
 Results merge into ``bench/results/kfac-<device>.json``; ``plot`` draws
 ``docs/img/kfac-<device>.png``.
@@ -20,6 +23,7 @@ Results merge into ``bench/results/kfac-<device>.json``; ``plot`` draws
     python bench/kfac.py curves --problem poisson --seconds 600
     python bench/kfac.py steps --steps 10000   # KFAC* by step (about 30 min)
     python bench/kfac.py cost --repeats 5
+    python bench/kfac.py cost --repeats 7 --before /tmp/before --clock cpu
     python bench/kfac.py plot
 """
 
@@ -251,7 +255,11 @@ def cost(args) -> dict:
         rows.append(row)
         print(params, {m: f"{v:.2f}x" for m, v in row["vs_adam"].items()}, flush=True)
     out = {"repeats": args.repeats, "batch": [3000, 500], "clock": args.clock, "rows": rows}
-    return {"cost": out}
+    if args.before:
+        out["before"] = str(args.before)
+    if args.note:
+        out["note"] = args.note
+    return {"cost" if args.clock == "wall" else f"cost/{args.clock}": out}
 
 
 def plot(results: dict) -> None:
@@ -298,6 +306,7 @@ def main(argv=None) -> None:
     p.add_argument("--before", help="`cost`: also time the KFAC* of the checkout at this path")
     p.add_argument("--clock", choices=["wall", "cpu"], default="wall", help="`cost`'s clock")
     p.add_argument("--nets", nargs="+", choices=list(NETS), help="`cost`: only these nets")
+    p.add_argument("--note", help="`cost`: a note stored with the results (machine load)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {"device": DEVICE}
