@@ -134,14 +134,17 @@ def site_gradients(pairs: list, scalar: torch.Tensor, retain_graph: bool = False
 
     Returns:
         per pair ``g (N, S, d_out)`` (``(N, S, n, d_out)`` with ``rows_per_point`` n),
-        the tap's layout; zero for columns that do not reach ``scalar``.
+        the tap's layout; zero for columns that do not reach ``scalar`` and, in a graph
+        without taps, for outputs that need no gradient (a frozen layer on the data).
     """
     leaves, spans = [], []
     for run, site in pairs:
         got = [run.taps[site.name]] if run.taps else run.columns[site.name]
         spans.append((len(leaves), len(got)))
         leaves += got
-    grads = torch.autograd.grad(scalar, leaves, retain_graph=retain_graph, allow_unused=True)
+    live = [t for t in leaves if t.requires_grad]  # not: outputs of frozen layers on data
+    got = iter(torch.autograd.grad(scalar, live, retain_graph=retain_graph, allow_unused=True))
+    grads = [next(got) if t.requires_grad else None for t in leaves]
     grads = [torch.zeros_like(t) if g is None else g for g, t in zip(grads, leaves)]
     out = []
     for (run, site), (i, k) in zip(pairs, spans):

@@ -377,3 +377,26 @@ def test_parameters_outside_sites_are_named():
     nested = taylorc.compile(model.net, "laplacian", method="nested")
     with pytest.raises(KFACError, match="nested"):
         KFAC(model.net, {"i": lambda x: nested(x)}).step({"i": torch.rand(4, 2, dtype=DT)})
+
+
+def test_frozen_first_layer():
+    """Outputs of a frozen layer on the data need no gradient (no tap there): its g is
+    zero, and the trainable layers' Jacobian still equals the oracle's."""
+    model = mlp(3, [5, 4])
+    model[0].requires_grad_(False)
+    x = torch.rand(4, 3, dtype=DT)
+    lin = linearize(model, value_op(model), residual(model, "laplacian"), x, check=True)
+    assert (lin.layers["0.weight"].g == 0).all()
+    trainable = [w for w in lin.layers if w != "0.weight"]
+    J = torch.cat(
+        [
+            to_vector(
+                torch.einsum("mnso,nsi->nmoi", lin.layers[w].g, lin.layers[w].Z), lin.layers[w]
+            )
+            for w in trainable
+        ],
+        -1,
+    )
+    model[0].requires_grad_(True)  # for the oracle: the same values
+    want = oracle_jacobian(model, residual(model, "laplacian", "nested"), x)
+    torch.testing.assert_close(J.reshape(want.shape[0], -1), want[:, -J.shape[-1] :])
