@@ -17,6 +17,8 @@ ratios. ``--before PATH`` adds the KFAC* of the checkout at PATH (``git archive 
 taylorc | tar -x -C PATH``) to the same rounds; ``--clock cpu`` times thread CPU time
 (robust to preemption on a shared machine, not to memory-bandwidth contention).
 
+``split``: where a KFAC* step's time goes (CPU time per part, see :func:`split`).
+
 Results merge into ``bench/results/kfac-<device>.json``; ``plot`` draws
 ``docs/img/kfac-<device>.png``.
 
@@ -24,6 +26,7 @@ Results merge into ``bench/results/kfac-<device>.json``; ``plot`` draws
     python bench/kfac.py steps --steps 10000   # KFAC* by step (about 30 min)
     python bench/kfac.py cost --repeats 5
     python bench/kfac.py cost --repeats 7 --before /tmp/before --clock cpu
+    python bench/kfac.py split --nets 449 10065 --repeats 15
     python bench/kfac.py plot
 """
 
@@ -262,6 +265,78 @@ def cost(args) -> dict:
     return {"cost" if args.clock == "wall" else f"cost/{args.clock}": out}
 
 
+def split(args) -> dict:
+    """Where a KFAC* step's time goes (thread CPU time, best of ``--repeats``), against an
+    Adam step on the same batch: linearisation (forward through the sites graph and the
+    reverse pass for g), factors, gradient, solver set-up (4 eigh per layer), the solve,
+    and KFAC*'s 2x2 system (two exact JVPs per term); "rest" is the step minus the parts
+    (EMA, Python, freeing memory)."""
+    out = {}
+    for label, widths in NETS.items():
+        if not args.nets or label in args.nets:
+            params, ms = _split_one(widths, args.repeats)
+            out[str(params)] = {
+                "ms": ms,
+                "vs_adam": {k: v / ms["adam step"] for k, v in ms.items()},
+            }
+            print(params, {k: f"{v:.1f} ms ({v / ms['adam step']:.2f}x)" for k, v in ms.items()})
+    return {"cost-split": dict(out, repeats=args.repeats, clock="thread CPU time, best of repeats")}
+
+
+def _split_one(widths, repeats):
+    from taylorc.optim import KFAC
+    from taylorc.optim.factors import layer_factors, layer_gradient
+    from taylorc.optim.gramian import layout
+    from taylorc.optim.steps import kfac_star
+
+    def best(fn):
+        fn()
+        times = []
+        for _ in range(repeats):
+            t0 = time.thread_time()
+            fn()
+            times.append(time.thread_time() - t0)
+        return min(times)
+
+    torch.manual_seed(1)
+    model, residuals, sample, _, _ = problem("poisson", widths, torch.Generator().manual_seed(0))
+    points = sample()
+    opt = KFAC(model, residuals, lr="auto", damping=2.7e-9, ema=0.937)
+    for _ in range(3):
+        opt.step(points)
+    torch.manual_seed(1)
+    adam_model, adam_res, _, _, _ = problem("poisson", widths, torch.Generator().manual_seed(0))
+    adam = make_step("adam", adam_model, adam_res, 1e-4)
+    lins = list(opt.linearize(points).values())
+    group = opt.param_groups[0]
+    layers = [layer.weight for layer in layout(lins, model)]
+
+    def gradient():
+        return {
+            w: sum(layer_gradient(lin.layers[w], lin.r) for lin in lins if w in lin.layers)
+            for w in layers
+        }
+
+    grad = gradient()
+    Delta = {w: -opt._solvers[w].solve(grad[w]) for w in layers}
+    prev = {w: torch.randn_like(v) for w, v in Delta.items()}
+    parts = {
+        "adam step": lambda: adam(points),
+        "kfac* step": lambda: opt.step(points),
+        "linearize": lambda: opt.linearize(points),
+        "factors": lambda: [layer_factors(L) for lin in lins for L in lin.layers.values()],
+        "gradient": gradient,
+        "invert (eigh)": lambda: opt._invert(group),
+        "solve": lambda: {w: opt._solvers[w].solve(grad[w]) for w in layers},
+        "kfac* 2x2 (JVPs)": lambda: kfac_star(lins, grad, Delta, prev, 1e-9),
+    }
+    ms = {k: 1e3 * best(f) for k, f in parts.items()}
+    ms["rest"] = ms["kfac* step"] - sum(
+        v for k, v in ms.items() if k not in ("adam step", "kfac* step")
+    )
+    return sum(p.numel() for p in model.parameters()), ms
+
+
 def plot(results: dict) -> None:
     import matplotlib
 
@@ -294,7 +369,7 @@ def plot(results: dict) -> None:
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("what", choices=["curves", "steps", "cost", "plot"])
+    p.add_argument("what", choices=["curves", "steps", "cost", "split", "plot"])
     p.add_argument("--problem", choices=["poisson", "heat"], default="poisson")
     p.add_argument("--methods", nargs="+", choices=METHODS, default=METHODS)
     p.add_argument("--seconds", type=float, default=600.0)
@@ -312,7 +387,7 @@ def main(argv=None) -> None:
     results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {"device": DEVICE}
     if args.what == "plot":
         return plot(results)
-    run = {"curves": curves, "steps": steps, "cost": cost}[args.what]
+    run = {"curves": curves, "steps": steps, "cost": cost, "split": split}[args.what]
     for key, value in run(args).items():
         results.setdefault(key, {}).update(value)  # a rerun of some methods keeps the others
     results["threads"] = args.threads

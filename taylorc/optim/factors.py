@@ -71,26 +71,24 @@ def _with_bias(A: torch.Tensor, a: torch.Tensor | None, c: torch.Tensor | None) 
 def layer_gradient(layer: Layer, r: torch.Tensor) -> torch.Tensor:
     """``Ĝ = [∇W | ∇b]`` of ½ mean ||r||²: 1/N Σ_n,m r_nm Σ_s g_mns Z̃_nsᵀ, ``(d_out, d_in+1)``.
 
-    The residual weights the narrower of g and Z̃ (built only when it is the narrower)
-    before the one matmul over points and columns (``Z̃ᵀ g``: MKL's faster orientation
-    for these tall operands).
+    The residual weights the narrower of g and X before the one matmul over points
+    and columns (``Xᵀ g``: MKL's faster orientation for these tall operands).
     """
     X, g, e = layer.X, layer.g, layer.e
-    N, d_x, d_out = X.shape[0], X.shape[-1], layer.d_out
-    if r.shape[1] == 1 and d_out > d_x:  # weight Z̃ (bias entry included): one matmul
-        w = r[:, 0, None, None]
-        Zw = (X if e is None else layer.Z) * w
-        return (Zw.reshape(-1, Zw.shape[-1]).T @ g[0].reshape(-1, d_out)).T / N
+    N, S, d_x, d_out = *X.shape[:2], X.shape[-1], layer.d_out
     if r.shape[1] == 1:
-        gr = g[0] * r[:, 0, None, None]
+        w, g0 = r[:, 0], g[0]
+        if d_out <= d_x:
+            GW = (X.reshape(-1, d_x).T @ (g0 * w[:, None, None]).reshape(-1, d_out)).T
+        else:
+            GW = ((X * w[:, None, None]).reshape(-1, d_x).T @ g0.reshape(-1, d_out)).T
+        per_column = lambda: (w @ g0.reshape(N, -1)).view(S, d_out)  # noqa: E731
     else:
         gr = torch.einsum("nm,mnso->nso", r, g)
-    GW = (X.reshape(-1, d_x).T @ gr.reshape(-1, d_out)).T
-    if e is not None:  # Σ_s e_s Σ_n r_n g_ns: the bias columns' weighted g
-        gb = (
-            sum(gr[:, s].sum(0) for s in layer.bias_columns) if layer.bias_columns else 0 * GW[:, 0]
-        )
-        GW = torch.cat([GW, gb[:, None]], 1)
+        GW = (X.reshape(-1, d_x).T @ gr.reshape(-1, d_out)).T
+        per_column = lambda: gr.sum(0)  # noqa: E731
+    if e is not None:  # Σ_s e_s Σ_n r_n g_ns: the value columns' weighted g
+        GW = torch.cat([GW, (e @ per_column())[:, None]], 1)
     return GW / N
 
 
@@ -98,10 +96,9 @@ def jvp(lin: Linearization, *directions: dict[str, torch.Tensor]) -> list[torch.
     """``[J v, ...]`` of the residual, each ``(M, N)``: Σ_layers Σ_s g_mns · (V Z̃_ns), exact.
 
     Each direction maps weight names to blocks ``V (d_out, d_in+1)`` (missing: zero).
-    Per layer, the matmul runs on the narrower side: ``(X Vᵀ)·g`` one direction at a
-    time (contiguous products: cheaper than one strided matmul for all), or
-    ``X·(g V)`` with all directions in one matmul over g; the bias column enters
-    through the bias columns' g.
+    All directions share one matmul per layer, on the narrower side of the layer
+    (``(V X)·g`` or ``X·(Vᵀ g)``; the bias column enters through ``e``): the
+    elementwise product is then the smaller one.
     """
     M, N = lin.r.shape[1], lin.r.shape[0]
     out = [lin.r.new_zeros(M, N) for _ in directions]
@@ -111,20 +108,22 @@ def jvp(lin: Linearization, *directions: dict[str, torch.Tensor]) -> list[torch.
             continue
         X, g, e = layer.X, layer.g, layer.e
         d_out, d_x = layer.d_out, X.shape[-1]
-        if d_out <= d_x:
-            Xf = X.reshape(-1, d_x)
-            for i, V in Vs:
-                out[i] += (g * (Xf @ V[:, :d_x].T).view(*X.shape[:-1], d_out)).sum((-1, -2))
-        else:  # g V: (M, N, S, k, d_in), dotted with X
-            Vf = torch.cat([v[:, :d_x] for _, v in Vs], 1)  # (d_out, k * d_in)
-            gV = (Vf.T @ g.reshape(-1, d_out).T).T  # MKL's faster orientation
-            gV = gV.reshape(*g.shape[:-1], len(Vs), d_x)
+        V = torch.stack([v for _, v in Vs])  # (k, d_out, d_in[+1])
+        if d_out <= d_x:  # X Vᵀ (+ e b): (N, S, k, d_out), dotted with g
+            XV = (X @ V[..., :d_x].flatten(0, 1).T).unflatten(-1, V.shape[:2])
+            if e is not None:
+                XV = XV + e[:, None, None] * V[..., -1]
             for j, (i, _) in enumerate(Vs):
-                out[i] += (gV[..., j, :] * X).sum((-1, -2))
-        if e is not None:  # Σ_s e_s g_ns · b: the bias columns only (e is 0/1)
-            for i, V in Vs:
-                for s in layer.bias_columns:
-                    out[i] += g[:, :, s] @ V[:, -1]
+                out[i] += (g * XV[..., j, :]).sum((-1, -2))
+        else:  # g V: (M, N, S, k, d_in[+1]), dotted with X (and e)
+            Vf = V.transpose(0, 1).flatten(1)  # (d_out, k * (d_in[+1]))
+            gV = (Vf.T @ g.reshape(-1, d_out).T).T  # MKL's faster orientation
+            gV = gV.reshape(*g.shape[:-1], len(Vs), V.shape[-1])
+            for j, (i, _) in enumerate(Vs):
+                piece = (gV[..., j, :d_x] * X).sum((-1, -2))
+                if e is not None:
+                    piece = piece + gV[..., j, -1] @ e
+                out[i] += piece
     return out
 
 
