@@ -12,7 +12,12 @@ time and step. Adam's learning rate is tuned on the grid ``--adam-lrs`` by short
 
 ``cost``: seconds per step of KFAC*, KFAC (line search) and ENGD relative to an Adam
 step on the same batch (Poisson, N = 3000/500), for nets of 449, 10,065 and 116,864
-parameters, timed round-robin (``bench/timing.py``).
+parameters, timed round-robin (``bench/timing.py``); ratios are medians of per-round
+ratios. ``--before PATH`` adds the KFAC* of the checkout at PATH (``git archive REV
+taylorc | tar -x -C PATH``) to the same rounds; ``--clock cpu`` times thread CPU time
+(robust to preemption on a shared machine, not to memory-bandwidth contention).
+
+``split``: where a KFAC* step's time goes (CPU time per part, see :func:`split`).
 
 Results merge into ``bench/results/kfac-<device>.json``; ``plot`` draws
 ``docs/img/kfac-<device>.png``.
@@ -20,6 +25,8 @@ Results merge into ``bench/results/kfac-<device>.json``; ``plot`` draws
     python bench/kfac.py curves --problem poisson --seconds 600
     python bench/kfac.py steps --steps 10000   # KFAC* by step (about 30 min)
     python bench/kfac.py cost --repeats 5
+    python bench/kfac.py cost --repeats 7 --before /tmp/before --clock cpu
+    python bench/kfac.py split --nets 449 10065 --repeats 15
     python bench/kfac.py plot
 """
 
@@ -56,9 +63,11 @@ def _heat_module():
     return module
 
 
-def problem(name: str, widths: list[int], gen: torch.Generator):
-    """``(model, residuals, sample, exact, D)`` of ``"poisson"`` (5-d) or ``"heat"`` (4+1)."""
-    import taylorc
+def problem(name: str, widths: list[int], gen: torch.Generator, taylorc=None):
+    """``(model, residuals, sample, exact, D)`` of ``"poisson"`` (5-d) or ``"heat"`` (4+1);
+    ``taylorc``: the package to compile with (default: this checkout's)."""
+    if taylorc is None:
+        import taylorc
 
     if name == "poisson":
         D = 5
@@ -90,9 +99,12 @@ def problem(name: str, widths: list[int], gen: torch.Generator):
     return model, residuals, heat.sampler(args, D, gen, DT), exact, D
 
 
-def make_step(method: str, model, residuals, lr: float | None = None):
-    """``step(points) -> loss`` of one method (Adam: lr; L-BFGS: a closure step)."""
-    from taylorc.optim import ENGD, KFAC
+def make_step(method: str, model, residuals, lr: float | None = None, optim=None):
+    """``step(points) -> loss`` of one method (Adam: lr; L-BFGS: a closure step);
+    ``optim``: the ``taylorc.optim`` module to take KFAC and ENGD from."""
+    if optim is None:
+        from taylorc import optim
+    ENGD, KFAC = optim.ENGD, optim.KFAC
 
     if method == "kfac*":
         opt = KFAC(model, residuals, lr="auto", damping=2.7e-9, ema=0.937)
@@ -191,23 +203,138 @@ def steps(args) -> dict:
     return {f"steps/{args.problem}": {"kfac*": log, "steps": args.steps}}
 
 
+def load_before(path: str):
+    """The ``taylorc`` package of another checkout (``path/taylorc``), imported as
+    ``taylorc_before`` beside this one (its modules import each other relatively)."""
+    import importlib.util
+    import sys
+
+    root = Path(path) / "taylorc"
+    spec = importlib.util.spec_from_file_location(
+        "taylorc_before", root / "__init__.py", submodule_search_locations=[str(root)]
+    )
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["taylorc_before"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
 def cost(args) -> dict:
+    """Seconds per step against Adam on the same batch, timed round-robin; with
+    ``--before``, the other checkout's KFAC* in the same rounds (``kfac*-before``)."""
+    before = load_before(args.before) if args.before else None
+    clock = time.thread_time if args.clock == "cpu" else time.perf_counter
+
+    def sample_time(fn):
+        t0 = clock()
+        fn()
+        return clock() - t0
+
     rows = []
     for label, widths in NETS.items():
+        if args.nets and label not in args.nets:
+            continue
         gen = torch.Generator().manual_seed(0)
         fns = {}
-        for m in ["adam", "kfac*", "kfac"] + (["engd"] if label == "449" else []):
+        methods = ["adam", "kfac*"] + (["kfac*-before"] if before else [])
+        methods += [m for m in ("kfac", "engd") if m in args.methods]
+        for m in methods:
+            if m == "engd" and label != "449":
+                continue
             torch.manual_seed(1)
-            model, residuals, sample, _, _ = problem("poisson", widths, gen)
-            points, step = sample(), make_step(m, model, residuals, 1e-4)
+            pkg = before if m.endswith("-before") else None
+            model, residuals, sample, _, _ = problem("poisson", widths, gen, pkg)
+            step = make_step(m.removesuffix("-before"), model, residuals, 1e-4, pkg and pkg.optim)
+            points = sample()
             fns[m] = lambda step=step, points=points: step(points)
-        times = round_robin(fns, args.repeats, warmup=2)
+        times = round_robin(fns, args.repeats, sample=sample_time, warmup=2)
         med = {m: statistics.median(t) for m, t in times.items()}
+        # per-round ratios pair samples taken milliseconds apart (robust to load drift)
+        ratio = {
+            m: statistics.median(a / b for a, b in zip(t, times["adam"])) for m, t in times.items()
+        }
         params = sum(p.numel() for p in model.parameters())
-        row = {"params": params, "seconds": med, "vs_adam": {m: med[m] / med["adam"] for m in med}}
+        row = {"params": params, "seconds": med, "vs_adam": ratio}
         rows.append(row)
         print(params, {m: f"{v:.2f}x" for m, v in row["vs_adam"].items()}, flush=True)
-    return {"cost": {"repeats": args.repeats, "batch": [3000, 500], "rows": rows}}
+    out = {"repeats": args.repeats, "batch": [3000, 500], "clock": args.clock, "rows": rows}
+    if args.before:
+        out["before"] = str(args.before)
+    if args.note:
+        out["note"] = args.note
+    return {"cost" if args.clock == "wall" else f"cost/{args.clock}": out}
+
+
+def split(args) -> dict:
+    """Where a KFAC* step's time goes (thread CPU time, best of ``--repeats``), against an
+    Adam step on the same batch: linearisation (forward through the sites graph and the
+    reverse pass for g), factors, gradient, solver set-up (4 eigh per layer), the solve,
+    and KFAC*'s 2x2 system (two exact JVPs per term); "rest" is the step minus the parts
+    (EMA, Python, freeing memory)."""
+    out = {}
+    for label, widths in NETS.items():
+        if not args.nets or label in args.nets:
+            params, ms = _split_one(widths, args.repeats)
+            out[str(params)] = {
+                "ms": ms,
+                "vs_adam": {k: v / ms["adam step"] for k, v in ms.items()},
+            }
+            print(params, {k: f"{v:.1f} ms ({v / ms['adam step']:.2f}x)" for k, v in ms.items()})
+    return {"cost-split": dict(out, repeats=args.repeats, clock="thread CPU time, best of repeats")}
+
+
+def _split_one(widths, repeats):
+    from taylorc.optim import KFAC
+    from taylorc.optim.factors import layer_factors, layer_gradient
+    from taylorc.optim.gramian import layout
+    from taylorc.optim.steps import kfac_star
+
+    def best(fn):
+        fn()
+        times = []
+        for _ in range(repeats):
+            t0 = time.thread_time()
+            fn()
+            times.append(time.thread_time() - t0)
+        return min(times)
+
+    torch.manual_seed(1)
+    model, residuals, sample, _, _ = problem("poisson", widths, torch.Generator().manual_seed(0))
+    points = sample()
+    opt = KFAC(model, residuals, lr="auto", damping=2.7e-9, ema=0.937)
+    for _ in range(3):
+        opt.step(points)
+    torch.manual_seed(1)
+    adam_model, adam_res, _, _, _ = problem("poisson", widths, torch.Generator().manual_seed(0))
+    adam = make_step("adam", adam_model, adam_res, 1e-4)
+    lins = list(opt.linearize(points).values())
+    group = opt.param_groups[0]
+    layers = [layer.weight for layer in layout(lins, model)]
+
+    def gradient():
+        return {
+            w: sum(layer_gradient(lin.layers[w], lin.r) for lin in lins if w in lin.layers)
+            for w in layers
+        }
+
+    grad = gradient()
+    Delta = {w: -opt._solvers[w].solve(grad[w]) for w in layers}
+    prev = {w: torch.randn_like(v) for w, v in Delta.items()}
+    parts = {
+        "adam step": lambda: adam(points),
+        "kfac* step": lambda: opt.step(points),
+        "linearize": lambda: opt.linearize(points),
+        "factors": lambda: [layer_factors(L) for lin in lins for L in lin.layers.values()],
+        "gradient": gradient,
+        "invert (eigh)": lambda: opt._invert(group),
+        "solve": lambda: {w: opt._solvers[w].solve(grad[w]) for w in layers},
+        "kfac* 2x2 (JVPs)": lambda: kfac_star(lins, grad, Delta, prev, 1e-9),
+    }
+    ms = {k: 1e3 * best(f) for k, f in parts.items()}
+    ms["rest"] = ms["kfac* step"] - sum(
+        v for k, v in ms.items() if k not in ("adam step", "kfac* step")
+    )
+    return sum(p.numel() for p in model.parameters()), ms
 
 
 def plot(results: dict) -> None:
@@ -242,7 +369,7 @@ def plot(results: dict) -> None:
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("what", choices=["curves", "steps", "cost", "plot"])
+    p.add_argument("what", choices=["curves", "steps", "cost", "split", "plot"])
     p.add_argument("--problem", choices=["poisson", "heat"], default="poisson")
     p.add_argument("--methods", nargs="+", choices=METHODS, default=METHODS)
     p.add_argument("--seconds", type=float, default=600.0)
@@ -251,12 +378,16 @@ def main(argv=None) -> None:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--steps", type=int, default=10_000, help="for `steps`")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--before", help="`cost`: also time the KFAC* of the checkout at this path")
+    p.add_argument("--clock", choices=["wall", "cpu"], default="wall", help="`cost`'s clock")
+    p.add_argument("--nets", nargs="+", choices=list(NETS), help="`cost`: only these nets")
+    p.add_argument("--note", help="`cost`: a note stored with the results (machine load)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {"device": DEVICE}
     if args.what == "plot":
         return plot(results)
-    run = {"curves": curves, "steps": steps, "cost": cost}[args.what]
+    run = {"curves": curves, "steps": steps, "cost": cost, "split": split}[args.what]
     for key, value in run(args).items():
         results.setdefault(key, {}).update(value)  # a rerun of some methods keeps the others
     results["threads"] = args.threads

@@ -227,17 +227,19 @@ _RANDOM = {"rand", "randn", "rand_like", "randn_like", "randint", "randperm", "n
 _RANDOM |= {"bernoulli", "dropout", "native_dropout", "multinomial", "poisson"}
 
 
-def cse(gm: torch.fx.GraphModule) -> int:
+def cse(gm: torch.fx.GraphModule, keep=frozenset()) -> int:
     """Common-subexpression elimination in place, through :func:`replace`; returns the count.
 
     Two ``call_function``/``call_module`` nodes with the same target and the same
     arguments (after earlier merges) are merged into the first; random ops never are.
-    The graph must be functional (taylorc's graphs are).
+    Nodes in ``keep`` are neither merged away nor merged into (a node whose gradient
+    is read must keep exactly its own users). The graph must be functional
+    (taylorc's graphs are).
     """
     seen: dict = {}
     merged = 0
     for n in list(gm.graph.nodes):
-        if n.op not in ("call_function", "call_module"):
+        if n.op not in ("call_function", "call_module") or n in keep:
             continue
         packet = getattr(n.target, "overloadpacket", None)
         if packet is not None and packet.__name__ in _RANDOM:

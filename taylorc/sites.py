@@ -12,12 +12,14 @@ B from ``g = dr/dz`` per column, read through zero-valued taps on the outputs.
 
 The sites pipeline (:func:`taylorc.api.CompiledOperator.taylor_graph`) is taylor,
 :class:`PinPass`, collapse and :class:`SitesPass`, without the cleanup pass: zero
-pruning would cut known-zero columns out of the graph (their g is not zero), CSE
-would merge equal columns of different orders (one tap could not tell their g
-apart), and hoisting the first layer's direction matmul out of the batch would
-lose its per-sample inputs. So every column's per-sample input and pre-activation
-output is its own node; :class:`SitesPass` adds one tap input per site and returns
-every site's input columns. Method of the graph:
+pruning would cut known-zero columns out of the graph (their g is not zero), and
+a plain CSE would merge equal columns of different orders (one tap could not tell
+their g apart). So every column's per-sample input and pre-activation output is
+its own node. :class:`SitesPass` hoists batch broadcasts out of matmuls (the
+first layer's direction columns: the output stays per sample as an ``expand``,
+the input columns stay as they were), adds one tap input per site (or returns
+the output columns), returns every site's input columns, and runs a CSE that
+keeps every output column apart, then DCE. Method of the graph:
 Dangel, Siebert, Zeinhofer, Walther, "Collapsing Taylor Mode AD" (NeurIPS 2025).
 """
 
@@ -227,44 +229,61 @@ class SitesPass:
     leave the result unchanged; the gradient of the result with respect to a tap is
     ``g = dr/dz`` per point and column. Sites land in ``GraphInfo.sites``.
 
+    With ``taps=False`` the graph has no tap inputs and returns, after the Z's, every
+    site's distinct output nodes (:func:`column_groups`, site by site): the gradient
+    of the result with respect to those intermediate tensors is the same g, without
+    the adds on the forward and the scatter into one tap per site on the reverse
+    pass (what :mod:`taylorc.optim` runs).
+
     Args:
         param_names: qualified parameter names in captured-placeholder order.
+        taps: add the tap inputs (True) or return the output columns (False).
     """
 
     name = "sites"
     requires = ("taylor",)
-    forbids = ("clean",)  # pruning and CSE would merge or drop columns
+    forbids = ("clean",)  # pruning and a plain CSE would merge or drop columns
     ensures = ("sites",)
 
-    def __init__(self, param_names: list[str]):
-        self.param_names = param_names
+    def __init__(self, param_names: list[str], taps: bool = True):
+        self.param_names, self.taps = param_names, taps
 
     def __call__(self, gm: torch.fx.GraphModule, ctx) -> torch.fx.GraphModule:
         from torch._subclasses.fake_tensor import FakeTensorMode
 
         from .ir import annotate_shapes
+        from .passes.cleanup import hoist_broadcast_matmuls
 
         annotate_shapes(gm)
+        if hoist_broadcast_matmuls(gm):  # per-sample outputs stay: the expand is the column
+            annotate_shapes(gm)
         info = ir.info(gm)
         info.sites = find_sites(gm, self.param_names, ctx.plan, ctx.coord)
         graph = gm.graph
         out = next(n for n in graph.nodes if n.op == "output")
         first = next(n for n in graph.nodes if n.op != "placeholder")
         coord = next(n for n in graph.nodes if n.op == "placeholder" and n.name == ctx.coord)
-        N, zs = coord.meta["val"].shape[0], []
+        N, zs, columns = coord.meta["val"].shape[0], [], []
         for i, site in enumerate(info.sites):
             d_in, d_out = _width(site, "input"), _width(site, "output")
             mid = [site.rows_per_point] if site.rows_per_point > 1 else []
-            with graph.inserting_before(first):
-                site.tap = graph.placeholder(f"tap_{i}")
-            with FakeTensorMode():
-                site.tap.meta["val"] = torch.empty([N, site.S, *mid, d_out], dtype=ctx.dtype)
-            _attach_taps(graph, site, N)
+            if self.taps:
+                with graph.inserting_before(first):
+                    site.tap = graph.placeholder(f"tap_{i}")
+                with FakeTensorMode():
+                    site.tap.meta["val"] = torch.empty([N, site.S, *mid, d_out], dtype=ctx.dtype)
+                _attach_taps(graph, site, N)
+            else:
+                columns += [z for z, _ in column_groups(site)]
             with graph.inserting_before(out):
                 site.z = _stack_inputs(graph, site, N, mid, d_in, ctx.dtype)
             zs.append(site.z)
         terms = out.args[0][: len(ctx.plan.terms)]  # without PinPass's pins
-        out.args = (tuple(terms) + tuple(zs),)
+        out.args = (tuple(terms) + tuple(zs) + tuple(columns),)
+        # CSE that keeps every output column apart (its g is read: it must keep exactly
+        # its own users), then DCE of what only the pins read
+        ir.cse(gm, keep={c.output for s in info.sites for c in s.columns if c.output is not None})
+        ir.dce(gm)
         return gm
 
 
@@ -311,15 +330,29 @@ def _tag(node, site, column, role) -> None:
     ir.set_tag(node, ir.Tag(site.source, column.order, layout, role=role))
 
 
-def _attach_taps(graph: torch.fx.Graph, site: LinearSite, N: int) -> None:
-    """``z + tap[:, s]`` for each output column s (a block's R columns at once)."""
+def column_groups(site: LinearSite) -> list[tuple[torch.fx.Node, list[int]]]:
+    """The site's distinct output nodes, each with the columns s it holds, in column order.
+
+    A node holds one column (``(M, d_out)``, ``Column.index`` None) or a block
+    (``(R, M, d_out)``, column s at ``[site.columns[s].index]``).
+
+    Raises:
+        taylorc.ir.IRError: columns of several orders share one node (their g could not
+            be told apart).
+    """
     groups: dict[torch.fx.Node, list[int]] = {}
     for s, c in enumerate(site.columns):
         if c.output is not None:
             groups.setdefault(c.output, []).append(s)
     for z, cols in groups.items():
-        if len({site.columns[s].order for s in cols}) > 1:  # one tap could not split their g
+        if len({site.columns[s].order for s in cols}) > 1:
             raise ir.IRError(f"site {site.name}: columns of several orders share the node {z.name}")
+    return list(groups.items())
+
+
+def _attach_taps(graph: torch.fx.Graph, site: LinearSite, N: int) -> None:
+    """``z + tap[:, s]`` for each output column s (a block's R columns at once)."""
+    for z, cols in column_groups(site):
         shape = list(z.meta["val"].shape)
         column = site.columns[cols[0]]
         with graph.inserting_before(z.next):

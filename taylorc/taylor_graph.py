@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import contextvars
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 from . import ir
-from .sites import LinearSite, PinPass, SitesPass
+from .sites import LinearSite, PinPass, SitesPass, column_groups
 
 # While set (by taylorc.optim's recording), CompiledOperator calls run their Taylor graph with
 # taps through the recorder instead of the fused graph, so KFAC sees every linear site.
@@ -37,12 +37,17 @@ class SiteRun:
             columns are zeros. Differentiable (call ``.detach()`` for curvature factors).
         taps: site name -> the zero tap ``(N, S, d_out)`` (or ``(N, S, n, d_out)``), a
             leaf with ``requires_grad``; after a backward pass of (a sum over points of)
-            the outputs, ``taps[name].grad[n, s] = dr_n / dz_ns``.
+            the outputs, ``taps[name].grad[n, s] = dr_n / dz_ns``. Empty for a graph
+            built without taps.
+        columns: (graphs built without taps) site name -> its output tensors, one per
+            :func:`~taylorc.sites.column_groups` entry; :func:`site_gradients` reads g
+            from them. Empty for a graph with taps.
     """
 
     outputs: torch.Tensor | dict[str, torch.Tensor]
     inputs: dict[str, torch.Tensor]
     taps: dict[str, torch.Tensor]
+    columns: dict[str, list[torch.Tensor]] = field(default_factory=dict)
 
 
 class TaylorGraph:
@@ -56,8 +61,11 @@ class TaylorGraph:
         info: the graph's :class:`~taylorc.ir.GraphInfo`.
     """
 
-    def __init__(self, gm: torch.fx.GraphModule, captured, ctx, operator, shape: tuple):
+    def __init__(
+        self, gm: torch.fx.GraphModule, captured, ctx, operator, shape: tuple, taps: bool = True
+    ):
         self.gm, self.captured, self.ctx, self._op = gm, captured, ctx, operator
+        self.taps = taps  # False: no tap inputs; the outputs' columns are returned instead
         self.shape = shape  # of the coordinates it was built for
         self.plan = ctx.plan
         self.info = ir.info(gm)
@@ -98,19 +106,73 @@ class TaylorGraph:
                 s.tap.meta["val"].shape, dtype=x.dtype, device=x.device, requires_grad=True
             )
             for s in self.sites
+            if self.taps
         }
         outs = self.gm(*self.captured.inputs(self._op.model, *args), *taps.values())
-        terms, zs = outs[: len(self._op.ops)], outs[len(self._op.ops) :]
+        T, S = len(self._op.ops), len(self.sites)
+        terms, zs, rest = outs[:T], outs[T : T + S], list(outs[T + S :])
         outputs = terms[0] if self._op.single else dict(zip(self._op.ops, terms))
-        return SiteRun(outputs, {s.name: z for s, z in zip(self.sites, zs)}, taps)
+        columns = {}
+        for s in self.sites if not self.taps else ():
+            k = len(column_groups(s))
+            columns[s.name], rest = rest[:k], rest[k:]
+        return SiteRun(outputs, {s.name: z for s, z in zip(self.sites, zs)}, taps, columns)
 
     def __call__(self, *args: torch.Tensor):
         """The operator's value at ``args`` (as ``op(*args)``), through this graph."""
         return self.run(*args).outputs
 
 
-def build_taylor_graph(op, args: tuple) -> TaylorGraph:
+def site_gradients(pairs: list, scalar: torch.Tensor, retain_graph: bool = False) -> list:
+    """``g = d scalar / dz`` of each ``(SiteRun, LinearSite)`` pair, in one reverse pass.
+
+    Args:
+        pairs: ``[(run, site), ...]``, runs of graphs with or without taps.
+        scalar: a 0-d tensor computed from the runs' outputs (e.g. a residual summed
+            over points: then ``g[n, s] = dr_n / dz_ns``).
+        retain_graph: keep the autograd graph for a further pass.
+
+    Returns:
+        per pair ``g (N, S, d_out)`` (``(N, S, n, d_out)`` with ``rows_per_point`` n),
+        the tap's layout; zero for columns that do not reach ``scalar`` and, in a graph
+        without taps, for outputs that need no gradient (a frozen layer on the data).
+    """
+    leaves, spans = [], []
+    for run, site in pairs:
+        got = [run.taps[site.name]] if run.taps else run.columns[site.name]
+        spans.append((len(leaves), len(got)))
+        leaves += got
+    live = [t for t in leaves if t.requires_grad]  # not: outputs of frozen layers on data
+    got = iter(torch.autograd.grad(scalar, live, retain_graph=retain_graph, allow_unused=True))
+    grads = [next(got) if t.requires_grad else None for t in leaves]
+    grads = [torch.zeros_like(t) if g is None else g for g, t in zip(grads, leaves)]
+    out = []
+    for (run, site), (i, k) in zip(pairs, spans):
+        out.append(grads[i] if run.taps else _assemble(site, leaves[i : i + k], grads[i : i + k]))
+    return out
+
+
+def _assemble(site: LinearSite, tensors: list, grads: list) -> torch.Tensor:
+    """The per-column gradients of one site's output groups, stacked like its tap."""
+    at = {}
+    for (_, cols), g in zip(column_groups(site), grads):
+        for s in cols:
+            c = site.columns[s]
+            at[s] = g if c.index is None else g[c.index]
+    M, d = next(iter(at.values())).shape
+    zero = tensors[0].new_zeros(M, d)
+    g = torch.stack([at.get(s, zero) for s in range(site.S)], 1)  # (N * n, S, d_out)
+    n = site.rows_per_point
+    if n == 1:
+        return g
+    return g.reshape(M // n, n, site.S, d).movedim(1, 2)  # rows of one point are consecutive
+
+
+def build_taylor_graph(op, args: tuple, taps: bool = True) -> TaylorGraph:
     """Build (or fetch from ``op``'s cache) the sites-pipeline graph for ``args``.
+
+    ``taps=False`` builds the graph without tap inputs (its runs give g through
+    :func:`site_gradients` only), cached apart.
 
     Raises:
         ValueError: ``op.method`` is not ``"collapsed"`` or ``"taylor"`` (the other
@@ -130,7 +192,9 @@ def build_taylor_graph(op, args: tuple) -> TaylorGraph:
     i = op.wrt_index(args)
     x = args[i]
     op._check(x)
-    key = ("sites", op.method, i) + tuple((tuple(a.shape), a.dtype, a.device) for a in args)
+    key = ("sites" if taps else "sites-untapped", op.method, i) + tuple(
+        (tuple(a.shape), a.dtype, a.device) for a in args
+    )
     if key in op._graphs:
         return op._graphs[key]
     plan = _ops.build_plan(op.ops, math.prod(x.shape[1:]), op.coords)
@@ -139,8 +203,8 @@ def build_taylor_graph(op, args: tuple) -> TaylorGraph:
     def pipeline(cap, ctx):
         passes = [TaylorPass(), PinPass(cap.param_names, collapsing)]
         passes += [CollapsePass()] if collapsing else []
-        return passes + [SitesPass(cap.param_names)]  # no cleanup: see SitesPass
+        return passes + [SitesPass(cap.param_names, taps)]  # no cleanup: see SitesPass
 
     gm, cap, ctx = op.build(x, x, args, i, plan, pipeline)
-    op._graphs[key] = TaylorGraph(gm, cap, ctx, op, tuple(x.shape))
+    op._graphs[key] = TaylorGraph(gm, cap, ctx, op, tuple(x.shape), taps)
     return op._graphs[key]

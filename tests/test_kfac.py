@@ -18,7 +18,7 @@ import taylorc
 from taylorc.errors import KFACError
 from taylorc.operators import WeightedLaplacian
 from taylorc.optim import ENGD, KFAC, KroneckerSum, gramian, kfac_factors
-from taylorc.optim.factors import to_vector
+from taylorc.optim.factors import jvp, layer_gradient, to_vector
 from taylorc.optim.record import linearize
 
 DT = torch.float64
@@ -90,6 +90,38 @@ def test_tap_jacobian_two_outputs_and_shared_weight():
         [to_vector(torch.einsum("mnso,nsi->nmoi", L.g, L.Z), L) for L in lin.layers.values()], -1
     ).reshape(8, -1)
     torch.testing.assert_close(J, oracle_jacobian(model, g, x))
+
+
+@pytest.mark.parametrize("case", ["burgers", "two_outputs"])
+def test_gradient_and_jvp_equal_oracle_jacobian(case):
+    """layer_gradient = Jᵀr/N and jvp = J v from the taps (raw inputs X, bias columns),
+    on layers wider and narrower than their inputs, M = 1 and 2, a weight used twice."""
+    torch.manual_seed(0)
+    if case == "burgers":
+        model, x = mlp(3, [5, 4]), torch.rand(5, 3, dtype=DT)
+        f, nested = residual(model, "burgers"), residual(model, "burgers", "nested")
+    else:
+        model, x = mlp(3, [5], out=2), torch.rand(4, 3, dtype=DT)
+        lap, nl = (taylorc.compile(model, "laplacian", method=m) for m in ("collapsed", "nested"))
+        f = lambda x: lap(x) * model(x) + model(x + 1)
+        nested = lambda x: nl(x) * model(x) + model(x + 1)
+    lin = linearize(model, value_op(model), f, x, check=True)
+    J = oracle_jacobian(model, nested, x)  # (N * M, P)
+    N = x.shape[0]
+    grad = torch.cat([to_vector(layer_gradient(L, lin.r), L) for L in lin.layers.values()])
+    torch.testing.assert_close(grad, J.T @ lin.r.reshape(-1) / N)
+    dirs = [
+        {w: torch.randn(L.d_out, L.d_in, dtype=DT) for w, L in lin.layers.items()} for _ in "ab"
+    ]
+    dirs[1].pop("0.weight")  # a direction missing a layer: zero there
+    for d, got in zip(dirs, jvp(lin, *dirs)):
+        v = torch.cat(
+            [
+                to_vector(d.get(w, torch.zeros(L.d_out, L.d_in, dtype=DT)), L)
+                for w, L in lin.layers.items()
+            ]
+        )
+        torch.testing.assert_close(got, (J @ v).reshape(N, -1).T)
 
 
 @pytest.mark.parametrize("name", ["laplacian", "burgers"])
@@ -345,3 +377,26 @@ def test_parameters_outside_sites_are_named():
     nested = taylorc.compile(model.net, "laplacian", method="nested")
     with pytest.raises(KFACError, match="nested"):
         KFAC(model.net, {"i": lambda x: nested(x)}).step({"i": torch.rand(4, 2, dtype=DT)})
+
+
+def test_frozen_first_layer():
+    """Outputs of a frozen layer on the data need no gradient (no tap there): its g is
+    zero, and the trainable layers' Jacobian still equals the oracle's."""
+    model = mlp(3, [5, 4])
+    model[0].requires_grad_(False)
+    x = torch.rand(4, 3, dtype=DT)
+    lin = linearize(model, value_op(model), residual(model, "laplacian"), x, check=True)
+    assert (lin.layers["0.weight"].g == 0).all()
+    trainable = [w for w in lin.layers if w != "0.weight"]
+    J = torch.cat(
+        [
+            to_vector(
+                torch.einsum("mnso,nsi->nmoi", lin.layers[w].g, lin.layers[w].Z), lin.layers[w]
+            )
+            for w in trainable
+        ],
+        -1,
+    )
+    model[0].requires_grad_(True)  # for the oracle: the same values
+    want = oracle_jacobian(model, residual(model, "laplacian", "nested"), x)
+    torch.testing.assert_close(J.reshape(want.shape[0], -1), want[:, -J.shape[-1] :])

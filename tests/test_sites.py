@@ -22,6 +22,7 @@ from torch import nn
 
 import taylorc
 from taylorc import ir
+from taylorc.taylor_graph import build_taylor_graph, site_gradients
 
 
 class Residual(nn.Module):
@@ -139,7 +140,28 @@ def check_sites(model, operator, x, method="collapsed", oracle=None, **kwargs):
         gw = torch.einsum("ns...o,ns...i->oi", g, Z)
         torch.testing.assert_close(gw, wr if wr is not None else torch.zeros_like(gw))
     assert params
+    check_untapped(op, tg, x)
     return tg
+
+
+def check_untapped(op, tg, x):
+    """The graph without taps (what KFAC runs): the same outputs and Z, and g read from
+    the output columns equal to the taps' g, column by column (zeros where unused)."""
+    fast = build_taylor_graph(op, (x,), taps=False)
+    assert not any(n.name.startswith("tap") for n in fast.gm.graph.nodes if n.op == "placeholder")
+    run, quick = tg.run(x), fast.run(x)
+    outs = run.outputs if isinstance(run.outputs, dict) else {"": run.outputs}
+    quicks = quick.outputs if isinstance(quick.outputs, dict) else {"": quick.outputs}
+    for k in outs:
+        torch.testing.assert_close(quicks[k], outs[k], rtol=0, atol=0)
+    assert [s.name for s in fast.sites] == [s.name for s in tg.sites]
+    total = lambda o: sum((v * torch.linspace(1, 2, v.numel()).view_as(v)).sum() for v in o)  # noqa: E731
+    want = site_gradients([(run, s) for s in tg.sites], total(outs.values()))
+    got = site_gradients([(quick, s) for s in fast.sites], total(quicks.values()))
+    for s, w, g in zip(tg.sites, want, got):
+        torch.testing.assert_close(quick.inputs[s.name], run.inputs[s.name], rtol=0, atol=0)
+        assert g.shape == w.shape == run.taps[s.name].shape, s.name
+        torch.testing.assert_close(g, w, rtol=1e-12, atol=1e-13)
 
 
 D3 = torch.randn(4, 3, dtype=torch.float64)
@@ -218,3 +240,28 @@ def test_sites_stay_valid_and_reject_other_methods():
         taylorc.compile(mlp(3, [4]), "laplacian", method="nested").taylor_graph(D3)
     with pytest.raises(ValueError, match="shape"):
         tg.run(D3[:2])
+
+
+def test_cse_keeps_output_columns_apart():
+    """The sites graph is CSE'd, but an output column is never merged: the first layer's
+    zero inputs of orders 2 and 3 (biharmonic) give equal outputs that keep their own g."""
+    for keep_first, want in ((True, 0), (False, 1)):
+        gm, kept = _toy(keep_first)
+        assert ir.cse(gm, kept) == want
+    model, x = mlp(3, [6, 5]), D3
+    op = taylorc.compile(model, "biharmonic")
+    fast = build_taylor_graph(op, (x,), taps=False)
+    first = fast.sites[0]
+    by_order = {c.order: c.output for c in first.columns if c.zero_input and c.output is not None}
+    assert len(by_order) >= 2 and len(set(by_order.values())) == len(by_order)  # own nodes
+    check_untapped(op, op.taylor_graph(x), x)
+
+
+def _toy(keep_first: bool):
+    """``(sin(x), sin(x))`` with the first or no node kept apart."""
+    g = torch.fx.Graph()
+    x = g.placeholder("x")
+    a = g.call_function(torch.ops.aten.sin.default, (x,))
+    b = g.call_function(torch.ops.aten.sin.default, (x,))
+    g.output((a, b))
+    return torch.fx.GraphModule({}, g), {a} if keep_first else set()

@@ -25,18 +25,33 @@ APPROX = ("expand", "reduce")
 def layer_factors(layer: Layer, approx: str = "expand") -> tuple[torch.Tensor, torch.Tensor]:
     """``(A (d_in+1, d_in+1), B (d_out, d_out))`` of one layer in one term (formulas above).
 
+    The bias row and column of A come from sums of the inputs (Z̃ is never built):
+    Σ_n,s Z̃ Z̃ᵀ = [[Σ X Xᵀ, Σ_s e_s Σ_n X_ns], [·, N Σ_s e_s²]].
+
     Raises:
         ValueError: ``approx`` not ``"expand"`` or ``"reduce"``.
     """
-    Z, g = layer.Z, layer.g
-    N, S = Z.shape[:2]
+    X, g, e = layer.X, layer.g, layer.e
+    N, S = X.shape[:2]
     if approx == "expand":  # matmuls of the flattened columns (einsum's path is slower on CPU)
-        Zf, gf = Z.reshape(-1, Z.shape[-1]), g.reshape(-1, g.shape[-1])
-        A = Zf.T @ Zf / (N * S)
+        Xf, gf = X.reshape(-1, X.shape[-1]), g.reshape(-1, g.shape[-1])
+        A = Xf.T @ Xf
+        if e is not None:  # e is 0/1: sums of the bias columns only
+            a = sum(X[:, s].sum(0) for s in layer.bias_columns) if layer.bias_columns else 0 * A[0]
+            A = _with_bias(A, a, A.new_tensor(N * len(layer.bias_columns)))
+        A = A / (N * S)
         B = gf.T @ gf / N
     elif approx == "reduce":
-        z = Z.mean(1)
-        A = z.T @ z / N
+        z = X.mean(1)
+        A = z.T @ z
+        A = (
+            _with_bias(
+                A,
+                None if e is None else z.sum(0) * e.mean(),
+                N * e.mean() ** 2 if e is not None else None,
+            )
+            / N
+        )
         gs = g.sum(2).reshape(-1, g.shape[-1])
         B = gs.T @ gs / N
     else:
@@ -44,10 +59,37 @@ def layer_factors(layer: Layer, approx: str = "expand") -> tuple[torch.Tensor, t
     return A, B
 
 
+def _with_bias(A: torch.Tensor, a: torch.Tensor | None, c: torch.Tensor | None) -> torch.Tensor:
+    """``[[A, a], [aᵀ, c]]`` (A itself when ``a`` is None)."""
+    if a is None:
+        return A
+    out = A.new_empty(A.shape[0] + 1, A.shape[1] + 1)
+    out[:-1, :-1], out[:-1, -1], out[-1, :-1], out[-1, -1] = A, a, a, c
+    return out
+
+
 def layer_gradient(layer: Layer, r: torch.Tensor) -> torch.Tensor:
-    """``Ĝ = [∇W | ∇b]`` of ½ mean ||r||²: 1/N Σ_n,m r_nm Σ_s g_mns Z̃_nsᵀ, ``(d_out, d_in+1)``."""
-    g = layer.g[0] * r[:, :1, None] if r.shape[1] == 1 else torch.einsum("nm,mnso->nso", r, layer.g)
-    return g.reshape(-1, g.shape[-1]).T @ layer.Z.reshape(-1, layer.Z.shape[-1]) / r.shape[0]
+    """``Ĝ = [∇W | ∇b]`` of ½ mean ||r||²: 1/N Σ_n,m r_nm Σ_s g_mns Z̃_nsᵀ, ``(d_out, d_in+1)``.
+
+    The residual weights the narrower of g and X before the one matmul over points
+    and columns (``Xᵀ g``: MKL's faster orientation for these tall operands).
+    """
+    X, g, e = layer.X, layer.g, layer.e
+    N, S, d_x, d_out = *X.shape[:2], X.shape[-1], layer.d_out
+    if r.shape[1] == 1:
+        w, g0 = r[:, 0], g[0]
+        if d_out <= d_x:
+            GW = (X.reshape(-1, d_x).T @ (g0 * w[:, None, None]).reshape(-1, d_out)).T
+        else:
+            GW = ((X * w[:, None, None]).reshape(-1, d_x).T @ g0.reshape(-1, d_out)).T
+        per_column = lambda: (w @ g0.reshape(N, -1)).view(S, d_out)  # noqa: E731
+    else:
+        gr = torch.einsum("nm,mnso->nso", r, g)
+        GW = (X.reshape(-1, d_x).T @ gr.reshape(-1, d_out)).T
+        per_column = lambda: gr.sum(0)  # noqa: E731
+    if e is not None:  # Σ_s e_s Σ_n r_n g_ns: the value columns' weighted g
+        GW = torch.cat([GW, (e @ per_column())[:, None]], 1)
+    return GW / N
 
 
 def jvp(lin: Linearization, *directions: dict[str, torch.Tensor]) -> list[torch.Tensor]:
@@ -55,7 +97,8 @@ def jvp(lin: Linearization, *directions: dict[str, torch.Tensor]) -> list[torch.
 
     Each direction maps weight names to blocks ``V (d_out, d_in+1)`` (missing: zero).
     All directions share one matmul per layer, on the narrower side of the layer
-    (``(V Z̃)·g`` or ``Z̃·(Vᵀ g)``): the elementwise product is then the smaller one.
+    (``(V X)·g`` or ``X·(Vᵀ g)``; the bias column enters through ``e``): the
+    elementwise product is then the smaller one.
     """
     M, N = lin.r.shape[1], lin.r.shape[0]
     out = [lin.r.new_zeros(M, N) for _ in directions]
@@ -63,15 +106,24 @@ def jvp(lin: Linearization, *directions: dict[str, torch.Tensor]) -> list[torch.
         Vs = [(i, d[name]) for i, d in enumerate(directions) if name in d]
         if not Vs:
             continue
-        d_out, d_in = layer.g.shape[-1], layer.Z.shape[-1]
-        if d_out <= d_in:  # Z̃ Vᵀ: (N, S, k * d_out), dotted with g
-            ZV = layer.Z @ torch.cat([V for _, V in Vs]).T
+        X, g, e = layer.X, layer.g, layer.e
+        d_out, d_x = layer.d_out, X.shape[-1]
+        V = torch.stack([v for _, v in Vs])  # (k, d_out, d_in[+1])
+        if d_out <= d_x:  # X Vᵀ (+ e b): (N, S, k, d_out), dotted with g
+            XV = (X @ V[..., :d_x].flatten(0, 1).T).unflatten(-1, V.shape[:2])
+            if e is not None:
+                XV = XV + e[:, None, None] * V[..., -1]
             for j, (i, _) in enumerate(Vs):
-                out[i] += (layer.g * ZV[..., j * d_out : (j + 1) * d_out]).sum((-1, -2))
-        else:  # g V: (M, N, S, k * d_in), dotted with Z̃
-            gV = layer.g @ torch.cat([V for _, V in Vs], 1)
+                out[i] += (g * XV[..., j, :]).sum((-1, -2))
+        else:  # g V: (M, N, S, k, d_in[+1]), dotted with X (and e)
+            Vf = V.transpose(0, 1).flatten(1)  # (d_out, k * (d_in[+1]))
+            gV = (Vf.T @ g.reshape(-1, d_out).T).T  # MKL's faster orientation
+            gV = gV.reshape(*g.shape[:-1], len(Vs), V.shape[-1])
             for j, (i, _) in enumerate(Vs):
-                out[i] += (gV[..., j * d_in : (j + 1) * d_in] * layer.Z).sum((-1, -2))
+                piece = (gV[..., j, :d_x] * X).sum((-1, -2))
+                if e is not None:
+                    piece = piece + gV[..., j, -1] @ e
+                out[i] += piece
     return out
 
 
@@ -84,7 +136,7 @@ def to_vector(block: torch.Tensor, layer: Layer) -> torch.Tensor:
 
 def from_vector(vec: torch.Tensor, layer: Layer) -> torch.Tensor:
     """Inverse of :func:`to_vector` for one layer's slice ``(P_l,) -> (d_out, d_in[+1])``."""
-    d_out, d_in = layer.g.shape[-1], layer.Z.shape[-1]
+    d_out, d_in = layer.d_out, layer.d_in
     if layer.bias is None:
         return vec.reshape(d_out, d_in)
     k = d_out * (d_in - 1)

@@ -27,7 +27,7 @@ def layout(lins: list[Linearization], model) -> list[Layer]:
 
 def size(layer: Layer) -> int:
     """Number of parameters of a layer (W and b)."""
-    return layer.g.shape[-1] * layer.Z.shape[-1]
+    return layer.d_out * layer.d_in
 
 
 def jacobian(lin: Linearization, layers: list[Layer]) -> torch.Tensor:

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import KFACError
-from ..taylor_graph import RECORDING
+from ..taylor_graph import RECORDING, build_taylor_graph, site_gradients
 
 
 @dataclass
@@ -32,14 +32,35 @@ class Layer:
 
     Attributes:
         weight, bias: qualified parameter names (bias None: no bias in the sites).
-        Z: ``(N, S, d_in[+1])`` augmented inputs Z̃ (bias entry last), detached.
+        X: ``(N, S, d_in)`` input columns, detached (without the bias entry).
         g: ``(M, N, S, d_out)``: ``dr_nm / dz_ns`` for each of the M residual outputs.
+        e: ``(S,)`` the bias entry of each column (1 on value columns of a use with
+            the bias, else 0); None when the layer has no bias.
     """
 
     weight: str
     bias: str | None
-    Z: torch.Tensor
+    X: torch.Tensor
     g: torch.Tensor
+    e: torch.Tensor | None = None
+    bias_columns: tuple[int, ...] = ()  # the s with e_s = 1 (e is 0/1)
+
+    @property
+    def d_in(self) -> int:
+        """Columns of the block ``[W | b]``: ``d_in + 1`` with a bias."""
+        return self.X.shape[-1] + (self.bias is not None)
+
+    @property
+    def d_out(self) -> int:
+        """Rows of W."""
+        return self.g.shape[-1]
+
+    @property
+    def Z(self) -> torch.Tensor:
+        """``(N, S, d_in[+1])`` augmented inputs Z̃ (bias entry last; built on each read)."""
+        if self.e is None:
+            return self.X
+        return torch.cat([self.X, self.e.expand(*self.X.shape[:2])[..., None]], -1)
 
 
 @dataclass
@@ -80,7 +101,7 @@ class Recorder:
             )
         token = RECORDING.set(None)  # capture and the graph call the model: plain forward there
         try:
-            tg = op.taylor_graph(*args)
+            tg = build_taylor_graph(op, args, taps=False)  # g from the outputs: no taps
             run = tg.run(*args)
         finally:
             RECORDING.reset(token)
@@ -116,11 +137,9 @@ def recording(model: torch.nn.Module, value_op):
             model.forward = own
 
 
-def _bias_entries(site, dtype, device) -> torch.Tensor:
-    """``(S * n,)``: 1 for value columns, 0 for derivative columns (n rows per point)."""
-    ones = [1.0 if c.kind == "value" else 0.0 for c in site.columns]
-    entry = torch.tensor(ones, dtype=dtype, device=device)
-    return entry.repeat_interleave(site.rows_per_point)
+def _bias_entries(site) -> list[float]:
+    """``S * n`` entries: 1 for value columns, 0 for derivative columns (n rows per point)."""
+    return [float(c.kind == "value") for c in site.columns for _ in range(site.rows_per_point)]
 
 
 def _flat(t: torch.Tensor, lead: int) -> torch.Tensor:
@@ -153,11 +172,11 @@ def linearize(model, value_op, residual, x: torch.Tensor, check: bool = False) -
     taps = [(tg, site, run) for tg, run in rec.runs for site in tg.sites]
     if not taps:
         raise KFACError("the residual reaches no linear site of the model's Taylor graph")
-    leaves = [run.taps[site.name] for _, site, run in taps]
-    gs = []
-    for m in range(r.shape[1]):  # Λ = 1: one reverse pass per residual output
-        got = torch.autograd.grad(r[:, m].sum(), leaves, retain_graph=True, allow_unused=True)
-        gs.append([torch.zeros_like(t) if g is None else g for g, t in zip(got, leaves)])
+    pairs = [(run, site) for _, site, run in taps]
+    M = r.shape[1]
+    gs = [  # Λ = 1: one reverse pass per residual output
+        site_gradients(pairs, r[:, m].sum(), retain_graph=check or m < M - 1) for m in range(M)
+    ]
     layers = _group(model, taps, gs, N)
     if check:
         _check_coverage(model, r, layers)
@@ -165,12 +184,12 @@ def linearize(model, value_op, residual, x: torch.Tensor, check: bool = False) -
 
 
 def _group(model, taps, gs, N) -> dict[str, Layer]:
-    """Concatenate every use of a weight along the column axis; bias entries appended."""
+    """Concatenate every use of a weight along the column axis, with its bias entries."""
     pieces: dict[str, list] = {}
     for i, (_, site, run) in enumerate(taps):
-        Z = _flat(run.inputs[site.name].detach(), 1)
+        X = _flat(run.inputs[site.name].detach(), 1)
         g = _flat(gs[0][i], 1)[None] if len(gs) == 1 else torch.stack([_flat(m[i], 1) for m in gs])
-        pieces.setdefault(site.weight, []).append((site, Z, g))
+        pieces.setdefault(site.weight, []).append((site, X, g))
     order = {name: i for i, (name, _) in enumerate(model.named_parameters())}
     layers = {}
     for weight in sorted(pieces, key=order.__getitem__):
@@ -178,25 +197,17 @@ def _group(model, taps, gs, N) -> dict[str, Layer]:
         if len(biases) > 1:
             raise KFACError(f"the weight {weight} is used with several biases {sorted(biases)}")
         bias = next(iter(biases), None)
-        Zs = [_augment(site, Z, bias) for site, Z, _ in pieces[weight]]
+        Xs = [X for _, X, _ in pieces[weight]]
         gl = [g for _, _, g in pieces[weight]]
-        Z = Zs[0] if len(Zs) == 1 else torch.cat(Zs, 1)
-        layers[weight] = Layer(weight, bias, Z, gl[0] if len(gl) == 1 else torch.cat(gl, 2))
+        e, cols = None, ()
+        if bias is not None:  # 0 for a use without the bias
+            entries = [v * bool(s.bias) for s, _, _ in pieces[weight] for v in _bias_entries(s)]
+            e = torch.tensor(entries, dtype=Xs[0].dtype, device=Xs[0].device)
+            cols = tuple(i for i, v in enumerate(entries) if v)
+        X = Xs[0] if len(Xs) == 1 else torch.cat(Xs, 1)
+        g = gl[0] if len(gl) == 1 else torch.cat(gl, 2)
+        layers[weight] = Layer(weight, bias, X, g, e, cols)
     return layers
-
-
-def _augment(site, Z: torch.Tensor, bias: str | None) -> torch.Tensor:
-    """Z̃: the bias entry appended when the layer has a bias (0 for a use without it)."""
-    if bias is None:
-        return Z
-    N, S, d = Z.shape
-    out = Z.new_empty(N, S, d + 1)
-    out[..., :d] = Z
-    if site.bias:
-        out[..., d] = _bias_entries(site, Z.dtype, Z.device)
-    else:
-        out[..., d] = 0
-    return out
 
 
 def _check_coverage(model, r: torch.Tensor, layers: dict[str, Layer]) -> None:
@@ -206,7 +217,7 @@ def _check_coverage(model, r: torch.Tensor, layers: dict[str, Layer]) -> None:
     covered = {}
     for layer in layers.values():
         gw = torch.einsum("mnso,nsi->oi", layer.g, layer.Z)
-        covered[layer.weight] = gw[:, : layer.Z.shape[-1] - (layer.bias is not None)]
+        covered[layer.weight] = gw[:, : layer.X.shape[-1]]
         if layer.bias is not None:
             covered[layer.bias] = gw[:, -1]
     bad = []
