@@ -386,8 +386,8 @@ def test_frozen_first_layer():
     model[0].requires_grad_(False)
     x = torch.rand(4, 3, dtype=DT)
     lin = linearize(model, value_op(model), residual(model, "laplacian"), x, check=True)
-    assert (lin.layers["0.weight"].g == 0).all()
-    trainable = [w for w in lin.layers if w != "0.weight"]
+    assert "0.weight" not in lin.layers  # frozen: not in θ
+    trainable = list(lin.layers)
     J = torch.cat(
         [
             to_vector(
@@ -400,3 +400,44 @@ def test_frozen_first_layer():
     model[0].requires_grad_(True)  # for the oracle: the same values
     want = oracle_jacobian(model, residual(model, "laplacian", "nested"), x)
     torch.testing.assert_close(J.reshape(want.shape[0], -1), want[:, -J.shape[-1] :])
+
+
+def test_frozen_parameters_stay_out_of_the_step():
+    """A frozen middle layer and the frozen bias of a trainable layer are not in θ: ENGD's
+    step (ema 0, lr 1) equals −(JᵀJ/N + λI)⁻¹ Jᵀr/N over the trainable parameters only
+    (autograd oracle), KFAC moves no frozen parameter, and its state_dict packs."""
+    torch.manual_seed(0)
+    model = mlp(3, [5, 4])
+    model[2].requires_grad_(False)
+    model[4].bias.requires_grad_(False)
+    frozen = [model[2].weight, model[2].bias, model[4].bias]
+    before = [p.detach().clone() for p in frozen]
+    x = torch.rand(6, 3, dtype=DT)
+    lap = taylorc.compile(model, "laplacian")
+    res = {"i": lambda x: -lap(x) - x[:, :1]}
+    theta = [p for p in model.parameters() if p.requires_grad]
+    r = res["i"](x).reshape(-1)
+    J = torch.stack(
+        [
+            torch.cat([g.flatten() for g in torch.autograd.grad(rn, theta, retain_graph=True)])
+            for rn in r
+        ]
+    )
+    lam, N = 1e-3, x.shape[0]
+    want = -torch.linalg.solve(
+        J.T @ J / N + lam * torch.eye(J.shape[1], dtype=DT), J.T @ r.detach() / N
+    )
+    start = torch.cat([p.detach().flatten() for p in theta])
+    torch.testing.assert_close(gramian(model, res, {"i": x}), J.T @ J / N)
+    ENGD(model, res, lr=1.0, damping=lam, ema=0.0).step({"i": x})
+    torch.testing.assert_close(torch.cat([p.detach().flatten() for p in theta]) - start, want)
+    opt = KFAC(model, res, lr="auto", damping=lam)
+    for _ in range(2):
+        opt.step({"i": x})
+    for p, p0 in zip(frozen, before):
+        assert torch.equal(p, p0)
+    KFAC(model, res, lr="auto", damping=lam).load_state_dict(opt.state_dict())
+    model[4].bias.requires_grad_(True)
+    model[4].weight.requires_grad_(False)  # a trainable bias on a frozen weight: refused, named
+    with pytest.raises(KFACError, match="4.bias"):
+        KFAC(model, res).step({"i": x})

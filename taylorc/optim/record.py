@@ -159,32 +159,46 @@ def linearize(model, value_op, residual, x: torch.Tensor, check: bool = False) -
             by linear sites and that their gradient equals Σ g Z̃ᵀ (one more backward).
 
     Returns:
-        a :class:`Linearization`.
+        a :class:`Linearization` over the trainable parameters θ: a frozen weight
+        (``requires_grad=False``) has no :class:`Layer`, a frozen bias no bias column.
 
     Raises:
-        KFACError: no linear site reached; a parameter used outside the linear sites
-            (named); operators of another model or of a method without Taylor graph.
+        KFACError: no (trainable) linear site reached; a parameter used outside the
+            linear sites (named); a trainable bias of a frozen weight (named);
+            operators of another model or of a method without Taylor graph.
     """
     with recording(model, value_op) as rec:
         r = residual(x)
     N = x.shape[0]
     r = r.reshape(N, -1)
-    taps = [(tg, site, run) for tg, run in rec.runs for site in tg.sites]
-    if not taps:
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    sites = [(tg, site, run) for tg, run in rec.runs for site in tg.sites]
+    if not sites:
         raise KFACError("the residual reaches no linear site of the model's Taylor graph")
+    # frozen weights are not in θ: no block, no factors, no update
+    taps = [(tg, site, run) for tg, site, run in sites if site.weight in trainable]
+    for _, site, _ in sites:
+        if site.weight not in trainable and site.bias in trainable:
+            raise KFACError(
+                f"the bias {site.bias} is trainable but its weight {site.weight} is frozen: "
+                "KFAC's blocks are [W | b]; freeze both or neither"
+            )
+    if not taps:
+        raise KFACError("the residual reaches no trainable linear site (all are frozen)")
     pairs = [(run, site) for _, site, run in taps]
     M = r.shape[1]
     gs = [  # Λ = 1: one reverse pass per residual output
         site_gradients(pairs, r[:, m].sum(), retain_graph=check or m < M - 1) for m in range(M)
     ]
-    layers = _group(model, taps, gs, N)
+    layers = _group(model, taps, gs, N, trainable)
     if check:
         _check_coverage(model, r, layers)
     return Linearization(r.detach(), layers)
 
 
-def _group(model, taps, gs, N) -> dict[str, Layer]:
-    """Concatenate every use of a weight along the column axis, with its bias entries."""
+def _group(model, taps, gs, N, trainable: set) -> dict[str, Layer]:
+    """Concatenate every use of a weight along the column axis, with its bias entries
+    (none for a frozen bias: it is not in θ)."""
     pieces: dict[str, list] = {}
     for i, (_, site, run) in enumerate(taps):
         X = _flat(run.inputs[site.name].detach(), 1)
@@ -197,6 +211,7 @@ def _group(model, taps, gs, N) -> dict[str, Layer]:
         if len(biases) > 1:
             raise KFACError(f"the weight {weight} is used with several biases {sorted(biases)}")
         bias = next(iter(biases), None)
+        bias = bias if bias in trainable else None
         Xs = [X for _, X, _ in pieces[weight]]
         gl = [g for _, _, g in pieces[weight]]
         e, cols = None, ()
