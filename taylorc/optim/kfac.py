@@ -175,8 +175,10 @@ class KFAC(torch.optim.Optimizer):
         losses = {t: v.item() for t, v in loss.items()}
         if refresh:
             self._average(factors, group)
-        if self._solvers is None or k % group["invert_every"] == 0:
+        if k % group["invert_every"] == 0:
             self._invert(group)
+        elif self._solvers is None:  # restored between inversions: the last inversion's pairs
+            self._invert(group, stored=True)
         Delta = {w: -self._solvers[w].solve(grad[w]) for w in layers}
         self.last = dict(grad=grad, Delta=Delta)
         update = self._direction(
@@ -251,18 +253,26 @@ class KFAC(torch.optim.Optimizer):
                     old = torch.eye(F.shape[0], dtype=F.dtype, device=F.device)
                 st[key][term] = beta * old + (1 - beta) * F
 
-    def _invert(self, group) -> None:
-        """Damp the averaged factors and prepare one Kronecker-sum solver per layer."""
+    def _invert(self, group, stored: bool = False) -> None:
+        """Damp the averaged factors and prepare one Kronecker-sum solver per layer.
+
+        The damped pairs are kept in the state (``"damped"``): ``stored`` rebuilds the
+        solvers from them, so a restored optimiser solves with the factors of the last
+        inversion until the next one, as the uninterrupted run does."""
         lam, pairs = group["damping"], {}
         for name, p in self.model.named_parameters():
             st = self.state.get(p, {})
             if "A" not in st:
+                continue
+            if stored and "damped" in st:
+                pairs[name] = [tuple(AB) for AB in st["damped"]]
                 continue
             pairs[name] = []
             for term in st["A"]:
                 A, B = st["A"][term], st["B"][term]
                 eye = lambda M: torch.eye(M.shape[0], dtype=M.dtype, device=M.device)
                 pairs[name].append((A + lam * eye(A), B + lam * eye(B)))
+            st["damped"] = pairs[name]
         if self._split:
             self._solvers = self._reducer.solvers(pairs)
         else:
@@ -271,6 +281,8 @@ class KFAC(torch.optim.Optimizer):
     # -- state ----------------------------------------------------------------------
 
     def load_state_dict(self, state_dict: dict) -> None:
-        """Restore factors, momentum and step count (solvers are rebuilt at the next step)."""
+        """Restore factors, momentum and step count; the solvers are rebuilt at the next
+        step from the damped factors of the last inversion (``invert_every`` > 1 resumes
+        the uninterrupted run)."""
         super().load_state_dict(state_dict)
         self._solvers = None
