@@ -28,6 +28,9 @@ by itself; UNEVEN shards, 33/31 interior and 17/15 boundary points of 64/32):
 - ``kfac_star_nosplit``: the same with ``split_inversion=False``;
 - ``kfac_ls``: line-search KFAC with momentum, a dict operator and three terms (the
   Kronecker sum solved by CG);
+- ``kfac_every``: KFAC-reduce* with ``update_every=2, invert_every=3``, its state
+  saved and loaded into a new optimiser before step 2 (solvers rebuilt, split, from
+  the last inversion's factors);
 - ``engd``: ENGD with the line search;
 - (with ``kfac_star``) ``KFAC(DistributedDataParallel(model), ...)`` raises KFACError,
   and a step where rank 1 holds no boundary point raises ValueError on both ranks;
@@ -184,6 +187,10 @@ def train_kfac(case: str, model, points: dict, group=None) -> nn.Module:
         kw.update(lr="auto", damping=1e-3, ema=0.5, initial_lr=1e-2)
         kw.update(split_inversion=case != "kfac_star_nosplit")
         opt = taylorc.optim.KFAC(model, residuals, **kw)
+    elif case == "kfac_every":  # stale factors and solvers, restored between inversions
+        kw.update(lr="auto", damping=1e-3, ema=0.5, initial_lr=1e-2, approx="reduce")
+        kw.update(update_every=2, invert_every=3)
+        opt = taylorc.optim.KFAC(model, residuals, **kw)
     elif case == "kfac_ls":
         op = taylorc.compile(model, {"u": "u", "lap": "laplacian"})
 
@@ -200,7 +207,11 @@ def train_kfac(case: str, model, points: dict, group=None) -> nn.Module:
     else:
         raise ValueError(case)
     points = {t: points[t] for t in opt.residuals}
-    for _ in range(STEPS):
+    for step in range(STEPS):
+        if case == "kfac_every" and step == 2:
+            state = opt.state_dict()
+            opt = taylorc.optim.KFAC(model, residuals, **kw)
+            opt.load_state_dict(state)
         opt.step(points)
     return model
 

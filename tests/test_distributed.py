@@ -6,7 +6,8 @@ parameter equals the single-process run on the union to 1e-12, for a loss module
 over the compiled Laplacian, one over a dict operator, DDP wrapping the
 CompiledOperator itself, and a ZCS DeepONet. A control case without DDP must differ.
 A second launch does the same for ``taylorc.optim`` (KFAC*, with and without the
-split inversion; line-search KFAC with three terms; ENGD) on UNEVEN shards, with a
+split inversion; KFAC-reduce* with update_every 2, invert_every 3 and a
+state_dict round trip; line-search KFAC with three terms; ENGD) on UNEVEN shards, with a
 local-only control. The example ``examples/poisson_ddp.py`` runs a few steps under
 the same launcher. Single-process: ``KroneckerSum`` rebuilt from another's
 factorization (what the split inversion broadcasts) solves alike.
@@ -26,7 +27,7 @@ from taylorc.optim import KroneckerSum
 
 ROOT = Path(__file__).parent.parent
 CASES = ["laplacian", "dict", "operator", "zcs", "local"]
-KFAC_CASES = ["kfac_star", "kfac_star_nosplit", "kfac_ls", "engd", "kfac_local"]
+KFAC_CASES = ["kfac_star", "kfac_star_nosplit", "kfac_every", "kfac_ls", "engd", "kfac_local"]
 needs_gloo = pytest.mark.skipif(
     not dist.is_available() or not dist.is_gloo_available(), reason="no torch.distributed/gloo"
 )
