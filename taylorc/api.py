@@ -286,8 +286,10 @@ class CompiledOperator(torch.nn.Module):
     def taylor_graph(self, *args: torch.Tensor):
         """The Taylor graph at inputs like ``args``, with its linear sites (for KFAC).
 
-        Built by the sites pipeline (taylor, collapse, a cleanup that keeps every
-        column per sample; no fusing), cached per input shape. Returns a
+        Built by the sites pipeline (taylor, collapse, then the sites pass: batch
+        broadcasts hoisted out of matmuls, a CSE that never merges an output column,
+        DCE; no zero pruning, no fusing: every column's input and output stays its
+        own per-sample node), cached per input shape. Returns a
         :class:`taylorc.taylor_graph.TaylorGraph`: ``.gm``, ``.sites``, and
         ``.run(*args)`` with zero taps on the sites' outputs. Methods ``"collapsed"``
         and ``"taylor"`` only (ValueError otherwise). Sites: Dangel, Müller,

@@ -1,18 +1,21 @@
-"""Evaluate a PINN residual with taps on every linear site it reaches: ``linearize``.
+"""Evaluate a PINN residual through the linear sites it reaches: ``linearize``.
 
 Residuals are plain callables of the points (``lambda x: -lap(x) - f(x)``). Inside
 :func:`recording`, every :class:`~taylorc.api.CompiledOperator` call runs the
-operator's Taylor graph of linear sites (``op.taylor_graph(x).run(x)``, zero taps
-on the outputs of every column) instead of its fused graph, and a direct call of
-the model runs the value operator ``"u"`` the same way: the residual's value is
-unchanged, and one reverse pass of r through the taps gives ``g_ns = dr_n/dz_ns``
-for every site and column (Dangel, Müller, Zeinhofer, "Kronecker-Factored
-Approximate Curvature for Physics-Informed Neural Networks", NeurIPS 2024, Sec. 3;
-Λ = 1 for the loss ½ r²).
+operator's Taylor graph of linear sites built without taps
+(``build_taylor_graph(op, args, taps=False).run(x)``: it also returns every
+column's input and output) instead of its fused graph, and a direct call of the
+model runs the value operator ``"u"`` the same way: the residual's value is
+unchanged, and one reverse pass of r to the output columns
+(:func:`~taylorc.taylor_graph.site_gradients`) gives ``g_ns = dr_n/dz_ns`` for every
+site and column (Dangel, Müller, Zeinhofer, "Kronecker-Factored Approximate
+Curvature for Physics-Informed Neural Networks", NeurIPS 2024, Sec. 3; Λ = 1 for
+the loss ½ r²).
 
 :func:`linearize` groups the columns by weight (several uses of one weight, and the
-uses in several operators of one residual, are more columns of one shared layer) and
-appends the bias entry (1 on value columns, 0 on derivative columns).
+uses in several operators of one residual, are more columns of one shared layer),
+with the bias entries e (1 on value columns, 0 on derivative columns); frozen
+parameters are not in θ and get no columns.
 """
 
 from __future__ import annotations
@@ -88,7 +91,7 @@ class Recorder:
         self.model, self.value_op, self.runs = model, value_op, []
 
     def call(self, op, args: tuple):
-        """Run ``op`` at ``args`` through its tapped Taylor graph; returns what ``op(*args)`` would."""
+        """Run ``op`` at ``args`` through its Taylor graph without taps; returns what ``op(*args)`` would."""
         if op.model is not self.model:
             raise KFACError(
                 "a residual calls a compiled operator of another model: compile the operators "
@@ -111,7 +114,7 @@ class Recorder:
 
 @contextmanager
 def recording(model: torch.nn.Module, value_op):
-    """Within, compiled operators of ``model`` and ``model(x)`` itself run with taps.
+    """Within, compiled operators of ``model`` and ``model(x)`` itself run their sites graphs.
 
     ``value_op`` is ``taylorc.compile(model, "u")``, the Taylor graph of a direct call.
     Yields the :class:`Recorder`. Not thread-safe for one model (its ``forward`` is
@@ -148,7 +151,7 @@ def _flat(t: torch.Tensor, lead: int) -> torch.Tensor:
 
 
 def linearize(model, value_op, residual, x: torch.Tensor, check: bool = False) -> Linearization:
-    """Evaluate ``residual(x)`` with taps and read every site's Z̃ and g.
+    """Evaluate ``residual(x)`` through the sites graphs and read every trainable site's X, e and g.
 
     Args:
         model: the ``nn.Module`` the residual's operators were compiled from.
