@@ -351,6 +351,8 @@ def test_engd_and_line_search_decrease_the_loss():
     ):
         model, res, points, _ = poisson2d(width=8, n_i=50, n_b=20)
         opt = make(model, res)
+        with pytest.raises(ValueError, match="no points for the terms"):
+            opt.step({"interior": points["interior"]})
         first = sum(opt.step(points).values())
         for _ in range(4):
             last = sum(opt.step(points).values())

@@ -37,7 +37,8 @@ class ENGD(torch.optim.Optimizer):
             step on R ranks with a shard each equals the step on the union of the shards.
 
     Raises:
-        ValueError: unknown ``lr``; (distributed, at ``step``) a rank without points of a term.
+        ValueError: unknown ``lr``; (at ``step``) no points for a term; (distributed, at
+            ``step``) a rank without points of a term.
         taylorc.errors.KFACError: a parameter used outside the linear sites; ``model``
             wrapped in ``DistributedDataParallel``.
     """
@@ -68,6 +69,9 @@ class ENGD(torch.optim.Optimizer):
     def step(self, points: dict) -> dict[str, float]:
         """One ENGD step on ``points``; returns term name -> ½ mean ||r||² before it."""
         group, rd, terms = self.param_groups[0], self._reducer, list(self.residuals)
+        missing = set(terms) - set(points)
+        if missing:
+            raise ValueError(f"no points for the terms {sorted(missing)}")
         if rd is not None:  # this rank's shares N_t,r / N_t of the global means
             share, counts = rd.shares({t: points[t] for t in terms})
             weigh = lambda t, x: x * share[t]  # noqa: E731
