@@ -33,7 +33,8 @@ by itself; UNEVEN shards, 33/31 interior and 17/15 boundary points of 64/32):
   the last inversion's factors);
 - ``engd``: ENGD with the line search;
 - (with ``kfac_star``) ``KFAC(DistributedDataParallel(model), ...)`` raises KFACError,
-  and a step where rank 1 holds no boundary point raises ValueError on both ranks;
+  and a step where rank 1 holds no boundary point (an empty shard, or no entry for the
+  term: KFAC and ENGD) raises ValueError on both ranks instead of leaving one waiting;
 - ``kfac_local`` (control): KFAC* on a group of one rank each (``dist.new_subgroups``):
   each rank trains on its shard alone, so it must differ from the union's run.
 """
@@ -287,6 +288,17 @@ def main() -> None:
                 print("EMPTY_SHARD_REJECTED", flush=True)
         else:
             raise AssertionError("an empty shard was not rejected")
+        if rank == 1:  # no entry at all for a term on one rank: also raised on every rank
+            del points["boundary"]
+        for make in (taylorc.optim.KFAC, taylorc.optim.ENGD):
+            try:
+                make(model, {"boundary": lambda x: model(x)[:, 0]}).step(points)
+            except ValueError as e:
+                assert "no points of the terms ['boundary']" in str(e), e
+                if rank == 0:
+                    print(f"MISSING_TERM_REJECTED {make.__name__}", flush=True)
+            else:
+                raise AssertionError("a missing term was not rejected")
     for case in sys.argv[1:]:
         start, model, ref = run(case, rank, world, solo)
         gap = spread(model)

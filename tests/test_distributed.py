@@ -73,6 +73,7 @@ def test_kfac_two_ranks_uneven_shards_equal_single_process():
     # the control reduced nothing (a group of one rank each): it must not match
     assert found["kfac_local"][0] > 1e-6 and found["kfac_local"][1] > 1e-6, found["kfac_local"]
     assert "DDP_WRAPPER_REJECTED" in stdout and "EMPTY_SHARD_REJECTED" in stdout, stdout
+    assert "MISSING_TERM_REJECTED KFAC" in stdout and "MISSING_TERM_REJECTED ENGD" in stdout, stdout
 
 
 @pytest.mark.parametrize("terms", [1, 2, 3])

@@ -74,15 +74,20 @@ class Reducer:
     def shares(self, points: dict) -> tuple[dict[str, float], dict[str, int]]:
         """``({term: N_t,r / N_t}, {term: N_t})`` for this rank's ``points``.
 
+        ``points``: term -> ``(N_t,r, *in)``, or None where this rank has no entry for
+        the term (counted as no points, so every rank raises instead of one raising
+        while the others wait in the collective).
+
         Raises:
             ValueError: (on every rank alike) some rank holds no points of a term.
         """
         terms = sorted(points)
-        x = next(iter(points.values()))
+        n = {t: 0 if points[t] is None else points[t].shape[0] for t in terms}
+        x = next((v for v in points.values() if v is not None), None)
         local = torch.tensor(
-            [[points[t].shape[0], points[t].shape[0] == 0] for t in terms],
+            [[n[t], n[t] == 0] for t in terms],
             dtype=torch.int64,
-            device=x.device,
+            device=None if x is None else x.device,
         )
         dist.all_reduce(local, group=self.group)
         empty = [t for t, (_, e) in zip(terms, local.tolist()) if e]
@@ -92,7 +97,7 @@ class Reducer:
                 "one point of every term"
             )
         totals = {t: int(n) for t, (n, _) in zip(terms, local.tolist())}
-        return {t: points[t].shape[0] / totals[t] for t in terms}, totals
+        return {t: n[t] / totals[t] for t in terms}, totals
 
     @torch.no_grad()
     def broadcast_(self, tensors) -> None:

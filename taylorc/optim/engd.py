@@ -69,14 +69,14 @@ class ENGD(torch.optim.Optimizer):
     def step(self, points: dict) -> dict[str, float]:
         """One ENGD step on ``points``; returns term name -> ½ mean ||r||² before it."""
         group, rd, terms = self.param_groups[0], self._reducer, list(self.residuals)
-        missing = set(terms) - set(points)
-        if missing:
-            raise ValueError(f"no points for the terms {sorted(missing)}")
         if rd is not None:  # this rank's shares N_t,r / N_t of the global means
-            share, counts = rd.shares({t: points[t] for t in terms})
+            share, counts = rd.shares({t: points.get(t) for t in terms})
             weigh = lambda t, x: x * share[t]  # noqa: E731
         else:
             counts, weigh = None, lambda t, x: x  # noqa: E731
+        missing = set(terms) - set(points)
+        if missing:
+            raise ValueError(f"no points for the terms {sorted(missing)}")
         lins = []
         for term, f in self.residuals.items():
             x = points[term]

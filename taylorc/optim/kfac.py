@@ -147,12 +147,9 @@ class KFAC(torch.optim.Optimizer):
             term name -> ½ mean ||r||² at the parameters before the step.
         """
         group = self.param_groups[0]
-        missing = set(self.residuals) - set(points)
-        if missing:
-            raise ValueError(f"no points for the terms {sorted(missing)}")
         rd = self._reducer
         if rd is not None:  # this rank's shares N_t,r / N_t of the global means
-            share, counts = rd.shares({t: points[t] for t in self.residuals})
+            share, counts = rd.shares({t: points.get(t) for t in self.residuals})
             weigh = lambda t, x: x * share[t]  # noqa: E731
         else:
             counts, weigh = None, lambda t, x: x  # noqa: E731
