@@ -60,9 +60,10 @@ def gramian(model, residuals: dict, points: dict) -> torch.Tensor:
         model: the ``nn.Module``; residuals and points as for :class:`taylorc.optim.KFAC`.
 
     Returns:
-        ``(P, P)`` in the points' dtype; parameters ordered layer by layer in the model's
-        order, each layer's ``W.flatten()`` then its bias (``parameters_to_vector`` order
-        for an ``nn.Sequential`` MLP).
+        ``(P, P)`` in the points' dtype over the trainable parameters of the linear
+        layers the residuals reach (frozen ones, ``requires_grad=False``, are left out);
+        ordered layer by layer in the model's order, each layer's ``W.flatten()`` then
+        its bias (``parameters_to_vector`` order for an ``nn.Sequential`` MLP).
 
     Raises:
         taylorc.errors.KFACError: a parameter used outside the linear sites (named).
