@@ -463,3 +463,30 @@ def test_resume_between_inversions_equals_uninterrupted_run():
         c.step(points)
     for p, q in zip(model.parameters(), twin.parameters()):
         torch.testing.assert_close(q, p, rtol=1e-10, atol=1e-12)
+
+
+class TiedTwice(nn.Module):
+    """One layer applied twice to the same input (identical nodes that CSE must not merge
+    at the sites' outputs) and one applied twice inside residual connections."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.c = nn.Linear(3, 4), nn.Linear(4, 4), nn.Linear(4, 1)
+
+    def forward(self, x):
+        h = torch.tanh(self.a(x)) * torch.tanh(self.a(x))
+        h = h + torch.tanh(self.b(h))
+        h = h + torch.tanh(self.b(h))
+        return self.c(h) + self.c(h)
+
+
+@pytest.mark.parametrize("name", ["laplacian", "biharmonic"])
+def test_tied_weights_jacobian_equals_nested_jacobian(name):
+    torch.manual_seed(0)
+    model = TiedTwice().double()
+    x = torch.rand(3, 3, dtype=DT)
+    lin = linearize(model, value_op(model), residual(model, name), x, check=True)
+    J = torch.cat(
+        [to_vector(torch.einsum("mnso,nsi->nmoi", L.g, L.Z), L) for L in lin.layers.values()], -1
+    ).reshape(x.shape[0], -1)
+    torch.testing.assert_close(J, oracle_jacobian(model, residual(model, name, "nested"), x))
