@@ -490,3 +490,23 @@ def test_tied_weights_jacobian_equals_nested_jacobian(name):
         [to_vector(torch.einsum("mnso,nsi->nmoi", L.g, L.Z), L) for L in lin.layers.values()], -1
     ).reshape(x.shape[0], -1)
     torch.testing.assert_close(J, oracle_jacobian(model, residual(model, name, "nested"), x))
+
+
+def test_float32_factors_are_damped_in_float64():
+    """A float32 model's direction equals the float64 solve of its own float32 factors
+    plus λI: λ = 1e-6 is below the rounding of a float32 factor (a singular one: ema 0,
+    two boundary points), so damping them in float32 changed the direction by up to 2%."""
+    torch.manual_seed(0)
+    model = mlp(2, [6]).float()
+    lam = 1e-6
+    opt = KFAC(model, {"b": lambda x: model(x)[:, 0] - 1}, lr=0.0, damping=lam, ema=0.0)
+    opt.step({"b": torch.rand(2, 2)})
+    for name, p in model.named_parameters():
+        if "A" not in opt.state.get(p, {}):
+            continue
+        ((A, B),) = [(opt.state[p]["A"][t], opt.state[p]["B"][t]) for t in opt.state[p]["A"]]
+        eye = lambda M: torch.eye(M.shape[0], dtype=DT)  # noqa: E731
+        pairs = [(A.double() + lam * eye(A), B.double() + lam * eye(B))]
+        want = -KroneckerSum(pairs).solve(opt.last["grad"][name].double())
+        assert opt.last["Delta"][name].dtype == torch.float32
+        torch.testing.assert_close(opt.last["Delta"][name].double(), want, rtol=1e-5, atol=0)

@@ -50,7 +50,7 @@ class KFAC(torch.optim.Optimizer):
             Gramian-vector products; the first step uses ``initial_lr``),
             ``"line_search"`` (δ̂ ← μδ̂ + Δ, α ∈ {2⁻³⁰..2⁰} minimising the loss on the
             batch, 0 if none decreases it), or a float (δ̂ ← μδ̂ + Δ, step lr·δ̂).
-        damping: λ added to every factor (and to the 2x2 system of ``"auto"``).
+        damping: λ added to every factor, in float64 (and to the 2x2 system of ``"auto"``).
         ema: β of the factors' moving average (0: this step's factors only).
         momentum: μ of ``"line_search"`` and float ``lr`` (ignored by ``"auto"``).
         approx: ``"expand"`` (the paper's) or ``"reduce"``.
@@ -253,23 +253,22 @@ class KFAC(torch.optim.Optimizer):
     def _invert(self, group, stored: bool = False) -> None:
         """Damp the averaged factors and prepare one Kronecker-sum solver per layer.
 
-        The damped pairs are kept in the state (``"damped"``): ``stored`` rebuilds the
-        solvers from them, so a restored optimiser solves with the factors of the last
-        inversion until the next one, as the uninterrupted run does."""
+        Damping is added in float64 (in a float32 factor, λ below its rounding would
+        vanish). The factors inverted are kept in the state (``"inverted"``):
+        ``stored`` rebuilds the solvers from them, so a restored optimiser solves with
+        the factors of the last inversion until the next one, as the uninterrupted run
+        does."""
         lam, pairs = group["damping"], {}
         for name, p in self.model.named_parameters():
             st = self.state.get(p, {})
             if "A" not in st:
                 continue
-            if stored and "damped" in st:
-                pairs[name] = [tuple(AB) for AB in st["damped"]]
-                continue
+            if not (stored and "inverted" in st):
+                st["inverted"] = [(st["A"][term], st["B"][term]) for term in st["A"]]
             pairs[name] = []
-            for term in st["A"]:
-                A, B = st["A"][term], st["B"][term]
-                eye = lambda M: torch.eye(M.shape[0], dtype=M.dtype, device=M.device)
-                pairs[name].append((A + lam * eye(A), B + lam * eye(B)))
-            st["damped"] = pairs[name]
+            for A, B in st["inverted"]:
+                eye = lambda M: torch.eye(M.shape[0], dtype=torch.float64, device=M.device)
+                pairs[name].append((A.double() + lam * eye(A), B.double() + lam * eye(B)))
         if self._split:
             self._solvers = self._reducer.solvers(pairs)
         else:
@@ -279,7 +278,7 @@ class KFAC(torch.optim.Optimizer):
 
     def load_state_dict(self, state_dict: dict) -> None:
         """Restore factors, momentum and step count; the solvers are rebuilt at the next
-        step from the damped factors of the last inversion (``invert_every`` > 1 resumes
-        the uninterrupted run)."""
+        step from the factors of the last inversion (``invert_every`` > 1 resumes the
+        uninterrupted run)."""
         super().load_state_dict(state_dict)
         self._solvers = None
