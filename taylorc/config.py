@@ -2,10 +2,11 @@
 
 ``CONFIG.lower_everywhere`` lowers Taylor steps to the fused ``torch.library`` ops on the
 CPU too, where they run their PyTorch references (the kernel tests use it);
-``CONFIG.whole_mlp`` lets a matching MLP's Laplacian become one ``mlp_laplacian`` call.
+``CONFIG.whole_mlp`` lets a matching MLP's Laplacian become one ``mlp_laplacian`` call;
+``CONFIG.dynamic_batch`` lets one graph serve every batch size.
 Each :class:`~taylorc.api.CompiledOperator` copies ``CONFIG`` when it is made and may be
-changed on its own (``op.config.lower_everywhere = True``). ``STATS`` counts the graphs
-built by the passes.
+changed on its own (``op.config.lower_everywhere = True``). ``BUILD_COUNT`` counts the
+graphs built (cache misses of ``graph_for``).
 """
 
 from __future__ import annotations
@@ -20,10 +21,14 @@ class Config:
     Attributes:
         lower_everywhere: lower to the fused ops on every device, not CUDA only.
         whole_mlp: lower a matching MLP's Laplacian to one kernel call (``passes.mlp``).
+        dynamic_batch: one graph for every batch size where
+            :func:`taylorc.passes.batch_size.generalize` proves it; False keys every graph
+            on the full input shape (the behaviour before issue 17; benchmarks).
     """
 
     lower_everywhere: bool = False
     whole_mlp: bool = True
+    dynamic_batch: bool = True
 
 
 CONFIG = Config()

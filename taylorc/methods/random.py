@@ -78,6 +78,11 @@ class Stein(Method):
     """
 
     name = "stein"
+    dynamic_batch = False
+    static_reason = (
+        "Stein's graph evaluates the model on the replicated batch (2S+1)B and reshapes "
+        "the result by B, so it is built per batch size"
+    )
 
     def __init__(self, samples=None, sigma=None, variance_reduction=True, generator=None):
         _check_samples(self.name, samples)
