@@ -101,6 +101,7 @@ class CompiledOperator(GraphCache, torch.nn.Module):
             )
         self.debug_dir = debug_dir if debug_dir is not None else os.environ.get("TAYLORC_DEBUG_DIR")
         self._graphs: dict = {}
+        self._refused: dict = {}  # per-sample keys whose graph was proved to depend on B
         self._in_shape: tuple[int, ...] | None = None
         self._last = None
 

@@ -75,7 +75,7 @@ class GraphCache:
             if general is not None:
                 gm, key = general, dynamic
             else:
-                shared[prefix + ("refused", dynamic)] = why
+                shared[prefix + ("refused", dynamic)] = self._refused[dynamic] = why
         else:
             ctx.batch = self._static_reason(method, x)
         if self.backend in ("inductor", "taylorc"):
@@ -97,7 +97,8 @@ class GraphCache:
         shared = _SHARED.get(self.fn, {}) if _weakrefable(self.fn) else {}
         lowering = (self.config.lower_everywhere, self.config.whole_mlp)
         prefix = (self._spec_key(), self.backend, self.debug_dir, lowering)
-        return None if prefix + ("refused", key) in shared else key
+        refused = key in self._refused or prefix + ("refused", key) in shared
+        return None if refused else key
 
     def _static_reason(self, method, x) -> str:
         why = (
