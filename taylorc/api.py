@@ -19,7 +19,7 @@ from .methods import AUTO_ZCS_MIN_FUNCTIONS, auto_method
 
 METHODS = _methods.NAMES
 
-BACKENDS = ("eager", "inductor", "taylorc")
+BACKENDS = ("auto", "eager", "inductor", "taylorc")
 
 
 class CompiledOperator(GraphCache, torch.nn.Module):
@@ -54,7 +54,7 @@ class CompiledOperator(GraphCache, torch.nn.Module):
         operator,
         method: str = "collapsed",
         debug_dir=None,
-        backend: str = "eager",
+        backend: str = "auto",
         coords=None,
         params: dict | None = None,
         wrt: int | str | None = None,
@@ -260,11 +260,17 @@ class CompiledOperator(GraphCache, torch.nn.Module):
 
 
 def _first_call(ctx) -> str:
-    """The batch line and the first call's latency by stage (explain())."""
-    stages = ("capture", "passes", "batch check", "compile")
-    parts = [f"{k} {ctx.latency[k] * 1e3:.0f} ms" for k in stages if k in ctx.latency]
-    total = sum(ctx.latency.get(k, 0.0) for k in stages)
-    return f"batch: {ctx.batch}\nfirst call: {total * 1e3:.0f} ms = " + " + ".join(parts)
+    """The batch line, the build's latency by stage and the compile's (explain())."""
+    lat = ctx.latency
+    stages = [k for k in ("capture", "passes", "batch check") if k in lat]
+    parts = " + ".join(f"{k} {lat[k] * 1e3:.0f} ms" for k in stages)
+    lines = [f"batch: {ctx.batch}", f"build: {sum(lat[k] for k in stages) * 1e3:.0f} ms = {parts}"]
+    if "compile" in lat:
+        at = lat.get("compile call", 1)
+        lines.append(
+            f"compile: {lat['compile'] * 1e3:.0f} ms at call {at} (Dynamo, inductor, one evaluation)"
+        )
+    return "\n".join(lines)
 
 
 def _argument_names(fn) -> list[str]:
@@ -307,9 +313,14 @@ def compile(model: torch.nn.Module | Callable, operator="laplacian", **options) 
             Stein's identity, no back-propagation; He et al. 2023).
         debug_dir: write every pass's graph, node table, picture and a summary
             here (default: the ``TAYLORC_DEBUG_DIR`` environment variable).
-        backend: ``"eager"`` (run the fx graph op by op), ``"inductor"``
-            (``torch.compile`` the rewritten graph), or ``"taylorc"`` (the
-            activation steps lowered to fused kernels on CUDA, the rest to inductor).
+        backend: ``"auto"`` (default: the graph runs op by op for its first
+            ``config.auto_compile_after`` = 10 calls, then is compiled as with
+            ``"taylorc"``, its batch dim dynamic; on the CPU the allocator is tuned once,
+            :func:`taylorc.cpu.auto_tune`), ``"eager"`` (op by op, always), ``"inductor"``
+            (``torch.compile`` the rewritten graph at the first call), or ``"taylorc"``
+            (inductor after taylorc's CPU ``tanh`` rewrite; on CUDA the activation
+            steps lowered to fused kernels). Every choice is overridable per operator
+            through ``op.config`` (:class:`taylorc.config.Config`).
         coords: names of the input columns, ``"x y t"`` or a list; needed by
             expressions such as ``"u_t - 0.01*u_xx"`` (see docs/operators.md).
         params: names usable in expression coefficients, e.g. ``{"nu": 0.01}``.

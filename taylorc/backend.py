@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import time
+import warnings
 
 import torch
 import torch.fx
@@ -122,6 +123,62 @@ class CompiledGraph:
         return getattr(self._orig_mod, name)
 
 
+class AutoGraph:
+    """``backend="auto"``: the graph runs eagerly, then compiled once it has been warmed up.
+
+    The first ``config.auto_compile_after`` calls run ``gm`` op by op (the first call
+    stays as fast as the eager backend's); the next call rewrites the CPU's float32
+    ``tanh`` (:func:`taylorc.passes.cpu_tanh.rewrite_tanh`, as ``backend="taylorc"``
+    does) and compiles the graph as a :class:`CompiledGraph` (batch dim dynamic when
+    ``dynamic`` is given), synchronously. A compile that fails is reported once with a
+    warning and the graph stays eager. ``config.auto_compile_after = None`` never
+    compiles; the value is read at every call until the compile.
+
+    Args:
+        gm: the graph; dynamic, latency: as for :class:`CompiledGraph`; config: the
+            operator's :class:`taylorc.config.Config`; rewrite_tanh: whether the graph
+            is a CPU float32 one (then ``tanh`` is rewritten before compiling).
+    """
+
+    def __init__(self, gm, dynamic: int | None, latency: dict, config, rewrite_tanh: bool):
+        self._orig_mod = gm
+        self.dynamic, self.latency, self.config = dynamic, latency, config
+        self.rewrite_tanh, self.calls, self.compiled, self.failed = rewrite_tanh, 0, None, None
+
+    def __call__(self, *inputs):
+        if self.compiled is not None:
+            return self.compiled(*inputs)
+        after = self.config.auto_compile_after
+        self.calls += 1
+        if self.failed is not None or after is None or self.calls <= after:
+            return self._orig_mod(*inputs)
+        try:
+            if self.rewrite_tanh:
+                from .passes.cpu_tanh import rewrite_tanh
+
+                rewrite_tanh(self._orig_mod)  # still right when run eagerly
+            compiled = CompiledGraph(self._orig_mod, self.dynamic, self.latency)
+            out = compiled(*inputs)
+        except Exception as e:  # noqa: BLE001 - the eager graph ran these inputs before
+            self.failed = e
+            warnings.warn(
+                f"taylorc backend='auto': compiling the graph failed ({type(e).__name__}: "
+                f"{str(e).splitlines()[0] if str(e) else ''}); it keeps running eagerly. "
+                "Pass backend='eager' to silence this.",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+            return self._orig_mod(*inputs)
+        self.compiled = compiled
+        self.latency["compile call"] = self.calls
+        return out
+
+    def __getattr__(self, name):
+        if name.startswith("__") or name == "_orig_mod":
+            raise AttributeError(name)
+        return getattr(self._orig_mod, name)
+
+
 def _unbacked_failure(e: Exception) -> bool:
     text = f"{type(e).__name__}: {e}"
     return any(
@@ -129,4 +186,4 @@ def _unbacked_failure(e: Exception) -> bool:
     )
 
 
-__all__ = ["CompiledGraph", "taylorc_backend", "cleanup", "lower_foreign"]
+__all__ = ["AutoGraph", "CompiledGraph", "taylorc_backend", "cleanup", "lower_foreign"]

@@ -24,11 +24,19 @@ class Config:
         dynamic_batch: one graph for every batch size where
             :func:`taylorc.passes.batch_size.generalize` proves it; False keys every graph
             on the full input shape (the behaviour before issue 17; benchmarks).
+        auto_compile_after: with ``backend="auto"`` (the default), a graph runs eagerly
+            for this many calls, then is compiled (inductor, batch dim dynamic, the CPU's
+            float32 ``tanh`` rewritten as with ``backend="taylorc"``); None: never.
+        tune_allocator: with ``backend="auto"`` on the CPU, call
+            :func:`taylorc.cpu.auto_tune` (glibc ``mallopt`` once per process, skipped
+            where the user configured the allocator).
     """
 
     lower_everywhere: bool = False
     whole_mlp: bool = True
     dynamic_batch: bool = True
+    auto_compile_after: int | None = 10
+    tune_allocator: bool = True
 
 
 CONFIG = Config()

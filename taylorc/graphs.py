@@ -15,9 +15,10 @@ import weakref
 import torch
 
 from . import methods as _methods
-from .backend import CompiledGraph
+from .backend import AutoGraph, CompiledGraph
 from .capture import Captured, capture
 from .config import BUILD_COUNT
+from .cpu import auto_tune
 from .debug import Dumper
 from .passes import PassContext, PassManager
 from .passes.batch_size import generalize
@@ -54,6 +55,10 @@ class GraphCache:
         first call cost.
         """
         method = self._method(method)
+        if not method.builds_graph:
+            raise ValueError(
+                f"method={method.name!r} builds no graph (it runs torch.func directly)"
+            )
         args = args if args is not None else (x,)
         i = next(j for j, a in enumerate(args) if a is x)
         static = method.key() + (i,) + tuple((tuple(a.shape), a.dtype, a.device) for a in args)
@@ -78,8 +83,14 @@ class GraphCache:
                 shared[prefix + ("refused", dynamic)] = self._refused[dynamic] = why
         else:
             ctx.batch = self._static_reason(method, x)
+        dyn = coord if key is dynamic else None
         if self.backend in ("inductor", "taylorc"):
-            gm = CompiledGraph(gm, coord if key is dynamic else None, ctx.latency)
+            gm = CompiledGraph(gm, dyn, ctx.latency)
+        elif self.backend == "auto" and method.compilable:
+            cpu32 = x.device.type == "cpu" and x.dtype == torch.float32
+            gm = AutoGraph(gm, dyn, ctx.latency, self.config, rewrite_tanh=cpu32)
+        if self.backend == "auto" and x.device.type == "cpu" and self.config.tune_allocator:
+            auto_tune()
         self._graphs[key] = shared[prefix + (key,)] = (gm, cap, ctx)
         self._last = ctx
         return self._graphs[key]

@@ -15,6 +15,13 @@ settings.load_profile(os.environ.get("TAYLORC_HYPOTHESIS_PROFILE", "ci"))
 
 torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
 
+# backend="auto" (the default) stays eager in the suite: no inductor compile after warm-up,
+# no process-wide allocator change (tests/test_dynamic_batch.py switches both on where tested)
+import taylorc.config  # noqa: E402
+
+taylorc.config.CONFIG.auto_compile_after = None
+taylorc.config.CONFIG.tune_allocator = False
+
 # every pass manager validates the IR after every pass (taylorc.ir.validate)
 os.environ.setdefault("TAYLORC_CHECK_IR", "1")
 

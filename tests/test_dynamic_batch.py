@@ -43,7 +43,7 @@ def test_batch_sizes_share_one_graph_float64(method):
         assert_close(out["lap"], ref["lap"], 1e-10)
         assert_close(out["u"], ref["u"], 1e-12)
     assert "dynamic: one graph for every B >= 2" in op.explain()
-    assert "first call:" in op.explain() and "batch check" in op.explain()
+    assert "build:" in op.explain() and "batch check" in op.explain()
 
 
 def test_batch_sizes_share_one_graph_float32():
@@ -178,19 +178,62 @@ def test_switch_off_keys_on_the_full_shape():
 
 
 @pytest.mark.skipif(torch.get_default_device().type != "cpu", reason="CPU compile")
-def test_inductor_compiles_once_for_every_batch_size():
+def test_auto_backend_compiles_once_after_warmup():
+    """The default backend: eager for the first calls, then one inductor compile for every B."""
     from torch._dynamo.utils import counters
+
+    from taylorc.passes.cpu_tanh import tanh_expm1
 
     torch.manual_seed(5)
     model = mlp(2, [8]).float()
-    op = taylorc.compile(model, "laplacian", backend="inductor")
+    op = taylorc.compile(model, "laplacian")
+    assert op.backend == "auto"
+    op.config.auto_compile_after = 2
     reference = mlp(2, [8])
     reference.load_state_dict(model.state_dict())
     counters.clear()
-    xs = [torch.randn(B, 2) for B in SIZES]
+    xs = [torch.randn(B, 2) for B in (7, 64, 1000, 30)]
     outs, n = builds(op, [(x,) for x in xs])
     assert n == 1
-    assert counters["stats"]["unique_graphs"] == 1  # one Dynamo graph: no recompile per B
+    assert counters["stats"]["unique_graphs"] == 1  # compiled at call 3, no recompile per B
+    graph = next(iter(op._graphs.values()))[0]
+    assert graph.compiled is not None and graph.failed is None
+    assert tanh_expm1 in [n.target for n in graph._orig_mod.graph.nodes]
     for x, out in zip(xs, outs):
-        assert_close(out.double(), nested(reference, "laplacian", x.double()), 1e-4)
-    assert "compile" in op.explain().splitlines()[-1]
+        assert_close(out.double(), nested(reference, "laplacian", x.double()), 1e-5)
+    assert "at call 3" in op.explain().splitlines()[-1]
+
+
+def test_auto_backend_overrides():
+    model = mlp(2, [8])
+    op = taylorc.compile(model, "laplacian")  # the suite's CONFIG: never compile
+    for _ in range(3):
+        op(torch.randn(5, 2, dtype=torch.float64))
+    graph = next(iter(op._graphs.values()))[0]
+    assert graph.compiled is None and graph.calls == 3
+    eager = taylorc.compile(mlp(2, [8]), "laplacian", backend="eager")
+    eager(torch.randn(5, 2, dtype=torch.float64))
+    assert isinstance(next(iter(eager._graphs.values()))[0], torch.fx.GraphModule)
+    stochastic = taylorc.compile(model, "laplacian", method="stochastic", samples=2)
+    assert stochastic(torch.randn(5, 2, dtype=torch.float64)).shape == (5, 1)
+
+
+def test_auto_tune_respects_the_users_allocator(monkeypatch):
+    from taylorc import cpu
+
+    calls = []
+    monkeypatch.setattr(cpu, "tune_allocator", lambda: calls.append(1) or True)
+    for env, expected in [
+        ({"TAYLORC_TUNE_ALLOCATOR": "0"}, False),
+        ({"LD_PRELOAD": "/usr/lib/libjemalloc.so.2"}, False),
+        ({"MALLOC_TRIM_THRESHOLD_": "0"}, False),
+        ({}, True),
+    ]:
+        monkeypatch.setattr(cpu, "_AUTO", [None])
+        for k in ("TAYLORC_TUNE_ALLOCATOR", "LD_PRELOAD", *cpu._USER_SETTINGS):
+            monkeypatch.delenv(k, raising=False)
+        for k, v in env.items():
+            monkeypatch.setenv(k, v)
+        assert cpu.auto_tune() is expected
+        assert cpu.auto_tune() is expected  # decided once
+    assert calls == [1]

@@ -27,6 +27,7 @@ class Method:
     # passes.batch_size.generalize); a method whose graph depends on B says why not
     dynamic_batch = True
     static_reason = ""
+    compilable = True  # backend="auto" may compile the graph after warm-up
 
     def check(self, op) -> None:
         """Raise ``ValueError`` for options that do not fit the compiled operator."""
