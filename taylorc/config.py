@@ -11,6 +11,7 @@ graphs built (cache misses of ``graph_for``).
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 
@@ -23,7 +24,8 @@ class Config:
         whole_mlp: lower a matching MLP's Laplacian to one kernel call (``passes.mlp``).
         dynamic_batch: one graph for every batch size where
             :func:`taylorc.passes.batch_size.generalize` proves it; False keys every graph
-            on the full input shape (the behaviour before issue 17; benchmarks).
+            on the full input shape (the behaviour before issue 17; benchmarks). Default:
+            on, unless the environment variable ``TAYLORC_DYNAMIC_BATCH=0``.
         auto_compile_after: with ``backend="auto"`` (the default), a graph runs eagerly
             for this many calls, then is compiled (inductor, batch dim dynamic, the CPU's
             float32 ``tanh`` rewritten as with ``backend="taylorc"``); None: never.
@@ -34,7 +36,7 @@ class Config:
 
     lower_everywhere: bool = False
     whole_mlp: bool = True
-    dynamic_batch: bool = True
+    dynamic_batch: bool = os.environ.get("TAYLORC_DYNAMIC_BATCH", "1") != "0"
     auto_compile_after: int | None = 10
     tune_allocator: bool = True
 
