@@ -10,7 +10,8 @@ the paper's D=50 tanh 768-768-512-512 B=128; float32, 2 threads) and mode (``eva
 Laplacian under ``no_grad``; ``train``: Laplacian, mean square, backward), a fresh process
 times the default path's first call and its warm-up calls one by one, then the best
 path's first call, then all three in round robin (``bench/timing.py``). The default is
-built first, so its first call includes the process's one-time warm-up, as a user's does.
+built first, so its first call includes the process's one-time warm-up, as a user's does;
+every child gets an empty inductor cache directory, so compile times are cold.
 Writes ``bench/results/default-path-<device>.json``.
 
     python bench/default_path.py [--configs pinn paper] [--modes eval train] [--repeats 21]
@@ -26,6 +27,7 @@ import platform
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -119,7 +121,9 @@ def main():
         for mode in args.modes:
             cmd = [sys.executable, __file__, "--child", config, mode]
             cmd += ["--repeats", str(args.repeats), "--threads", str(args.threads)]
-            out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
+            with tempfile.TemporaryDirectory() as cache:  # a cold inductor cache per child
+                env["TORCHINDUCTOR_CACHE_DIR"] = cache
+                out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
             r = runs[f"{config}/{mode}"] = json.loads(out.stdout.strip().splitlines()[-1])
             med = r["median_s"]
             print(

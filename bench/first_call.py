@@ -10,7 +10,8 @@ the first again, float32, ``OMP_NUM_THREADS=1``. "before" sets
 issue 17), "after" leaves it on. Recorded per call: wall time and graphs built; per graph,
 ``ctx.latency`` (capture, passes, the batch check's second build, the compile and first
 evaluation). The first call includes the process's one-time warm-up of make_fx and
-inductor, as a user's first call does. Writes ``bench/results/first-call-<device>.json``.
+inductor, as a user's first call does; every child gets an empty inductor cache directory
+(``TORCHINDUCTOR_CACHE_DIR``), so compile times are cold. Writes ``bench/results/first-call-<device>.json``.
 
     python bench/first_call.py [--models pinn paper deeponet] [--backends eager taylorc]
 """
@@ -23,6 +24,7 @@ import os
 import platform
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -99,7 +101,9 @@ def main():
         for backend in args.backends:
             for mode in args.modes:
                 cmd = [sys.executable, __file__, "--child", name, backend, mode]
-                out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
+                with tempfile.TemporaryDirectory() as cache:  # a cold inductor cache per child
+                    env["TORCHINDUCTOR_CACHE_DIR"] = cache
+                    out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
                 result = json.loads(out.stdout.strip().splitlines()[-1])
                 runs.append({"model": name, "backend": backend, "mode": mode, **result})
                 secs = ", ".join(

@@ -136,8 +136,11 @@ class GraphCache:
         rows = torch.arange(B + 1, device=x.device) % B  # real rows: the probe may run them
         x1 = x.detach()[rows]
         args1 = tuple(x1 if j == i else a for j, a in enumerate(args))
-        g1 = self._build_method(method, x1, args1, i, dump=False)[0]
-        general, why = generalize(gm, g1, B, B + 1, coord)
+        try:
+            g1 = self._build_method(method, x1, args1, i, dump=False)[0]
+        except Exception as e:  # noqa: BLE001 - e.g. a model that hard-codes B: keep B's graph
+            g1, why = None, f"the model fails at B={B + 1} ({type(e).__name__}: {str(e)[:200]})"
+        general, why = generalize(gm, g1, B, B + 1, coord) if g1 is not None else (None, why)
         ctx.latency["batch check"] = time.perf_counter() - t0
         ctx.batch = (
             f"dynamic: one graph for every B >= 2 (built at B={B}, the same but for multiples "

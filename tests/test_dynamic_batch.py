@@ -123,9 +123,22 @@ def test_batch_size_baked_into_a_float_is_specialised():
     assert "specialised to B=64" in op.explain()
 
 
+def test_model_that_hard_codes_its_batch_size_keeps_its_graph():
+    def f(x):
+        return torch.tanh(x.view(6, 3)).sum(-1, keepdim=True)
+
+    op = taylorc.compile(f, "laplacian")
+    x = torch.randn(6, 3, dtype=torch.float64)
+    assert_close(op(x), nested(lambda z: torch.tanh(z).sum(-1, keepdim=True), "laplacian", x))
+    assert "specialised to B=6: the model fails at B=7" in op.explain()
+
+
 def test_generalize_refuses_graphs_that_differ_otherwise():
     def g(B, c):
         gm = torch.fx.symbolic_trace(lambda x: (x.reshape(B, -1) * c).sum(-1))
+        for n in gm.graph.nodes:  # the points' fake value, as capture records it
+            if n.op == "placeholder":
+                n.meta["val"] = torch.empty(B, 2, device="meta")
         return gm
 
     assert generalize(g(4, 2.0), g(5, 3.0), 4, 5, 0)[0] is None  # a float moved
@@ -133,6 +146,7 @@ def test_generalize_refuses_graphs_that_differ_otherwise():
     assert why == "" and general is not None
     x = torch.randn(9, 2)
     torch.testing.assert_close(general(x), (x * 2.0).sum(-1))
+    assert generalize(g(4, 2.0), g(5, 2.0), 5, 4, 0)[0] is None  # sizes on the wrong graphs
     with pytest.raises(ValueError):
         generalize(g(4, 2.0), g(4, 2.0), 4, 4, 0)
 

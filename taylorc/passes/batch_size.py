@@ -137,6 +137,11 @@ def generalize(
     n0, n1 = list(g0.graph.nodes), list(g1.graph.nodes)
     if len(n0) != len(n1):
         return None, f"the graph has {len(n0)} nodes at B={b0} and {len(n1)} at B={b1}"
+    for g, b in ((g0, b0), (g1, b1)):  # the size is read off the right input
+        xs = [n for n in g.graph.nodes if n.op == "placeholder"]
+        val = xs[coord].meta.get("val") if coord < len(xs) else None
+        if not isinstance(val, torch.Tensor) or val.dim() == 0 or val.shape[0] != b:
+            return None, f"input {coord} of the graph does not hold the {b} points"
     pos0 = {n: k for k, n in enumerate(n0)}
     pos1 = {n: k for k, n in enumerate(n1)}
     merged = []
