@@ -26,6 +26,10 @@ class Config:
             :func:`taylorc.passes.batch_size.generalize` proves it; False keys every graph
             on the full input shape (the behaviour before issue 17; benchmarks). Default:
             on, unless the environment variable ``TAYLORC_DYNAMIC_BATCH=0``.
+        dynamic_compile: compile a graph that serves every batch size once, its batch
+            dim dynamic (inductor's dynamic-shape compile costs about 2-3x a static one,
+            ``bench/results/first-call-*.json``); False compiles it per batch size with
+            static shapes (no retrace: the graph is shared; each new B recompiles).
         auto_compile_after: with ``backend="auto"`` (the default), a graph runs eagerly
             for this many calls, then is compiled (inductor, batch dim dynamic, the CPU's
             float32 ``tanh`` rewritten as with ``backend="taylorc"``); None: never.
@@ -37,6 +41,7 @@ class Config:
     lower_everywhere: bool = False
     whole_mlp: bool = True
     dynamic_batch: bool = os.environ.get("TAYLORC_DYNAMIC_BATCH", "1") != "0"
+    dynamic_compile: bool = True
     auto_compile_after: int | None = 10
     tune_allocator: bool = True
 

@@ -83,7 +83,7 @@ class GraphCache:
                 shared[prefix + ("refused", dynamic)] = self._refused[dynamic] = why
         else:
             ctx.batch = self._static_reason(method, x)
-        dyn = coord if key is dynamic else None
+        dyn = coord if key is dynamic and self.config.dynamic_compile else None
         if self.backend in ("inductor", "taylorc"):
             gm = CompiledGraph(gm, dyn, ctx.latency)
         elif self.backend == "auto" and method.compilable:
