@@ -12,7 +12,26 @@ graphs built (cache misses of ``graph_for``).
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+
+def _flag(name: str) -> bool:
+    """An on-by-default switch from the environment: off for ``0``, ``false``, ``no``, ``off``."""
+    return os.environ.get(name, "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+def _compile_after() -> int | None:
+    """``TAYLORC_AUTO_COMPILE_AFTER``: a number of calls, or ``never`` (default 10).
+
+    Raises:
+        ValueError: neither a non-negative integer nor ``never``.
+    """
+    value = os.environ.get("TAYLORC_AUTO_COMPILE_AFTER", "10").strip().lower()
+    if value in ("never", "none"):
+        return None
+    if not value.isdigit():
+        raise ValueError(f"TAYLORC_AUTO_COMPILE_AFTER={value!r}: a number of calls or 'never'")
+    return int(value)
 
 
 @dataclass
@@ -33,17 +52,20 @@ class Config:
         auto_compile_after: with ``backend="auto"`` (the default), a graph runs eagerly
             for this many calls, then is compiled (inductor, batch dim dynamic, the CPU's
             float32 ``tanh`` rewritten as with ``backend="taylorc"``); None: never.
+            Default: 10, or the environment variable ``TAYLORC_AUTO_COMPILE_AFTER`` (a
+            number, or ``never``).
         tune_allocator: with ``backend="auto"`` on the CPU, call
             :func:`taylorc.cpu.auto_tune` (glibc ``mallopt`` once per process, skipped
-            where the user configured the allocator).
+            where the user configured the allocator). Default: on, unless
+            ``TAYLORC_TUNE_ALLOCATOR=0``.
     """
 
     lower_everywhere: bool = False
     whole_mlp: bool = True
-    dynamic_batch: bool = os.environ.get("TAYLORC_DYNAMIC_BATCH", "1") != "0"
+    dynamic_batch: bool = field(default_factory=lambda: _flag("TAYLORC_DYNAMIC_BATCH"))
     dynamic_compile: bool = True
-    auto_compile_after: int | None = 10
-    tune_allocator: bool = True
+    auto_compile_after: int | None = field(default_factory=lambda: _compile_after())
+    tune_allocator: bool = field(default_factory=lambda: _flag("TAYLORC_TUNE_ALLOCATOR"))
 
 
 CONFIG = Config()

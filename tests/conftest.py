@@ -16,11 +16,14 @@ settings.load_profile(os.environ.get("TAYLORC_HYPOTHESIS_PROFILE", "ci"))
 torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
 
 # backend="auto" (the default) stays eager in the suite: no inductor compile after warm-up,
-# no process-wide allocator change (tests/test_dynamic_batch.py switches both on where tested)
+# no process-wide allocator change (tests/test_dynamic_batch.py switches both on where
+# tested); environment variables, so subprocesses (torchrun, probes) inherit them
+os.environ.setdefault("TAYLORC_AUTO_COMPILE_AFTER", "never")
+os.environ.setdefault("TAYLORC_TUNE_ALLOCATOR", "0")
 import taylorc.config  # noqa: E402
 
-taylorc.config.CONFIG.auto_compile_after = None
-taylorc.config.CONFIG.tune_allocator = False
+taylorc.config.CONFIG.auto_compile_after = taylorc.config._compile_after()
+taylorc.config.CONFIG.tune_allocator = taylorc.config._flag("TAYLORC_TUNE_ALLOCATOR")
 
 # every pass manager validates the IR after every pass (taylorc.ir.validate)
 os.environ.setdefault("TAYLORC_CHECK_IR", "1")
