@@ -15,16 +15,6 @@ settings.load_profile(os.environ.get("TAYLORC_HYPOTHESIS_PROFILE", "ci"))
 
 torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
 
-# backend="auto" (the default) stays eager in the suite: no inductor compile after warm-up,
-# no process-wide allocator change (tests/test_dynamic_batch.py switches both on where
-# tested); environment variables, so subprocesses (torchrun, probes) inherit them
-os.environ.setdefault("TAYLORC_AUTO_COMPILE_AFTER", "never")
-os.environ.setdefault("TAYLORC_TUNE_ALLOCATOR", "0")
-import taylorc.config  # noqa: E402
-
-taylorc.config.CONFIG.auto_compile_after = taylorc.config._compile_after()
-taylorc.config.CONFIG.tune_allocator = taylorc.config._flag("TAYLORC_TUNE_ALLOCATOR")
-
 # every pass manager validates the IR after every pass (taylorc.ir.validate)
 os.environ.setdefault("TAYLORC_CHECK_IR", "1")
 
@@ -35,6 +25,16 @@ if not torch.cuda.is_available():  # the Triton kernels run in the interpreter o
 #   TAYLORC_TEST_DEVICE=cuda pytest tests/test_kernels.py tests/test_mlp_kernel.py
 if os.environ.get("TAYLORC_TEST_DEVICE", "cpu") != "cpu":
     torch.set_default_device(os.environ["TAYLORC_TEST_DEVICE"])
+
+# backend="auto" (the default) stays eager in the suite: no inductor compile after warm-up,
+# no process-wide allocator change (tests/test_dynamic_batch.py switches both on where
+# tested); environment variables, so subprocesses (torchrun, probes) inherit them
+os.environ.setdefault("TAYLORC_AUTO_COMPILE_AFTER", "never")
+os.environ.setdefault("TAYLORC_TUNE_ALLOCATOR", "0")
+import taylorc.config  # noqa: E402  (after TRITON_INTERPRET: taylorc imports triton)
+
+taylorc.config.CONFIG.auto_compile_after = taylorc.config._compile_after()
+taylorc.config.CONFIG.tune_allocator = taylorc.config._flag("TAYLORC_TUNE_ALLOCATOR")
 
 
 @pytest.fixture(autouse=True)
