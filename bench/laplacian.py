@@ -195,7 +195,7 @@ def child(args) -> None:
     for m in METHODS:
         op = operator_fn(m, model, x, cfg["operator"])
         if op is not None:
-            if hasattr(op, "graph_for"):
+            if getattr(getattr(op, "method_obj", None), "builds_graph", False):
                 op.graph_for(x)  # compile without running
             steps[m] = make_step(m, op, model, x, args.mode)
     for step in steps.values():

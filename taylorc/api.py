@@ -4,40 +4,25 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-import math
 import os
-import weakref
 from collections.abc import Callable
 
 import torch
 
 from . import methods as _methods
 from . import operators as _ops
-from .capture import Captured, capture
+from .capture import Captured
 from .config import BUILD_COUNT, CONFIG
-from .debug import Dumper, format_records, graph_stats
+from .debug import format_records, graph_stats
+from .graphs import GraphCache
 from .methods import AUTO_ZCS_MIN_FUNCTIONS, auto_method
-from .passes import PassContext, PassManager
 
 METHODS = _methods.NAMES
 
-# Graphs built for a model, shared by every CompiledOperator of it (compiling the same model
-# again reuses the work); weak keys: the cache dies with the model.
-_SHARED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+BACKENDS = ("auto", "eager", "inductor", "taylorc")
 
 
-def _weakrefable(obj) -> bool:
-    try:
-        weakref.ref(obj)
-        return True
-    except TypeError:
-        return False
-
-
-BACKENDS = ("eager", "inductor", "taylorc")
-
-
-class CompiledOperator(torch.nn.Module):
+class CompiledOperator(GraphCache, torch.nn.Module):
     """A linear differential operator of a model, compiled to a Taylor-mode graph.
 
     Call it on coordinates ``x`` of shape ``(B, D)`` (or ``(B, *in)``, D being
@@ -69,7 +54,7 @@ class CompiledOperator(torch.nn.Module):
         operator,
         method: str = "collapsed",
         debug_dir=None,
-        backend: str = "eager",
+        backend: str = "auto",
         coords=None,
         params: dict | None = None,
         wrt: int | str | None = None,
@@ -116,6 +101,7 @@ class CompiledOperator(torch.nn.Module):
             )
         self.debug_dir = debug_dir if debug_dir is not None else os.environ.get("TAYLORC_DEBUG_DIR")
         self._graphs: dict = {}
+        self._refused: dict = {}  # per-sample keys whose graph was proved to depend on B
         self._in_shape: tuple[int, ...] | None = None
         self._last = None
 
@@ -204,85 +190,6 @@ class CompiledOperator(torch.nn.Module):
         """The name of the method a call runs: ``method``, or for ``"auto"`` :func:`auto_method`'s."""
         return self.method_obj.resolve(self, args, i).name
 
-    def graph_for(self, x: torch.Tensor, args: tuple | None = None, method=None):
-        """The compiled graph for inputs like ``x``: ``(GraphModule, Captured, PassContext)``.
-
-        Builds and caches it on first use (capture, then the passes of the method).
-        ``args`` are all the call's arguments for models of several (``wrt``);
-        ``method`` a name or :class:`~taylorc.methods.Method` (default: this operator's).
-        """
-        method = self._method(method)
-        args = args if args is not None else (x,)
-        i = next(j for j, a in enumerate(args) if a is x)
-        key = method.key() + (i,) + tuple((tuple(a.shape), a.dtype, a.device) for a in args)
-        hit = self._graphs.get(key)
-        if hit is not None:
-            return hit
-        shared = _SHARED.setdefault(self.fn, {}) if _weakrefable(self.fn) else {}
-        lowering = (self.config.lower_everywhere, self.config.whole_mlp)
-        shared_key = (self._spec_key(), self.backend, self.debug_dir, lowering, key)
-        if shared_key in shared:  # another CompiledOperator of this model built it already
-            self._graphs[key] = shared[shared_key]
-            self._last = shared[shared_key][2]
-            return self._graphs[key]
-        BUILD_COUNT[0] += 1
-        plan = method.plan(self, math.prod(x.shape[1:]))
-        example, args = method.example(x, args)
-        pipeline = lambda cap, ctx: method.passes(self, cap, ctx, x)  # noqa: E731
-        gm, cap, ctx = self.build(x, example, args, i, plan, pipeline)
-        if self.backend in ("inductor", "taylorc"):
-            gm = torch.compile(gm, backend="inductor", dynamic=False)
-        self._graphs[key] = shared[shared_key] = (gm, cap, ctx)
-        self._last = ctx
-        return self._graphs[key]
-
-    def _method(self, method) -> _methods.Method:
-        if method is None:
-            return self.method_obj
-        if isinstance(method, _methods.Method):
-            return method
-        if method == self.method_obj.name:
-            return self.method_obj
-        return _methods.from_name(method)
-
-    def build(self, x, example, args: tuple, i: int, plan, pipeline):
-        """Capture the model on ``args`` (``example`` at position i) and run the passes
-        ``pipeline(cap, ctx)`` returns; ``(GraphModule, Captured, PassContext)``, not cached.
-
-        Shared by :meth:`graph_for` and the sites pipeline (:meth:`taylor_graph`).
-        """
-        cap = self._capture(x, example, args, i)
-        ctx = PassContext(plan, cap.gm, cap.coord, x.dtype, x.device)
-        ctx.probe_inputs = cap.inputs(self.model, *args)  # the exact batch-coupling probe
-        dump = Dumper(self.debug_dir) if self.debug_dir else None
-        return PassManager(pipeline(cap, ctx), dump).run(cap.gm, ctx), cap, ctx
-
-    def _capture(self, x, example, args, i) -> Captured:
-        try:
-            return capture(self.fn, example, args, i)
-        except RuntimeError as e:
-            w = self._expected_width()
-            if w is not None and x.shape[-1] != w:
-                raise ValueError(
-                    f"expected input shape (B, {w}), got {tuple(x.shape)}: the model failed on it "
-                    f"({type(e).__name__}: {str(e).splitlines()[0]})"
-                ) from e
-            raise
-
-    def _spec_key(self):
-        """A hashable description of the requested operators (callables by identity)."""
-
-        def value_key(v):
-            if callable(v) and not isinstance(v, type):
-                return ("callable", id(v))
-            return repr(v)
-
-        ops = tuple(
-            (name, type(op).__name__, tuple(sorted((k, value_key(v)) for k, v in vars(op).items())))
-            for name, op in self.ops.items()
-        )
-        return ops, tuple(self.coords or ())
-
     def taylor_graph(self, *args: torch.Tensor):
         """The Taylor graph at inputs like ``args``, with its linear sites (for KFAC).
 
@@ -336,7 +243,9 @@ class CompiledOperator(torch.nn.Module):
         records = self._last.records
         if records and "flops" not in records[-1] and self._last.final is not None:
             records[-1].update(graph_stats(self._last.final))  # the final graph, on demand
-        return "\n".join([head, self._last.plan.describe(), format_records(records)])
+        return "\n".join(
+            [head, self._last.plan.describe(), format_records(records), _first_call(self._last)]
+        )
 
     def _op_text(self):
         if self.single:
@@ -350,6 +259,20 @@ class CompiledOperator(torch.nn.Module):
         state = self.__dict__.copy()
         state["_graphs"], state["_last"] = {}, None
         return state
+
+
+def _first_call(ctx) -> str:
+    """The batch line, the build's latency by stage and the compile's (explain())."""
+    lat = ctx.latency
+    stages = [k for k in ("capture", "passes", "batch check") if k in lat]
+    parts = " + ".join(f"{k} {lat[k] * 1e3:.0f} ms" for k in stages)
+    lines = [f"batch: {ctx.batch}", f"build: {sum(lat[k] for k in stages) * 1e3:.0f} ms = {parts}"]
+    if "compile" in lat:
+        at = lat.get("compile call", 1)
+        lines.append(
+            f"compile: {lat['compile'] * 1e3:.0f} ms at call {at} (Dynamo, inductor, one evaluation)"
+        )
+    return "\n".join(lines)
 
 
 def _argument_names(fn) -> list[str]:
@@ -392,9 +315,14 @@ def compile(model: torch.nn.Module | Callable, operator="laplacian", **options) 
             Stein's identity, no back-propagation; He et al. 2023).
         debug_dir: write every pass's graph, node table, picture and a summary
             here (default: the ``TAYLORC_DEBUG_DIR`` environment variable).
-        backend: ``"eager"`` (run the fx graph op by op), ``"inductor"``
-            (``torch.compile`` the rewritten graph), or ``"taylorc"`` (the
-            activation steps lowered to fused kernels on CUDA, the rest to inductor).
+        backend: ``"auto"`` (default: the graph runs op by op for its first
+            ``config.auto_compile_after`` = 10 calls, then is compiled as with
+            ``"taylorc"``, its batch dim dynamic; on the CPU the allocator is tuned once,
+            :func:`taylorc.cpu.auto_tune`), ``"eager"`` (op by op, always), ``"inductor"``
+            (``torch.compile`` the rewritten graph at the first call), or ``"taylorc"``
+            (inductor after taylorc's CPU ``tanh`` rewrite; on CUDA the activation
+            steps lowered to fused kernels). Every choice is overridable per operator
+            through ``op.config`` (:class:`taylorc.config.Config`).
         coords: names of the input columns, ``"x y t"`` or a list; needed by
             expressions such as ``"u_t - 0.01*u_xx"`` (see docs/operators.md).
         params: names usable in expression coefficients, e.g. ``{"nu": 0.01}``.

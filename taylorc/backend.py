@@ -13,6 +13,8 @@ Guards and graph breaks are Dynamo's, exactly as with ``backend="inductor"``.
 from __future__ import annotations
 
 import logging
+import time
+import warnings
 
 import torch
 import torch.fx
@@ -60,4 +62,128 @@ def taylorc_backend(gm: torch.fx.GraphModule, example_inputs):
     return compile_fx(gm, example_inputs)
 
 
-__all__ = ["taylorc_backend", "cleanup", "lower_foreign"]
+class CompiledGraph:
+    """A taylorc graph under ``torch.compile`` (inductor), its first call timed.
+
+    Args:
+        gm: the graph; ``dynamic``: the position of the input whose dim 0 (the batch)
+            is dynamic (None: every shape static, one compile per shape); ``latency``: a
+            dict that receives ``"compile"``, the seconds of the first call (Dynamo,
+            inductor, and one evaluation).
+
+    The batch dim is marked *unbacked* (``torch._dynamo.decorators.mark_unbacked``): a
+    plain dynamic dim gets guards from inductor's size heuristics (a small first batch
+    compiles for ``2 <= B <= 24`` only, and the next batch recompiles); an unbacked one
+    gets none, so one compile serves every B. Should a graph need a guard on B, the
+    compile fails and is redone with ``maybe_mark_dynamic`` (then inductor may recompile
+    across its thresholds). The mark goes on an alias, never on the caller's tensor.
+    Calls return what ``gm`` returns; attributes not found here are the graph's
+    (``_orig_mod`` is the graph, as on ``torch.compile``'s own wrapper).
+    """
+
+    def __init__(self, gm: torch.fx.GraphModule, dynamic: int | None, latency: dict):
+        self._orig_mod = gm
+        self.dynamic, self.latency = dynamic, latency
+        self.mark = None if dynamic is None else torch._dynamo.decorators.mark_unbacked
+        self.compiled = self._compile()
+        self._timed = False
+
+    def _compile(self):
+        # dynamic=None: only the marked dim is dynamic; dynamic=False: every shape static
+        return torch.compile(
+            self._orig_mod, backend="inductor", dynamic=False if self.dynamic is None else None
+        )
+
+    def _call(self, inputs):
+        if self.mark is not None:
+            inputs = list(inputs)
+            x = inputs[self.dynamic] = inputs[self.dynamic].view(inputs[self.dynamic].shape)
+            self.mark(x, 0)
+        return self.compiled(*inputs)
+
+    def __call__(self, *inputs):
+        if self._timed:
+            return self._call(inputs)
+        t0 = time.perf_counter()
+        try:
+            out = self._call(inputs)
+        except Exception as e:  # noqa: BLE001 - retried once, else re-raised
+            if self.mark is not torch._dynamo.decorators.mark_unbacked or not _unbacked_failure(e):
+                raise
+            log.info("taylorc: the graph guards on the batch size; compiling with a dynamic dim")
+            self.mark, self.compiled = torch._dynamo.maybe_mark_dynamic, self._compile()
+            out = self._call(inputs)
+        self.latency["compile"] = time.perf_counter() - t0
+        self._timed = True
+        return out
+
+    def __getattr__(self, name):
+        if name.startswith("__") or name == "_orig_mod":
+            raise AttributeError(name)
+        return getattr(self._orig_mod, name)
+
+
+class AutoGraph:
+    """``backend="auto"``: the graph runs eagerly, then compiled once it has been warmed up.
+
+    The first ``config.auto_compile_after`` calls run ``gm`` op by op (the first call
+    stays as fast as the eager backend's); the next call rewrites the CPU's float32
+    ``tanh`` (:func:`taylorc.passes.cpu_tanh.rewrite_tanh`, as ``backend="taylorc"``
+    does) and compiles the graph as a :class:`CompiledGraph` (batch dim dynamic when
+    ``dynamic`` is given), synchronously. A compile that fails is reported once with a
+    warning and the graph stays eager. ``config.auto_compile_after = None`` never
+    compiles; the value is read at every call until the compile.
+
+    Args:
+        gm: the graph; dynamic, latency: as for :class:`CompiledGraph`; config: the
+            operator's :class:`taylorc.config.Config`; rewrite_tanh: whether the graph
+            is a CPU float32 one (then ``tanh`` is rewritten before compiling).
+    """
+
+    def __init__(self, gm, dynamic: int | None, latency: dict, config, rewrite_tanh: bool):
+        self._orig_mod = gm
+        self.dynamic, self.latency, self.config = dynamic, latency, config
+        self.rewrite_tanh, self.calls, self.compiled, self.failed = rewrite_tanh, 0, None, None
+
+    def __call__(self, *inputs):
+        if self.compiled is not None:
+            return self.compiled(*inputs)
+        after = self.config.auto_compile_after
+        self.calls += 1
+        if self.failed is not None or after is None or self.calls <= after:
+            return self._orig_mod(*inputs)
+        try:
+            if self.rewrite_tanh:
+                from .passes.cpu_tanh import rewrite_tanh
+
+                rewrite_tanh(self._orig_mod)  # still right when run eagerly
+            compiled = CompiledGraph(self._orig_mod, self.dynamic, self.latency)
+            out = compiled(*inputs)
+        except Exception as e:  # noqa: BLE001 - the eager graph ran these inputs before
+            self.failed = e
+            warnings.warn(
+                f"taylorc backend='auto': compiling the graph failed ({type(e).__name__}: "
+                f"{str(e).splitlines()[0] if str(e) else ''}); it keeps running eagerly. "
+                "Pass backend='eager' to silence this.",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+            return self._orig_mod(*inputs)
+        self.compiled = compiled
+        self.latency["compile call"] = self.calls
+        return out
+
+    def __getattr__(self, name):
+        if name.startswith("__") or name == "_orig_mod":
+            raise AttributeError(name)
+        return getattr(self._orig_mod, name)
+
+
+def _unbacked_failure(e: Exception) -> bool:
+    text = f"{type(e).__name__}: {e}"
+    return any(
+        s in text for s in ("DataDependent", "data-dependent", "unbacked", "Could not guard")
+    )
+
+
+__all__ = ["AutoGraph", "CompiledGraph", "taylorc_backend", "cleanup", "lower_foreign"]

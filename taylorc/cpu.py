@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import logging
+import os
 import platform
 
 _M_TRIM_THRESHOLD = -1  # glibc <malloc.h> mallopt parameters
@@ -60,3 +62,35 @@ def tune_allocator(
     ok_mmap = libc.mallopt(_M_MMAP_THRESHOLD, ctypes.c_int(mmap_threshold))
     ok_trim = libc.mallopt(_M_TRIM_THRESHOLD, ctypes.c_int(min(trim_threshold, 2**31 - 1)))
     return bool(ok_mmap) and bool(ok_trim)
+
+
+_AUTO: list = [None]  # auto_tune's decision, once per process
+_USER_ALLOCATOR = ("jemalloc", "tcmalloc", "mimalloc")
+_USER_SETTINGS = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "GLIBC_TUNABLES")
+
+
+def auto_tune() -> bool:
+    """:func:`tune_allocator` once per process, unless the user configured the allocator.
+
+    ``backend="auto"`` (the default of :func:`taylorc.compile`) calls it at its first CPU
+    graph. It does nothing when ``TAYLORC_TUNE_ALLOCATOR=0``, when ``LD_PRELOAD`` names
+    jemalloc, tcmalloc or mimalloc, or when glibc's own ``MALLOC_MMAP_THRESHOLD_``,
+    ``MALLOC_TRIM_THRESHOLD_`` or ``GLIBC_TUNABLES`` are set (the user's choice wins), and
+    off glibc. Its price is :func:`tune_allocator`'s: up to 1 GiB of freed heap stays
+    reserved by the process. Turn it off per operator with
+    ``op.config.tune_allocator = False``, for all with
+    ``taylorc.config.CONFIG.tune_allocator = False`` or the environment variable.
+
+    Returns:
+        whether the allocator is tuned (the first call's answer, every time).
+    """
+    if _AUTO[0] is None:
+        env = os.environ
+        skip = (
+            env.get("TAYLORC_TUNE_ALLOCATOR", "1").strip().lower() in ("0", "", "false", "no")
+            or any(lib in env.get("LD_PRELOAD", "") for lib in _USER_ALLOCATOR)
+            or any(k in env for k in _USER_SETTINGS)
+        )
+        _AUTO[0] = False if skip else tune_allocator()
+        logging.getLogger(__name__).info("taylorc: allocator tuned: %s", _AUTO[0])
+    return _AUTO[0]

@@ -26,6 +26,16 @@ if not torch.cuda.is_available():  # the Triton kernels run in the interpreter o
 if os.environ.get("TAYLORC_TEST_DEVICE", "cpu") != "cpu":
     torch.set_default_device(os.environ["TAYLORC_TEST_DEVICE"])
 
+# backend="auto" (the default) stays eager in the suite: no inductor compile after warm-up,
+# no process-wide allocator change (tests/test_dynamic_batch.py switches both on where
+# tested); environment variables, so subprocesses (torchrun, probes) inherit them
+os.environ.setdefault("TAYLORC_AUTO_COMPILE_AFTER", "never")
+os.environ.setdefault("TAYLORC_TUNE_ALLOCATOR", "0")
+import taylorc.config  # noqa: E402  (after TRITON_INTERPRET: taylorc imports triton)
+
+taylorc.config.CONFIG.auto_compile_after = taylorc.config._compile_after()
+taylorc.config.CONFIG.tune_allocator = taylorc.config._flag("TAYLORC_TUNE_ALLOCATOR")
+
 
 @pytest.fixture(autouse=True)
 def _seed():

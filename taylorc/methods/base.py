@@ -23,6 +23,11 @@ class Method:
     name = ""
     needs_wrt = False  # the call has several arguments and wrt= names the coordinates
     builds_graph = True
+    # whether the graph may serve every batch size (then proved per build by
+    # passes.batch_size.generalize); a method whose graph depends on B says why not
+    dynamic_batch = True
+    static_reason = ""
+    compilable = True  # backend="auto" may compile the graph after warm-up
 
     def check(self, op) -> None:
         """Raise ``ValueError`` for options that do not fit the compiled operator."""

@@ -31,10 +31,12 @@ class Stochastic(Method):
         generator: the ``torch.Generator`` drawn from (default: torch's global one).
 
     Raises:
-        ValueError: samples missing or < 1; a backend other than eager; several operators.
+        ValueError: samples missing or < 1; a backend other than eager (``auto`` runs
+            eagerly); several operators.
     """
 
     name = "stochastic"
+    compilable = False  # the directions buffer is reassigned per call: eager only
 
     def __init__(self, samples=None, distribution="rademacher", generator=None):
         _check_samples(self.name, samples)
@@ -44,7 +46,7 @@ class Stochastic(Method):
         return (self.name, ("samples", self.samples), ("distribution", self.distribution))
 
     def check(self, op):
-        if op.backend != "eager":
+        if op.backend not in ("eager", "auto"):
             raise ValueError(
                 "method='stochastic' redraws its directions per call: use backend='eager'"
             )
@@ -78,6 +80,11 @@ class Stein(Method):
     """
 
     name = "stein"
+    dynamic_batch = False
+    static_reason = (
+        "Stein's graph evaluates the model on the replicated batch (2S+1)B and reshapes "
+        "the result by B, so it is built per batch size"
+    )
 
     def __init__(self, samples=None, sigma=None, variance_reduction=True, generator=None):
         _check_samples(self.name, samples)

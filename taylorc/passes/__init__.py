@@ -97,6 +97,9 @@ class PassContext:
         probe_inputs: real tensors for the source graph's placeholders (parameters,
             buffers, arguments), for the exact batch-coupling probe
             (:func:`taylorc.passes.batch.probe_rows`); None: the graph analysis decides.
+        latency: seconds of the first call's stages (``"capture"``, ``"passes"``,
+            ``"batch check"``, ``"compile"``), set by :class:`~taylorc.api.CompiledOperator`.
+        batch: whether the graph serves every batch size, or why it is specialised to one.
     """
 
     plan: JetPlan
@@ -108,6 +111,8 @@ class PassContext:
     batch_axis: int | None = 0
     probe_inputs: list | None = None
     final: Any = None
+    latency: dict[str, float] = field(default_factory=dict)
+    batch: str = ""
 
     def warn(self, message: str) -> None:
         warnings.warn(message, UserWarning, stacklevel=4)
