@@ -135,7 +135,8 @@ CASES = {
     # special functions
     "erfc": lambda x: torch.erfc(x @ W),
     "erfinv": lambda x: torch.erfinv(0.8 * torch.tanh(x @ W)),
-    "acosh": lambda x: torch.acosh(2.5 + torch.sin(x @ W)),  # argument >= 1.5: away from the branch point
+    # argument >= 1.5: away from acosh's branch point at 1
+    "acosh": lambda x: torch.acosh(2.5 + torch.sin(x @ W)),
     "atanh": lambda x: torch.atanh(0.8 * torch.tanh(x @ W)),
     "exp2": lambda x: torch.exp2(x @ W),
     "lgamma": lambda x: torch.lgamma(2 + torch.sin(x @ W)),
