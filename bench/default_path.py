@@ -31,6 +31,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from laplacian import build, make_step
 from timing import round_robin
 
 CONFIGS = {
@@ -41,31 +42,14 @@ CONFIGS = {
 
 def child(config: str, mode: str, repeats: int, threads: int) -> dict:
     import torch
-    from torch import nn
 
     import taylorc
 
     torch.set_num_threads(threads)
-    torch.manual_seed(0)
-    cfg = CONFIGS[config]
-    layers, d = [], cfg["D"]
-    for w in cfg["widths"]:
-        layers += [nn.Linear(d, w), nn.Tanh()]
-        d = w
-    model = nn.Sequential(*layers, nn.Linear(d, 1))
-    x = torch.rand(cfg["B"], cfg["D"])
+    model, x = build(CONFIGS[config], "cpu", torch.float32)  # seeds 0 itself
 
     def step_of(op, m):
-        def step():
-            if mode == "eval":
-                with torch.no_grad():
-                    return op(x)
-            m.zero_grad(set_to_none=True)
-            loss = op(x).pow(2).mean()
-            loss.backward()
-            return loss
-
-        return step
+        return make_step("collapsed", op, m, x, mode)
 
     def timed(fn):
         t0 = time.perf_counter()

@@ -22,6 +22,7 @@ import platform
 import statistics
 from pathlib import Path
 
+from laplacian import build, make_step
 from timing import round_robin
 
 CONFIGS = {
@@ -32,33 +33,16 @@ CONFIGS = {
 
 def run(config: str, backend: str, repeats: int) -> dict:
     import torch
-    from torch import nn
 
     import taylorc
 
-    torch.manual_seed(0)
-    cfg = CONFIGS[config]
-    layers, d = [], cfg["D"]
-    for w in cfg["widths"]:
-        layers += [nn.Linear(d, w), nn.Tanh()]
-        d = w
-    model = nn.Sequential(*layers, nn.Linear(d, 1))
-    x = torch.rand(cfg["B"], cfg["D"])
+    model, x = build(CONFIGS[config], "cpu", torch.float32)  # seeds 0 itself
     steps = {}
     for kind in ("static", "dynamic"):
         m = copy.deepcopy(model)
         op = taylorc.compile(m, "laplacian", backend=backend)
         op.config.dynamic_batch = kind == "dynamic"
-
-        def evaluate(op=op):
-            with torch.no_grad():
-                return op(x)
-
-        def train(op=op, m=m):
-            m.zero_grad(set_to_none=True)
-            op(x).pow(2).mean().backward()
-
-        steps[kind] = {"eval": evaluate, "train": train}
+        steps[kind] = {mode: make_step("collapsed", op, m, x, mode) for mode in ("eval", "train")}
     out = {}
     for mode in ("eval", "train"):
         times = round_robin({k: v[mode] for k, v in steps.items()}, repeats, warmup=3)
