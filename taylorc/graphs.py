@@ -62,10 +62,9 @@ class GraphCache:
         args = args if args is not None else (x,)
         i = next(j for j, a in enumerate(args) if a is x)
         static = method.key() + (i,) + tuple((tuple(a.shape), a.dtype, a.device) for a in args)
-        dynamic = self._dynamic_key(method, args, i)
         shared = _SHARED.setdefault(self.fn, {}) if _weakrefable(self.fn) else {}
-        lowering = (self.config.lower_everywhere, self.config.whole_mlp)
-        prefix = (self._spec_key(), self.backend, self.debug_dir, lowering)
+        prefix = self._shared_prefix()
+        dynamic = self._dynamic_key(method, args, i, shared, prefix)
         for key in (dynamic, static):
             hit = None if key is None else self._graphs.get(key, shared.get(prefix + (key,)))
             if hit is not None:  # built by this operator, or another one of this model
@@ -95,8 +94,14 @@ class GraphCache:
         self._last = ctx
         return self._graphs[key]
 
-    def _dynamic_key(self, method, args: tuple, i: int) -> tuple | None:
-        """The cache key of a graph for every batch size, or None where none may be built."""
+    def _shared_prefix(self) -> tuple:
+        """What a graph shared between operators of one model must also agree on."""
+        lowering = (self.config.lower_everywhere, self.config.whole_mlp)
+        return (self._spec_key(), self.backend, self.debug_dir, lowering)
+
+    def _dynamic_key(self, method, args: tuple, i: int, shared: dict, prefix: tuple):
+        """The cache key of a graph for every batch size, or None where none may be built
+        (``shared``, ``prefix``: the model's shared cache and this operator's prefix in it)."""
         x = args[i]
         if not (self.config.dynamic_batch and method.dynamic_batch and x.shape[0] >= 2):
             return None
@@ -105,9 +110,6 @@ class GraphCache:
             for j, a in enumerate(args)
         )
         key = method.key() + (i,) + shapes
-        shared = _SHARED.get(self.fn, {}) if _weakrefable(self.fn) else {}
-        lowering = (self.config.lower_everywhere, self.config.whole_mlp)
-        prefix = (self._spec_key(), self.backend, self.debug_dir, lowering)
         refused = key in self._refused or prefix + ("refused", key) in shared
         return None if refused else key
 
