@@ -52,10 +52,12 @@ class Reducer:
 
     Args:
         group: a ``ProcessGroup`` of two or more ranks (see :func:`resolve`).
+        device: where the point counts are reduced: the model's device (NCCL reduces
+            CUDA tensors only, and a rank with no points has no points' device to use).
     """
 
-    def __init__(self, group):
-        self.group = group
+    def __init__(self, group, device: torch.device | str = "cpu"):
+        self.group, self.device = group, torch.device(device)
         self.rank, self.world = dist.get_rank(group), dist.get_world_size(group)
 
     def sum_(self, tensors: list[torch.Tensor]) -> None:
@@ -83,11 +85,8 @@ class Reducer:
         """
         terms = sorted(points)
         n = {t: 0 if points[t] is None else points[t].shape[0] for t in terms}
-        x = next((v for v in points.values() if v is not None), None)
         local = torch.tensor(
-            [[n[t], n[t] == 0] for t in terms],
-            dtype=torch.int64,
-            device=None if x is None else x.device,
+            [[n[t], n[t] == 0] for t in terms], dtype=torch.int64, device=self.device
         )
         dist.all_reduce(local, group=self.group)
         empty = [t for t, (_, e) in zip(terms, local.tolist()) if e]

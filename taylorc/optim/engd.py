@@ -62,7 +62,7 @@ class ENGD(torch.optim.Optimizer):
         self.model, self.residuals = model, dict(residuals)
         self._value_op = _compile(model, "u")
         self._checked: set = set()
-        self._reducer = None if group is None else Reducer(group)
+        self._reducer = None if group is None else Reducer(group, next(model.parameters()).device)
         if self._reducer is not None:
             self._reducer.broadcast_(model.parameters())
 

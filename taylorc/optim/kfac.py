@@ -120,7 +120,7 @@ class KFAC(torch.optim.Optimizer):
         self._solvers: dict | None = None
         self._checked: set = set()
         self.last: dict = {}  # the last step's vectors (for tests and diagnostics)
-        self._reducer = None if group is None else Reducer(group)
+        self._reducer = None if group is None else Reducer(group, next(model.parameters()).device)
         self._split = self._reducer is not None and split_inversion is not False
         if self._reducer is not None:
             self._reducer.broadcast_(model.parameters())
