@@ -8,7 +8,9 @@ Dangel, Müller, Zeinhofer, NeurIPS 2024, Sec. 4) or the (4+1)-d heat problem
 time and step. Adam's learning rate is tuned on the grid ``--adam-lrs`` by short runs
 (``--tune-seconds`` each); Adam -> L-BFGS spends half the budget in each.
 
-``steps``: KFAC* for ``--steps`` steps, the error every 250 steps (step-indexed).
+``steps``: KFAC* for ``--steps`` steps, the error every 250 steps (step-indexed), one run
+per network-initialisation seed in ``--seeds`` (same data stream), at ``HYPER``'s λ and β or
+``--damping``/``--ema``; results keyed ``steps/<problem>-damping<λ>-ema<β>``.
 
 ``cost``: seconds per step of KFAC*, KFAC (line search) and ENGD relative to an Adam
 step on the same batch (Poisson, N = 3000/500), for nets of 449, 10,065 and 116,864
@@ -19,11 +21,13 @@ taylorc | tar -x -C PATH``) to the same rounds; ``--clock cpu`` times thread CPU
 
 ``split``: where a KFAC* step's time goes (CPU time per part, see :func:`split`).
 
-Results merge into ``bench/results/kfac-<device>.json``; ``plot`` draws
+Results merge into ``bench/results/kfac-<device>.json`` (or ``--results PATH``: runs that
+go side by side write separate files); ``plot`` draws
 ``docs/img/kfac-<device>.png``.
 
     python bench/kfac.py curves --problem poisson --seconds 600
-    python bench/kfac.py steps --steps 10000   # KFAC* by step (about 30 min)
+    python bench/kfac.py steps --steps 10000 --seeds 1 2 3   # about 8 min per seed
+    python bench/kfac.py steps --steps 3000 --seeds 1 2 --damping 1e-11 --ema 0.771
     python bench/kfac.py cost --repeats 5
     python bench/kfac.py cost --repeats 7 --before /tmp/before --clock cpu
     python bench/kfac.py split --nets 449 10065 --repeats 15
