@@ -47,6 +47,17 @@ def resolve(process_group, model: torch.nn.Module):
     return process_group if dist.get_world_size(process_group) > 1 else None
 
 
+def model_reducer(group, model: torch.nn.Module) -> Reducer | None:
+    """The :class:`Reducer` of an optimiser of ``model`` over ``group`` (from :func:`resolve`;
+    ``None``: single-process, returns ``None``), on the model's device, after giving every
+    rank rank 0's parameters (the ranks start from one initialisation)."""
+    if group is None:
+        return None
+    reducer = Reducer(group, next(model.parameters()).device)
+    reducer.broadcast_(model.parameters())
+    return reducer
+
+
 class Reducer:
     """Sums over all ranks of a process group, and the point counts of each term.
 

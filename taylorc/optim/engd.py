@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from .distributed import Reducer, resolve
+from .distributed import model_reducer, resolve
 from .factors import from_vector, layer_gradient, to_vector
 from .gramian import dense_gramian, layout, size
 from .record import linearize
@@ -62,9 +62,7 @@ class ENGD(torch.optim.Optimizer):
         self.model, self.residuals = model, dict(residuals)
         self._value_op = _compile(model, "u")
         self._checked: set = set()
-        self._reducer = None if group is None else Reducer(group, next(model.parameters()).device)
-        if self._reducer is not None:
-            self._reducer.broadcast_(model.parameters())
+        self._reducer = model_reducer(group, model)
 
     def step(self, points: dict) -> dict[str, float]:
         """One ENGD step on ``points``; returns term name -> ½ mean ||r||² before it."""

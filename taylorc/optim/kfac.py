@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from .distributed import Reducer, resolve
+from .distributed import model_reducer, resolve
 from .factors import APPROX, layer_factors, layer_gradient
 from .gramian import layout
 from .kronecker import KroneckerSum
@@ -120,10 +120,8 @@ class KFAC(torch.optim.Optimizer):
         self._solvers: dict | None = None
         self._checked: set = set()
         self.last: dict = {}  # the last step's vectors (for tests and diagnostics)
-        self._reducer = None if group is None else Reducer(group, next(model.parameters()).device)
+        self._reducer = model_reducer(group, model)
         self._split = self._reducer is not None and split_inversion is not False
-        if self._reducer is not None:
-            self._reducer.broadcast_(model.parameters())
 
     # -- one step -------------------------------------------------------------------
 
