@@ -48,7 +48,7 @@ from pathlib import Path
 import torch
 from timing import round_robin
 
-from taylorc.demos.common import boundary_points, mlp, relative_l2
+from taylorc.demos.common import SECOND_ORDER_DEFAULTS, boundary_points, mlp, relative_l2
 from taylorc.demos.poisson import exact as poisson_exact
 from taylorc.demos.poisson import interior_points, source
 
@@ -58,14 +58,11 @@ RESULTS = ROOT / "results" / f"kfac-{DEVICE}.json"
 METHODS = ["kfac*", "kfac", "engd", "adam", "adam-lbfgs"]
 NETS = {"449": [64], "10065": [64, 64, 48, 48], "116864": [256, 256, 128, 128]}
 DT = torch.float64
-# λ, β (and μ) of the second-order methods. KFAC*, KFAC: the best runs of the anchor's
-# first 5-d Poisson sweep (kfac-pinns-experiments exp10 at commit 9c52f57); its later
-# fine-tuned sweep, whose runs the paper reports, found KFAC* λ = 9.8e-13, β = 0.771 --
-# no better here across seeds (docs/kfac.md, `steps` runs). ENGD: tuned here.
+# λ, β (and μ) of the second-order methods: the demos' (where they come from is said there).
 HYPER = {
-    "kfac*": dict(lr="auto", damping=2.7e-9, ema=0.937),
-    "kfac": dict(lr="line_search", damping=3.5e-10, ema=0.19, momentum=0.63),
-    "engd": dict(damping=1e-10, ema=0.3),
+    "kfac*": dict(lr="auto", **SECOND_ORDER_DEFAULTS["kfac*"]),
+    "kfac": dict(lr="line_search", **SECOND_ORDER_DEFAULTS["kfac"]),
+    "engd": {k: SECOND_ORDER_DEFAULTS["engd"][k] for k in ("damping", "ema")},
 }
 
 
