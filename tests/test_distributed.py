@@ -8,8 +8,9 @@ CompiledOperator itself, and a ZCS DeepONet. A control case without DDP must dif
 A second launch does the same for ``taylorc.optim`` (KFAC*, with and without the
 split inversion; KFAC-reduce* with update_every 2, invert_every 3 and a
 state_dict round trip; line-search KFAC with three terms; ENGD) on UNEVEN shards, with a
-local-only control. The example ``examples/poisson_ddp.py`` runs a few steps under
-the same launcher. Single-process: ``KroneckerSum`` rebuilt from another's
+local-only control: the ranks' parameters agree bitwise, and with the one-process run to
+1e-12 (kfac_every, whose rounding a near-singular step amplifies: 1e-9). The example
+``examples/poisson_ddp.py`` runs a few steps under the same launcher. Single-process: ``KroneckerSum`` rebuilt from another's
 factorization (what the split inversion broadcasts) solves alike.
 """
 
@@ -64,12 +65,22 @@ def test_ddp_two_ranks_equal_single_process():
     assert found["local"][0] > 1e-6, found["local"]
 
 
+# How far a case moves when only the order of its sums changes, measured in one
+# process by permuting the points (5 permutations, this machine): kfac_star 3.6e-14,
+# engd 4.5e-14, kfac_ls 2.8e-16, kfac_every 4.6e-11. kfac_every's step 1 solves a
+# near-singular 2x2 system (its stale factors make the new direction nearly parallel
+# to the previous step: alpha = -90, mu = 8.9e3), so its rounding is amplified; its
+# bound stays far below what a wrong reduction gives (the control: 1e-1).
+KFAC_TOL = {"kfac_every": 1e-9}
+
+
 @needs_gloo
 def test_kfac_two_ranks_uneven_shards_equal_single_process():
     found, stdout = run_cases(KFAC_CASES)
     for case in KFAC_CASES[:-1]:
-        assert found[case][0] <= 1e-12, (case, found[case])
-        assert found[case][1] <= 1e-12, (case, found[case])  # ranks stay in lockstep
+        assert found[case][0] <= KFAC_TOL.get(case, 1e-12), (case, found[case])
+        # lockstep, bitwise: every rank solves the same reduced numbers in the same layout
+        assert found[case][1] == 0, (case, found[case])
     # the control reduced nothing (a group of one rank each): it must not match
     assert found["kfac_local"][0] > 1e-6 and found["kfac_local"][1] > 1e-6, found["kfac_local"]
     assert "DDP_WRAPPER_REJECTED" in stdout and "EMPTY_SHARD_REJECTED" in stdout, stdout

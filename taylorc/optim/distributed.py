@@ -121,6 +121,10 @@ class Reducer:
         Layers go to ranks greedily by cost (Σ d³ of their factors, largest first);
         each rank packs its layers' factorizations into one buffer and broadcasts it:
         one ``broadcast`` per rank. Every rank must pass the same (reduced) ``pairs``.
+        The owner, too, solves with the views of its broadcast buffer: MKL's products
+        depend on the operands' memory alignment (a (64, 64) by (64, 1) product differs
+        in the last bits between offsets), so the same layout on every rank keeps the
+        ranks' steps bitwise equal.
         """
         cost = {n: p[0][0].shape[0] ** 3 + p[0][1].shape[0] ** 3 for n, p in pairs.items()}
         load, owner = [0] * self.world, {}
@@ -140,8 +144,6 @@ class Reducer:
             else:
                 buf = torch.empty(numel, dtype=torch.float64, device=device)
             dist.broadcast(buf, group=self.group, group_src=r)
-            if r == self.rank:
-                continue
             i = 0
             for n in mine:
                 got = []
