@@ -55,7 +55,9 @@ class KFAC(torch.optim.Optimizer):
         momentum: μ of ``"line_search"`` and float ``lr`` (ignored by ``"auto"``).
         approx: ``"expand"`` (the paper's) or ``"reduce"``.
         update_every: recompute the factors every k steps.
-        invert_every: re-factor the solves every k steps.
+        invert_every: re-factor the solves every k steps. With ``lr="auto"`` and a
+            small fixed damping, stale factors (k > 1) can make KFAC* diverge
+            (measured in docs/kfac.md, "Options"); the defaults refresh every step.
         initial_lr: α of KFAC*'s first step (no previous direction yet).
         process_group: data parallelism over ``torch.distributed`` (docs/distributed.md).
             ``None``: the default group when ``torch.distributed`` is initialized with
