@@ -18,8 +18,9 @@ parameters, timed round-robin (``bench/timing.py``); ratios are medians of per-r
 ratios. Each sample is a block of ``--block`` consecutive steps (the mean), after one
 untimed step, as in training: a single step right after another method's (larger)
 step runs on cold caches and freshly faulted memory, which on this CPU doubled
-Adam's 449-parameter step (9.1 ms against 4.3 ms back to back) and halved the ratios. ``--before PATH`` adds the KFAC* of the checkout at PATH (``git archive REV
-taylorc | tar -x -C PATH``) to the same rounds; ``--clock cpu`` times thread CPU time
+Adam's 449-parameter step (9.1 ms against 4.3 ms back to back) and halved the ratios.
+``--before PATH`` adds the KFAC* of the checkout at PATH (``git archive REV taylorc |
+tar -x -C PATH``) to the same rounds; ``--clock cpu`` times thread CPU time
 (robust to preemption on a shared machine, not to memory-bandwidth contention).
 
 ``split``: where a KFAC* step's time goes (CPU time per part, see :func:`split`).

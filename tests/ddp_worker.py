@@ -5,8 +5,7 @@ repeats the 3 steps in one process on the whole set (same initial parameters) an
 prints ``CASE <name> maxdiff <float> spread <float> moved <float>`` (spread: the
 largest difference of any rank's parameters from rank 0's); the test requires every
 case, maxdiff <= 1e-12 (kfac_every: 1e-9, see the test) and spread <= 1e-12 (KFAC and
-ENGD: 0, bitwise). Adam cases (under DistributedDataParallel,
-equal shards):
+ENGD: 0, bitwise). Adam cases (under DistributedDataParallel, equal shards):
 
 - ``laplacian``: the PINN loss module (compiled Laplacian + boundary term) in DDP;
 - ``dict``: the same with the dict operator ``{"u": "u", "lap": "laplacian"}``;

@@ -10,8 +10,9 @@ split inversion; KFAC-reduce* with update_every 2, invert_every 3 and a
 state_dict round trip; line-search KFAC with three terms; ENGD) on UNEVEN shards, with a
 local-only control: the ranks' parameters agree bitwise, and with the one-process run to
 1e-12 (kfac_every, whose rounding a near-singular step amplifies: 1e-9). The example
-``examples/poisson_ddp.py`` runs a few steps under the same launcher. Single-process: ``KroneckerSum`` rebuilt from another's
-factorization (what the split inversion broadcasts) solves alike.
+``examples/poisson_ddp.py`` runs a few steps under the same launcher. Single-process:
+``KroneckerSum`` rebuilt from another's factorization (what the split inversion
+broadcasts) solves alike.
 """
 
 import os
