@@ -73,12 +73,19 @@ class Reducer:
 
     def sum_(self, tensors: list[torch.Tensor]) -> None:
         """All-reduce (sum) ``tensors`` in place: one collective per (dtype, device)."""
+        self._packed(tensors, lambda flat: dist.all_reduce(flat, group=self.group))
+
+    @staticmethod
+    @torch.no_grad()
+    def _packed(tensors, collective) -> None:
+        """Run ``collective`` in place on ``tensors`` packed into one flat buffer per
+        (dtype, device), then copy the results back."""
         by_kind: dict = {}
         for t in tensors:
             by_kind.setdefault((t.dtype, t.device), []).append(t)
         for ts in by_kind.values():
             flat = torch.cat([t.reshape(-1) for t in ts])
-            dist.all_reduce(flat, group=self.group)
+            collective(flat)
             i = 0
             for t in ts:
                 t.copy_(flat[i : i + t.numel()].view_as(t))
@@ -109,11 +116,18 @@ class Reducer:
         totals = {t: int(n) for t, (n, _) in zip(terms, local.tolist())}
         return {t: n[t] / totals[t] for t in terms}, totals
 
-    @torch.no_grad()
     def broadcast_(self, tensors) -> None:
-        """Give every rank rank 0's values of ``tensors`` (in place; e.g. parameters)."""
-        for t in tensors:
-            dist.broadcast(t.data, group=self.group, group_src=0)
+        """Give every rank rank 0's values of ``tensors`` (in place; e.g. parameters, or a
+        step's direction): one ``broadcast`` per (dtype, device).
+
+        The optimisers broadcast each step's direction: every rank computes it from the
+        same reduced numbers, but MKL does not promise bitwise equal results on equal
+        inputs (its kernels depend on memory alignment, among others), and ranks that
+        drift apart by one rounding error drift further with every KFAC* step."""
+        self._packed(
+            [t.data for t in tensors],
+            lambda flat: dist.broadcast(flat, group=self.group, group_src=0),
+        )
 
     def solvers(self, pairs: dict[str, list]) -> dict[str, KroneckerSum]:
         """One :class:`KroneckerSum` per layer, each factorised by one rank and broadcast.
@@ -123,8 +137,7 @@ class Reducer:
         one ``broadcast`` per rank. Every rank must pass the same (reduced) ``pairs``.
         The owner, too, solves with the views of its broadcast buffer: MKL's products
         depend on the operands' memory alignment (a (64, 64) by (64, 1) product differs
-        in the last bits between offsets), so the same layout on every rank keeps the
-        ranks' steps bitwise equal.
+        in the last bits between offsets), so every rank solves with the same layout.
         """
         cost = {n: p[0][0].shape[0] ** 3 + p[0][1].shape[0] ** 3 for n, p in pairs.items()}
         load, owner = [0] * self.world, {}

@@ -105,6 +105,8 @@ class ENGD(torch.optim.Optimizer):
         G = self._average(G.double(), group["ema"])
         G = G + group["damping"] * torch.eye(len(G), dtype=G.dtype, device=G.device)
         d = torch.linalg.lstsq(G, -grad.double()[:, None], driver="gelsd").solution[:, 0]
+        if rd is not None:  # rank 0's direction: the ranks stay bitwise in lockstep
+            rd.broadcast_([d])
         blocks, i = {}, 0
         for ref in layers:
             blocks[ref.weight] = from_vector(d[i : i + size(ref)].to(grad.dtype), ref)

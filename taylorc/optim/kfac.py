@@ -207,11 +207,13 @@ class KFAC(torch.optim.Optimizer):
                     reducer=self._reducer,
                 )
             delta = {w: alpha * Delta[w] + (mu * prev[w] if w in prev else 0) for w in Delta}
+            self._same_on_all_ranks(delta)
             add_(self.model, layers, delta)
             self.last.update(alpha=alpha, mu=mu)
             return delta
         mu = group["momentum"]
         delta = {w: Delta[w] + (mu * prev[w] if prev[w] is not None else 0) for w in Delta}
+        self._same_on_all_ranks(delta)
         if lr == "line_search":
 
             def loss_fn():
@@ -223,6 +225,12 @@ class KFAC(torch.optim.Optimizer):
             add_(self.model, layers, delta, alpha)
         self.last.update(alpha=alpha, mu=mu)
         return delta
+
+    def _same_on_all_ranks(self, delta: dict) -> None:
+        """Distributed: replace ``delta`` by rank 0's (in place), so that parameters and
+        momentum stay bitwise equal on all ranks (see ``Reducer.broadcast_``)."""
+        if self._reducer is not None:
+            self._reducer.broadcast_(delta.values())
 
     # -- curvature ------------------------------------------------------------------
 
