@@ -112,6 +112,7 @@ def main(argv=None) -> None:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--interior", type=int, default=3000)
     p.add_argument("--boundary", type=int, default=500)
+    p.add_argument("--note", help="stored with the results (e.g. the machine's load)")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--split", default="on", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -142,8 +143,7 @@ def main(argv=None) -> None:
                 timed_steps=args.steps - args.skip,
                 threads_per_process="OMP_NUM_THREADS=1",
                 machine=f"{os.cpu_count()} cores, {platform.processor() or platform.machine()}",
-                note="shared machine (other helpers' jobs running): absolute times are noisy; "
-                "the configurations alternate within one run",
+                note=args.note or "the configurations alternate within one run",
                 load_average_before=load_before,
                 load_average_after=os.getloadavg(),
                 summary=summary,
