@@ -34,7 +34,8 @@ class ENGD(torch.optim.Optimizer):
             steps, where the exact Gramian of a fresh net is nearly singular).
         process_group: as :class:`taylorc.optim.KFAC`'s: under ``torch.distributed``,
             the loss, gradient, Gramian and line-search losses are all-reduced, so a
-            step on R ranks with a shard each equals the step on the union of the shards.
+            step on R ranks with a shard each equals the step on the union of the shards
+            (up to rounding); rank 0's direction is broadcast at every step.
 
     Raises:
         ValueError: unknown ``lr``; (at ``step``) no points for a term; (distributed, at

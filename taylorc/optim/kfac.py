@@ -66,7 +66,8 @@ class KFAC(torch.optim.Optimizer):
             points (any sizes, at least one point each) and every mean over points
             (loss, gradient, factors, Gramian products, line-search losses) is
             all-reduced: a step equals the single-process step on the union of the
-            shards, up to rounding. Rank 0's parameters are broadcast at construction.
+            shards, up to rounding. Rank 0's parameters are broadcast at construction
+            and rank 0's update at every step (the ranks stay bitwise equal).
         split_inversion: distributed, factorise each layer's Kronecker sum on one rank
             and broadcast it (``None``: on when distributed); off: every rank
             factorises every layer. Same result either way.
