@@ -80,7 +80,7 @@ def test_kfac_two_ranks_uneven_shards_equal_single_process():
     found, stdout = run_cases(KFAC_CASES)
     for case in KFAC_CASES[:-1]:
         assert found[case][0] <= KFAC_TOL.get(case, 1e-12), (case, found[case])
-        # lockstep, bitwise: every rank solves the same reduced numbers in the same layout
+        # lockstep, bitwise: every step applies rank 0's update (broadcast) on every rank
         assert found[case][1] == 0, (case, found[case])
     # the control reduced nothing (a group of one rank each): it must not match
     assert found["kfac_local"][0] > 1e-6 and found["kfac_local"][1] > 1e-6, found["kfac_local"]
