@@ -18,7 +18,7 @@ import taylorc
 from taylorc.errors import KFACError
 from taylorc.operators import WeightedLaplacian
 from taylorc.optim import ENGD, KFAC, KroneckerSum, gramian, kfac_factors
-from taylorc.optim.factors import jvp, layer_gradient, to_vector
+from taylorc.optim.factors import gram, jvp, layer_gradient, to_vector
 from taylorc.optim.record import linearize
 
 DT = torch.float64
@@ -178,6 +178,22 @@ def test_factors_equal_reference(approx, operator):
     for w in ref:
         torch.testing.assert_close(got[w][0], ref[w][0])
         torch.testing.assert_close(got[w][1], ref[w][1])
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("shape", [(0, 3), (1, 1), (7, 3), (257, 65)])
+def test_gram_equals_sum_of_outer_products(dtype, shape):
+    gen = torch.Generator().manual_seed(shape[0])
+    F = torch.randn(shape[0], 2 * shape[1], dtype=dtype, generator=gen)[:, ::2]  # strided
+    want = torch.einsum("mi,mj->ij", F.double(), F.double()).to(dtype)
+    tol = 1e-13 if dtype == torch.float64 else 1e-5  # of the largest entry (the diagonal's)
+    atol = tol * max(want.abs().max().item(), 1.0)
+    got = gram(F)
+    assert got.dtype == dtype and got.shape == (shape[1], shape[1])
+    torch.testing.assert_close(got, want, atol=atol, rtol=tol)
+    assert torch.equal(got, got.T)  # both triangles, not only the one BLAS writes
+    P = F.clone().requires_grad_()  # differentiable input: the autograd matmul
+    torch.testing.assert_close(gram(P), want, atol=atol, rtol=tol)
 
 
 def layer_blocks(model, J, N):

@@ -16,10 +16,31 @@ Columns that are zero by construction still count in S. A boundary term (operato
 from __future__ import annotations
 
 import torch
+from scipy.linalg import blas
+from threadpoolctl import ThreadpoolController
 
 from .record import Layer, Linearization, linearize
 
 APPROX = ("expand", "reduce")
+_SYRK = {torch.float64: blas.dsyrk, torch.float32: blas.ssyrk}
+_BLAS = ThreadpoolController()
+
+
+def gram(F: torch.Tensor) -> torch.Tensor:
+    """``FᵀF`` ``(k, k)`` of ``F (m, k)``: the sum of the rows' outer products.
+
+    On the CPU in float32/float64 it is one symmetric rank-k update (BLAS ``?syrk``,
+    SciPy's OpenBLAS, as many threads as ``torch.get_num_threads()``): half the
+    multiply-adds of a general matmul, whose result it equals up to rounding. Elsewhere
+    (CUDA, other dtypes, a ``F`` that requires grad) ``F.T @ F``. Same dtype and device as ``F``.
+    """
+    syrk = _SYRK.get(F.dtype)
+    if syrk is None or F.device.type != "cpu" or F.requires_grad or F.shape[0] == 0:
+        return F.T @ F
+    with _BLAS.limit(limits=torch.get_num_threads(), user_api="blas"):
+        # F row-major is Fᵀ column-major: syrk(Fᵀ) = FᵀF, upper triangle only
+        C = torch.from_numpy(syrk(1.0, F.contiguous().numpy().T, lower=0))
+    return C.triu() + C.triu(1).T
 
 
 def layer_factors(layer: Layer, approx: str = "expand") -> tuple[torch.Tensor, torch.Tensor]:
@@ -35,15 +56,15 @@ def layer_factors(layer: Layer, approx: str = "expand") -> tuple[torch.Tensor, t
     N, S = X.shape[:2]
     if approx == "expand":  # matmuls of the flattened columns (einsum's path is slower on CPU)
         Xf, gf = X.reshape(-1, X.shape[-1]), g.reshape(-1, g.shape[-1])
-        A = Xf.T @ Xf
+        A = gram(Xf)
         if e is not None:  # e is 0/1: sums of the bias columns only
             a = sum(X[:, s].sum(0) for s in layer.bias_columns) if layer.bias_columns else 0 * A[0]
             A = _with_bias(A, a, A.new_tensor(N * len(layer.bias_columns)))
         A = A / (N * S)
-        B = gf.T @ gf / N
+        B = gram(gf) / N
     elif approx == "reduce":
         z = X.mean(1)
-        A = z.T @ z
+        A = gram(z)
         A = (
             _with_bias(
                 A,
@@ -53,7 +74,7 @@ def layer_factors(layer: Layer, approx: str = "expand") -> tuple[torch.Tensor, t
             / N
         )
         gs = g.sum(2).reshape(-1, g.shape[-1])
-        B = gs.T @ gs / N
+        B = gram(gs) / N
     else:
         raise ValueError(f"approx must be one of {APPROX}, got {approx!r}")
     return A, B

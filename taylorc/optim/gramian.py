@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from .factors import to_vector
+from .factors import gram, to_vector
 from .record import Layer, Linearization, linearize
 
 
@@ -49,7 +49,7 @@ def dense_gramian(lins: list[Linearization], layers: list[Layer]) -> torch.Tenso
     G = 0
     for lin in lins:
         J = jacobian(lin, layers)
-        G = G + J.T @ J / lin.r.shape[0]
+        G = G + gram(J) / lin.r.shape[0]
     return G
 
 
