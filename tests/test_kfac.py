@@ -188,12 +188,19 @@ def test_gram_equals_sum_of_outer_products(dtype, shape):
     want = torch.einsum("mi,mj->ij", F.double(), F.double()).to(dtype)
     tol = 1e-13 if dtype == torch.float64 else 1e-5  # of the largest entry (the diagonal's)
     atol = tol * max(want.abs().max().item(), 1.0)
-    got = gram(F)
-    assert got.dtype == dtype and got.shape == (shape[1], shape[1])
-    torch.testing.assert_close(got, want, atol=atol, rtol=tol)
-    assert torch.equal(got, got.T)  # both triangles, not only the one BLAS writes
-    P = F.clone().requires_grad_()  # differentiable input: the autograd matmul
-    torch.testing.assert_close(gram(P), want, atol=atol, rtol=tol)
+    threads = torch.get_num_threads()
+    try:
+        for n in (1, 2):  # one thread: ?syrk; more: F.T @ F
+            torch.set_num_threads(n)
+            got = gram(F)
+            assert got.dtype == dtype and got.shape == (shape[1], shape[1])
+            torch.testing.assert_close(got, want, atol=atol, rtol=tol)
+            if n == 1:
+                assert torch.equal(got, got.T)  # both triangles, not only the one BLAS writes
+            P = F.clone().requires_grad_()  # differentiable input: the autograd matmul
+            torch.testing.assert_close(gram(P), want, atol=atol, rtol=tol)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def layer_blocks(model, J, N):
