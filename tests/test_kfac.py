@@ -17,7 +17,7 @@ from torch import nn
 import taylorc
 from taylorc.errors import KFACError
 from taylorc.operators import WeightedLaplacian
-from taylorc.optim import ENGD, KFAC, KroneckerSum, gramian, kfac_factors
+from taylorc.optim import ENGD, KFAC, KroneckerSum, factors, gramian, kfac_factors
 from taylorc.optim.factors import gram, jvp, layer_gradient, to_vector
 from taylorc.optim.record import linearize
 
@@ -181,21 +181,27 @@ def test_factors_equal_reference(approx, operator):
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-@pytest.mark.parametrize("shape", [(0, 3), (1, 1), (7, 3), (257, 65)])
-def test_gram_equals_sum_of_outer_products(dtype, shape):
+@pytest.mark.parametrize("shape", [(0, 3), (4, 0), (1, 1), (7, 3), (300, 65)])
+def test_gram_equals_sum_of_outer_products(dtype, shape, monkeypatch):
     gen = torch.Generator().manual_seed(shape[0])
     F = torch.randn(shape[0], 2 * shape[1], dtype=dtype, generator=gen)[:, ::2]  # strided
     want = torch.einsum("mi,mj->ij", F.double(), F.double()).to(dtype)
     tol = 1e-13 if dtype == torch.float64 else 1e-5  # of the largest entry (the diagonal's)
-    atol = tol * max(want.abs().max().item(), 1.0)
+    atol = tol * max(want.abs().amax().item() if want.numel() else 0.0, 1.0)
+    calls = []
+    syrk = factors._SYRK[dtype]
+    monkeypatch.setitem(factors._SYRK, dtype, lambda *a, **k: calls.append(1) or syrk(*a, **k))
+    big = shape[0] * shape[1] ** 2 >= factors.SYRK_MIN
     threads = torch.get_num_threads()
     try:
-        for n in (1, 2):  # one thread: ?syrk; more: F.T @ F
+        for n in (1, 2):  # one thread and a big F: ?syrk; otherwise F.T @ F
             torch.set_num_threads(n)
+            calls.clear()
             got = gram(F)
+            assert len(calls) == (n == 1 and big)
             assert got.dtype == dtype and got.shape == (shape[1], shape[1])
             torch.testing.assert_close(got, want, atol=atol, rtol=tol)
-            if n == 1:
+            if calls:
                 assert torch.equal(got, got.T)  # both triangles, not only the one BLAS writes
             P = F.clone().requires_grad_()  # differentiable input: the autograd matmul
             torch.testing.assert_close(gram(P), want, atol=atol, rtol=tol)

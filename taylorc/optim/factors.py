@@ -24,18 +24,21 @@ from .record import Layer, Linearization, linearize
 APPROX = ("expand", "reduce")
 _SYRK = {torch.float64: blas.dsyrk, torch.float32: blas.ssyrk}
 _BLAS = ThreadpoolController()
+SYRK_MIN = 1 << 20  # m·k² multiply-adds: below, the thread limit's ~20 µs eats ?syrk's saving
 
 
 def gram(F: torch.Tensor) -> torch.Tensor:
-    """``FᵀF`` ``(k, k)`` of ``F (m, k)``: the sum of the rows' outer products.
+    """``FᵀF`` ``(k, k)`` of a 2-D ``F (m, k)``: the sum of the rows' outer products.
 
-    When torch runs one thread on the CPU, in float32/float64, it is one symmetric
-    rank-k update (BLAS ``?syrk`` from SciPy's OpenBLAS, held to one thread with
-    threadpoolctl): half the multiply-adds of a general matmul, whose result it equals
-    up to rounding. Otherwise (several threads, CUDA, other dtypes, an ``F`` that
-    requires grad) ``F.T @ F``: on the 2-core VM, OpenBLAS's two-thread ``?syrk`` was
-    slower than its one-thread one beside torch's threads (a (3500, 449) Gram: 32.6 ms
-    against 16.9 ms), so torch's threaded matmul keeps the multi-threaded case.
+    When torch runs one thread on the CPU, in float32/float64, for Gram matrices of at
+    least ``SYRK_MIN`` multiply-adds (m·k²), it is one symmetric rank-k update (BLAS
+    ``?syrk`` from the OpenBLAS that SciPy links, held to one thread with threadpoolctl):
+    half the multiply-adds of a general matmul, whose result it equals up to rounding,
+    and exactly symmetric. Otherwise (several threads, CUDA, other dtypes, an ``F`` that
+    requires grad, small or empty ``F``) ``F.T @ F``: OpenBLAS's two-thread ``?syrk`` beside
+    torch's threads was slower than its one-thread one (docs/kfac.md), and the thread
+    limit costs about 20 µs a call. The limit is process-wide while it lasts (numpy's
+    OpenBLAS in other Python threads runs on one thread meanwhile).
     Same dtype and device as ``F``.
     """
     syrk = _SYRK.get(F.dtype)
@@ -43,7 +46,7 @@ def gram(F: torch.Tensor) -> torch.Tensor:
         syrk is None
         or F.device.type != "cpu"
         or F.requires_grad
-        or F.shape[0] == 0
+        or F.shape[0] * F.shape[1] ** 2 < SYRK_MIN
         or torch.get_num_threads() != 1
     ):
         return F.T @ F
