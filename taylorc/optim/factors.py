@@ -15,16 +15,25 @@ Columns that are zero by construction still count in S. A boundary term (operato
 
 from __future__ import annotations
 
+import functools
+
 import torch
-from scipy.linalg import blas
-from threadpoolctl import ThreadpoolController
 
 from .record import Layer, Linearization, linearize
 
 APPROX = ("expand", "reduce")
-_SYRK = {torch.float64: blas.dsyrk, torch.float32: blas.ssyrk}
-_BLAS = ThreadpoolController()
 SYRK_MIN = 1 << 20  # m·k² multiply-adds: below, the thread limit's ~20 µs eats ?syrk's saving
+
+
+@functools.cache
+def _syrk_backend() -> tuple[dict, object]:
+    """``({dtype: ?syrk}, threadpoolctl controller)``, loaded at the first large CPU Gram:
+    SciPy's BLAS and the controller cost about 45 ms that ``import taylorc`` need not pay.
+    The controller is built after SciPy's BLAS is loaded, so that it sees its OpenBLAS."""
+    from scipy.linalg import blas
+    from threadpoolctl import ThreadpoolController
+
+    return {torch.float64: blas.dsyrk, torch.float32: blas.ssyrk}, ThreadpoolController()
 
 
 def gram(F: torch.Tensor) -> torch.Tensor:
@@ -41,18 +50,18 @@ def gram(F: torch.Tensor) -> torch.Tensor:
     OpenBLAS in other Python threads runs on one thread meanwhile).
     Same dtype and device as ``F``.
     """
-    syrk = _SYRK.get(F.dtype)
     if (
-        syrk is None
+        F.dtype not in (torch.float64, torch.float32)
         or F.device.type != "cpu"
         or F.requires_grad
         or F.shape[0] * F.shape[1] ** 2 < SYRK_MIN
         or torch.get_num_threads() != 1
     ):
         return F.T @ F
-    with _BLAS.limit(limits=1, user_api="blas"):
+    syrk, blas_threads = _syrk_backend()
+    with blas_threads.limit(limits=1, user_api="blas"):
         # F row-major is Fᵀ column-major: syrk(Fᵀ) = FᵀF, upper triangle only
-        C = torch.from_numpy(syrk(1.0, F.contiguous().numpy().T, lower=0))
+        C = torch.from_numpy(syrk[F.dtype](1.0, F.contiguous().numpy().T, lower=0))
     return C.triu() + C.triu(1).T
 
 
