@@ -304,8 +304,13 @@ def cost(args) -> dict:
         row = {"params": params, "seconds": med, "vs_adam": ratio}
         rows.append(row)
         print(params, {m: f"{v:.2f}x" for m, v in row["vs_adam"].items()}, flush=True)
-    out = {"repeats": args.repeats, "block": args.block, "batch": [3000, 500]}
-    out.update(clock=args.clock, rows=rows)
+    out = {
+        "repeats": args.repeats,
+        "block": args.block,
+        "batch": [3000, 500],
+        "clock": args.clock,
+        "rows": rows,
+    }
     if args.before:
         out["before"] = str(args.before)
     if args.note:
