@@ -17,12 +17,12 @@ if sys.argv[1] == "tuned":
 op = taylorc.compile(mlp(5, [64] * 3), "laplacian")
 x = torch.rand(4096, 5)
 with torch.no_grad():
-    for _ in range(3):
+    for _ in range(5):
         op(x)
     r0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    for _ in range(10):
+    for _ in range(30):
         op(x)
-print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - r0) / 10)
+print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - r0) / 30)
 """
 
 
@@ -36,7 +36,10 @@ def faults(mode: str) -> float:
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc mallopt")
 def test_tuned_allocator_stops_per_call_page_faults():
-    # default glibc: the (5, 4096, 64) coefficient blocks come from fresh mmap pages
+    # default glibc: the (5, 4096, 64) coefficient blocks come from fresh mmap pages.
+    # Both counts vary from call to call (glibc's dynamic mmap threshold; the tuned heap
+    # grows by 1 MB now and then): over 10 calls a default mean of 758 against a tuned
+    # 179 was seen once; over 30 calls, 20 probes gave default 2,100-3,600, tuned 0-94
     default, tuned = faults("default"), faults("tuned")
     assert default > 500, default
     assert tuned < default / 10, (tuned, default)
