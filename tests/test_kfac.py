@@ -92,20 +92,26 @@ def test_tap_jacobian_two_outputs_and_shared_weight():
     torch.testing.assert_close(J, oracle_jacobian(model, g, x))
 
 
-@pytest.mark.parametrize("case", ["burgers", "two_outputs"])
+@pytest.mark.parametrize("case", ["burgers", "two_outputs", "laplacian", "biharmonic", "heat"])
 def test_gradient_and_jvp_equal_oracle_jacobian(case):
     """layer_gradient = Jᵀr/N and jvp = J v from the taps (raw inputs X, bias columns),
-    on layers wider and narrower than their inputs, M = 1 and 2, a weight used twice."""
+    on layers wider and narrower than their inputs, M = 1 and 2, a weight used twice;
+    the operators alone leave the output layer's value and direction columns without g
+    and the first layer's directions the same for every point (skipped / summed first)."""
     torch.manual_seed(0)
-    if case == "burgers":
+    if case in OPERATORS:
         model, x = mlp(3, [5, 4]), torch.rand(5, 3, dtype=DT)
-        f, nested = residual(model, "burgers"), residual(model, "burgers", "nested")
+        f, nested = residual(model, case), residual(model, case, "nested")
     else:
         model, x = mlp(3, [5], out=2), torch.rand(4, 3, dtype=DT)
         lap, nl = (taylorc.compile(model, "laplacian", method=m) for m in ("collapsed", "nested"))
         f = lambda x: lap(x) * model(x) + model(x + 1)
         nested = lambda x: nl(x) * model(x) + model(x + 1)
     lin = linearize(model, value_op(model), f, x, check=True)
+    if case in ("laplacian", "biharmonic"):  # the shortcuts are taken
+        first, last = lin.layers["0.weight"], lin.layers["4.weight"]
+        assert first.split_columns()[1] == [s for s in range(1, first.X.shape[1])]
+        assert last.live is not None and 0 not in last.live
     J = oracle_jacobian(model, nested, x)  # (N * M, P)
     N = x.shape[0]
     grad = torch.cat([to_vector(layer_gradient(L, lin.r), L) for L in lin.layers.values()])

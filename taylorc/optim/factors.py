@@ -111,27 +111,47 @@ def _with_bias(A: torch.Tensor, a: torch.Tensor | None, c: torch.Tensor | None) 
     return out
 
 
+def _take(t: torch.Tensor, cols: list[int], dim: int) -> torch.Tensor:
+    """``t``'s entries ``cols`` along ``dim``: a view when they are a contiguous range."""
+    if cols == list(range(cols[0], cols[0] + len(cols))):
+        return t.narrow(dim, cols[0], len(cols))
+    return t.index_select(dim, torch.tensor(cols, device=t.device))
+
+
 def layer_gradient(layer: Layer, r: torch.Tensor) -> torch.Tensor:
     """``Ĝ = [∇W | ∇b]`` of ½ mean ||r||²: 1/N Σ_n,m r_nm Σ_s g_mns Z̃_nsᵀ, ``(d_out, d_in+1)``.
 
-    The residual weights the narrower of g and X before the one matmul over points
-    and columns (``Xᵀ g``: MKL's faster orientation for these tall operands).
+    Columns whose g is zero by construction are skipped; a column whose input is the
+    same for every point enters as ``(Σ_n w_n g_ns) X_0sᵀ`` (``w = r``), one pass over
+    g. The per-point columns take one matmul over points and columns (``Xᵀ g``: MKL's
+    faster orientation for these tall operands), the residual weighting the narrower
+    of g and X.
     """
     X, g, e = layer.X, layer.g, layer.e
-    N, S, d_x, d_out = *X.shape[:2], X.shape[-1], layer.d_out
+    N, d_x, d_out = X.shape[0], X.shape[-1], layer.d_out
     if r.shape[1] == 1:
-        w, g0 = r[:, 0], g[0]
-        if d_out <= d_x:
-            GW = (X.reshape(-1, d_x).T @ (g0 * w[:, None, None]).reshape(-1, d_out)).T
-        else:
-            GW = ((X * w[:, None, None]).reshape(-1, d_x).T @ g0.reshape(-1, d_out)).T
-        per_column = lambda: (w @ g0.reshape(N, -1)).view(S, d_out)  # noqa: E731
-    else:
-        gr = torch.einsum("nm,mnso->nso", r, g)
-        GW = (X.reshape(-1, d_x).T @ gr.reshape(-1, d_out)).T
-        per_column = lambda: gr.sum(0)  # noqa: E731
-    if e is not None:  # Σ_s e_s Σ_n r_n g_ns: the value columns' weighted g
-        GW = torch.cat([GW, (e @ per_column())[:, None]], 1)
+        w, G = r[:, 0], g[0]
+    else:  # Σ_m r_nm g_mns: the weighted g once
+        w, G = None, torch.einsum("nm,mnso->nso", r, g)
+    per_point, shared = layer.split_columns()
+    GW = X.new_zeros(d_out, d_x)
+    if per_point:
+        Xp, Gp = _take(X, per_point, 1), _take(G, per_point, 1)
+        if w is not None and d_out <= d_x:
+            Gp = Gp * w[:, None, None]
+        elif w is not None:
+            Xp = Xp * w[:, None, None]
+        GW = GW + (Xp.reshape(-1, d_x).T @ Gp.reshape(-1, d_out)).T
+    sums = sorted(set(shared) | (set(layer.bias_columns) & set(per_point + shared)))
+    Q = {}  # s -> Σ_n w_n G_ns for the shared and bias columns: one pass over their g
+    if sums:
+        Gs = _take(G, sums, 1)
+        Q = dict(zip(sums, (Gs.sum(0) if w is None else w @ Gs.reshape(N, -1)).view(-1, d_out)))
+    if shared:
+        GW = GW + torch.stack([Q[s] for s in shared]).T @ X[0, shared]
+    if e is not None:  # Σ_s e_s Σ_n w_n G_ns over the live bias columns (e is 0/1)
+        b = sum((Q[s] for s in layer.bias_columns if s in Q), GW.new_zeros(d_out))
+        GW = torch.cat([GW, b[:, None]], 1)
     return GW / N
 
 
@@ -139,9 +159,11 @@ def jvp(lin: Linearization, *directions: dict[str, torch.Tensor]) -> list[torch.
     """``[J v, ...]`` of the residual, each ``(M, N)``: Σ_layers Σ_s g_mns · (V Z̃_ns), exact.
 
     Each direction maps weight names to blocks ``V (d_out, d_in+1)`` (missing: zero).
-    All directions share one matmul per layer, on the narrower side of the layer
+    Columns whose g is zero by construction are skipped. All directions share one
+    matmul per layer over the per-point columns, on the narrower side of the layer
     (``(V X)·g`` or ``X·(Vᵀ g)``; the bias column enters through ``e``): the
-    elementwise product is then the smaller one.
+    elementwise product is then the smaller one. A column whose input is the same for
+    every point takes ``g_ns · (V Z̃_0s)``, one product with its g.
     """
     M, N = lin.r.shape[1], lin.r.shape[0]
     out = [lin.r.new_zeros(M, N) for _ in directions]
@@ -149,25 +171,52 @@ def jvp(lin: Linearization, *directions: dict[str, torch.Tensor]) -> list[torch.
         Vs = [(i, d[name]) for i, d in enumerate(directions) if name in d]
         if not Vs:
             continue
-        X, g, e = layer.X, layer.g, layer.e
-        d_out, d_x = layer.d_out, X.shape[-1]
         V = torch.stack([v for _, v in Vs])  # (k, d_out, d_in[+1])
-        if d_out <= d_x:  # X Vᵀ (+ e b): (N, S, k, d_out), dotted with g
-            XV = (X @ V[..., :d_x].flatten(0, 1).T).unflatten(-1, V.shape[:2])
-            if e is not None:
-                XV = XV + e[:, None, None] * V[..., -1]
+        per_point, shared = layer.split_columns()
+        pieces = []
+        if per_point:
+            pieces.append(_jvp_per_point(layer, V, per_point))
+        if shared:
+            pieces.append(_jvp_shared(layer, V, shared))
+        for piece in pieces:
             for j, (i, _) in enumerate(Vs):
-                out[i] += (g * XV[..., j, :]).sum((-1, -2))
-        else:  # g V: (M, N, S, k, d_in[+1]), dotted with X (and e)
-            Vf = V.transpose(0, 1).flatten(1)  # (d_out, k * (d_in[+1]))
-            gV = (Vf.T @ g.reshape(-1, d_out).T).T  # MKL's faster orientation
-            gV = gV.reshape(*g.shape[:-1], len(Vs), V.shape[-1])
-            for j, (i, _) in enumerate(Vs):
-                piece = (gV[..., j, :d_x] * X).sum((-1, -2))
-                if e is not None:
-                    piece = piece + gV[..., j, -1] @ e
-                out[i] += piece
+                out[i] += piece[j]
     return out
+
+
+def _jvp_per_point(layer: Layer, V: torch.Tensor, cols: list[int]) -> torch.Tensor:
+    """``(k, M, N)``: Σ_{s ∈ cols} g_mns · (V_j Z̃_ns) for each direction j."""
+    X, g = _take(layer.X, cols, 1), _take(layer.g, cols, 2)
+    e = None if layer.e is None else layer.e[cols]
+    d_out, d_x, k = layer.d_out, X.shape[-1], V.shape[0]
+    if d_out <= d_x:  # X Vᵀ (+ e b): (N, S, k, d_out), dotted with g
+        Vf = V[..., :d_x].flatten(0, 1)  # (k * d_out, d_x); MKL's faster orientation:
+        XV = (Vf @ X.reshape(-1, d_x).T).T.reshape(*X.shape[:-1], *V.shape[:2])
+        if e is not None:
+            XV = XV + e[:, None, None] * V[..., -1]
+        return torch.stack([(g * XV[..., j, :]).sum((-1, -2)) for j in range(k)])
+    Vf = V.transpose(0, 1).flatten(1)  # g V: (M, N, S, k, d_in[+1]), dotted with X (and e)
+    gV = (Vf.T @ g.reshape(-1, d_out).T).T  # MKL's faster orientation
+    gV = gV.reshape(*g.shape[:-1], k, V.shape[-1])
+    pieces = []
+    for j in range(k):
+        piece = (gV[..., j, :d_x] * X).sum((-1, -2))
+        if e is not None:
+            piece = piece + gV[..., j, -1] @ e
+        pieces.append(piece)
+    return torch.stack(pieces)
+
+
+def _jvp_shared(layer: Layer, V: torch.Tensor, cols: list[int]) -> torch.Tensor:
+    """``(k, M, N)``: Σ_{s ∈ cols} g_mns · (V_j Z̃_0s), Z̃_0s the columns' common input."""
+    X0, g = layer.X[0, cols], _take(layer.g, cols, 2)  # (C, d_x), (M, N, C, d_out)
+    d_x = X0.shape[-1]
+    U = V[..., :d_x] @ X0.T  # (k, d_out, C)
+    if layer.e is not None:
+        U = U + V[..., -1:] * layer.e[cols]
+    U = U.transpose(1, 2).flatten(1)  # (k, C * d_out), the order of g's columns
+    M, N = g.shape[:2]
+    return (g.reshape(M * N, -1) @ U.T).T.reshape(-1, M, N)
 
 
 def to_vector(block: torch.Tensor, layer: Layer) -> torch.Tensor:

@@ -39,6 +39,16 @@ class Layer:
         g: ``(M, N, S, d_out)``: ``dr_nm / dz_ns`` for each of the M residual outputs.
         e: ``(S,)`` the bias entry of each column (1 on value columns of a use with
             the bias, else 0); None when the layer has no bias.
+        bias_columns: the s with ``e_s = 1`` (e is 0/1).
+        live: the s whose g can be nonzero; the others' outputs do not reach the
+            operator's result (:attr:`taylorc.sites.Column.output` is None), so their g
+            is zero by construction. None: every column.
+        shared: the s whose input is the same for every point (``X[n, s] = X[0, s]``,
+            checked on the values: the first layer's direction and known-zero columns).
+
+    ``live`` and ``shared`` only let sums over points skip work
+    (:func:`~taylorc.optim.factors.layer_gradient`, :func:`~taylorc.optim.factors.jvp`);
+    every formula still sums over all S columns.
     """
 
     weight: str
@@ -46,7 +56,9 @@ class Layer:
     X: torch.Tensor
     g: torch.Tensor
     e: torch.Tensor | None = None
-    bias_columns: tuple[int, ...] = ()  # the s with e_s = 1 (e is 0/1)
+    bias_columns: tuple[int, ...] = ()
+    live: tuple[int, ...] | None = None
+    shared: tuple[int, ...] = ()
 
     @property
     def d_in(self) -> int:
@@ -57,6 +69,12 @@ class Layer:
     def d_out(self) -> int:
         """Rows of W."""
         return self.g.shape[-1]
+
+    def split_columns(self) -> tuple[list[int], list[int]]:
+        """``(per_point, shared)``: the live columns whose input varies over points, and
+        the live columns of :attr:`shared`."""
+        live = range(self.X.shape[1]) if self.live is None else self.live
+        return [s for s in live if s not in self.shared], [s for s in live if s in self.shared]
 
     @property
     def Z(self) -> torch.Tensor:
@@ -145,6 +163,23 @@ def _bias_entries(site) -> list[float]:
     return [float(c.kind == "value") for c in site.columns for _ in range(site.rows_per_point)]
 
 
+def _reaches(site) -> list[bool]:
+    """``S * n`` entries: whether the column's output reaches the result (else g = 0)."""
+    return [c.output is not None for c in site.columns for _ in range(site.rows_per_point)]
+
+
+def _shared_columns(X: torch.Tensor) -> tuple[int, ...]:
+    """The s with ``X[n, s] = X[0, s]`` for every n, of ``X (N, S, d)``, compared exactly
+    (one row first: a column that varies costs one row's comparison)."""
+    if X.shape[0] < 2:
+        return ()
+    return tuple(
+        s
+        for s in range(X.shape[1])
+        if torch.equal(X[1, s], X[0, s]) and bool((X[:, s] == X[0, s]).all())
+    )
+
+
 def _flat(t: torch.Tensor, lead: int) -> torch.Tensor:
     """``(*lead dims, S, [n,] d) -> (*lead dims, S * n, d)``."""
     return t.reshape(*t.shape[:lead], -1, t.shape[-1])
@@ -224,7 +259,9 @@ def _group(model, taps, gs, N, trainable: set) -> dict[str, Layer]:
             cols = tuple(i for i, v in enumerate(entries) if v)
         X = Xs[0] if len(Xs) == 1 else torch.cat(Xs, 1)
         g = gl[0] if len(gl) == 1 else torch.cat(gl, 2)
-        layers[weight] = Layer(weight, bias, X, g, e, cols)
+        reach = [v for s, _, _ in pieces[weight] for v in _reaches(s)]
+        live = None if all(reach) else tuple(i for i, v in enumerate(reach) if v)
+        layers[weight] = Layer(weight, bias, X, g, e, cols, live, _shared_columns(X))
     return layers
 
 
