@@ -130,6 +130,48 @@ def test_gradient_and_jvp_equal_oracle_jacobian(case):
         torch.testing.assert_close(got, (J @ v).reshape(N, -1).T)
 
 
+@pytest.mark.parametrize("seed", range(8))
+def test_column_shortcuts_equal_the_formula(seed):
+    """layer_gradient and jvp on hand-built layers with random dead columns (g = 0), columns
+    shared by all points (zero or not, bias entry or not), M = 1 or 2, float32 and float64,
+    against einsums of Ĝ = 1/N Σ r g Z̃ᵀ and J v = Σ g · (V Z̃)."""
+    from taylorc.optim.record import Layer, Linearization
+
+    gen = torch.Generator().manual_seed(seed)
+    dt = torch.float32 if seed % 4 == 3 else DT
+    N, S, d_in, d_out, M = (
+        1 + seed % 5,
+        2 + seed % 4,
+        1 + seed % 3 * 3,
+        1 + seed % 2 * 5,
+        1 + seed % 2,
+    )
+    X = torch.randn(N, S, d_in, generator=gen, dtype=dt)
+    g = torch.randn(M, N, S, d_out, generator=gen, dtype=dt)
+    live = tuple(s for s in range(S) if s == 0 or torch.rand(1, generator=gen) < 0.6)
+    dead = [s for s in range(S) if s not in live]
+    g[:, :, dead] = 0
+    shared = tuple(s for s in range(S) if torch.rand(1, generator=gen) < 0.5)
+    for s in shared:
+        X[:, s] = 0 if s % 2 else X[0, s].clone()
+    e = (torch.rand(S, generator=gen) < 0.5).to(dt) if seed % 3 else None
+    layer = Layer("w", "b" if e is not None else None, X, g, e, (), live, shared)
+    assert layer.split_columns() == (
+        [s for s in live if s not in shared],
+        [s for s in live if s in shared],
+    )
+    r = torch.randn(N, M, generator=gen, dtype=dt)
+    Z = layer.Z
+    tol = dict(rtol=1e-4, atol=1e-5) if dt == torch.float32 else {}
+    torch.testing.assert_close(
+        layer_gradient(layer, r), torch.einsum("nm,mnso,nsi->oi", r, g, Z) / N, **tol
+    )
+    V = [torch.randn(d_out, layer.d_in, generator=gen, dtype=dt) for _ in "ab"]
+    lin = Linearization(r, {"w": layer})
+    for v, got in zip(V, jvp(lin, *({"w": v} for v in V))):
+        torch.testing.assert_close(got, torch.einsum("mnso,oi,nsi->mn", g, v, Z), **tol)
+
+
 @pytest.mark.parametrize("name", ["laplacian", "burgers"])
 def test_gramian_equals_dense_oracle(name):
     model = mlp(3, [5, 4])

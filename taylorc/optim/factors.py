@@ -122,9 +122,10 @@ def layer_gradient(layer: Layer, r: torch.Tensor) -> torch.Tensor:
     """``Ĝ = [∇W | ∇b]`` of ½ mean ||r||²: 1/N Σ_n,m r_nm Σ_s g_mns Z̃_nsᵀ, ``(d_out, d_in+1)``.
 
     Columns whose g is zero by construction are skipped; a column whose input is the
-    same for every point enters as ``(Σ_n w_n g_ns) X_0sᵀ`` (``w = r``), one pass over
-    g. The per-point columns take one matmul over points and columns (``Xᵀ g``: MKL's
-    faster orientation for these tall operands), the residual weighting the narrower
+    same for every point enters as ``(Σ_n G_ns) X_0sᵀ``, one pass over its g, with
+    ``G_ns = Σ_m r_nm g_mns`` (for M = 1 the residual weights the sum instead). The
+    per-point columns take one matmul over points and columns (``Xᵀ G``: MKL's faster
+    orientation for these tall operands); for M = 1 the residual weights the narrower
     of g and X.
     """
     X, g, e = layer.X, layer.g, layer.e

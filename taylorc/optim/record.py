@@ -70,11 +70,16 @@ class Layer:
         """Rows of W."""
         return self.g.shape[-1]
 
+    def __post_init__(self):
+        if self.e is not None and not self.bias_columns:  # built by hand: read them from e
+            self.bias_columns = tuple(i for i, v in enumerate(self.e.tolist()) if v)
+
     def split_columns(self) -> tuple[list[int], list[int]]:
         """``(per_point, shared)``: the live columns whose input varies over points, and
         the live columns of :attr:`shared`."""
         live = range(self.X.shape[1]) if self.live is None else self.live
-        return [s for s in live if s not in self.shared], [s for s in live if s in self.shared]
+        shared = set(self.shared)
+        return [s for s in live if s not in shared], [s for s in live if s in shared]
 
     @property
     def Z(self) -> torch.Tensor:
@@ -169,15 +174,16 @@ def _reaches(site) -> list[bool]:
 
 
 def _shared_columns(X: torch.Tensor) -> tuple[int, ...]:
-    """The s with ``X[n, s] = X[0, s]`` for every n, of ``X (N, S, d)``, compared exactly
-    (one row first: a column that varies costs one row's comparison)."""
+    """The s with ``X[n, s] = X[0, s]`` for every n, of ``X (N, S, d)``, compared exactly:
+    two rows first, then all points of the columns that passed (two host syncs).
+    Empty for N < 2 (every column is then trivially shared; nothing to gain)."""
     if X.shape[0] < 2:
         return ()
-    return tuple(
-        s
-        for s in range(X.shape[1])
-        if torch.equal(X[1, s], X[0, s]) and bool((X[:, s] == X[0, s]).all())
-    )
+    candidates = (X[1] == X[0]).all(-1).nonzero()[:, 0].tolist()
+    if not candidates:
+        return ()
+    same = (X[:, candidates] == X[:1, candidates]).flatten(2).all(-1).all(0)
+    return tuple(s for s, ok in zip(candidates, same.tolist()) if ok)
 
 
 def _flat(t: torch.Tensor, lead: int) -> torch.Tensor:
