@@ -19,7 +19,7 @@ import functools
 
 import torch
 
-from .record import Layer, Linearization, linearize
+from .record import Layer, Linearization, linearize, take_columns
 
 APPROX = ("expand", "reduce")
 SYRK_MIN = 1 << 20  # m·k² multiply-adds: below, the thread limit's ~20 µs eats ?syrk's saving
@@ -111,13 +111,6 @@ def _with_bias(A: torch.Tensor, a: torch.Tensor | None, c: torch.Tensor | None) 
     return out
 
 
-def _take(t: torch.Tensor, cols: list[int], dim: int) -> torch.Tensor:
-    """``t``'s entries ``cols`` along ``dim``: a view when they are a contiguous range."""
-    if cols == list(range(cols[0], cols[0] + len(cols))):
-        return t.narrow(dim, cols[0], len(cols))
-    return t.index_select(dim, torch.tensor(cols, device=t.device))
-
-
 def layer_gradient(layer: Layer, r: torch.Tensor) -> torch.Tensor:
     """``Ĝ = [∇W | ∇b]`` of ½ mean ||r||²: 1/N Σ_n,m r_nm Σ_s g_mns Z̃_nsᵀ, ``(d_out, d_in+1)``.
 
@@ -137,7 +130,7 @@ def layer_gradient(layer: Layer, r: torch.Tensor) -> torch.Tensor:
     per_point, shared = layer.split_columns()
     GW = X.new_zeros(d_out, d_x)
     if per_point:
-        Xp, Gp = _take(X, per_point, 1), _take(G, per_point, 1)
+        Xp, Gp = take_columns(X, per_point, 1), take_columns(G, per_point, 1)
         if w is not None and d_out <= d_x:
             Gp = Gp * w[:, None, None]
         elif w is not None:
@@ -146,7 +139,7 @@ def layer_gradient(layer: Layer, r: torch.Tensor) -> torch.Tensor:
     sums = sorted(set(shared) | (set(layer.bias_columns) & set(per_point + shared)))
     Q = {}  # s -> Σ_n w_n G_ns for the shared and bias columns: one pass over their g
     if sums:
-        Gs = _take(G, sums, 1)
+        Gs = take_columns(G, sums, 1)
         Q = dict(zip(sums, (Gs.sum(0) if w is None else w @ Gs.reshape(N, -1)).view(-1, d_out)))
     if shared:
         GW = GW + torch.stack([Q[s] for s in shared]).T @ X[0, shared]
@@ -187,7 +180,7 @@ def jvp(lin: Linearization, *directions: dict[str, torch.Tensor]) -> list[torch.
 
 def _jvp_per_point(layer: Layer, V: torch.Tensor, cols: list[int]) -> torch.Tensor:
     """``(k, M, N)``: Σ_{s ∈ cols} g_mns · (V_j Z̃_ns) for each direction j."""
-    X, g = _take(layer.X, cols, 1), _take(layer.g, cols, 2)
+    X, g = take_columns(layer.X, cols, 1), take_columns(layer.g, cols, 2)
     e = None if layer.e is None else layer.e[cols]
     d_out, d_x, k = layer.d_out, X.shape[-1], V.shape[0]
     if d_out <= d_x:  # X Vᵀ (+ e b): (N, S, k, d_out), dotted with g
@@ -210,7 +203,7 @@ def _jvp_per_point(layer: Layer, V: torch.Tensor, cols: list[int]) -> torch.Tens
 
 def _jvp_shared(layer: Layer, V: torch.Tensor, cols: list[int]) -> torch.Tensor:
     """``(k, M, N)``: Σ_{s ∈ cols} g_mns · (V_j Z̃_0s), Z̃_0s the columns' common input."""
-    X0, g = layer.X[0, cols], _take(layer.g, cols, 2)  # (C, d_x), (M, N, C, d_out)
+    X0, g = layer.X[0, cols], take_columns(layer.g, cols, 2)  # (C, d_x), (M, N, C, d_out)
     d_x = X0.shape[-1]
     U = V[..., :d_x] @ X0.T  # (k, d_out, C)
     if layer.e is not None:

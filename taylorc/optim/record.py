@@ -173,6 +173,14 @@ def _reaches(site) -> list[bool]:
     return [c.output is not None for c in site.columns for _ in range(site.rows_per_point)]
 
 
+def take_columns(t: torch.Tensor, cols: list[int], dim: int) -> torch.Tensor:
+    """``t``'s entries ``cols`` (sorted, not empty) along ``dim``: a view when they are a
+    contiguous range, else a copy."""
+    if cols == list(range(cols[0], cols[0] + len(cols))):
+        return t.narrow(dim, cols[0], len(cols))
+    return t.index_select(dim, torch.tensor(cols, device=t.device))
+
+
 def _shared_columns(X: torch.Tensor) -> tuple[int, ...]:
     """The s with ``X[n, s] = X[0, s]`` for every n, of ``X (N, S, d)``, compared exactly:
     two rows first, then all points of the columns that passed (two host syncs).
@@ -182,8 +190,11 @@ def _shared_columns(X: torch.Tensor) -> tuple[int, ...]:
     candidates = (X[1] == X[0]).all(-1).nonzero()[:, 0].tolist()
     if not candidates:
         return ()
-    same = (X[:, candidates] == X[:1, candidates]).flatten(2).all(-1).all(0)
-    return tuple(s for s, ok in zip(candidates, same.tolist()) if ok)
+    cols = take_columns(
+        X, candidates, 1
+    )  # a count of mismatches: faster than all() on these shapes
+    mismatches = (cols != cols[:1]).flatten(2).sum((0, 2))
+    return tuple(s for s, bad in zip(candidates, mismatches.tolist()) if not bad)
 
 
 def _flat(t: torch.Tensor, lead: int) -> torch.Tensor:
