@@ -426,6 +426,17 @@ def plot(results: dict) -> None:
     print(f"figure saved to {path}")
 
 
+def merge(old: dict, new: dict) -> None:
+    """Merge a run's results into the stored ones, in place: a rerun of some methods keeps
+    the others, and a ``steps`` run of some seeds keeps the other seeds (each seed's log has
+    its own steps; ``steps`` becomes the longest)."""
+    seeds = {**old.get("seeds", {}), **new.get("seeds", {})}
+    old.update(new)
+    if seeds:
+        old["seeds"] = seeds
+        old["steps"] = max(log["step"][-1] for log in seeds.values())
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("what", choices=["curves", "steps", "cost", "split", "plot"])
@@ -454,7 +465,7 @@ def main(argv=None) -> None:
         return plot(results)
     run = {"curves": curves, "steps": steps, "cost": cost, "split": split}[args.what]
     for key, value in run(args).items():
-        results.setdefault(key, {}).update(value)  # a rerun of some methods keeps the others
+        merge(results.setdefault(key, {}), value)
     results["threads"] = args.threads
     path.write_text(json.dumps(results, indent=1) + "\n")
     print(f"results merged into {path}")
