@@ -163,14 +163,10 @@ def recording(model: torch.nn.Module, value_op):
             model.forward = own
 
 
-def _bias_entries(site) -> list[float]:
-    """``S * n`` entries: 1 for value columns, 0 for derivative columns (n rows per point)."""
-    return [float(c.kind == "value") for c in site.columns for _ in range(site.rows_per_point)]
-
-
-def _reaches(site) -> list[bool]:
-    """``S * n`` entries: whether the column's output reaches the result (else g = 0)."""
-    return [c.output is not None for c in site.columns for _ in range(site.rows_per_point)]
+def _per_row(sites, fact) -> list:
+    """One entry per column of the uses ``sites`` concatenated, ``fact(site, column)``
+    repeated for each of its n rows per point (the order of ``_flat`` and ``_group``)."""
+    return [fact(s, c) for s in sites for c in s.columns for _ in range(s.rows_per_point)]
 
 
 def take_columns(t: torch.Tensor, cols: list[int], dim: int) -> torch.Tensor:
@@ -190,9 +186,8 @@ def _shared_columns(X: torch.Tensor) -> tuple[int, ...]:
     candidates = (X[1] == X[0]).all(-1).nonzero()[:, 0].tolist()
     if not candidates:
         return ()
-    cols = take_columns(
-        X, candidates, 1
-    )  # a count of mismatches: faster than all() on these shapes
+    cols = take_columns(X, candidates, 1)
+    # a count of mismatches: faster than all() on these shapes
     mismatches = (cols != cols[:1]).flatten(2).sum((0, 2))
     return tuple(s for s, bad in zip(candidates, mismatches.tolist()) if not bad)
 
@@ -262,7 +257,8 @@ def _group(model, taps, gs, N, trainable: set) -> dict[str, Layer]:
     order = {name: i for i, (name, _) in enumerate(model.named_parameters())}
     layers = {}
     for weight in sorted(pieces, key=order.__getitem__):
-        biases = {s.bias for s, _, _ in pieces[weight]} - {None}
+        sites = [site for site, _, _ in pieces[weight]]
+        biases = {s.bias for s in sites} - {None}
         if len(biases) > 1:
             raise KFACError(f"the weight {weight} is used with several biases {sorted(biases)}")
         bias = next(iter(biases), None)
@@ -271,12 +267,12 @@ def _group(model, taps, gs, N, trainable: set) -> dict[str, Layer]:
         gl = [g for _, _, g in pieces[weight]]
         e, cols = None, ()
         if bias is not None:  # 0 for a use without the bias
-            entries = [v * bool(s.bias) for s, _, _ in pieces[weight] for v in _bias_entries(s)]
+            entries = _per_row(sites, lambda s, c: float(c.kind == "value" and bool(s.bias)))
             e = torch.tensor(entries, dtype=Xs[0].dtype, device=Xs[0].device)
             cols = tuple(i for i, v in enumerate(entries) if v)
         X = Xs[0] if len(Xs) == 1 else torch.cat(Xs, 1)
         g = gl[0] if len(gl) == 1 else torch.cat(gl, 2)
-        reach = [v for s, _, _ in pieces[weight] for v in _reaches(s)]
+        reach = _per_row(sites, lambda s, c: c.output is not None)
         live = None if all(reach) else tuple(i for i, v in enumerate(reach) if v)
         layers[weight] = Layer(weight, bias, X, g, e, cols, live, _shared_columns(X))
     return layers
