@@ -47,9 +47,11 @@ class Column:
             rows); None for the value and a single-row top.
         input: the node holding the input coefficient: ``(M, d_in)`` for value/top,
             ``(R, M, d_in)`` (take ``[index]``) for a direction, ``(G, M, d_in)`` for a
-            top of G rows. None: known zero and not in the graph.
+            top of G rows. None: known zero and not in the graph, or held by a
+            :class:`Factored` input of the site.
         output: the node holding the pre-activation output coefficient, same layout
-            with ``d_out``. None: it does not reach the result (g = 0 there).
+            with ``d_out``. None: it does not reach the result (g = 0 there), or its g
+            is held by a :class:`Factored` output of the site.
         zero_input: the input is known to be zero (the input's higher orders, e.g. the
             first layer's top); KFAC still counts the column in S.
     """
@@ -60,6 +62,33 @@ class Column:
     input: torch.fx.Node | None
     output: torch.fx.Node | None
     zero_input: bool = False
+
+
+@dataclass
+class Factored:
+    """Columns of a site held as a product ``P[n] ⊙ Q[j]`` instead of one tensor per column.
+
+    ``side="input"``: column ``cols[j]``'s input is ``P (M, d_in) ⊙ Q[rows[j]]``; only for
+    columns whose outputs do not reach the result (the last layer's directions under a
+    Laplacian: ``σ'(a) ⊙ W e_r``). ``side="output"``: the column's g is
+    ``dr/dP (M, d_out) ⊙ Q[rows[j]]``, P the per-point node r reads them through (the
+    first layer's directions under a collapsed Laplacian: ``Σ_r z_r²`` per point is the
+    expand of one sum, ``dr/dz_r = dr/dP ⊙ 2 z_r``). Either way the ``(R, M, d)`` block
+    of per-point columns is never built: Kronecker factors take its Gram as
+    ``(PᵀP) ⊙ (QᵀQ)`` (:mod:`taylorc.optim.factors`).
+
+    Attributes:
+        side: ``"input"`` or ``"output"``.
+        cols: the site's columns s held so.
+        rows: for each of ``cols``, its row of Q.
+        P, Q: nodes ``(M, d)`` and ``(R, d)``.
+    """
+
+    side: str
+    cols: tuple[int, ...]
+    rows: tuple[int, ...]
+    P: torch.fx.Node | None
+    Q: torch.fx.Node | None
 
 
 @dataclass
@@ -78,7 +107,9 @@ class LinearSite:
             then order 1..K-1 (each: directions 0..R-1), then the top.
         rows_per_point: input rows per point (1, or n for a layer applied to ``(B, n, d)``).
         collapse_weights: the plan's top weights ``(G, R)`` (None for standard Taylor).
-        tap, z: nodes of the sites graph: the tap placeholder and the stacked inputs.
+        tap, z: nodes of the sites graph: the tap placeholder and the stacked inputs
+            (without the columns of ``factored`` inputs).
+        factored: columns held as products (:class:`Factored`; graphs without taps only).
     """
 
     name: str
@@ -91,6 +122,7 @@ class LinearSite:
     collapse_weights: torch.Tensor | None = None
     tap: torch.fx.Node | None = None
     z: torch.fx.Node | None = None
+    factored: list[Factored] = field(default_factory=list)
 
     @property
     def S(self) -> int:
@@ -111,6 +143,14 @@ class LinearSite:
         for what, n in (("tap", self.tap), ("z", self.z)):
             if n is not None:
                 yield f"sites[{self.name}].{what}", n
+        for i, f in enumerate(self.factored):
+            for what, n in (("P", f.P), ("Q", f.Q)):
+                if n is not None:
+                    yield f"sites[{self.name}].factored[{i}].{what}", n
+
+    def factored_columns(self, side: str) -> set[int]:
+        """The columns held as products on ``side`` (``"input"`` or ``"output"``)."""
+        return {s for f in self.factored if f.side == side for s in f.cols}
 
     def remap(self, fn) -> None:
         """Replace every referenced node n by ``fn(n)`` (see :meth:`taylorc.ir.GraphInfo.remap`)."""
@@ -119,6 +159,9 @@ class LinearSite:
             c.output = fn(c.output) if c.output is not None else None
         self.tap = fn(self.tap) if self.tap is not None else None
         self.z = fn(self.z) if self.z is not None else None
+        for f in self.factored:
+            f.P = fn(f.P) if f.P is not None else None
+            f.Q = fn(f.Q) if f.Q is not None else None
 
 
 def linear_use(node: torch.fx.Node, params: dict[torch.fx.Node, str]):
@@ -264,6 +307,12 @@ class SitesPass:
         first = next(n for n in graph.nodes if n.op != "placeholder")
         coord = next(n for n in graph.nodes if n.op == "placeholder" and n.name == ctx.coord)
         N, zs, columns = coord.meta["val"].shape[0], [], []
+        if not self.taps:  # before anything reads the blocks: pins and stacks are not uses
+            out.args = (tuple(out.args[0][: len(ctx.plan.terms)]),)
+            for site in info.sites:
+                site.factored = _factor_inputs(graph, site, N)
+            for site in info.sites:
+                site.factored += _factor_outputs(gm, site, N)
         for i, site in enumerate(info.sites):
             d_in, d_out = _width(site, "input"), _width(site, "output")
             mid = [site.rows_per_point] if site.rows_per_point > 1 else []
@@ -278,11 +327,14 @@ class SitesPass:
             with graph.inserting_before(out):
                 site.z = _stack_inputs(graph, site, N, mid, d_in, ctx.dtype)
             zs.append(site.z)
-        terms = out.args[0][: len(ctx.plan.terms)]  # without PinPass's pins
-        out.args = (tuple(terms) + tuple(zs) + tuple(columns),)
-        # CSE that keeps every output column apart (its g is read: it must keep exactly
-        # its own users), then DCE of what only the pins read
-        ir.cse(gm, keep={c.output for s in info.sites for c in s.columns if c.output is not None})
+        terms = out.args[0][: len(ctx.plan.terms)]  # without PinPass's pins (tapped: read now)
+        factors = [n for site in info.sites for f in site.factored for n in (f.P, f.Q)]
+        out.args = (tuple(terms) + tuple(zs) + tuple(columns) + tuple(factors),)
+        # CSE that keeps every node whose g is read apart (it must keep exactly its own
+        # users), then DCE of what only the pins read
+        read = {c.output for s in info.sites for c in s.columns if c.output is not None}
+        read |= {f.P for s in info.sites for f in s.factored if f.side == "output"}
+        ir.cse(gm, keep=read)
         ir.dce(gm)
         return gm
 
@@ -373,9 +425,12 @@ def _attach_taps(graph: torch.fx.Graph, site: LinearSite, N: int) -> None:
 
 
 def _stack_inputs(graph, site: LinearSite, N: int, mid: list[int], d_in: int, dtype):
-    """``Z (N, S, *mid, d_in)``: the input columns stacked (known zeros made explicit)."""
-    cols = []
-    for c in site.columns:
+    """``Z (N, S', *mid, d_in)``: the input columns stacked (known zeros made explicit),
+    without the ``S - S'`` columns of factored inputs."""
+    cols, factored = [], site.factored_columns("input")
+    for s, c in enumerate(site.columns):
+        if s in factored:
+            continue
         if c.input is None:
             shape = [N * (mid[0] if mid else 1), d_in]
             col = graph.call_function(aten.zeros.default, (shape,), {"dtype": dtype})
@@ -386,11 +441,119 @@ def _stack_inputs(graph, site: LinearSite, N: int, mid: list[int], d_in: int, dt
         cols.append(col)
         if col is not c.input:
             _tag(col, site, c, "site_input")
+    S = len(cols)
     made = [graph.call_function(aten.stack.default, (cols, 1))]  # (N * n, S, d_in)
     if mid:  # rows of one point are consecutive: (N, n, S, d_in) -> (N, S, n, d_in)
-        made.append(graph.call_function(aten.reshape.default, (made[-1], [N, *mid, site.S, d_in])))
+        made.append(graph.call_function(aten.reshape.default, (made[-1], [N, *mid, S, d_in])))
         made.append(graph.call_function(aten.movedim.int, (made[-1], 1, 2)))
-    made.append(graph.call_function(aten.reshape.default, (made[-1], [N, site.S, *mid, d_in])))
+    made.append(graph.call_function(aten.reshape.default, (made[-1], [N, S, *mid, d_in])))
     for n in made:
         _tag(n, site, site.columns[0], "site_input")
     return made[-1]
+
+
+def _broadcast_source(node, N: int):
+    """``Q (R, 1, d)`` when ``node`` is ``expand(Q, [R, N, d])``: one row for every point
+    (the first layer's direction columns, hoisted out of the matmul); else None."""
+    if not isinstance(node, torch.fx.Node) or node.target is not aten.expand.default:
+        return None
+    src = node.args[0]
+    sv = src.meta.get("val") if isinstance(src, torch.fx.Node) else None
+    ov = node.meta.get("val")
+    if sv is None or ov is None or sv.dim() != 3 or ov.dim() != 3 or sv.shape[1] != 1:
+        return None
+    return src if tuple(ov.shape) == (sv.shape[0], N, sv.shape[2]) else None
+
+
+def _product(node: torch.fx.Node, N: int):
+    """``(P, Q)`` when ``node`` is ``mul(P (N, d), expand(Q (R, 1, d)))`` (either order)."""
+    if node.op != "call_function" or node.target is not aten.mul.Tensor or node.kwargs:
+        return None
+    for p, e in (node.args, node.args[::-1]):
+        Q = _broadcast_source(e, N)
+        pv = p.meta.get("val") if isinstance(p, torch.fx.Node) else None
+        if Q is None or pv is None or pv.dtype != Q.meta["val"].dtype:
+            continue
+        if tuple(pv.shape) == (N, Q.meta["val"].shape[2]):
+            return p, Q
+    return None
+
+
+def _blocks(site: LinearSite, what: str) -> dict:
+    """Direction columns by the ``(R, M, d)`` node holding their ``what`` (input/output)."""
+    blocks: dict = {}
+    for s, c in enumerate(site.columns):
+        node = getattr(c, what)
+        if c.kind == "direction" and node is not None:
+            blocks.setdefault(node, []).append(s)
+    return blocks
+
+
+def _rows_of(Q: torch.fx.Node, graph, site: LinearSite, cols: list[int]):
+    """``reshape(Q (R, 1, d), (R, d))`` and each column's row of it."""
+    R, _, d = Q.meta["val"].shape
+    with graph.inserting_after(Q):
+        flat = graph.call_function(aten.reshape.default, (Q, [R, d]))
+    _tag(flat, site, site.columns[cols[0]], "factor")
+    return flat, tuple(site.columns[s].index for s in cols)
+
+
+def _factor_inputs(graph, site: LinearSite, N: int) -> list[Factored]:
+    """The input blocks ``mul(P, expand(Q))`` of columns whose outputs reach nothing, as
+    :class:`Factored` inputs (their columns' ``input`` becomes None: they are not stacked)."""
+    if site.rows_per_point != 1:
+        return []
+    out = []
+    for node, cols in _blocks(site, "input").items():
+        pq = None if any(site.columns[s].output is not None for s in cols) else _product(node, N)
+        if pq is None:
+            continue
+        Q, rows = _rows_of(pq[1], graph, site, cols)
+        out.append(Factored("input", tuple(cols), rows, pq[0], Q))
+        for s in cols:
+            site.columns[s].input = None
+    return out
+
+
+def _live_users(node: torch.fx.Node) -> list[torch.fx.Node]:
+    """Users that are read (a user nothing reads, such as a pin or an unstacked input, is not)."""
+    return [u for u in node.users if u.users or u.op == "output"]
+
+
+def _factor_outputs(gm: torch.fx.GraphModule, site: LinearSite, N: int) -> list[Factored]:
+    """Output blocks ``O = expand(Q)`` that the result reads only as ``sum(O * O, 0)`` (the
+    collapsed Laplacian's ``Σ_r z_r²``), rewritten ``expand(sum(Q * Q, 0))``: per point
+    ``dr/dO_r = dr/dP ⊙ 2 Q_r``, read through the expand P (a :class:`Factored` output;
+    the columns' ``output`` becomes None). Same values, bit for bit: the per-point sum
+    was of identical rows, and ``2 Q`` is what the product rule gives exactly."""
+    if site.rows_per_point != 1:
+        return []
+    graph, out = gm.graph, []
+    for block, cols in _blocks(site, "output").items():
+        Q = _broadcast_source(block, N)
+        users = _live_users(block)
+        if Q is None or len(users) != 1 or users[0].target is not aten.mul.Tensor:
+            continue
+        square = users[0]
+        if tuple(square.args) != (block, block) or square.kwargs or len(square.users) != 1:
+            continue
+        red = next(iter(square.users))
+        if red.target is not aten.sum.dim_IntList or red.kwargs or list(red.args[1]) != [0]:
+            continue
+        if len(red.args) > 2 and red.args[2]:  # keepdim
+            continue
+        d = Q.meta["val"].shape[2]
+        with graph.inserting_before(red):
+            small = graph.call_function(aten.mul.Tensor, (Q, Q))
+            small = graph.call_function(aten.sum.dim_IntList, (small, [0]))
+            P = graph.call_function(aten.expand.default, (small, [N, d]))
+        ir.tag_new((small.args[0], small, P), ir.tag_of(red))
+        flat, rows = _rows_of(Q, graph, site, cols)
+        with graph.inserting_after(flat):
+            twice = graph.call_function(aten.mul.Tensor, (flat, 2))
+        _tag(twice, site, site.columns[cols[0]], "factor")
+        ir.replace(gm, red, P)
+        out.append(Factored("output", tuple(cols), rows, P, twice))
+        for s in cols:
+            site.columns[s].output = None
+    return out

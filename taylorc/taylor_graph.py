@@ -42,12 +42,109 @@ class SiteRun:
         columns: (graphs built without taps) site name -> its output tensors, one per
             :func:`~taylorc.sites.column_groups` entry; :func:`site_gradients` reads g
             from them. Empty for a graph with taps.
+        factors: (graphs built without taps) site name -> ``[(Factored, P, Q), ...]``,
+            the values of the site's :class:`~taylorc.sites.Factored` columns; their
+            inputs are not in ``inputs`` (which then holds the other columns, in order).
     """
 
     outputs: torch.Tensor | dict[str, torch.Tensor]
     inputs: dict[str, torch.Tensor]
     taps: dict[str, torch.Tensor]
     columns: dict[str, list[torch.Tensor]] = field(default_factory=dict)
+    factors: dict[str, list] = field(default_factory=dict)
+
+    def input_columns(self, site: LinearSite) -> Columns:
+        """``Z`` of ``site`` as :class:`Columns` over its S columns (rows of a point, for
+        ``rows_per_point`` n > 1, stay a separate axis of ``dense``: ``(N, S, n, d_in)``)."""
+        z = self.inputs[site.name]
+        fs = [(f, P, Q) for f, P, Q in self.factors.get(site.name, ()) if f.side == "input"]
+        if not fs:
+            return Columns(site.S, z, tuple(range(site.S)))
+        cols = tuple(s for s in range(site.S) if s not in site.factored_columns("input"))
+        return Columns(site.S, z, cols, tuple((f.cols, P, Q[list(f.rows)]) for f, P, Q in fs))
+
+
+@dataclass
+class Columns:
+    """Coefficient columns ``(*lead, S, d)``, held as a dense stack and factored blocks.
+
+    Attributes:
+        S: the number of columns.
+        dense: ``(*lead, C, d)``: the columns ``cols``, in that order.
+        cols: the columns ``dense`` holds, ascending.
+        factored: ``((cols_f, P, Q), ...)`` with ``P (*lead, d)`` and ``Q (len(cols_f), d)``:
+            column ``cols_f[j]`` is ``P ⊙ Q[j]`` (:class:`~taylorc.sites.Factored`).
+
+    Every column is in exactly one of ``cols`` and the blocks' ``cols_f``.
+    """
+
+    S: int
+    dense: torch.Tensor
+    cols: tuple[int, ...]
+    factored: tuple = ()
+
+    @staticmethod
+    def of(t: torch.Tensor) -> Columns:
+        """All columns of ``t (*lead, S, d)`` dense."""
+        return Columns(t.shape[-2], t, tuple(range(t.shape[-2])))
+
+    @property
+    def factored_columns(self) -> set[int]:
+        """The columns held by factored blocks."""
+        return {s for cols, _, _ in self.factored for s in cols}
+
+    def full(self) -> torch.Tensor:
+        """``(*lead, S, d)``, the factored columns multiplied out (cached)."""
+        if not self.factored:
+            return self.dense
+        if "_full" not in self.__dict__:
+            d = self.dense
+            out = d.new_empty(*d.shape[:-2], self.S, d.shape[-1])
+            out[..., list(self.cols), :] = d
+            for cols, P, Q in self.factored:
+                out[..., list(cols), :] = P.unsqueeze(-2) * Q
+            self.__dict__["_full"] = out
+        return self.__dict__["_full"]
+
+    def take(self, cols: list[int]) -> torch.Tensor:
+        """``(*lead, len(cols), d)``: the columns ``cols`` (ascending, not empty); a view of
+        ``dense`` when they are a contiguous run of it."""
+        at = {s: i for i, s in enumerate(self.cols)}
+        if not all(s in at for s in cols):
+            return self.full().index_select(-2, torch.tensor(cols, device=self.dense.device))
+        pos = [at[s] for s in cols]
+        if pos == list(range(pos[0], pos[0] + len(pos))):
+            return self.dense.narrow(-2, pos[0], len(pos))
+        return self.dense.index_select(-2, torch.tensor(pos, device=self.dense.device))
+
+    @staticmethod
+    def cat(parts: list[Columns]) -> Columns:
+        """The columns of ``parts`` one after the other (same leading dims)."""
+        if len(parts) == 1:
+            return parts[0]
+        cols, factored, at = [], [], 0
+        for c in parts:
+            cols += [at + s for s in c.cols]
+            factored += [(tuple(at + s for s in fc), P, Q) for fc, P, Q in c.factored]
+            at += c.S
+        dense = torch.cat([c.dense for c in parts], -2)
+        return Columns(at, dense, tuple(cols), tuple(factored))
+
+    @staticmethod
+    def stack(parts: list[Columns]) -> Columns:
+        """A new leading dim over ``parts`` (same columns and factors' Q, e.g. the g of each
+        residual output)."""
+        if len(parts) == 1:
+            c = parts[0]
+            return Columns(
+                c.S, c.dense[None], c.cols, tuple((f, P[None], Q) for f, P, Q in c.factored)
+            )
+        first = parts[0]
+        factored = tuple(
+            (f, torch.stack([p.factored[i][1] for p in parts]), Q)
+            for i, (f, _, Q) in enumerate(first.factored)
+        )
+        return Columns(first.S, torch.stack([p.dense for p in parts]), first.cols, factored)
 
 
 class TaylorGraph:
@@ -112,18 +209,25 @@ class TaylorGraph:
         T, S = len(self._op.ops), len(self.sites)
         terms, zs, rest = outs[:T], outs[T : T + S], list(outs[T + S :])
         outputs = terms[0] if self._op.single else dict(zip(self._op.ops, terms))
-        columns = {}
+        columns, factors = {}, {}
         for s in self.sites if not self.taps else ():
             k = len(column_groups(s))
             columns[s.name], rest = rest[:k], rest[k:]
-        return SiteRun(outputs, {s.name: z for s, z in zip(self.sites, zs)}, taps, columns)
+        for s in self.sites if not self.taps else ():
+            k = 2 * len(s.factored)
+            got, rest = rest[:k], rest[k:]
+            factors.update({s.name: list(zip(s.factored, got[::2], got[1::2]))})
+        inputs = {s.name: z for s, z in zip(self.sites, zs)}
+        return SiteRun(outputs, inputs, taps, columns, factors)
 
     def __call__(self, *args: torch.Tensor):
         """The operator's value at ``args`` (as ``op(*args)``), through this graph."""
         return self.run(*args).outputs
 
 
-def site_gradients(pairs: list, scalar: torch.Tensor, retain_graph: bool = False) -> list:
+def site_gradients(
+    pairs: list, scalar: torch.Tensor, retain_graph: bool = False, factored: bool = False
+) -> list:
     """``g = d scalar / dz`` of each ``(SiteRun, LinearSite)`` pair, in one reverse pass.
 
     Args:
@@ -131,6 +235,8 @@ def site_gradients(pairs: list, scalar: torch.Tensor, retain_graph: bool = False
         scalar: a 0-d tensor computed from the runs' outputs (e.g. a residual summed
             over points: then ``g[n, s] = dr_n / dz_ns``).
         retain_graph: keep the autograd graph for a further pass.
+        factored: return :class:`Columns` (the g of :class:`~taylorc.sites.Factored`
+            output columns kept as products) instead of tensors.
 
     Returns:
         per pair ``g (N, S, d_out)`` (``(N, S, n, d_out)`` with ``rows_per_point`` n),
@@ -140,6 +246,7 @@ def site_gradients(pairs: list, scalar: torch.Tensor, retain_graph: bool = False
     leaves, spans = [], []
     for run, site in pairs:
         got = [run.taps[site.name]] if run.taps else run.columns[site.name]
+        got = got + [P for f, P, _ in run.factors.get(site.name, ()) if f.side == "output"]
         spans.append((len(leaves), len(got)))
         leaves += got
     live = [t for t in leaves if t.requires_grad]  # not: outputs of frozen layers on data
@@ -148,24 +255,33 @@ def site_gradients(pairs: list, scalar: torch.Tensor, retain_graph: bool = False
     grads = [torch.zeros_like(t) if g is None else g for g, t in zip(grads, leaves)]
     out = []
     for (run, site), (i, k) in zip(pairs, spans):
-        out.append(grads[i] if run.taps else _assemble(site, leaves[i : i + k], grads[i : i + k]))
+        if run.taps:
+            out.append(Columns(site.S, grads[i], tuple(range(site.S))) if factored else grads[i])
+            continue
+        g = _assemble(site, run, leaves[i : i + k], grads[i : i + k])
+        out.append(g if factored else g.full())
     return out
 
 
-def _assemble(site: LinearSite, tensors: list, grads: list) -> torch.Tensor:
-    """The per-column gradients of one site's output groups, stacked like its tap."""
+def _assemble(site: LinearSite, run: SiteRun, tensors: list, grads: list) -> Columns:
+    """The per-column gradients of one site's output groups and factored outputs, in the
+    tap's layout."""
+    groups = column_groups(site)
     at = {}
-    for (_, cols), g in zip(column_groups(site), grads):
+    for (_, cols), g in zip(groups, grads):
         for s in cols:
             c = site.columns[s]
             at[s] = g if c.index is None else g[c.index]
-    M, d = next(iter(at.values())).shape
+    fs = [(f, Q) for f, _, Q in run.factors.get(site.name, ()) if f.side == "output"]
+    factored = tuple((f.cols, u, Q[list(f.rows)]) for (f, Q), u in zip(fs, grads[len(groups) :]))
+    M, d = tensors[0].shape[-2:]
     zero = tensors[0].new_zeros(M, d)
-    g = torch.stack([at.get(s, zero) for s in range(site.S)], 1)  # (N * n, S, d_out)
+    cols = tuple(s for s in range(site.S) if s not in site.factored_columns("output"))
+    g = torch.stack([at.get(s, zero) for s in cols], 1)  # (N * n, S', d_out)
     n = site.rows_per_point
-    if n == 1:
-        return g
-    return g.reshape(M // n, n, site.S, d).movedim(1, 2)  # rows of one point are consecutive
+    if n > 1:  # rows of one point are consecutive (never factored)
+        g = g.reshape(M // n, n, site.S, d).movedim(1, 2)
+    return Columns(site.S, g, cols, factored)
 
 
 def build_taylor_graph(op, args: tuple, taps: bool = True) -> TaylorGraph:

@@ -130,22 +130,40 @@ def test_gradient_and_jvp_equal_oracle_jacobian(case):
         torch.testing.assert_close(got, (J @ v).reshape(N, -1).T)
 
 
+def _random_sizes(seed, N, S):
+    """``(generator, dtype, (N, S, d_in, d_out, M))`` of a random hand-built layer."""
+    dt = torch.float32 if seed % 4 == 3 else DT
+    return (
+        torch.Generator().manual_seed(seed),
+        dt,
+        (N, S, 1 + seed % 3 * 3, 1 + seed % 2 * 5, 1 + seed % 2),
+    )
+
+
+def _check_gradient_and_jvp(layer, g, M, gen):
+    """layer_gradient and jvp against einsums of Ĝ = 1/N Σ r g Z̃ᵀ and J v = Σ g · (V Z̃)."""
+    from taylorc.optim.record import Linearization
+
+    Z, dt, N = layer.Z, g.dtype, g.shape[1]
+    r = torch.randn(N, M, generator=gen, dtype=dt)
+    tol = dict(rtol=1e-4, atol=1e-5) if dt == torch.float32 else {}
+    torch.testing.assert_close(
+        layer_gradient(layer, r), torch.einsum("nm,mnso,nsi->oi", r, g, Z) / N, **tol
+    )
+    V = [torch.randn(layer.d_out, layer.d_in, generator=gen, dtype=dt) for _ in "ab"]
+    lin = Linearization(r, {"w": layer})
+    for v, got in zip(V, jvp(lin, *({"w": v} for v in V))):
+        torch.testing.assert_close(got, torch.einsum("mnso,oi,nsi->mn", g, v, Z), **tol)
+
+
 @pytest.mark.parametrize("seed", range(8))
 def test_column_shortcuts_equal_the_formula(seed):
     """layer_gradient and jvp on hand-built layers with random dead columns (g = 0), columns
     shared by all points (zero or not, bias entry or not), M = 1 or 2, float32 and float64,
     against einsums of Ĝ = 1/N Σ r g Z̃ᵀ and J v = Σ g · (V Z̃)."""
-    from taylorc.optim.record import Layer, Linearization
+    from taylorc.optim.record import Layer
 
-    gen = torch.Generator().manual_seed(seed)
-    dt = torch.float32 if seed % 4 == 3 else DT
-    N, S, d_in, d_out, M = (
-        1 + seed % 5,
-        2 + seed % 4,
-        1 + seed % 3 * 3,
-        1 + seed % 2 * 5,
-        1 + seed % 2,
-    )
+    gen, dt, (N, S, d_in, d_out, M) = _random_sizes(seed, 1 + seed % 5, 2 + seed % 4)
     X = torch.randn(N, S, d_in, generator=gen, dtype=dt)
     g = torch.randn(M, N, S, d_out, generator=gen, dtype=dt)
     live = tuple(s for s in range(S) if s == 0 or torch.rand(1, generator=gen) < 0.6)
@@ -160,16 +178,56 @@ def test_column_shortcuts_equal_the_formula(seed):
         [s for s in live if s not in shared],
         [s for s in live if s in shared],
     )
-    r = torch.randn(N, M, generator=gen, dtype=dt)
+    _check_gradient_and_jvp(layer, g, M, gen)
+
+
+def _factor_some(t, cols, gen, lead):
+    """``t (*lead, S, d)`` with the columns ``cols`` replaced by products ``P ⊙ Q[j]``, and
+    its :class:`Columns` holding them factored."""
+    from taylorc.taylor_graph import Columns
+
+    d, S = t.shape[-1], t.shape[-2]
+    P = torch.randn(*t.shape[:lead], d, generator=gen, dtype=t.dtype)
+    Q = torch.randn(len(cols), d, generator=gen, dtype=t.dtype)
+    if cols:
+        t[..., list(cols), :] = P.unsqueeze(-2) * Q
+    rest = tuple(s for s in range(S) if s not in cols)
+    factored = ((tuple(cols), P, Q),) if cols else ()
+    return t, Columns(S, t[..., list(rest), :].clone(), rest, factored)
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_factored_columns_equal_the_formula(seed):
+    """Layers whose X and g hold some columns as products P ⊙ Q (the sites' Factored
+    columns): A, B (expand and reduce), the gradient and J v equal the einsum formulas on
+    the multiplied-out tensors, with shared, dead and bias columns, M = 1 or 2."""
+    from taylorc.optim.record import Layer
+
+    gen, dt, (N, S, d_in, d_out, M) = _random_sizes(100 + seed, 2 + seed % 4, 3 + seed % 3)
+    pick = lambda p: [s for s in range(S) if torch.rand(1, generator=gen) < p]  # noqa: E731
+    X = torch.randn(N, S, d_in, generator=gen, dtype=dt)
+    g = torch.randn(M, N, S, d_out, generator=gen, dtype=dt)
+    fx = pick(0.4)
+    shared = tuple(s for s in pick(0.5) if s not in fx)
+    for s in shared:
+        X[:, s] = X[0, s].clone()
+    live = tuple(s for s in range(S) if s == 0 or torch.rand(1, generator=gen) < 0.7)
+    g[:, :, [s for s in range(S) if s not in live]] = 0
+    fg = [s for s in pick(0.5) if s in live]
+    X, xc = _factor_some(X, fx, gen, 1)
+    g, gc = _factor_some(g, fg, gen, 2)
+    e = (torch.rand(S, generator=gen) < 0.5).to(dt) if seed % 3 else None
+    layer = Layer("w", "b" if e is not None else None, xc, gc, e, (), live, shared)
+    assert torch.equal(layer.X, X) and torch.equal(layer.g, g)
     Z = layer.Z
     tol = dict(rtol=1e-4, atol=1e-5) if dt == torch.float32 else {}
-    torch.testing.assert_close(
-        layer_gradient(layer, r), torch.einsum("nm,mnso,nsi->oi", r, g, Z) / N, **tol
-    )
-    V = [torch.randn(d_out, layer.d_in, generator=gen, dtype=dt) for _ in "ab"]
-    lin = Linearization(r, {"w": layer})
-    for v, got in zip(V, jvp(lin, *({"w": v} for v in V))):
-        torch.testing.assert_close(got, torch.einsum("mnso,oi,nsi->mn", g, v, Z), **tol)
+    A, B = factors.layer_factors(layer, "expand")
+    torch.testing.assert_close(A, torch.einsum("nsi,nsj->ij", Z, Z) / (N * S), **tol)
+    torch.testing.assert_close(B, torch.einsum("mnso,mnsp->op", g, g) / N, **tol)
+    A, B = factors.layer_factors(layer, "reduce")
+    torch.testing.assert_close(A, torch.einsum("ni,nj->ij", Z.mean(1), Z.mean(1)) / N, **tol)
+    torch.testing.assert_close(B, torch.einsum("mno,mnp->op", g.sum(2), g.sum(2)) / N, **tol)
+    _check_gradient_and_jvp(layer, g, M, gen)
 
 
 @pytest.mark.parametrize("name", ["laplacian", "burgers"])
@@ -212,15 +270,17 @@ def reference_factors(model, op, x, approx):
     return out
 
 
+@pytest.mark.parametrize("widths", [[5, 4], [5]])
 @pytest.mark.parametrize("approx", ["expand", "reduce"])
 @pytest.mark.parametrize("operator", ["laplacian", "biharmonic"])
-def test_factors_equal_reference(approx, operator):
-    model = mlp(3, [5, 4])
+def test_factors_equal_reference(approx, operator, widths):
+    """(One hidden layer under the Laplacian: the direction blocks held as products.)"""
+    model = mlp(3, widths)
     op = taylorc.compile(model, operator)
     x = torch.rand(5, 3, dtype=DT)
     got = kfac_factors(model, {"t": lambda x: op(x)}, {"t": x}, approx)["t"]
     ref = reference_factors(model, op, x, approx)
-    assert set(got) == set(ref) == {"0.weight", "2.weight", "4.weight"}
+    assert set(got) == set(ref) == {f"{2 * i}.weight" for i in range(len(widths) + 1)}
     first = op.taylor_graph(x).sites[0]
     assert first.columns[-1].zero_input  # the first layer's top column is zero, still in S
     for w in ref:

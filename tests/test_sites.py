@@ -158,13 +158,39 @@ def check_untapped(op, tg, x):
     total = lambda o: sum((v * torch.linspace(1, 2, v.numel()).view_as(v)).sum() for v in o)  # noqa: E731
     want = site_gradients([(run, s) for s in tg.sites], total(outs.values()))
     got = site_gradients([(quick, s) for s in fast.sites], total(quicks.values()))
-    for s, w, g in zip(tg.sites, want, got):
-        torch.testing.assert_close(quick.inputs[s.name], run.inputs[s.name], rtol=0, atol=0)
+    for s, f, w, g in zip(tg.sites, fast.sites, want, got):
+        z = quick.input_columns(f).full()
+        torch.testing.assert_close(z, run.inputs[s.name], rtol=0, atol=0)
         assert g.shape == w.shape == run.taps[s.name].shape, s.name
         torch.testing.assert_close(g, w, rtol=1e-12, atol=1e-13)
 
 
 D3 = torch.randn(4, 3, dtype=torch.float64)
+
+
+@pytest.mark.parametrize("out", [1, 2])
+def test_one_hidden_layer_laplacian_holds_direction_blocks_as_products(out):
+    """Under a collapsed Laplacian of a one-hidden-layer net, the graph without taps holds
+    the last layer's direction inputs (σ'(a) ⊙ W e_r, which reach nothing) and the first
+    layer's direction g (read through Σ_r z_r², one row for all points) as products; Z,
+    g and the values equal the tapped graph's (check_untapped)."""
+    model = mlp(3, [6], out=out)
+    op = taylorc.compile(model, "laplacian")
+    fast = build_taylor_graph(op, (D3,), taps=False)
+    held = {(s.name, f.side, f.cols) for s in fast.sites for f in s.factored}
+    assert held == {("0", "output", (1, 2, 3)), ("2", "input", (1, 2, 3))}
+    blocks = [n for n in fast.gm.graph.nodes if n.target is torch.ops.aten.mul.Tensor]
+    assert not any(
+        n.args[0] is n.args[1]
+        and n.args[0].target is torch.ops.aten.expand.default
+        and len(n.args[0].args[1]) == 3
+        for n in blocks
+    )  # no per-point Σ_r z_r²
+    check_sites(model, "laplacian", D3)
+    tg = build_taylor_graph(taylorc.compile(model, "biharmonic"), (D3,), taps=False)
+    assert not any(f.side == "output" for s in tg.sites for f in s.factored)  # not Σ_r z_r²
+
+
 RECIPE = ["tanh", "residual", "gate", "layernorm", "silu"]
 
 

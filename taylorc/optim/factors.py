@@ -19,7 +19,8 @@ import functools
 
 import torch
 
-from .record import Layer, Linearization, linearize, take_columns
+from ..taylor_graph import Columns
+from .record import Layer, Linearization, linearize
 
 APPROX = ("expand", "reduce")
 SYRK_MIN = 1 << 20  # m·k² multiply-adds: below, the thread limit's ~20 µs eats ?syrk's saving
@@ -69,22 +70,25 @@ def layer_factors(layer: Layer, approx: str = "expand") -> tuple[torch.Tensor, t
     """``(A (d_in+1, d_in+1), B (d_out, d_out))`` of one layer in one term (formulas above).
 
     The bias row and column of A come from sums of the inputs (Z̃ is never built):
-    Σ_n,s Z̃ Z̃ᵀ = [[Σ X Xᵀ, Σ_s e_s Σ_n X_ns], [·, N Σ_s e_s²]].
+    Σ_n,s Z̃ Z̃ᵀ = [[Σ X Xᵀ, Σ_s e_s Σ_n X_ns], [·, N Σ_s e_s²]]. Under expand, columns
+    held as products ``P_n ⊙ Q_j`` (:class:`~taylorc.sites.Factored`) add
+    ``(Σ_n P_n P_nᵀ) ⊙ (Σ_j Q_j Q_jᵀ)`` to the sums of outer products, never built per point.
 
     Raises:
         ValueError: ``approx`` not ``"expand"`` or ``"reduce"``.
     """
-    X, g, e = layer.X, layer.g, layer.e
-    N, S = X.shape[:2]
-    if approx == "expand":  # matmuls of the flattened columns (einsum's path is slower on CPU)
-        Xf, gf = X.reshape(-1, X.shape[-1]), g.reshape(-1, g.shape[-1])
-        A = gram(Xf)
+    e, N, S = layer.e, layer.N, layer.S
+    if approx == "expand":
+        A = _outer_sum(layer.x_columns)
         if e is not None:  # e is 0/1: sums of the bias columns only
-            a = sum(X[:, s].sum(0) for s in layer.bias_columns) if layer.bias_columns else 0 * A[0]
+            a = A.new_zeros(A.shape[0])
+            for s in layer.bias_columns:
+                a = a + layer.x_columns.take([s])[:, 0].sum(0)
             A = _with_bias(A, a, A.new_tensor(N * len(layer.bias_columns)))
         A = A / (N * S)
-        B = gram(gf) / N
+        B = _outer_sum(layer.g_columns) / N
     elif approx == "reduce":
+        X, g = layer.X, layer.g
         z = X.mean(1)
         A = gram(z)
         A = (
@@ -102,6 +106,30 @@ def layer_factors(layer: Layer, approx: str = "expand") -> tuple[torch.Tensor, t
     return A, B
 
 
+def _outer_sum(c: Columns) -> torch.Tensor:
+    """``(d, d)``: Σ over the leading dims and all columns of ``v vᵀ`` (matmuls of the
+    flattened dense columns: einsum's path is slower on the CPU; a factored block's
+    outer products sum to ``(PᵀP) ⊙ (QᵀQ)``)."""
+    d = c.dense.shape[-1]
+    out = gram(c.dense.reshape(-1, d))
+    for _, P, Q in c.factored:
+        out = out + gram(P.reshape(-1, d)) * gram(Q)
+    return out
+
+
+def _parts(c: Columns, cols: list[int]) -> tuple[list[int], list]:
+    """``cols`` split into those ``c`` holds dense and, per factored block, the part of
+    it in ``cols`` as ``(positions in cols, P, Q rows)``."""
+    at = {s: i for i, s in enumerate(cols)}
+    dense = [s for s in cols if s not in c.factored_columns]
+    blocks = []
+    for fc, P, Q in c.factored:
+        js = [j for j, s in enumerate(fc) if s in at]
+        if js:
+            blocks.append(([at[fc[j]] for j in js], P, Q[js]))
+    return dense, blocks
+
+
 def _with_bias(A: torch.Tensor, a: torch.Tensor | None, c: torch.Tensor | None) -> torch.Tensor:
     """``[[A, a], [aᵀ, c]]`` (A itself when ``a`` is None)."""
     if a is None:
@@ -116,37 +144,50 @@ def layer_gradient(layer: Layer, r: torch.Tensor) -> torch.Tensor:
 
     Columns whose g is zero by construction are skipped; a column whose input is the
     same for every point enters as ``(Σ_n G_ns) X_0sᵀ``, one pass over its g, with
-    ``G_ns = Σ_m r_nm g_mns`` (for M = 1 the residual weights the sum instead). The
-    per-point columns take one matmul over points and columns (``Xᵀ G``: MKL's faster
-    orientation for these tall operands); for M = 1 the residual weights the narrower
-    of g and X.
+    ``G_ns = Σ_m r_nm g_mns`` (a factored g ``P_mn ⊙ Q_j`` as ``(Σ_m,n r_nm P_mn) ⊙ Q_j``).
+    The per-point columns take one matmul over points and columns (``Xᵀ G``: MKL's
+    faster orientation for these tall operands); for M = 1 the residual weights the
+    narrower of g and X.
     """
-    X, g, e = layer.X, layer.g, layer.e
-    N, d_x, d_out = X.shape[0], X.shape[-1], layer.d_out
-    if r.shape[1] == 1:
-        w, G = r[:, 0], g[0]
-    else:  # Σ_m r_nm g_mns: the weighted g once
-        w, G = None, torch.einsum("nm,mnso->nso", r, g)
+    xc, gc, e = layer.x_columns, layer.g_columns, layer.e
+    N, d_x, d_out = layer.N, xc.dense.shape[-1], layer.d_out
     per_point, shared = layer.split_columns()
-    GW = X.new_zeros(d_out, d_x)
+    GW = xc.dense.new_zeros(d_out, d_x)
     if per_point:
-        Xp, Gp = take_columns(X, per_point, 1), take_columns(G, per_point, 1)
-        if w is not None and d_out <= d_x:
-            Gp = Gp * w[:, None, None]
-        elif w is not None:
-            Xp = Xp * w[:, None, None]
+        Xp, gp = xc.take(per_point), gc.take(per_point)
+        if r.shape[1] > 1:  # Σ_m r_nm g_mns: the weighted g once
+            Gp = torch.einsum("nm,mnso->nso", r, gp)
+        elif d_out <= d_x:
+            Gp = gp[0] * r[:, :1, None]
+        else:
+            Gp, Xp = gp[0], Xp * r[:, :1, None]
         GW = GW + (Xp.reshape(-1, d_x).T @ Gp.reshape(-1, d_out)).T
     sums = sorted(set(shared) | (set(layer.bias_columns) & set(per_point + shared)))
-    Q = {}  # s -> Σ_n w_n G_ns for the shared and bias columns: one pass over their g
-    if sums:
-        Gs = take_columns(G, sums, 1)
-        Q = dict(zip(sums, (Gs.sum(0) if w is None else w @ Gs.reshape(N, -1)).view(-1, d_out)))
+    Q = dict(zip(sums, _point_sums(gc, r, sums))) if sums else {}
     if shared:
-        GW = GW + torch.stack([Q[s] for s in shared]).T @ X[0, shared]
+        GW = GW + torch.stack([Q[s] for s in shared]).T @ xc.take(shared)[0]
     if e is not None:  # Σ_s e_s Σ_n w_n G_ns over the live bias columns (e is 0/1)
         b = sum((Q[s] for s in layer.bias_columns if s in Q), GW.new_zeros(d_out))
         GW = torch.cat([GW, b[:, None]], 1)
     return GW / N
+
+
+def _point_sums(gc: Columns, r: torch.Tensor, cols: list[int]) -> torch.Tensor:
+    """``(len(cols), d_out)``: Σ_m,n r_nm g_mns for s in ``cols`` (one pass over their g)."""
+    dense, blocks = _parts(gc, cols)
+    out = gc.dense.new_empty(len(cols), gc.dense.shape[-1])
+    if dense:
+        g = gc.take(dense)  # (M, N, C, d_out)
+        M, N = g.shape[:2]
+        if M == 1:
+            got = r[:, 0] @ g[0].reshape(N, -1)
+        else:
+            got = torch.einsum("nm,mnc->c", r, g.reshape(M, N, -1))
+        at = [cols.index(s) for s in dense]
+        out[at] = got.view(len(dense), -1)
+    for at, P, Qf in blocks:
+        out[at] = torch.einsum("nm,mnd->d", r, P) * Qf
+    return out
 
 
 def jvp(lin: Linearization, *directions: dict[str, torch.Tensor]) -> list[torch.Tensor]:
@@ -180,7 +221,7 @@ def jvp(lin: Linearization, *directions: dict[str, torch.Tensor]) -> list[torch.
 
 def _jvp_per_point(layer: Layer, V: torch.Tensor, cols: list[int]) -> torch.Tensor:
     """``(k, M, N)``: Σ_{s ∈ cols} g_mns · (V_j Z̃_ns) for each direction j."""
-    X, g = take_columns(layer.X, cols, 1), take_columns(layer.g, cols, 2)
+    X, g = layer.x_columns.take(cols), layer.g_columns.take(cols)
     e = None if layer.e is None else layer.e[cols]
     d_out, d_x, k = layer.d_out, X.shape[-1], V.shape[0]
     if d_out <= d_x:  # X Vᵀ (+ e b): (N, S, k, d_out), dotted with g
@@ -202,15 +243,24 @@ def _jvp_per_point(layer: Layer, V: torch.Tensor, cols: list[int]) -> torch.Tens
 
 
 def _jvp_shared(layer: Layer, V: torch.Tensor, cols: list[int]) -> torch.Tensor:
-    """``(k, M, N)``: Σ_{s ∈ cols} g_mns · (V_j Z̃_0s), Z̃_0s the columns' common input."""
-    X0, g = layer.X[0, cols], take_columns(layer.g, cols, 2)  # (C, d_x), (M, N, C, d_out)
-    d_x = X0.shape[-1]
+    """``(k, M, N)``: Σ_{s ∈ cols} g_mns · (V_j Z̃_0s), Z̃_0s the columns' common input;
+    a factored g ``P_mn ⊙ Q_j`` as ``P_mn · Σ_j Q_j ⊙ (V Z̃_0s_j)``."""
+    X0 = layer.x_columns.take(cols)[0]  # (C, d_x)
+    d_x, gc = X0.shape[-1], layer.g_columns
     U = V[..., :d_x] @ X0.T  # (k, d_out, C)
     if layer.e is not None:
         U = U + V[..., -1:] * layer.e[cols]
-    U = U.transpose(1, 2).flatten(1)  # (k, C * d_out), the order of g's columns
-    M, N = g.shape[:2]
-    return (g.reshape(M * N, -1) @ U.T).T.reshape(-1, M, N)
+    M, N = gc.dense.shape[:2]
+    out = U.new_zeros(V.shape[0], M, N)
+    dense, blocks = _parts(gc, cols)
+    if dense:
+        g = gc.take(dense)  # (M, N, C', d_out)
+        Ud = U[:, :, [cols.index(s) for s in dense]].transpose(1, 2).flatten(1)  # g's order
+        out = out + (g.reshape(M * N, -1) @ Ud.T).T.reshape(-1, M, N)
+    for at, P, Qf in blocks:
+        W = torch.einsum("jo,koj->ko", Qf, U[:, :, at])  # (k, d_out)
+        out = out + (P.reshape(M * N, -1) @ W.T).T.reshape(-1, M, N)
+    return out
 
 
 def to_vector(block: torch.Tensor, layer: Layer) -> torch.Tensor:

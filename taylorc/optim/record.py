@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import KFACError
-from ..taylor_graph import RECORDING, build_taylor_graph, site_gradients
+from ..taylor_graph import RECORDING, Columns, build_taylor_graph, site_gradients
 
 
 @dataclass
@@ -35,8 +35,11 @@ class Layer:
 
     Attributes:
         weight, bias: qualified parameter names (bias None: no bias in the sites).
-        X: ``(N, S, d_in)`` input columns, detached (without the bias entry).
-        g: ``(M, N, S, d_out)``: ``dr_nm / dz_ns`` for each of the M residual outputs.
+        x_columns: the input columns ``X (N, S, d_in)``, detached (without the bias
+            entry), as :class:`~taylorc.taylor_graph.Columns` (a tensor given here is
+            wrapped): some may be held as products ``P ⊙ Q`` (:class:`~taylorc.sites.Factored`).
+        g_columns: ``g (M, N, S, d_out)``, ``dr_nm / dz_ns`` for each of the M residual
+            outputs, the same way.
         e: ``(S,)`` the bias entry of each column (1 on value columns of a use with
             the bias, else 0); None when the layer has no bias.
         bias_columns: the s with ``e_s = 1`` (e is 0/1).
@@ -46,38 +49,62 @@ class Layer:
         shared: the s whose input is the same for every point (``X[n, s] = X[0, s]``,
             checked on the values: the first layer's direction and known-zero columns).
 
-    ``live`` and ``shared`` only let sums over points skip work
-    (:func:`~taylorc.optim.factors.layer_gradient`, :func:`~taylorc.optim.factors.jvp`);
-    every formula still sums over all S columns.
+    ``live``, ``shared`` and the factored columns only let sums over points skip work
+    (:mod:`taylorc.optim.factors`); every formula still sums over all S columns, and
+    :attr:`X` and :attr:`g` are the whole tensors.
     """
 
     weight: str
     bias: str | None
-    X: torch.Tensor
-    g: torch.Tensor
+    x_columns: Columns
+    g_columns: Columns
     e: torch.Tensor | None = None
     bias_columns: tuple[int, ...] = ()
     live: tuple[int, ...] | None = None
     shared: tuple[int, ...] = ()
 
     @property
+    def X(self) -> torch.Tensor:
+        """``(N, S, d_in)`` input columns (factored ones multiplied out, cached)."""
+        return self.x_columns.full()
+
+    @property
+    def g(self) -> torch.Tensor:
+        """``(M, N, S, d_out)`` output gradients (factored ones multiplied out, cached)."""
+        return self.g_columns.full()
+
+    @property
+    def N(self) -> int:
+        """Points."""
+        return self.x_columns.dense.shape[0]
+
+    @property
+    def S(self) -> int:
+        """Columns."""
+        return self.x_columns.S
+
+    @property
     def d_in(self) -> int:
         """Columns of the block ``[W | b]``: ``d_in + 1`` with a bias."""
-        return self.X.shape[-1] + (self.bias is not None)
+        return self.x_columns.dense.shape[-1] + (self.bias is not None)
 
     @property
     def d_out(self) -> int:
         """Rows of W."""
-        return self.g.shape[-1]
+        return self.g_columns.dense.shape[-1]
 
     def __post_init__(self):
+        if isinstance(self.x_columns, torch.Tensor):
+            self.x_columns = Columns.of(self.x_columns)
+        if isinstance(self.g_columns, torch.Tensor):
+            self.g_columns = Columns.of(self.g_columns)
         if self.e is not None and not self.bias_columns:  # built by hand: read them from e
             self.bias_columns = tuple(i for i, v in enumerate(self.e.tolist()) if v)
 
     def split_columns(self) -> tuple[list[int], list[int]]:
         """``(per_point, shared)``: the live columns whose input varies over points, and
         the live columns of :attr:`shared`."""
-        live = range(self.X.shape[1]) if self.live is None else self.live
+        live = range(self.S) if self.live is None else self.live
         shared = set(self.shared)
         return [s for s in live if s not in shared], [s for s in live if s in shared]
 
@@ -164,9 +191,14 @@ def recording(model: torch.nn.Module, value_op):
 
 
 def _per_row(sites, fact) -> list:
-    """One entry per column of the uses ``sites`` concatenated, ``fact(site, column)``
+    """One entry per column of the uses ``sites`` concatenated, ``fact(site, s, column)``
     repeated for each of its n rows per point (the order of ``_flat`` and ``_group``)."""
-    return [fact(s, c) for s in sites for c in s.columns for _ in range(s.rows_per_point)]
+    return [
+        fact(site, s, c)
+        for site in sites
+        for s, c in enumerate(site.columns)
+        for _ in range(site.rows_per_point)
+    ]
 
 
 def take_columns(t: torch.Tensor, cols: list[int], dim: int) -> torch.Tensor:
@@ -238,7 +270,8 @@ def linearize(model, value_op, residual, x: torch.Tensor, check: bool = False) -
     pairs = [(run, site) for _, site, run in taps]
     M = r.shape[1]
     gs = [  # Λ = 1: one reverse pass per residual output
-        site_gradients(pairs, r[:, m].sum(), retain_graph=check or m < M - 1) for m in range(M)
+        site_gradients(pairs, r[:, m].sum(), retain_graph=check or m < M - 1, factored=True)
+        for m in range(M)
     ]
     layers = _group(model, taps, gs, N, trainable)
     if check:
@@ -251,8 +284,8 @@ def _group(model, taps, gs, N, trainable: set) -> dict[str, Layer]:
     (none for a frozen bias: it is not in θ)."""
     pieces: dict[str, list] = {}
     for i, (_, site, run) in enumerate(taps):
-        X = _flat(run.inputs[site.name].detach(), 1)
-        g = _flat(gs[0][i], 1)[None] if len(gs) == 1 else torch.stack([_flat(m[i], 1) for m in gs])
+        X = _flat_columns(run.input_columns(site), site)
+        g = Columns.stack([_flat_columns(m[i], site) for m in gs])
         pieces.setdefault(site.weight, []).append((site, X, g))
     order = {name: i for i, (name, _) in enumerate(model.named_parameters())}
     layers = {}
@@ -263,19 +296,30 @@ def _group(model, taps, gs, N, trainable: set) -> dict[str, Layer]:
             raise KFACError(f"the weight {weight} is used with several biases {sorted(biases)}")
         bias = next(iter(biases), None)
         bias = bias if bias in trainable else None
-        Xs = [X for _, X, _ in pieces[weight]]
-        gl = [g for _, _, g in pieces[weight]]
+        X = Columns.cat([X for _, X, _ in pieces[weight]])
+        g = Columns.cat([g for _, _, g in pieces[weight]])
         e, cols = None, ()
         if bias is not None:  # 0 for a use without the bias
-            entries = _per_row(sites, lambda s, c: float(c.kind == "value" and bool(s.bias)))
-            e = torch.tensor(entries, dtype=Xs[0].dtype, device=Xs[0].device)
+            entries = _per_row(sites, lambda s, _, c: float(c.kind == "value" and bool(s.bias)))
+            e = torch.tensor(entries, dtype=X.dense.dtype, device=X.dense.device)
             cols = tuple(i for i, v in enumerate(entries) if v)
-        X = Xs[0] if len(Xs) == 1 else torch.cat(Xs, 1)
-        g = gl[0] if len(gl) == 1 else torch.cat(gl, 2)
-        reach = _per_row(sites, lambda s, c: c.output is not None)
+        # a factored output's g is read through its product: it reaches the result
+        reach = _per_row(
+            sites, lambda s, j, c: c.output is not None or j in s.factored_columns("output")
+        )
         live = None if all(reach) else tuple(i for i, v in enumerate(reach) if v)
-        layers[weight] = Layer(weight, bias, X, g, e, cols, live, _shared_columns(X))
+        shared = tuple(X.cols[i] for i in _shared_columns(X.dense))
+        layers[weight] = Layer(weight, bias, X, g, e, cols, live, shared)
     return layers
+
+
+def _flat_columns(c: Columns, site) -> Columns:
+    """Detached columns of one site, a point's n rows as n more columns
+    (``(..., S, n, d) -> (..., S * n, d)``; factored columns only have n = 1)."""
+    if site.rows_per_point == 1:
+        factored = tuple((f, P.detach(), Q.detach()) for f, P, Q in c.factored)
+        return Columns(c.S, c.dense.detach(), c.cols, factored)
+    return Columns.of(_flat(c.dense.detach(), c.dense.dim() - 3))
 
 
 def _check_coverage(model, r: torch.Tensor, layers: dict[str, Layer]) -> None:
