@@ -43,9 +43,10 @@ class Layer:
         e: ``(S,)`` the bias entry of each column (1 on value columns of a use with
             the bias, else 0); None when the layer has no bias.
         bias_columns: the s with ``e_s = 1`` (e is 0/1).
-        live: the s whose g can be nonzero; the others' outputs do not reach the
-            operator's result (:attr:`taylorc.sites.Column.output` is None), so their g
-            is zero by construction. None: every column.
+        live: the s that can add to the Jacobian: the others' outputs do not reach the
+            operator's result (:attr:`taylorc.sites.Column.output` is None, g = 0 by
+            construction), or their Z̃ is zero by construction (a derivative column with
+            a known-zero input, e.g. the first layer's top). None: every column.
         shared: the s whose input is the same for every point (``X[n, s] = X[0, s]``,
             checked on the values: the first layer's direction and known-zero columns).
 
@@ -303,14 +304,19 @@ def _group(model, taps, gs, N, trainable: set) -> dict[str, Layer]:
             entries = _per_row(sites, lambda s, _, c: float(c.kind == "value" and bool(s.bias)))
             e = torch.tensor(entries, dtype=X.dense.dtype, device=X.dense.device)
             cols = tuple(i for i, v in enumerate(entries) if v)
-        # a factored output's g is read through its product: it reaches the result
-        reach = _per_row(
-            sites, lambda s, j, c: c.output is not None or j in s.factored_columns("output")
-        )
+        reach = _per_row(sites, _enters_jacobian)
         live = None if all(reach) else tuple(i for i, v in enumerate(reach) if v)
         shared = tuple(X.cols[i] for i in _shared_columns(X.dense))
         layers[weight] = Layer(weight, bias, X, g, e, cols, live, shared)
     return layers
+
+
+def _enters_jacobian(site, s: int, c) -> bool:
+    """Whether column s can add to J_n = Σ_s g_ns Z̃_nsᵀ: its g is not zero by construction
+    (its output reaches the result; a factored output's g is read through its product)
+    and neither is Z̃ (a known-zero input of a derivative column has bias entry 0 too)."""
+    reaches = c.output is not None or s in site.factored_columns("output")
+    return reaches and not (c.zero_input and c.kind != "value")
 
 
 def _flat_columns(c: Columns, site) -> Columns:
