@@ -273,10 +273,12 @@ class SitesPass:
     ``g = dr/dz`` per point and column. Sites land in ``GraphInfo.sites``.
 
     With ``taps=False`` the graph has no tap inputs and returns, after the Z's, every
-    site's distinct output nodes (:func:`column_groups`, site by site): the gradient
-    of the result with respect to those intermediate tensors is the same g, without
-    the adds on the forward and the scatter into one tap per site on the reverse
-    pass (what :mod:`taylorc.optim` runs).
+    site's distinct output nodes (:func:`column_groups`, site by site), then ``P, Q``
+    of each :class:`Factored` block of each site: the gradient of the result with
+    respect to those intermediate tensors is the same g (for a factored output block,
+    ``dr/dP ⊙ Q``), without the adds on the forward and the scatter into one tap per
+    site on the reverse pass (what :mod:`taylorc.optim` runs). Its Z's leave out the
+    columns of factored input blocks.
 
     Args:
         param_names: qualified parameter names in captured-placeholder order.

@@ -64,7 +64,7 @@ class SiteRun:
         return Columns(site.S, z, cols, tuple((f.cols, P, Q[list(f.rows)]) for f, P, Q in fs))
 
 
-@dataclass
+@dataclass(frozen=True)
 class Columns:
     """Coefficient columns ``(*lead, S, d)``, held as a dense stack and factored blocks.
 
@@ -75,7 +75,9 @@ class Columns:
         factored: ``((cols_f, P, Q), ...)`` with ``P (*lead, d)`` and ``Q (len(cols_f), d)``:
             column ``cols_f[j]`` is ``P ⊙ Q[j]`` (:class:`~taylorc.sites.Factored`).
 
-    Every column is in exactly one of ``cols`` and the blocks' ``cols_f``.
+    Every column is in exactly one of ``cols`` and the blocks' ``cols_f``. Frozen: the
+    multiplied-out :meth:`full` is cached, so the fields are never reassigned (nor should
+    the tensors be changed in place).
     """
 
     S: int
@@ -152,7 +154,9 @@ class TaylorGraph:
 
     Attributes:
         gm: the ``torch.fx.GraphModule``; ``gm(*params, *buffers, *args, *taps)``
-            returns ``(*terms, *Z)``, one term per requested operator, one ``Z`` per site.
+            returns ``(*terms, *Z)``, one term per requested operator, one ``Z`` per site
+            (built without taps: then the output columns and factored blocks, see
+            :class:`~taylorc.sites.SitesPass`).
         sites: the :class:`~taylorc.sites.LinearSite` records, in forward order.
         plan: the :class:`~taylorc.operators.plan.JetPlan`.
         info: the graph's :class:`~taylorc.ir.GraphInfo`.

@@ -44,9 +44,10 @@ class Layer:
             the bias, else 0); None when the layer has no bias.
         bias_columns: the s with ``e_s = 1`` (e is 0/1).
         live: the s that can add to the Jacobian: the others' outputs do not reach the
-            operator's result (:attr:`taylorc.sites.Column.output` is None, g = 0 by
-            construction), or their Z̃ is zero by construction (a derivative column with
-            a known-zero input, e.g. the first layer's top). None: every column.
+            operator's result (:attr:`taylorc.sites.Column.output` is None and no
+            :class:`~taylorc.sites.Factored` output holds them: g = 0 by construction), or
+            their Z̃ is zero by construction (a derivative column with a known-zero input,
+            e.g. the first layer's top). None: every column.
         shared: the s whose input is the same for every point (``X[n, s] = X[0, s]``,
             checked on the values: the first layer's direction and known-zero columns).
 
