@@ -57,11 +57,25 @@ class SiteRun:
         """``Z`` of ``site`` as :class:`Columns` over its S columns (rows of a point, for
         ``rows_per_point`` n > 1, stay a separate axis of ``dense``: ``(N, S, n, d_in)``)."""
         z = self.inputs[site.name]
-        fs = [(f, P, Q) for f, P, Q in self.factors.get(site.name, ()) if f.side == "input"]
-        if not fs:
-            return Columns(site.S, z, tuple(range(site.S)))
-        cols = tuple(s for s in range(site.S) if s not in site.factored_columns("input"))
-        return Columns(site.S, z, cols, tuple((f.cols, P, Q[list(f.rows)]) for f, P, Q in fs))
+        return _site_columns(site, "input", self.factors.get(site.name, ()), lambda _: z)
+
+
+def _site_columns(site: LinearSite, side: str, values, dense_of) -> Columns:
+    """One side of ``site`` as :class:`Columns`: ``values`` the ``(Factored, P, Q)`` of its
+    blocks (those of the other side are skipped), ``dense_of(cols)`` the stack of the
+    columns no block of ``side`` holds."""
+    held = site.factored_columns(side)
+    cols = tuple(s for s in range(site.S) if s not in held)
+    blocks = tuple((f.cols, P, Q[list(f.rows)]) for f, P, Q in values if f.side == side)
+    return Columns(site.S, dense_of(cols), cols, blocks)
+
+
+def take_columns(t: torch.Tensor, cols: list[int], dim: int) -> torch.Tensor:
+    """``t``'s entries ``cols`` (sorted, not empty) along ``dim``: a view when they are a
+    contiguous range, else a copy."""
+    if cols == list(range(cols[0], cols[0] + len(cols))):
+        return t.narrow(dim, cols[0], len(cols))
+    return t.index_select(dim, torch.tensor(cols, device=t.device))
 
 
 @dataclass(frozen=True)
@@ -113,11 +127,8 @@ class Columns:
         ``dense`` when they are a contiguous run of it."""
         at = {s: i for i, s in enumerate(self.cols)}
         if not all(s in at for s in cols):
-            return self.full().index_select(-2, torch.tensor(cols, device=self.dense.device))
-        pos = [at[s] for s in cols]
-        if pos == list(range(pos[0], pos[0] + len(pos))):
-            return self.dense.narrow(-2, pos[0], len(pos))
-        return self.dense.index_select(-2, torch.tensor(pos, device=self.dense.device))
+            return take_columns(self.full(), cols, -2)
+        return take_columns(self.dense, [at[s] for s in cols], -2)
 
     @staticmethod
     def cat(parts: list[Columns]) -> Columns:
@@ -136,17 +147,16 @@ class Columns:
     def stack(parts: list[Columns]) -> Columns:
         """A new leading dim over ``parts`` (same columns and factors' Q, e.g. the g of each
         residual output)."""
-        if len(parts) == 1:
-            c = parts[0]
-            return Columns(
-                c.S, c.dense[None], c.cols, tuple((f, P[None], Q) for f, P, Q in c.factored)
-            )
+
+        def lead(ts):  # one part: a view, not a copy
+            return ts[0][None] if len(ts) == 1 else torch.stack(ts)
+
         first = parts[0]
         factored = tuple(
-            (f, torch.stack([p.factored[i][1] for p in parts]), Q)
+            (f, lead([p.factored[i][1] for p in parts]), Q)
             for i, (f, _, Q) in enumerate(first.factored)
         )
-        return Columns(first.S, torch.stack([p.dense for p in parts]), first.cols, factored)
+        return Columns(first.S, lead([p.dense for p in parts]), first.cols, factored)
 
 
 class TaylorGraph:
@@ -277,15 +287,18 @@ def _assemble(site: LinearSite, run: SiteRun, tensors: list, grads: list) -> Col
             c = site.columns[s]
             at[s] = g if c.index is None else g[c.index]
     fs = [(f, Q) for f, _, Q in run.factors.get(site.name, ()) if f.side == "output"]
-    factored = tuple((f.cols, u, Q[list(f.rows)]) for (f, Q), u in zip(fs, grads[len(groups) :]))
+    values = [(f, u, Q) for (f, Q), u in zip(fs, grads[len(groups) :])]
     M, d = tensors[0].shape[-2:]
     zero = tensors[0].new_zeros(M, d)
-    cols = tuple(s for s in range(site.S) if s not in site.factored_columns("output"))
-    g = torch.stack([at.get(s, zero) for s in cols], 1)  # (N * n, S', d_out)
-    n = site.rows_per_point
-    if n > 1:  # rows of one point are consecutive (never factored)
-        g = g.reshape(M // n, n, site.S, d).movedim(1, 2)
-    return Columns(site.S, g, cols, factored)
+
+    def dense_of(cols):
+        g = torch.stack([at.get(s, zero) for s in cols], 1)  # (N * n, S', d_out)
+        n = site.rows_per_point
+        if n > 1:  # rows of one point are consecutive (never factored)
+            g = g.reshape(M // n, n, site.S, d).movedim(1, 2)
+        return g
+
+    return _site_columns(site, "output", values, dense_of)
 
 
 def build_taylor_graph(op, args: tuple, taps: bool = True) -> TaylorGraph:

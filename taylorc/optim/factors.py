@@ -117,17 +117,18 @@ def _outer_sum(c: Columns) -> torch.Tensor:
     return out
 
 
-def _parts(c: Columns, cols: list[int]) -> tuple[list[int], list]:
-    """``cols`` split into those ``c`` holds dense and, per factored block, the part of
-    it in ``cols`` as ``(positions in cols, P, Q rows)``."""
+def _parts(c: Columns, cols: list[int]) -> tuple[list[int], list[int], list]:
+    """``cols`` split into those ``c`` holds dense, with their positions in ``cols``, and,
+    per factored block, the part of it in ``cols`` as ``(positions in cols, P, Q rows)``."""
     at = {s: i for i, s in enumerate(cols)}
-    dense = [s for s in cols if s not in c.factored_columns]
+    held = c.factored_columns
+    dense = [s for s in cols if s not in held]
     blocks = []
     for fc, P, Q in c.factored:
         js = [j for j, s in enumerate(fc) if s in at]
         if js:
             blocks.append(([at[fc[j]] for j in js], P, Q[js]))
-    return dense, blocks
+    return dense, [at[s] for s in dense], blocks
 
 
 def _with_bias(A: torch.Tensor, a: torch.Tensor | None, c: torch.Tensor | None) -> torch.Tensor:
@@ -174,7 +175,7 @@ def layer_gradient(layer: Layer, r: torch.Tensor) -> torch.Tensor:
 
 def _point_sums(gc: Columns, r: torch.Tensor, cols: list[int]) -> torch.Tensor:
     """``(len(cols), d_out)``: Σ_m,n r_nm g_mns for s in ``cols`` (one pass over their g)."""
-    dense, blocks = _parts(gc, cols)
+    dense, dense_at, blocks = _parts(gc, cols)
     out = gc.dense.new_empty(len(cols), gc.dense.shape[-1])
     if dense:
         g = gc.take(dense)  # (M, N, C, d_out)
@@ -183,8 +184,7 @@ def _point_sums(gc: Columns, r: torch.Tensor, cols: list[int]) -> torch.Tensor:
             got = r[:, 0] @ g[0].reshape(N, -1)
         else:
             got = torch.einsum("nm,mnc->c", r, g.reshape(M, N, -1))
-        at = [cols.index(s) for s in dense]
-        out[at] = got.view(len(dense), -1)
+        out[dense_at] = got.view(len(dense), -1)
     for at, P, Qf in blocks:
         out[at] = torch.einsum("nm,mnd->d", r, P) * Qf
     return out
@@ -252,10 +252,10 @@ def _jvp_shared(layer: Layer, V: torch.Tensor, cols: list[int]) -> torch.Tensor:
         U = U + V[..., -1:] * layer.e[cols]
     M, N = gc.dense.shape[:2]
     out = U.new_zeros(V.shape[0], M, N)
-    dense, blocks = _parts(gc, cols)
+    dense, dense_at, blocks = _parts(gc, cols)
     if dense:
         g = gc.take(dense)  # (M, N, C', d_out)
-        Ud = U[:, :, [cols.index(s) for s in dense]].transpose(1, 2).flatten(1)  # g's order
+        Ud = U[:, :, dense_at].transpose(1, 2).flatten(1)  # g's order
         out = out + (g.reshape(M * N, -1) @ Ud.T).T.reshape(-1, M, N)
     for at, P, Qf in blocks:
         W = torch.einsum("jo,koj->ko", Qf, U[:, :, at])  # (k, d_out)

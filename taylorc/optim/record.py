@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import KFACError
-from ..taylor_graph import RECORDING, Columns, build_taylor_graph, site_gradients
+from ..taylor_graph import RECORDING, Columns, build_taylor_graph, site_gradients, take_columns
 
 
 @dataclass
@@ -201,14 +201,6 @@ def _per_row(sites, fact) -> list:
         for s, c in enumerate(site.columns)
         for _ in range(site.rows_per_point)
     ]
-
-
-def take_columns(t: torch.Tensor, cols: list[int], dim: int) -> torch.Tensor:
-    """``t``'s entries ``cols`` (sorted, not empty) along ``dim``: a view when they are a
-    contiguous range, else a copy."""
-    if cols == list(range(cols[0], cols[0] + len(cols))):
-        return t.narrow(dim, cols[0], len(cols))
-    return t.index_select(dim, torch.tensor(cols, device=t.device))
 
 
 def _shared_columns(X: torch.Tensor) -> tuple[int, ...]:
