@@ -31,6 +31,7 @@ import torch
 import torch.fx
 
 from . import ir
+from .site_factors import Factored, factor_inputs, factor_outputs
 
 aten = torch.ops.aten
 
@@ -48,10 +49,10 @@ class Column:
         input: the node holding the input coefficient: ``(M, d_in)`` for value/top,
             ``(R, M, d_in)`` (take ``[index]``) for a direction, ``(G, M, d_in)`` for a
             top of G rows. None: known zero and not in the graph, or held by a
-            :class:`Factored` input of the site.
+            :class:`~taylorc.site_factors.Factored` input of the site.
         output: the node holding the pre-activation output coefficient, same layout
             with ``d_out``. None: it does not reach the result (g = 0 there), or its g
-            is held by a :class:`Factored` output of the site.
+            is held by a :class:`~taylorc.site_factors.Factored` output of the site.
         zero_input: the input is known to be zero (the input's higher orders, e.g. the
             first layer's top); KFAC still counts the column in S.
     """
@@ -62,33 +63,6 @@ class Column:
     input: torch.fx.Node | None
     output: torch.fx.Node | None
     zero_input: bool = False
-
-
-@dataclass
-class Factored:
-    """Columns of a site held as a product ``P[n] ⊙ Q[j]`` instead of one tensor per column.
-
-    ``side="input"``: column ``cols[j]``'s input is ``P (M, d_in) ⊙ Q[rows[j]]``; only for
-    columns whose outputs do not reach the result (the last layer's directions under a
-    Laplacian: ``σ'(a) ⊙ W e_r``). ``side="output"``: the column's g is
-    ``dr/dP (M, d_out) ⊙ Q[rows[j]]``, P the per-point node r reads them through (the
-    first layer's directions under a collapsed Laplacian: ``Σ_r z_r²`` per point is the
-    expand of one sum, ``dr/dz_r = dr/dP ⊙ 2 z_r``). Either way the ``(R, M, d)`` block
-    of per-point columns is never built: Kronecker factors take its Gram as
-    ``(PᵀP) ⊙ (QᵀQ)`` (:mod:`taylorc.optim.factors`).
-
-    Attributes:
-        side: ``"input"`` or ``"output"``.
-        cols: the site's columns s held so.
-        rows: for each of ``cols``, its row of Q.
-        P, Q: nodes ``(M, d)`` and ``(R, d)``.
-    """
-
-    side: str
-    cols: tuple[int, ...]
-    rows: tuple[int, ...]
-    P: torch.fx.Node | None
-    Q: torch.fx.Node | None
 
 
 @dataclass
@@ -109,7 +83,7 @@ class LinearSite:
         collapse_weights: the plan's top weights ``(G, R)`` (None for standard Taylor).
         tap, z: nodes of the sites graph: the tap placeholder and the stacked inputs
             (without the columns of ``factored`` inputs).
-        factored: columns held as products (:class:`Factored`; graphs without taps only).
+        factored: columns held as products (:class:`~taylorc.site_factors.Factored`; graphs without taps only).
     """
 
     name: str
@@ -147,6 +121,12 @@ class LinearSite:
             for what, n in (("P", f.P), ("Q", f.Q)):
                 if n is not None:
                     yield f"sites[{self.name}].factored[{i}].{what}", n
+
+    def tag(self, node: torch.fx.Node, column: Column, role: str) -> None:
+        """Tag a node the sites pipeline made for ``column`` of this site (``role``: what
+        it is, e.g. ``"tap"``, ``"site_input"``, ``"factor"``)."""
+        layout = {"value": "value", "top": "top", "direction": "block"}[column.kind]
+        ir.set_tag(node, ir.Tag(self.source, column.order, layout, role=role))
 
     def factored_columns(self, side: str) -> set[int]:
         """The columns held as products on ``side`` (``"input"`` or ``"output"``)."""
@@ -274,7 +254,7 @@ class SitesPass:
 
     With ``taps=False`` the graph has no tap inputs and returns, after the Z's, every
     site's distinct output nodes (:func:`column_groups`, site by site), then ``P, Q``
-    of each :class:`Factored` block of each site: the gradient of the result with
+    of each :class:`~taylorc.site_factors.Factored` block of each site: the gradient of the result with
     respect to those intermediate tensors is the same g (for a factored output block,
     ``dr/dP ⊙ Q``), without the adds on the forward and the scatter into one tap per
     site on the reverse pass (what :mod:`taylorc.optim` runs). Its Z's leave out the
@@ -312,9 +292,9 @@ class SitesPass:
         if not self.taps:  # before anything reads the blocks: pins and stacks are not uses
             out.args = (tuple(out.args[0][: len(ctx.plan.terms)]),)
             for site in info.sites:
-                site.factored = _factor_inputs(graph, site, N)
+                site.factored = factor_inputs(graph, site, N)
             for site in info.sites:
-                site.factored += _factor_outputs(gm, site, N)
+                site.factored += factor_outputs(gm, site, N)
         for i, site in enumerate(info.sites):
             d_in, d_out = _width(site, "input"), _width(site, "output")
             mid = [site.rows_per_point] if site.rows_per_point > 1 else []
@@ -379,11 +359,6 @@ def _width(site: LinearSite, what: str) -> int:
     return node.meta["val"].shape[-1]
 
 
-def _tag(node, site, column, role) -> None:
-    layout = {"value": "value", "top": "top", "direction": "block"}[column.kind]
-    ir.set_tag(node, ir.Tag(site.source, column.order, layout, role=role))
-
-
 def column_groups(site: LinearSite) -> list[tuple[torch.fx.Node, list[int]]]:
     """The site's distinct output nodes, each with the columns s it holds, in column order.
 
@@ -421,7 +396,7 @@ def _attach_taps(graph: torch.fx.Graph, site: LinearSite, N: int) -> None:
             made.append(graph.call_function(aten.reshape.default, (made[-1], shape)))
             tapped = graph.call_function(aten.add.Tensor, (z, made[-1]))
         for n in made + [tapped]:
-            _tag(n, site, column, "tap")
+            site.tag(n, column, "tap")
         # not ir.replace: the site keeps naming the untapped output z
         z.replace_all_uses_with(tapped, delete_user_cb=lambda u, t=tapped: u is not t)
 
@@ -442,7 +417,7 @@ def _stack_inputs(graph, site: LinearSite, N: int, mid: list[int], d_in: int, dt
             col = c.input
         cols.append(col)
         if col is not c.input:
-            _tag(col, site, c, "site_input")
+            site.tag(col, c, "site_input")
     S = len(cols)
     made = [graph.call_function(aten.stack.default, (cols, 1))]  # (N * n, S, d_in)
     if mid:  # rows of one point are consecutive: (N, n, S, d_in) -> (N, S, n, d_in)
@@ -450,112 +425,5 @@ def _stack_inputs(graph, site: LinearSite, N: int, mid: list[int], d_in: int, dt
         made.append(graph.call_function(aten.movedim.int, (made[-1], 1, 2)))
     made.append(graph.call_function(aten.reshape.default, (made[-1], [N, S, *mid, d_in])))
     for n in made:
-        _tag(n, site, site.columns[0], "site_input")
+        site.tag(n, site.columns[0], "site_input")
     return made[-1]
-
-
-def _broadcast_source(node, N: int):
-    """``Q (R, 1, d)`` when ``node`` is ``expand(Q, [R, N, d])``: one row for every point
-    (the first layer's direction columns, hoisted out of the matmul); else None."""
-    if not isinstance(node, torch.fx.Node) or node.target is not aten.expand.default:
-        return None
-    src = node.args[0]
-    sv = src.meta.get("val") if isinstance(src, torch.fx.Node) else None
-    ov = node.meta.get("val")
-    if sv is None or ov is None or sv.dim() != 3 or ov.dim() != 3 or sv.shape[1] != 1:
-        return None
-    return src if tuple(ov.shape) == (sv.shape[0], N, sv.shape[2]) else None
-
-
-def _product(node: torch.fx.Node, N: int):
-    """``(P, Q)`` when ``node`` is ``mul(P (N, d), expand(Q (R, 1, d)))`` (either order)."""
-    if node.op != "call_function" or node.target is not aten.mul.Tensor or node.kwargs:
-        return None
-    for p, e in (node.args, node.args[::-1]):
-        Q = _broadcast_source(e, N)
-        pv = p.meta.get("val") if isinstance(p, torch.fx.Node) else None
-        if Q is None or pv is None or pv.dtype != Q.meta["val"].dtype:
-            continue
-        if tuple(pv.shape) == (N, Q.meta["val"].shape[2]):
-            return p, Q
-    return None
-
-
-def _blocks(site: LinearSite, what: str) -> dict:
-    """Direction columns by the ``(R, M, d)`` node holding their ``what`` (input/output)."""
-    blocks: dict = {}
-    for s, c in enumerate(site.columns):
-        node = getattr(c, what)
-        if c.kind == "direction" and node is not None:
-            blocks.setdefault(node, []).append(s)
-    return blocks
-
-
-def _rows_of(Q: torch.fx.Node, graph, site: LinearSite, cols: list[int]):
-    """``reshape(Q (R, 1, d), (R, d))`` and each column's row of it."""
-    R, _, d = Q.meta["val"].shape
-    with graph.inserting_after(Q):
-        flat = graph.call_function(aten.reshape.default, (Q, [R, d]))
-    _tag(flat, site, site.columns[cols[0]], "factor")
-    return flat, tuple(site.columns[s].index for s in cols)
-
-
-def _factor_inputs(graph, site: LinearSite, N: int) -> list[Factored]:
-    """The input blocks ``mul(P, expand(Q))`` of columns whose outputs reach nothing, as
-    :class:`Factored` inputs (their columns' ``input`` becomes None: they are not stacked)."""
-    if site.rows_per_point != 1:
-        return []
-    out = []
-    for node, cols in _blocks(site, "input").items():
-        pq = None if any(site.columns[s].output is not None for s in cols) else _product(node, N)
-        if pq is None:
-            continue
-        Q, rows = _rows_of(pq[1], graph, site, cols)
-        out.append(Factored("input", tuple(cols), rows, pq[0], Q))
-        for s in cols:
-            site.columns[s].input = None
-    return out
-
-
-def _live_users(node: torch.fx.Node) -> list[torch.fx.Node]:
-    """Users that are read (a user nothing reads, such as a pin or an unstacked input, is not)."""
-    return [u for u in node.users if u.users or u.op == "output"]
-
-
-def _factor_outputs(gm: torch.fx.GraphModule, site: LinearSite, N: int) -> list[Factored]:
-    """Output blocks ``O = expand(Q)`` that the result reads only as ``sum(O * O, 0)`` (the
-    collapsed Laplacian's ``Σ_r z_r²``), rewritten ``expand(sum(Q * Q, 0))``: per point
-    ``dr/dO_r = dr/dP ⊙ 2 Q_r``, read through the expand P (a :class:`Factored` output;
-    the columns' ``output`` becomes None). Same values, bit for bit: the per-point sum
-    was of identical rows, and ``2 Q`` is what the product rule gives exactly."""
-    if site.rows_per_point != 1:
-        return []
-    graph, out = gm.graph, []
-    for block, cols in _blocks(site, "output").items():
-        Q = _broadcast_source(block, N)
-        users = _live_users(block)
-        if Q is None or len(users) != 1 or users[0].target is not aten.mul.Tensor:
-            continue
-        square = users[0]
-        if tuple(square.args) != (block, block) or square.kwargs or len(square.users) != 1:
-            continue
-        red = next(iter(square.users))
-        if red.target is not aten.sum.dim_IntList or red.kwargs or list(red.args[1]) != [0]:
-            continue
-        if len(red.args) > 2 and red.args[2]:  # keepdim
-            continue
-        d = Q.meta["val"].shape[2]
-        with graph.inserting_before(red):
-            small = graph.call_function(aten.mul.Tensor, (Q, Q))
-            small = graph.call_function(aten.sum.dim_IntList, (small, [0]))
-            P = graph.call_function(aten.expand.default, (small, [N, d]))
-        ir.tag_new((small.args[0], small, P), ir.tag_of(red))
-        flat, rows = _rows_of(Q, graph, site, cols)
-        with graph.inserting_after(flat):
-            twice = graph.call_function(aten.mul.Tensor, (flat, 2))
-        _tag(twice, site, site.columns[cols[0]], "factor")
-        ir.replace(gm, red, P)
-        out.append(Factored("output", tuple(cols), rows, P, twice))
-        for s in cols:
-            site.columns[s].output = None
-    return out

@@ -43,7 +43,7 @@ class SiteRun:
             :func:`~taylorc.sites.column_groups` entry; :func:`site_gradients` reads g
             from them. Empty for a graph with taps.
         factors: (graphs built without taps) site name -> ``[(Factored, P, Q), ...]``,
-            the values of the site's :class:`~taylorc.sites.Factored` columns; their
+            the values of the site's :class:`~taylorc.site_factors.Factored` columns; their
             inputs are not in ``inputs`` (which then holds the other columns, in order).
     """
 
@@ -87,7 +87,7 @@ class Columns:
         dense: ``(*lead, C, d)``: the columns ``cols``, in that order.
         cols: the columns ``dense`` holds, ascending.
         factored: ``((cols_f, P, Q), ...)`` with ``P (*lead, d)`` and ``Q (len(cols_f), d)``:
-            column ``cols_f[j]`` is ``P ⊙ Q[j]`` (:class:`~taylorc.sites.Factored`).
+            column ``cols_f[j]`` is ``P ⊙ Q[j]`` (:class:`~taylorc.site_factors.Factored`).
 
     Every column is in exactly one of ``cols`` and the blocks' ``cols_f``. Frozen: the
     multiplied-out :meth:`full` is cached, so the fields are never reassigned (nor should
@@ -249,7 +249,7 @@ def site_gradients(
         scalar: a 0-d tensor computed from the runs' outputs (e.g. a residual summed
             over points: then ``g[n, s] = dr_n / dz_ns``).
         retain_graph: keep the autograd graph for a further pass.
-        factored: return :class:`Columns` (the g of :class:`~taylorc.sites.Factored`
+        factored: return :class:`Columns` (the g of :class:`~taylorc.site_factors.Factored`
             output columns kept as products) instead of tensors.
 
     Returns:

@@ -37,7 +37,7 @@ class Layer:
         weight, bias: qualified parameter names (bias None: no bias in the sites).
         x_columns: the input columns ``X (N, S, d_in)``, detached (without the bias
             entry), as :class:`~taylorc.taylor_graph.Columns` (a tensor given here is
-            wrapped): some may be held as products ``P ⊙ Q`` (:class:`~taylorc.sites.Factored`).
+            wrapped): some may be held as products ``P ⊙ Q`` (:class:`~taylorc.site_factors.Factored`).
         g_columns: ``g (M, N, S, d_out)``, ``dr_nm / dz_ns`` for each of the M residual
             outputs, the same way.
         e: ``(S,)`` the bias entry of each column (1 on value columns of a use with
@@ -45,7 +45,7 @@ class Layer:
         bias_columns: the s with ``e_s = 1`` (e is 0/1).
         live: the s that can add to the Jacobian: the others' outputs do not reach the
             operator's result (:attr:`taylorc.sites.Column.output` is None and no
-            :class:`~taylorc.sites.Factored` output holds them: g = 0 by construction), or
+            :class:`~taylorc.site_factors.Factored` output holds them: g = 0 by construction), or
             their Z̃ is zero by construction (a derivative column with a known-zero input,
             e.g. the first layer's top). None: every column.
         shared: the s whose input is the same for every point (``X[n, s] = X[0, s]``,
