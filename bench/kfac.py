@@ -355,7 +355,7 @@ def _split_one(widths, repeats):
     model, residuals, sample, _, _ = problem("poisson", widths, torch.Generator().manual_seed(0))
     points = sample()
     opt = KFAC(model, residuals, **HYPER["kfac*"])
-    for _ in range(3):
+    for _ in range(12):  # past the linearisation's compile (backend "auto": after 10 calls)
         opt.step(points)
     torch.manual_seed(1)
     adam_model, adam_res, _, _, _ = problem("poisson", widths, torch.Generator().manual_seed(0))

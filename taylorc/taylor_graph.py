@@ -104,6 +104,17 @@ class Columns:
         """All columns of ``t (*lead, S, d)`` dense."""
         return Columns(t.shape[-2], t, tuple(range(t.shape[-2])))
 
+    def tensors(self) -> list[torch.Tensor]:
+        """``dense``, then each block's ``P`` and ``Q``: what :meth:`replace` takes back."""
+        return [self.dense, *(t for _, P, Q in self.factored for t in (P, Q))]
+
+    def replace(self, tensors) -> Columns:
+        """The same columns with the tensors taken in :meth:`tensors`' order from the
+        iterator ``tensors`` (e.g. a compiled replay's outputs)."""
+        dense = next(tensors)
+        factored = tuple((cols, next(tensors), next(tensors)) for cols, _, _ in self.factored)
+        return Columns(self.S, dense, self.cols, factored)
+
     @property
     def factored_columns(self) -> set[int]:
         """The columns held by factored blocks."""

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import torch
 
+from .compiled import Linearizer
 from .distributed import model_reducer, resolve
 from .factors import from_vector, layer_gradient, to_vector
 from .gramian import dense_gramian, layout, size
-from .record import linearize
 from .steps import add_, line_search, total_loss
 
 
@@ -36,12 +36,15 @@ class ENGD(torch.optim.Optimizer):
             the loss, gradient, Gramian and line-search losses are all-reduced, so a
             step on R ranks with a shard each equals the step on the union of the shards
             (up to rounding); rank 0's direction is broadcast at every step.
+        backend: ``"auto"``, ``"inductor"`` or ``"eager"``: how the linearisations run
+            after the first, as :class:`taylorc.optim.KFAC`'s.
 
     Raises:
-        ValueError: unknown ``lr``; (at ``step``) no points for a term; (distributed, at
+        ValueError: unknown ``lr`` or ``backend``; (at ``step``) no points for a term; (distributed, at
             ``step``) a rank without points of a term.
         taylorc.errors.KFACError: a parameter used outside the linear sites; ``model``
-            wrapped in ``DistributedDataParallel``.
+            wrapped in ``DistributedDataParallel``; with ``backend="inductor"``, a term
+            whose linearisation cannot be compiled.
     """
 
     def __init__(
@@ -52,6 +55,7 @@ class ENGD(torch.optim.Optimizer):
         damping=0.0,
         ema=0.3,
         process_group=None,
+        backend: str = "auto",
     ):
         if not (lr == "line_search" or isinstance(lr, (int, float)) and not isinstance(lr, bool)):
             raise ValueError(f"lr must be 'line_search' or a number, got {lr!r}")
@@ -62,7 +66,7 @@ class ENGD(torch.optim.Optimizer):
         super().__init__(params, dict(lr=lr, damping=damping, ema=ema, step=0))
         self.model, self.residuals = model, dict(residuals)
         self._value_op = _compile(model, "u")
-        self._checked: set = set()
+        self._linearizer = Linearizer(model, self._value_op, backend)
         self._reducer = model_reducer(group, model)
 
     def step(self, points: dict) -> dict[str, float]:
@@ -76,12 +80,7 @@ class ENGD(torch.optim.Optimizer):
         missing = set(terms) - set(points)
         if missing:
             raise ValueError(f"no points for the terms {sorted(missing)}")
-        lins = []
-        for term, f in self.residuals.items():
-            x = points[term]
-            key = (term, tuple(x.shape), x.dtype)
-            lins.append(linearize(self.model, self._value_op, f, x, check=key not in self._checked))
-            self._checked.add(key)
+        lins = [self._linearizer(t, f, points[t]) for t, f in self.residuals.items()]
         loss = [weigh(t, lin.loss) for t, lin in zip(terms, lins)]
         layers = layout(lins, self.model)
         grad = torch.cat(

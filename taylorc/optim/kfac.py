@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import torch
 
+from .compiled import Linearizer
 from .distributed import model_reducer, resolve
 from .factors import APPROX, layer_factors, layer_gradient
 from .gramian import layout
 from .kronecker import KroneckerSum
-from .record import linearize
 from .steps import add_, kfac_star, line_search, total_loss
 
 RULES = ("auto", "line_search")
@@ -71,13 +71,22 @@ class KFAC(torch.optim.Optimizer):
         split_inversion: distributed, factorise each layer's Kronecker sum on one rank
             and broadcast it (``None``: on when distributed); off: every rank
             factorises every layer. Same result either way.
+        backend: how each term's linearisation (the residual through the sites graphs
+            and the reverse pass for g) runs after its first, checked call:
+            ``"auto"`` (eager for ``taylorc.config.CONFIG.auto_compile_after`` = 10
+            calls per points shape, then traced and compiled with inductor),
+            ``"inductor"`` (compiled from the second call) or ``"eager"``
+            (:class:`~taylorc.optim.compiled.Linearizer`). A compiled residual is a
+            trace: Python values it reads are frozen at the trace (use ``"eager"`` for
+            a residual that changes during training).
 
     Raises:
-        ValueError: unknown ``lr`` rule or ``approx``, non-positive counts; (distributed,
+        ValueError: unknown ``lr`` rule, ``approx`` or ``backend``, non-positive counts; (distributed,
             at ``step``, on every rank) a rank without points of a term.
         taylorc.errors.KFACError: (at the first step of each term) a parameter used
             outside the linear sites of the Taylor graph, named; ``model`` wrapped in
-            ``DistributedDataParallel`` (pass ``ddp.module``: KFAC reduces by itself).
+            ``DistributedDataParallel`` (pass ``ddp.module``: KFAC reduces by itself);
+            with ``backend="inductor"``, a term whose linearisation cannot be compiled.
     """
 
     def __init__(
@@ -94,6 +103,7 @@ class KFAC(torch.optim.Optimizer):
         initial_lr: float = 1e-6,
         process_group=None,
         split_inversion: bool | None = None,
+        backend: str = "auto",
     ):
         if not (lr in RULES or isinstance(lr, (int, float)) and not isinstance(lr, bool)):
             raise ValueError(f"lr must be one of {RULES} or a number, got {lr!r}")
@@ -120,8 +130,8 @@ class KFAC(torch.optim.Optimizer):
         super().__init__([p for p in model.parameters() if p.requires_grad], defaults)
         self.model, self.residuals = model, dict(residuals)
         self._value_op = _compile(model, "u")
+        self._linearizer = Linearizer(model, self._value_op, backend)
         self._solvers: dict | None = None
-        self._checked: set = set()
         self.last: dict = {}  # the last step's vectors (for tests and diagnostics)
         self._reducer = model_reducer(group, model)
         self._split = self._reducer is not None and split_inversion is not False
@@ -133,13 +143,7 @@ class KFAC(torch.optim.Optimizer):
         missing = set(self.residuals) - set(points)
         if missing:
             raise ValueError(f"no points for the terms {sorted(missing)}")
-        lins = {}
-        for term, f in self.residuals.items():
-            x = points[term]
-            key = (term, tuple(x.shape), x.dtype)
-            lins[term] = linearize(self.model, self._value_op, f, x, check=key not in self._checked)
-            self._checked.add(key)
-        return lins
+        return {t: self._linearizer(t, f, points[t]) for t, f in self.residuals.items()}
 
     def step(self, points: dict) -> dict[str, float]:
         """One KFAC step on the batch ``points`` (term name -> ``(N_t, *in)``).

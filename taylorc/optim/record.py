@@ -223,7 +223,9 @@ def _flat(t: torch.Tensor, lead: int) -> torch.Tensor:
     return t.reshape(*t.shape[:lead], -1, t.shape[-1])
 
 
-def linearize(model, value_op, residual, x: torch.Tensor, check: bool = False) -> Linearization:
+def linearize(
+    model, value_op, residual, x: torch.Tensor, check: bool = False, evaluator=None
+) -> Linearization:
     """Evaluate ``residual(x)`` through the sites graphs and read every trainable site's X, e and g.
 
     Args:
@@ -233,6 +235,9 @@ def linearize(model, value_op, residual, x: torch.Tensor, check: bool = False) -
         x: the points ``(N, *in)``.
         check: also verify that every parameter the residual depends on is covered
             by linear sites and that their gradient equals Σ g Z̃ᵀ (one more backward).
+        evaluator: a replacement of :func:`evaluate` for these points, ``x -> (r, uses)``
+            (a compiled one: :class:`~taylorc.optim.compiled.CompiledEvaluation`);
+            ignored with ``check`` (the check needs r's autograd graph).
 
     Returns:
         a :class:`Linearization` over the trainable parameters θ: a frozen weight
@@ -243,11 +248,46 @@ def linearize(model, value_op, residual, x: torch.Tensor, check: bool = False) -
             linear sites (named); a trainable bias of a frozen weight (named);
             operators of another model or of a method without Taylor graph.
     """
+    trainable = trainable_names(model)
+    if evaluator is None or check:
+        r, uses = evaluate(model, value_op, residual, x, trainable, keep_graph=check)
+    else:
+        r, uses = evaluator(x)
+    layers = _group(model, uses, trainable)
+    if check:
+        _check_coverage(model, r, layers)
+    return Linearization(r.detach(), layers)
+
+
+def trainable_names(model) -> frozenset[str]:
+    """The qualified names of ``model``'s parameters with ``requires_grad`` (θ)."""
+    return frozenset(n for n, p in model.named_parameters() if p.requires_grad)
+
+
+def evaluate(
+    model, value_op, residual, x: torch.Tensor, trainable: frozenset, keep_graph: bool = False
+) -> tuple[torch.Tensor, list]:
+    """The tensor work of :func:`linearize`: ``residual(x)`` through the sites graphs and
+    one reverse pass per residual output.
+
+    Args:
+        model, value_op, residual, x: as for :func:`linearize`.
+        trainable: the names of θ (:func:`trainable_names`).
+        keep_graph: keep r's autograd graph (for the coverage check).
+
+    Returns:
+        ``(r, uses)``: ``r (N, M)`` and, per use of a trainable weight in forward order,
+        ``(site, X, g)`` with ``X`` the detached input columns ``(N, S', d_in)`` and ``g``
+        the output gradients ``(M, N, S', d_out)`` as
+        :class:`~taylorc.taylor_graph.Columns` (S' = S n: a point's n rows are more
+        columns). Only tensors and the sites' records: what a trace can replay.
+
+    Raises:
+        KFACError: as :func:`linearize` (the coverage check aside).
+    """
     with recording(model, value_op) as rec:
         r = residual(x)
-    N = x.shape[0]
-    r = r.reshape(N, -1)
-    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    r = r.reshape(x.shape[0], -1)
     sites = [(tg, site, run) for tg, run in rec.runs for site in tg.sites]
     if not sites:
         raise KFACError("the residual reaches no linear site of the model's Taylor graph")
@@ -264,22 +304,25 @@ def linearize(model, value_op, residual, x: torch.Tensor, check: bool = False) -
     pairs = [(run, site) for _, site, run in taps]
     M = r.shape[1]
     gs = [  # Λ = 1: one reverse pass per residual output
-        site_gradients(pairs, r[:, m].sum(), retain_graph=check or m < M - 1, factored=True)
+        site_gradients(pairs, r[:, m].sum(), retain_graph=keep_graph or m < M - 1, factored=True)
         for m in range(M)
     ]
-    layers = _group(model, taps, gs, N, trainable)
-    if check:
-        _check_coverage(model, r, layers)
-    return Linearization(r.detach(), layers)
+    uses = [
+        (
+            site,
+            _flat_columns(run.input_columns(site), site),
+            Columns.stack([_flat_columns(m[i], site) for m in gs]),
+        )
+        for i, (_, site, run) in enumerate(taps)
+    ]
+    return r, uses
 
 
-def _group(model, taps, gs, N, trainable: set) -> dict[str, Layer]:
+def _group(model, uses: list, trainable: frozenset) -> dict[str, Layer]:
     """Concatenate every use of a weight along the column axis, with its bias entries
     (none for a frozen bias: it is not in θ)."""
     pieces: dict[str, list] = {}
-    for i, (_, site, run) in enumerate(taps):
-        X = _flat_columns(run.input_columns(site), site)
-        g = Columns.stack([_flat_columns(m[i], site) for m in gs])
+    for site, X, g in uses:
         pieces.setdefault(site.weight, []).append((site, X, g))
     order = {name: i for i, (name, _) in enumerate(model.named_parameters())}
     layers = {}

@@ -1,0 +1,177 @@
+"""The compiled linearisation (taylorc.optim.compiled) against the eager one, float64.
+
+Oracle: :func:`taylorc.optim.record.linearize` run eagerly at the same parameters and
+points (itself checked against torch.func in test_kfac.py). Each case compiles with
+inductor (a few seconds), so the cases are few and each covers several structures.
+"""
+
+import warnings
+
+import pytest
+import torch
+from helpers import mlp
+from test_kfac import OPERATORS, residual, value_op
+
+import taylorc
+from taylorc.errors import KFACError
+from taylorc.optim import KFAC
+from taylorc.optim.compiled import Linearizer
+from taylorc.optim.record import linearize
+
+DT = torch.float64
+
+
+def assert_same_linearization(a, b, tol=1e-10):
+    """Every tensor of two Linearizations equal up to rounding (relative to its scale)."""
+
+    def close(x, y):
+        assert x.shape == y.shape
+        scale = max(x.abs().max().item(), 1e-30)
+        assert (x - y).abs().max().item() <= tol * scale
+
+    close(a.r, b.r)
+    assert list(a.layers) == list(b.layers)
+    for w in a.layers:
+        la, lb = a.layers[w], b.layers[w]
+        assert (la.bias, la.bias_columns, la.live, la.shared) == (
+            lb.bias,
+            lb.bias_columns,
+            lb.live,
+            lb.shared,
+        )
+        assert la.x_columns.cols == lb.x_columns.cols
+        assert [c for c, _, _ in la.g_columns.factored] == [c for c, _, _ in lb.g_columns.factored]
+        close(la.X, lb.X)
+        close(la.g, lb.g)
+
+
+CASES = {  # operator, hidden widths, activation, outputs
+    "laplacian-1-hidden-factored": ("laplacian", [16], "tanh", 1),
+    "heat-2-hidden-two-outputs": ("heat", [6, 5], "tanh", 2),
+    "burgers-dict-sin": ("burgers", [7, 6], "sin", 1),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_compiled_linearization_equals_eager(case):
+    name, widths, act, out = CASES[case]
+    gen = torch.Generator().manual_seed(len(case))
+    torch.manual_seed(len(case))
+    model = mlp(3, widths, act, out)
+    f = residual(model, name)
+    x = torch.rand(40, 3, dtype=DT, generator=gen)
+    lin = Linearizer(model, value_op(model), backend="inductor")
+    lin("interior", f, x)  # first call: eager, checked
+    got = lin("interior", f, x)
+    assert len(lin.compiled) == 1 and all(lin.compiled.values())
+    assert_same_linearization(got, linearize(model, value_op(model), f, x))
+    # the parameters are inputs of the compiled graph, not constants of the trace
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn(p.shape, dtype=DT, generator=gen))
+    x2 = torch.rand(40, 3, dtype=DT, generator=gen)
+    assert_same_linearization(lin("interior", f, x2), linearize(model, value_op(model), f, x2))
+
+
+def test_compiled_linearization_with_a_frozen_layer():
+    torch.manual_seed(3)
+    model = mlp(3, [8, 6]).to(DT)
+    first = next(model.parameters())
+    f = residual(model, "laplacian")
+    x = torch.rand(30, 3, dtype=DT)
+    lin = Linearizer(model, value_op(model), backend="inductor")
+    lin("interior", f, x)
+    for p in list(model.parameters())[:2]:
+        p.requires_grad_(False)
+    lin("interior", f, x)  # another θ: a new key, checked eagerly first
+    got = lin("interior", f, x)
+    assert first.requires_grad is False and len(lin.compiled) == 1
+    want = linearize(model, value_op(model), f, x)
+    assert "0.weight" not in got.layers
+    assert_same_linearization(got, want)
+
+
+def test_kfac_steps_compiled_equal_eager():
+    results = []
+    for backend in ("eager", "inductor"):
+        torch.manual_seed(0)
+        model = mlp(2, [12]).to(DT)
+        lap = taylorc.compile(model, "laplacian")
+        gen = torch.Generator().manual_seed(1)
+        xi, xb = torch.rand(50, 2, dtype=DT, generator=gen), torch.rand(10, 2, dtype=DT)
+        res = {"interior": lambda x, lap=lap: -lap(x) - 1.0, "boundary": lambda x, m=model: m(x)}
+        opt = KFAC(model, res, backend=backend, damping=1e-6)
+        losses = [opt.step({"interior": xi, "boundary": xb}) for _ in range(4)]
+        results.append((losses, [p.detach().clone() for p in model.parameters()]))
+        if backend == "inductor":
+            assert len(opt._linearizer.compiled) == 2 and all(opt._linearizer.compiled.values())
+    (la, pa), (lb, pb) = results
+    for a, b in zip(la, lb):
+        for t in a:
+            assert abs(a[t] - b[t]) <= 1e-8 * abs(a[t])
+    for a, b in zip(pa, pb):
+        torch.testing.assert_close(a, b, rtol=1e-7, atol=1e-9)
+
+
+def _branching(model):
+    lap = taylorc.compile(model, "laplacian")
+
+    def f(x):
+        d = lap(x)
+        return -d - 1.0 if d.mean() > -1e9 else d  # a branch on tensor values
+
+    return f
+
+
+def test_a_residual_that_branches_on_values_stays_eager():
+    torch.manual_seed(1)
+    model = mlp(2, [5]).to(DT)
+    f = _branching(model)
+    x = torch.rand(20, 2, dtype=DT)
+    lin = Linearizer(model, value_op(model), backend="auto")
+    lin.after = 1
+    lin("interior", f, x)
+    with pytest.warns(UserWarning, match="could not be compiled and runs eagerly"):
+        got = lin("interior", f, x)
+    assert lin.compiled[next(iter(lin.compiled))] is None
+    assert_same_linearization(got, linearize(model, value_op(model), f, x), tol=0)
+    strict = Linearizer(model, value_op(model), backend="inductor")
+    strict("interior", f, x)
+    with pytest.raises(KFACError, match="backend='eager'"):
+        strict("interior", f, x)
+
+
+def test_a_replay_that_differs_from_eager_is_refused(monkeypatch):
+    import torch._inductor.compile_fx as cfx
+
+    real = cfx.compile_fx
+
+    def wrong(gm, inputs):
+        fn = real(gm, inputs)
+        return lambda *a: [t * 1.001 for t in fn(*a)]
+
+    monkeypatch.setattr(cfx, "compile_fx", wrong)
+    torch.manual_seed(2)
+    model = mlp(2, [5]).to(DT)
+    f = residual(model, "laplacian")
+    x = torch.rand(20, 2, dtype=DT)
+    lin = Linearizer(model, value_op(model), backend="inductor")
+    lin("interior", f, x)
+    with pytest.raises(KFACError, match="differs from the eager evaluation"):
+        lin("interior", f, x)
+
+
+def test_backend_is_validated_and_eager_never_compiles():
+    model = mlp(2, [4]).to(DT)
+    with pytest.raises(ValueError, match="backend"):
+        KFAC(model, {"u": lambda x: model(x)}, backend="jit")
+    lin = Linearizer(model, value_op(model), backend="eager")
+    x = torch.rand(10, 2, dtype=DT)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for _ in range(3):
+            lin("boundary", lambda x: model(x), x)
+    assert lin.compiled == {}
+
+
+assert set(CASES[c][0] for c in CASES) <= set(OPERATORS)
