@@ -321,7 +321,8 @@ def cost(args) -> dict:
 def split(args) -> dict:
     """Where a KFAC* step's time goes (thread CPU time, best of ``--repeats``), against an
     Adam step on the same batch: linearisation (forward through the sites graph and the
-    reverse pass for g), factors, gradient, solver set-up (4 eigh per layer), the solve,
+    reverse pass for g), factors, gradient (one part with the linearisation once it is
+    compiled: ``taylorc.optim.compiled``), solver set-up (4 eigh per layer), the solve,
     and KFAC*'s 2x2 system (two exact JVPs per term); "rest" is the step minus the parts
     (EMA, Python, freeing memory)."""
     out = {}
@@ -360,6 +361,8 @@ def _split_one(widths, repeats):
     torch.manual_seed(1)
     adam_model, adam_res, _, _, _ = problem("poisson", widths, torch.Generator().manual_seed(0))
     adam = make_step("adam", adam_model, adam_res, 1e-4)
+    for _ in range(12):  # past the operator's compile (backend "auto": after 10 calls)
+        adam(points)
     lins = list(opt.linearize(points).values())
     group = opt.param_groups[0]
     layers = [layer.weight for layer in layout(lins, model)]
@@ -379,6 +382,11 @@ def _split_one(widths, repeats):
         "linearize": lambda: opt.linearize(points),
         "factors": lambda: [layer_factors(L) for lin in lins for L in lin.layers.values()],
         "gradient": gradient,
+    }
+    if all(lin.factors is not None for lin in lins):  # compiled: made with the columns
+        parts = {k: v for k, v in parts.items() if k not in ("factors", "gradient")}
+        parts["linearize + factors + gradient"] = parts.pop("linearize")
+    parts |= {
         "invert (eigh)": lambda: opt._invert(group),
         "solve": lambda: {w: opt._solvers[w].solve(grad[w]) for w in layers},
         "kfac* 2x2 (JVPs)": lambda: kfac_star(lins, grad, Delta, prev, 1e-9),

@@ -16,6 +16,8 @@ import taylorc
 from taylorc.errors import KFACError
 from taylorc.optim import KFAC
 from taylorc.optim.compiled import Linearizer
+from taylorc.optim.factors import layer_factors, layer_gradient
+from taylorc.optim.kfac import _layer_factors
 from taylorc.optim.record import linearize
 
 DT = torch.float64
@@ -45,32 +47,49 @@ def assert_same_linearization(a, b, tol=1e-10):
         close(la.g, lb.g)
 
 
-CASES = {  # operator, hidden widths, activation, outputs
-    "laplacian-1-hidden-factored": ("laplacian", [16], "tanh", 1),
-    "heat-2-hidden-two-outputs": ("heat", [6, 5], "tanh", 2),
-    "burgers-dict-sin": ("burgers", [7, 6], "sin", 1),
+def assert_same_statistics(got, want, approx, tol=1e-10):
+    """The compiled evaluation's factors and gradients equal those computed from the
+    eager linearisation."""
+    assert got.approx == approx and list(got.factors) == list(want.layers)
+    for w, layer in want.layers.items():
+        pairs = [*zip(got.factors[w], layer_factors(layer, approx))]
+        pairs.append((got.gradients[w], layer_gradient(layer, want.r)))
+        other = "reduce" if approx == "expand" else "expand"  # KFAC's approx changed since
+        pairs += zip(_layer_factors(got, w, other), layer_factors(layer, other))
+        for a, b in pairs:
+            torch.testing.assert_close(a, b, rtol=tol, atol=tol * b.abs().max().item())
+
+
+CASES = {  # operator, hidden widths, activation, outputs, approximation
+    "laplacian-1-hidden-factored": ("laplacian", [16], "tanh", 1, "expand"),
+    "heat-2-hidden-two-outputs": ("heat", [6, 5], "tanh", 2, "reduce"),
+    "burgers-dict-sin": ("burgers", [7, 6], "sin", 1, "expand"),
 }
 
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_compiled_linearization_equals_eager(case):
-    name, widths, act, out = CASES[case]
+    name, widths, act, out, approx = CASES[case]
     gen = torch.Generator().manual_seed(len(case))
     torch.manual_seed(len(case))
     model = mlp(3, widths, act, out)
     f = residual(model, name)
     x = torch.rand(40, 3, dtype=DT, generator=gen)
-    lin = Linearizer(model, value_op(model), backend="inductor")
+    lin = Linearizer(model, value_op(model), backend="inductor", approx=approx)
     lin("interior", f, x)  # first call: eager, checked
     got = lin("interior", f, x)
     assert len(lin.compiled) == 1 and all(lin.compiled.values())
-    assert_same_linearization(got, linearize(model, value_op(model), f, x))
+    want = linearize(model, value_op(model), f, x)
+    assert_same_linearization(got, want)
+    assert_same_statistics(got, want, approx)
     # the parameters are inputs of the compiled graph, not constants of the trace
     with torch.no_grad():
         for p in model.parameters():
             p.add_(0.1 * torch.randn(p.shape, dtype=DT, generator=gen))
     x2 = torch.rand(40, 3, dtype=DT, generator=gen)
-    assert_same_linearization(lin("interior", f, x2), linearize(model, value_op(model), f, x2))
+    got, want = lin("interior", f, x2), linearize(model, value_op(model), f, x2)
+    assert_same_linearization(got, want)
+    assert_same_statistics(got, want, approx)
 
 
 def test_compiled_linearization_with_a_frozen_layer():
@@ -89,6 +108,29 @@ def test_compiled_linearization_with_a_frozen_layer():
     want = linearize(model, value_op(model), f, x)
     assert "0.weight" not in got.layers
     assert_same_linearization(got, want)
+
+
+def test_a_shared_column_that_stops_being_shared_drops_the_compiled_graph():
+    """A first layer at zero makes the next layer's value input the same for every point
+    (taken as shared at the compile); once it is trained, the graph's count sees it."""
+    torch.manual_seed(4)
+    model = mlp(2, [6, 5])
+    with torch.no_grad():
+        model[0].weight.zero_()
+    f = residual(model, "laplacian")
+    x = torch.rand(25, 2, dtype=DT)
+    lin = Linearizer(model, value_op(model), backend="inductor", approx="expand")
+    lin("interior", f, x)
+    got = lin("interior", f, x)
+    assert all(lin.compiled.values()) and got.layers["2.weight"].shared
+    with torch.no_grad():
+        model[0].weight.normal_()
+    with pytest.warns(UserWarning, match="dropped"):
+        got = lin("interior", f, x)
+    want = linearize(model, value_op(model), f, x)
+    assert not want.layers["2.weight"].shared and got.factors is None
+    assert_same_linearization(got, want, tol=0)
+    assert list(lin.compiled.values()) == [None]
 
 
 def test_kfac_steps_compiled_equal_eager():
@@ -174,4 +216,4 @@ def test_backend_is_validated_and_eager_never_compiles():
     assert lin.compiled == {}
 
 
-assert set(CASES[c][0] for c in CASES) <= set(OPERATORS)
+assert {CASES[c][0] for c in CASES} <= set(OPERATORS)

@@ -26,7 +26,7 @@ from torch.fx.experimental.proxy_tensor import make_fx
 
 from ..config import CONFIG
 from ..errors import KFACError
-from .record import Linearization, evaluate, linearize, trainable_names
+from .record import Linearization, _group, evaluate, linearize, trainable_names
 
 BACKENDS = ("auto", "eager", "inductor")
 
@@ -49,28 +49,43 @@ def _flatten(r: torch.Tensor, uses: list) -> list[torch.Tensor]:
 
 
 class CompiledEvaluation:
-    """:func:`~taylorc.optim.record.evaluate` at one input shape, traced and compiled.
+    """:func:`~taylorc.optim.record.evaluate` at one input shape, traced and compiled,
+    with the layers' Kronecker factors and gradients when ``approx`` is given.
 
     Args:
         model, value_op, residual: as for :func:`~taylorc.optim.record.linearize`.
         x: example points ``(N, *in)``; the replay takes points of this shape, dtype and
             device only.
         trainable: the names of θ (:func:`~taylorc.optim.record.trainable_names`).
+        approx: ``"expand"`` or ``"reduce"``: also compute every layer's ``(A, B)``
+            (:func:`~taylorc.optim.factors.layer_factors`) and gradient
+            (:func:`~taylorc.optim.factors.layer_gradient`) in the compiled graph, where
+            the columns are made; None: the columns only (ENGD).
 
-    Calling it with points ``x`` returns what ``evaluate(..., x, trainable)`` returns
-    (``r`` detached), at the model's current parameters (they are inputs of the
-    compiled graph, not constants).
+    The columns found shared over the points at ``x`` (:attr:`Layer.shared`, compared
+    on the values) are taken as shared by the graph, which counts the points where
+    they differ at every call. Calling it with points ``x`` returns ``(r, uses,
+    extra)``: what ``evaluate(..., x, trainable)`` returns (``r`` detached) at the
+    model's current parameters (graph inputs, not constants), and ``extra`` for
+    :func:`~taylorc.optim.record.linearize` (``shared``, ``factors``, ``gradients``,
+    ``approx``).
 
     Raises:
-        Exception: whatever the trace (``make_fx``, fake tensors: e.g. a residual that
-            branches on tensor values) or inductor raises.
-        KFACError: the replay at ``x`` differs from the eager evaluation (beyond 1e-9
-            relative in float64, 1e-4 in float32).
+        Exception: (at construction) whatever the trace (``make_fx``, fake tensors: e.g.
+            a residual that branches on tensor values) or inductor raises.
+        KFACError: (at construction) the replay at ``x`` differs from the eager
+            evaluation (beyond 1e-9 relative in float64, 1e-4 in float32).
+        StaleColumns: (at a call) a column taken as shared differs between points.
     """
 
-    def __init__(self, model, value_op, residual, x: torch.Tensor, trainable: frozenset):
+    def __init__(self, model, value_op, residual, x, trainable: frozenset, approx=None):
         from torch._inductor.compile_fx import compile_fx
 
+        r, uses = evaluate(model, value_op, residual, x, trainable)
+        layers = _group(model, uses, trainable)
+        self.shared = {w: layer.shared for w, layer in layers.items()}
+        self.approx, self._weights = approx, list(layers)
+        self._count = len(_flatten(r, uses))
         names = [n for n, _ in model.named_parameters()]
         holder = _Holder(model, lambda x: evaluate(model, value_op, residual, x, trainable))
         built = {}
@@ -80,7 +95,10 @@ class CompiledEvaluation:
             swapped = {f"model.{n}": p for n, p in zip(names, params)}
             r, uses = torch.func.functional_call(holder, swapped, (points,))
             built["uses"] = uses
-            return [t.detach() for t in _flatten(r, uses)]
+            r = r.detach()
+            return [t.detach() for t in _flatten(r, uses)] + self._statistics(
+                model, r, uses, trainable
+            )
 
         # requires_grad as on the model: the traced reverse pass needs it, frozen stays frozen
         example = [p.detach().requires_grad_(p.requires_grad) for p in model.parameters()]
@@ -88,16 +106,51 @@ class CompiledEvaluation:
         self._params = list(model.parameters())
         self._uses = [(site, _blank(X), _blank(g)) for site, X, g in built["uses"]]
         self._fn = compile_fx(gm, [*self._inputs(), x])
-        want = _flatten(*evaluate(model, value_op, residual, x, trainable))
+        r = r.detach()
+        want = _flatten(r, uses) + self._statistics(model, r, uses, trainable)
         _same(want, self._fn(*self._inputs(), x), x.dtype)
+
+    def _statistics(self, model, r, uses, trainable) -> list[torch.Tensor]:
+        """Per layer ``A, B, [∇W | ∇b]`` (with ``approx``), then the count of entries
+        where a column taken as shared differs from its first point's."""
+        from .factors import layer_factors, layer_gradient
+
+        layers = _group(model, uses, trainable, self.shared)
+        out = []
+        for layer in layers.values() if self.approx is not None else ():
+            out += [*layer_factors(layer, self.approx), layer_gradient(layer, r)]
+        bad = r.new_zeros((), dtype=torch.int64)
+        for layer in layers.values():
+            if layer.shared:
+                cols = layer.x_columns.take(list(layer.shared))
+                bad = bad + (cols != cols[:1]).sum()
+        return out + [bad]
 
     def _inputs(self) -> list[torch.Tensor]:
         return [p.detach() for p in self._params]
 
-    def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, list]:
-        out = iter(self._fn(*self._inputs(), x))
-        r = next(out)
-        return r, [(site, X.replace(out), g.replace(out)) for site, X, g in self._uses]
+    def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, list, dict]:
+        out = self._fn(*self._inputs(), x)
+        if out[-1].item():
+            raise StaleColumns(
+                "a column taken as the same for every point (Layer.shared) differs between "
+                "points now"
+            )
+        columns = iter(out[: self._count])
+        r = next(columns)
+        uses = [(site, X.replace(columns), g.replace(columns)) for site, X, g in self._uses]
+        extra = dict(shared=self.shared, factors=None, gradients=None, approx=self.approx)
+        if self.approx is not None:
+            stats = out[self._count : -1]
+            extra["factors"] = {
+                w: tuple(stats[3 * i : 3 * i + 2]) for i, w in enumerate(self._weights)
+            }
+            extra["gradients"] = {w: stats[3 * i + 2] for i, w in enumerate(self._weights)}
+        return r, uses, extra
+
+
+class StaleColumns(KFACError):
+    """A compiled evaluation's shared columns no longer hold (the caller goes eager)."""
 
 
 def _blank(c):
@@ -108,7 +161,7 @@ def _blank(c):
 def _same(want: list, got: list, dtype: torch.dtype) -> None:
     """Raise KFACError unless the replay's tensors equal the eager ones up to rounding."""
     tol = 1e-9 if dtype == torch.float64 else 1e-4
-    for i, (a, b) in enumerate(zip(want, got)):
+    for i, (a, b) in enumerate(zip(want, got, strict=True)):
         a = a.detach()
         scale = a.abs().max().item() if a.numel() else 0.0
         if a.shape != b.shape or (a - b).abs().max().item() > tol * max(scale, 1e-30):
@@ -129,15 +182,17 @@ class Linearizer:
     Args:
         model: the ``nn.Module``; value_op: ``taylorc.compile(model, "u")``.
         backend: ``"auto"``, ``"eager"`` or ``"inductor"``.
+        approx: compiled evaluations also give the factors of this approximation and
+            the gradients (:class:`CompiledEvaluation`); None: the columns only.
 
     Raises:
         ValueError: an unknown backend.
     """
 
-    def __init__(self, model: torch.nn.Module, value_op, backend: str = "auto"):
+    def __init__(self, model: torch.nn.Module, value_op, backend: str = "auto", approx=None):
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-        self.model, self.value_op, self.backend = model, value_op, backend
+        self.model, self.value_op, self.backend, self.approx = model, value_op, backend, approx
         after = {"auto": CONFIG.auto_compile_after, "inductor": 1, "eager": None}[backend]
         self.after = None if after is None else max(after, 1)
         self._calls: dict = {}
@@ -158,11 +213,20 @@ class Linearizer:
         if key not in self.compiled and self.after is not None and n > self.after:
             self.compiled[key] = self._compile(term, residual, x, trainable)
         ev = self.compiled.get(key)
-        return linearize(self.model, self.value_op, residual, x, evaluator=ev)
+        try:
+            return linearize(self.model, self.value_op, residual, x, evaluator=ev)
+        except StaleColumns as e:  # this call and the later ones eager
+            self.compiled[key] = None
+            warnings.warn(
+                f"the compiled linearisation of the term {term!r} is dropped: {e}", stacklevel=2
+            )
+            return linearize(self.model, self.value_op, residual, x)
 
     def _compile(self, term, residual, x, trainable) -> CompiledEvaluation | None:
         try:
-            return CompiledEvaluation(self.model, self.value_op, residual, x, trainable)
+            return CompiledEvaluation(
+                self.model, self.value_op, residual, x, trainable, self.approx
+            )
         except Exception as e:  # any trace or inductor failure: the eager path is exact
             why = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
             msg = (

@@ -48,7 +48,9 @@ def gram(F: torch.Tensor) -> torch.Tensor:
     requires grad, small or empty ``F``) ``F.T @ F``: OpenBLAS's two-thread ``?syrk`` beside
     torch's threads was slower than its one-thread one (docs/kfac.md), and the thread
     limit costs about 20 µs a call. The limit is process-wide while it lasts (numpy's
-    OpenBLAS in other Python threads runs on one thread meanwhile).
+    OpenBLAS in other Python threads runs on one thread meanwhile). The large CPU case
+    goes through the ``torch.library`` op ``taylorc::gram``, so that a traced graph
+    (:mod:`taylorc.optim.compiled`) calls it too; the thread count is read when it runs.
     Same dtype and device as ``F``.
     """
     if (
@@ -56,14 +58,26 @@ def gram(F: torch.Tensor) -> torch.Tensor:
         or F.device.type != "cpu"
         or F.requires_grad
         or F.shape[0] * F.shape[1] ** 2 < SYRK_MIN
-        or torch.get_num_threads() != 1
     ):
+        return F.T @ F
+    return torch.ops.taylorc.gram(F)
+
+
+@torch.library.custom_op("taylorc::gram", mutates_args=())
+def _gram_op(F: torch.Tensor) -> torch.Tensor:
+    """``FᵀF`` of a large 2-D CPU float32/float64 ``F`` (see :func:`gram`)."""
+    if torch.get_num_threads() != 1:
         return F.T @ F
     syrk, blas_threads = _syrk_backend()
     with blas_threads.limit(limits=1, user_api="blas"):
         # F row-major is Fᵀ column-major: syrk(Fᵀ) = FᵀF, upper triangle only
         C = torch.from_numpy(syrk[F.dtype](1.0, F.contiguous().numpy().T, lower=0))
     return C.triu() + C.triu(1).T
+
+
+@_gram_op.register_fake
+def _(F):
+    return F.new_empty(F.shape[1], F.shape[1])
 
 
 def layer_factors(layer: Layer, approx: str = "expand") -> tuple[torch.Tensor, torch.Tensor]:

@@ -130,7 +130,7 @@ class KFAC(torch.optim.Optimizer):
         super().__init__([p for p in model.parameters() if p.requires_grad], defaults)
         self.model, self.residuals = model, dict(residuals)
         self._value_op = _compile(model, "u")
-        self._linearizer = Linearizer(model, self._value_op, backend)
+        self._linearizer = Linearizer(model, self._value_op, backend, approx)
         self._solvers: dict | None = None
         self.last: dict = {}  # the last step's vectors (for tests and diagnostics)
         self._reducer = model_reducer(group, model)
@@ -165,11 +165,7 @@ class KFAC(torch.optim.Optimizer):
         factors = self._factors(lins, group, weigh) if refresh else {}
         loss = {t: weigh(t, lin.loss) for t, lin in lins.items()}
         grad = {
-            w: sum(
-                weigh(t, layer_gradient(lin.layers[w], lin.r))
-                for t, lin in lins.items()
-                if w in lin.layers
-            )
+            w: sum(weigh(t, _gradient(lin, w)) for t, lin in lins.items() if w in lin.layers)
             for w in layers
         }
         if rd is not None:  # one all-reduce (sum) of every mean over points
@@ -247,8 +243,8 @@ class KFAC(torch.optim.Optimizer):
         (distributed: this rank's shares of the global means, summed by the caller)."""
         out = {}
         for term, lin in lins.items():
-            for w, layer in lin.layers.items():
-                A, B = layer_factors(layer, group["approx"])
+            for w in lin.layers:
+                A, B = _layer_factors(lin, w, group["approx"])
                 out[term, w] = (weigh(term, A), weigh(term, B))
         return out
 
@@ -295,3 +291,18 @@ class KFAC(torch.optim.Optimizer):
         uninterrupted run)."""
         super().load_state_dict(state_dict)
         self._solvers = None
+
+
+def _gradient(lin, w: str) -> torch.Tensor:
+    """``[∇W | ∇b]`` of weight ``w`` in one term: the compiled evaluation's, or computed."""
+    if lin.gradients is not None:
+        return lin.gradients[w]
+    return layer_gradient(lin.layers[w], lin.r)
+
+
+def _layer_factors(lin, w: str, approx: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(A, B)`` of weight ``w`` in one term: the compiled evaluation's when it used
+    ``approx``, else computed."""
+    if lin.factors is not None and lin.approx == approx:
+        return lin.factors[w]
+    return layer_factors(lin.layers[w], approx)

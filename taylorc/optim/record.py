@@ -125,10 +125,17 @@ class Linearization:
     Attributes:
         r: ``(N, M)`` residual (detached).
         layers: weight name -> :class:`Layer`, in the model's parameter order.
+        factors: weight name -> ``(A, B)`` of KFAC-``approx``, when a compiled
+            evaluation computed them with the columns (else None).
+        gradients: weight name -> ``[∇W | ∇b]``, likewise.
+        approx: the approximation of ``factors``.
     """
 
     r: torch.Tensor
     layers: dict[str, Layer]
+    factors: dict | None = None
+    gradients: dict | None = None
+    approx: str | None = None
 
     @property
     def loss(self) -> torch.Tensor:
@@ -235,9 +242,11 @@ def linearize(
         x: the points ``(N, *in)``.
         check: also verify that every parameter the residual depends on is covered
             by linear sites and that their gradient equals Σ g Z̃ᵀ (one more backward).
-        evaluator: a replacement of :func:`evaluate` for these points, ``x -> (r, uses)``
-            (a compiled one: :class:`~taylorc.optim.compiled.CompiledEvaluation`);
-            ignored with ``check`` (the check needs r's autograd graph).
+        evaluator: a replacement of :func:`evaluate` for these points, ``x -> (r, uses,
+            extra)`` (a compiled one: :class:`~taylorc.optim.compiled.CompiledEvaluation`;
+            ``extra``: the layers' ``shared`` columns, and their ``factors``,
+            ``gradients`` and ``approx`` or None); ignored with ``check`` (the check
+            needs r's autograd graph).
 
     Returns:
         a :class:`Linearization` over the trainable parameters θ: a frozen weight
@@ -249,10 +258,12 @@ def linearize(
             operators of another model or of a method without Taylor graph.
     """
     trainable = trainable_names(model)
-    if evaluator is None or check:
-        r, uses = evaluate(model, value_op, residual, x, trainable, keep_graph=check)
-    else:
-        r, uses = evaluator(x)
+    if evaluator is not None and not check:
+        r, uses, extra = evaluator(x)
+        layers = _group(model, uses, trainable, extra["shared"])
+        stats = {k: extra[k] for k in ("factors", "gradients", "approx")}
+        return Linearization(r, layers, **stats)
+    r, uses = evaluate(model, value_op, residual, x, trainable, keep_graph=check)
     layers = _group(model, uses, trainable)
     if check:
         _check_coverage(model, r, layers)
@@ -318,9 +329,11 @@ def evaluate(
     return r, uses
 
 
-def _group(model, uses: list, trainable: frozenset) -> dict[str, Layer]:
+def _group(model, uses: list, trainable: frozenset, shared: dict | None = None) -> dict[str, Layer]:
     """Concatenate every use of a weight along the column axis, with its bias entries
-    (none for a frozen bias: it is not in θ)."""
+    (none for a frozen bias: it is not in θ). ``shared``: weight -> the columns to take
+    as :attr:`Layer.shared` (a compiled evaluation checks them itself); None: found by
+    comparing the values."""
     pieces: dict[str, list] = {}
     for site, X, g in uses:
         pieces.setdefault(site.weight, []).append((site, X, g))
@@ -342,8 +355,11 @@ def _group(model, uses: list, trainable: frozenset) -> dict[str, Layer]:
             cols = tuple(i for i, v in enumerate(entries) if v)
         reach = _per_row(sites, _enters_jacobian)
         live = None if all(reach) else tuple(i for i, v in enumerate(reach) if v)
-        shared = tuple(X.cols[i] for i in _shared_columns(X.dense))
-        layers[weight] = Layer(weight, bias, X, g, e, cols, live, shared)
+        if shared is None:
+            same = tuple(X.cols[i] for i in _shared_columns(X.dense))
+        else:
+            same = shared[weight]
+        layers[weight] = Layer(weight, bias, X, g, e, cols, live, same)
     return layers
 
 
