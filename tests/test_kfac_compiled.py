@@ -16,7 +16,7 @@ import taylorc
 from taylorc.errors import KFACError
 from taylorc.optim import KFAC
 from taylorc.optim.compiled import Linearizer
-from taylorc.optim.factors import layer_factors, layer_gradient
+from taylorc.optim.factors import jvp, layer_factors, layer_gradient
 from taylorc.optim.kfac import _layer_factors
 from taylorc.optim.record import linearize
 
@@ -58,6 +58,17 @@ def assert_same_statistics(got, want, approx, tol=1e-10):
         pairs += zip(_layer_factors(got, w, other), layer_factors(layer, other))
         for a, b in pairs:
             torch.testing.assert_close(a, b, rtol=tol, atol=tol * b.abs().max().item())
+    gen = torch.Generator().manual_seed(5)
+    dirs = [  # the compiled Jacobian-vector products (got.jvps) against the eager ones
+        {
+            w: torch.randn(*(L.d_out, L.d_in), dtype=DT, generator=gen)
+            for w, L in want.layers.items()
+        }
+        for _ in range(2)
+    ]
+    assert got.jvps is not None
+    for a, b in zip(jvp(got, *dirs), jvp(want, *dirs)):
+        torch.testing.assert_close(a, b, rtol=tol, atol=tol * b.abs().max().item())
 
 
 CASES = {  # operator, hidden widths, activation, outputs, approximation

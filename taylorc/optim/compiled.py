@@ -19,6 +19,7 @@ eager evaluation at the points it was built on is refused the same way.
 
 from __future__ import annotations
 
+import functools
 import warnings
 
 import torch
@@ -41,6 +42,15 @@ class _Holder(torch.nn.Module):
 
     def forward(self, x):
         return self.fn(x)
+
+
+def _trace_and_compile(fn, inputs: list):
+    """``fn`` (tensors -> list of tensors) traced with ``make_fx`` on fake tensors (the
+    real ones it reads become constants) and compiled with inductor for ``inputs``."""
+    from torch._inductor.compile_fx import compile_fx
+
+    gm = make_fx(fn, tracing_mode="fake", _allow_non_fake_inputs=True)(*inputs)
+    return compile_fx(gm, [t.detach() for t in inputs])
 
 
 def _flatten(r: torch.Tensor, uses: list) -> list[torch.Tensor]:
@@ -79,12 +89,11 @@ class CompiledEvaluation:
     """
 
     def __init__(self, model, value_op, residual, x, trainable: frozenset, approx=None):
-        from torch._inductor.compile_fx import compile_fx
-
         r, uses = evaluate(model, value_op, residual, x, trainable)
         layers = _group(model, uses, trainable)
         self.shared = {w: layer.shared for w, layer in layers.items()}
         self.approx, self._weights = approx, list(layers)
+        self._model, self._trainable, self._jvps = model, trainable, {}
         self._count = len(_flatten(r, uses))
         names = [n for n, _ in model.named_parameters()]
         holder = _Holder(model, lambda x: evaluate(model, value_op, residual, x, trainable))
@@ -102,10 +111,9 @@ class CompiledEvaluation:
 
         # requires_grad as on the model: the traced reverse pass needs it, frozen stays frozen
         example = [p.detach().requires_grad_(p.requires_grad) for p in model.parameters()]
-        gm = make_fx(flat, tracing_mode="fake", _allow_non_fake_inputs=True)(*example, x)
+        self._fn = _trace_and_compile(flat, [*example, x])
         self._params = list(model.parameters())
         self._uses = [(site, _blank(X), _blank(g)) for site, X, g in built["uses"]]
-        self._fn = compile_fx(gm, [*self._inputs(), x])
         r = r.detach()
         want = _flatten(r, uses) + self._statistics(model, r, uses, trainable)
         _same(want, self._fn(*self._inputs(), x), x.dtype)
@@ -136,10 +144,10 @@ class CompiledEvaluation:
                 "a column taken as the same for every point (Layer.shared) differs between "
                 "points now"
             )
-        columns = iter(out[: self._count])
-        r = next(columns)
-        uses = [(site, X.replace(columns), g.replace(columns)) for site, X, g in self._uses]
+        columns = out[: self._count]
+        r, uses = self._rebuild(columns)
         extra = dict(shared=self.shared, factors=None, gradients=None, approx=self.approx)
+        extra["jvps"] = functools.partial(self.jvps, columns)
         if self.approx is not None:
             stats = out[self._count : -1]
             extra["factors"] = {
@@ -147,6 +155,38 @@ class CompiledEvaluation:
             }
             extra["gradients"] = {w: stats[3 * i + 2] for i, w in enumerate(self._weights)}
         return r, uses, extra
+
+    def _rebuild(self, columns: list) -> tuple[torch.Tensor, list]:
+        """``(r, uses)`` from the flat column tensors of one call."""
+        it = iter(columns)
+        r = next(it)
+        return r, [(site, X.replace(it), g.replace(it)) for site, X, g in self._uses]
+
+    def jvps(self, columns: list, *directions: dict) -> list[torch.Tensor]:
+        """:func:`~taylorc.optim.factors.jvp` of the linearisation whose flat column
+        tensors are ``columns``, compiled at the first call with as many directions
+        (each must hold a block of every weight of the term); checked against the eager
+        products then (``KFACError`` if they differ)."""
+        blocks = [d[w] for d in directions for w in self._weights]
+        fn = self._jvps.get(len(directions))
+        if fn is None:
+            fn = self._jvps[len(directions)] = self._compile_jvps(columns, len(directions), blocks)
+        return list(fn(*columns, *blocks))
+
+    def _compile_jvps(self, columns: list, k: int, blocks: list):
+        from .factors import jvp
+
+        count, weights = self._count, self._weights
+
+        def products(*args):
+            r, uses = self._rebuild(args[:count])
+            lin = Linearization(r, _group(self._model, uses, self._trainable, self.shared))
+            dirs, n = args[count:], len(weights)  # direction by direction
+            return jvp(lin, *[dict(zip(weights, dirs[i * n : (i + 1) * n])) for i in range(k)])
+
+        fn = _trace_and_compile(products, [*columns, *blocks])
+        _same(products(*columns, *blocks), fn(*columns, *blocks), columns[0].dtype)
+        return fn
 
 
 class StaleColumns(KFACError):

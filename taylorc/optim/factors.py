@@ -212,8 +212,12 @@ def jvp(lin: Linearization, *directions: dict[str, torch.Tensor]) -> list[torch.
     matmul per layer over the per-point columns, on the narrower side of the layer
     (``(V X)·g`` or ``X·(Vᵀ g)``; the bias column enters through ``e``): the
     elementwise product is then the smaller one. A column whose input is the same for
-    every point takes ``g_ns · (V Z̃_0s)``, one product with its g.
+    every point takes ``g_ns · (V Z̃_0s)``, one product with its g. A linearisation from
+    a compiled evaluation runs these products compiled (``lin.jvps``) when every
+    direction holds a block of each of its weights.
     """
+    if lin.jvps is not None and all(w in d for d in directions for w in lin.layers):
+        return lin.jvps(*directions)
     M, N = lin.r.shape[1], lin.r.shape[0]
     out = [lin.r.new_zeros(M, N) for _ in directions]
     for name, layer in lin.layers.items():

@@ -129,6 +129,8 @@ class Linearization:
             evaluation computed them with the columns (else None).
         gradients: weight name -> ``[∇W | ∇b]``, likewise.
         approx: the approximation of ``factors``.
+        jvps: ``(*directions) -> [J v, ...]``, the compiled evaluation's compiled
+            :func:`~taylorc.optim.factors.jvp` of these columns (else None).
     """
 
     r: torch.Tensor
@@ -136,6 +138,7 @@ class Linearization:
     factors: dict | None = None
     gradients: dict | None = None
     approx: str | None = None
+    jvps: object = None
 
     @property
     def loss(self) -> torch.Tensor:
@@ -245,7 +248,7 @@ def linearize(
         evaluator: a replacement of :func:`evaluate` for these points, ``x -> (r, uses,
             extra)`` (a compiled one: :class:`~taylorc.optim.compiled.CompiledEvaluation`;
             ``extra``: the layers' ``shared`` columns, and their ``factors``,
-            ``gradients`` and ``approx`` or None); ignored with ``check`` (the check
+            ``gradients``, ``approx`` and ``jvps`` or None); ignored with ``check`` (the check
             needs r's autograd graph).
 
     Returns:
@@ -261,7 +264,7 @@ def linearize(
     if evaluator is not None and not check:
         r, uses, extra = evaluator(x)
         layers = _group(model, uses, trainable, extra["shared"])
-        stats = {k: extra[k] for k in ("factors", "gradients", "approx")}
+        stats = {k: extra[k] for k in ("factors", "gradients", "approx", "jvps")}
         return Linearization(r, layers, **stats)
     r, uses = evaluate(model, value_op, residual, x, trainable, keep_graph=check)
     layers = _group(model, uses, trainable)
