@@ -228,3 +228,35 @@ def test_backend_is_validated_and_eager_never_compiles():
 
 
 assert {CASES[c][0] for c in CASES} <= set(OPERATORS)
+
+
+NU = 1.0  # a coefficient a residual reads as a global (rebound by the test below)
+
+
+def test_a_rebound_name_the_residual_reads_sends_it_back_to_eager():
+    global NU
+    torch.manual_seed(6)
+    model = mlp(2, [5])
+    lap = taylorc.compile(model, "laplacian")
+
+    def f(x):
+        return -lap(x) - NU * x[:, :1]
+
+    x = torch.rand(20, 2, dtype=DT)
+    lin = Linearizer(model, value_op(model), backend="inductor", approx="expand")
+    lin("interior", f, x)
+    lin("interior", f, x)
+    assert all(lin.compiled.values())
+    try:
+        NU = 3.0
+        with pytest.warns(UserWarning, match=r"rebound since its trace \(NU\)"):
+            got = lin("interior", f, x)
+    finally:
+        NU = 1.0
+    assert list(lin.compiled.values()) == [None]
+    NU = 3.0
+    try:
+        want = linearize(model, value_op(model), f, x)
+    finally:
+        NU = 1.0
+    assert_same_linearization(got, want, tol=0)

@@ -208,6 +208,32 @@ def _same(want: list, got: list, dtype: torch.dtype) -> None:
             raise KFACError(f"the compiled replay differs from the eager evaluation (tensor {i})")
 
 
+def _snapshot(fn) -> dict:
+    """What ``fn`` reads by name, one level deep: its closure cells and the globals its
+    code names; numbers, strings and None by value, anything else by identity (a tensor
+    changed in place is read live by the compiled graph; a rebound name is not)."""
+    code = getattr(fn, "__code__", None)
+    if code is None:  # a callable object (e.g. a compiled operator): its own trace contract
+        return {}
+    plain = (int, float, complex, bool, str, type(None))
+
+    def key(v):
+        return ("value", v) if isinstance(v, plain) else ("id", id(v))
+
+    out = {}
+    cells = getattr(fn, "__closure__", None) or ()
+    for name, cell in zip(code.co_freevars, cells):
+        try:
+            out[name] = key(cell.cell_contents)
+        except ValueError:  # an empty cell
+            out[name] = ("empty",)
+    names = getattr(fn, "__globals__", {})
+    for name in code.co_names:
+        if name in names:
+            out[name] = key(names[name])
+    return out
+
+
 class Linearizer:
     """The linearisations of an optimiser's loss terms (KFAC, ENGD), eager or compiled.
 
@@ -217,7 +243,12 @@ class Linearizer:
     calls (10 by default, as :func:`taylorc.compile`'s ``"auto"``; never when None),
     ``"inductor"`` from the second call, ``"eager"`` never. A term that cannot be
     compiled stays eager: with ``"auto"`` a warning says why, with ``"inductor"`` it
-    raises.
+    raises. A compiled term is a trace: at every call the names the residual reads
+    (its closure cells and the globals its code names, :func:`_snapshot`) are compared
+    with the trace's; once one is rebound (a coefficient changed during training), the
+    term runs eagerly from then on, with a warning naming it. Values read deeper (a
+    global of a function the residual calls) are not watched: use ``"eager"`` for a
+    residual that depends on them and changes.
 
     Args:
         model: the ``nn.Module``; value_op: ``taylorc.compile(model, "u")``.
@@ -237,6 +268,7 @@ class Linearizer:
         self.after = None if after is None else max(after, 1)
         self._calls: dict = {}
         self.compiled: dict = {}  # key -> CompiledEvaluation, or None where it failed
+        self._read: dict = {}  # key -> the residual's _snapshot at the trace
 
     def __call__(self, term: str, residual, x: torch.Tensor) -> Linearization:
         """The :class:`~taylorc.optim.record.Linearization` of ``residual`` at ``x``.
@@ -251,8 +283,21 @@ class Linearizer:
         if n == 1:
             return linearize(self.model, self.value_op, residual, x, check=True)
         if key not in self.compiled and self.after is not None and n > self.after:
+            self._read[key] = _snapshot(residual)
             self.compiled[key] = self._compile(term, residual, x, trainable)
         ev = self.compiled.get(key)
+        if ev is not None and (now := _snapshot(residual)) != self._read[key]:
+            names = sorted(
+                k
+                for k in now.keys() | self._read[key].keys()
+                if now.get(k) != self._read[key].get(k)
+            )
+            self.compiled[key] = ev = None
+            warnings.warn(
+                f"the residual of the term {term!r} reads names rebound since its trace "
+                f"({', '.join(names)}): it runs eagerly from now on",
+                stacklevel=2,
+            )
         try:
             return linearize(self.model, self.value_op, residual, x, evaluator=ev)
         except StaleColumns as e:  # this call and the later ones eager
