@@ -53,6 +53,14 @@ def _trace_and_compile(fn, inputs: list):
     return compile_fx(gm, [t.detach() for t in inputs])
 
 
+def _get(model: torch.nn.Module, name: str) -> torch.Tensor:
+    """The parameter or buffer of ``model`` with the qualified ``name``."""
+    *path, leaf = name.split(".")
+    for part in path:
+        model = getattr(model, part)
+    return getattr(model, leaf)
+
+
 def _flatten(r: torch.Tensor, uses: list) -> list[torch.Tensor]:
     """``r`` and every use's column tensors, in :meth:`Columns.tensors` order."""
     return [r, *(t for _, X, g in uses for t in (*X.tensors(), *g.tensors()))]
@@ -95,7 +103,9 @@ class CompiledEvaluation:
         self.approx, self._weights = approx, list(layers)
         self._model, self._trainable, self._jvps = model, trainable, {}
         self._count = len(_flatten(r, uses))
-        names = [n for n, _ in model.named_parameters()]
+        # parameters and buffers are graph inputs: read at every call, never constants
+        state = [*model.named_parameters(), *model.named_buffers()]
+        names = [n for n, _ in state]
         holder = _Holder(model, lambda x: evaluate(model, value_op, residual, x, trainable))
         built = {}
 
@@ -110,9 +120,9 @@ class CompiledEvaluation:
             )
 
         # requires_grad as on the model: the traced reverse pass needs it, frozen stays frozen
-        example = [p.detach().requires_grad_(p.requires_grad) for p in model.parameters()]
+        example = [t.detach().requires_grad_(t.requires_grad) for _, t in state]
         self._fn = _trace_and_compile(flat, [*example, x])
-        self._params = list(model.parameters())
+        self._state = [(model, n) for n, _ in state]
         self._uses = [(site, _blank(X), _blank(g)) for site, X, g in built["uses"]]
         r = r.detach()
         want = _flatten(r, uses) + self._statistics(model, r, uses, trainable)
@@ -135,7 +145,8 @@ class CompiledEvaluation:
         return out + [bad]
 
     def _inputs(self) -> list[torch.Tensor]:
-        return [p.detach() for p in self._params]
+        """The model's parameters and buffers now (looked up by name: a rebound one too)."""
+        return [_get(model, n).detach() for model, n in self._state]
 
     def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, list, dict]:
         out = self._fn(*self._inputs(), x)
