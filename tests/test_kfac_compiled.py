@@ -260,3 +260,23 @@ def test_a_rebound_name_the_residual_reads_sends_it_back_to_eager():
     finally:
         NU = 1.0
     assert_same_linearization(got, want, tol=0)
+
+
+def test_zero_products_drops_only_products_with_a_known_zero():
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    from taylorc.optim.compiled import zero_products
+
+    def f(x, W):
+        z = x.new_zeros(4, 5, 3).sum(1)  # zero by construction, through a sum
+        return z @ W + torch.tanh(x) @ W, (x * 0) @ W  # x * 0 is not known zero
+
+    gen = torch.Generator().manual_seed(7)
+    x, W = torch.randn(4, 3, dtype=DT, generator=gen), torch.randn(3, 2, dtype=DT, generator=gen)
+    gm = make_fx(f)(x, W)
+    mm = torch.ops.aten.mm.default
+    assert sum(n.target is mm for n in gm.graph.nodes) == 3
+    assert zero_products(gm) == 1
+    assert sum(n.target is mm for n in gm.graph.nodes) == 2
+    for a, b in zip(gm(x, W), f(x, W)):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)

@@ -50,7 +50,50 @@ def _trace_and_compile(fn, inputs: list):
     from torch._inductor.compile_fx import compile_fx
 
     gm = make_fx(fn, tracing_mode="fake", _allow_non_fake_inputs=True)(*inputs)
+    zero_products(gm)
     return compile_fx(gm, [t.detach() for t in inputs])
+
+
+def zero_products(gm: torch.fx.GraphModule) -> int:
+    """Replace every ``mm`` of an aten graph with an operand that is zero by
+    construction by a zeros tensor; returns how many (``gm`` is recompiled).
+
+    Zero by construction: ``zeros``/``new_zeros``/``zeros_like``, and views, copies and
+    sums of such tensors. The sites graph keeps a known-zero input column as a column
+    (the first layer's top order, :attr:`taylorc.sites.Column.zero_input`), so its
+    layer's matmul ``(N, d_in) @ (d_in, d_out)`` on zeros would run at every step.
+    """
+    aten, graph = torch.ops.aten, gm.graph
+    makers = {aten.zeros.default, aten.new_zeros.default, aten.zeros_like.default}
+    keep = {  # zero in, zero out (the first argument)
+        aten.view.default, aten._unsafe_view.default, aten.reshape.default,
+        aten.expand.default, aten.permute.default, aten.t.default,
+        aten.transpose.int, aten.unsqueeze.default, aten.squeeze.dim, aten.slice.Tensor,
+        aten.select.int, aten.clone.default, aten.sum.dim_IntList, aten.alias.default,
+        aten.detach.default, aten.neg.default,
+    }  # fmt: skip
+    zero, count = set(), 0
+    for node in list(graph.nodes):
+        if node.op != "call_function":
+            continue
+        if node.target in makers or node.target in keep and node.args[0] in zero:
+            zero.add(node)
+        elif node.target is aten.mm.default and any(a in zero for a in node.args):
+            val = node.meta["val"]
+            with graph.inserting_before(node):
+                new = graph.call_function(
+                    aten.zeros.default,
+                    (list(val.shape),),
+                    {"dtype": val.dtype, "device": val.device},
+                )
+            new.meta["val"] = val
+            node.replace_all_uses_with(new)
+            graph.erase_node(node)
+            zero.add(new)
+            count += 1
+    graph.eliminate_dead_code()
+    gm.recompile()
+    return count
 
 
 def _get(model: torch.nn.Module, name: str) -> torch.Tensor:

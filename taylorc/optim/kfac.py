@@ -236,7 +236,12 @@ class KFAC(torch.optim.Optimizer):
     # -- curvature ------------------------------------------------------------------
 
     def _param(self, weight: str) -> torch.Tensor:
-        return dict(self.model.named_parameters())[weight]
+        """The parameter named ``weight`` (a dict kept per model: building it on every
+        call cost ~0.4 ms a step at 449 parameters)."""
+        names = self.__dict__.get("_names")
+        if names is None or names[0] is not self.model:
+            names = self._names = (self.model, dict(self.model.named_parameters()))
+        return names[1][weight]
 
     def _factors(self, lins: dict, group, weigh) -> dict:
         """``{(term, weight): (A, B)}`` of this batch, each ``weigh(term, ·)``'d
