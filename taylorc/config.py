@@ -53,7 +53,9 @@ class Config:
             for this many calls, then is compiled (inductor, batch dim dynamic, the CPU's
             float32 ``tanh`` rewritten as with ``backend="taylorc"``); None: never.
             Default: 10, or the environment variable ``TAYLORC_AUTO_COMPILE_AFTER`` (a
-            number, or ``never``).
+            number, or ``never``). ``taylorc.optim.KFAC``/``ENGD`` with ``backend="auto"`` read
+            it too: their linearisations compile after this many calls per points shape
+            (static shapes, no ``tanh`` rewrite; :mod:`taylorc.optim.compiled`).
         tune_allocator: with ``backend="auto"`` on the CPU, call
             :func:`taylorc.cpu.auto_tune` (glibc ``mallopt`` once per process, skipped
             where the user configured the allocator). Default: on, unless

@@ -269,14 +269,86 @@ def test_zero_products_drops_only_products_with_a_known_zero():
 
     def f(x, W):
         z = x.new_zeros(4, 5, 3).sum(1)  # zero by construction, through a sum
-        return z @ W + torch.tanh(x) @ W, (x * 0) @ W  # x * 0 is not known zero
+        w = x.new_zeros(4, 3)
+        w[:, 1] = x[:, 1]  # written through a view: not zero
+        return z @ W + torch.tanh(x) @ W, (x * 0) @ W, w @ W  # x * 0 is not known zero
 
     gen = torch.Generator().manual_seed(7)
     x, W = torch.randn(4, 3, dtype=DT, generator=gen), torch.randn(3, 2, dtype=DT, generator=gen)
     gm = make_fx(f)(x, W)
     mm = torch.ops.aten.mm.default
-    assert sum(n.target is mm for n in gm.graph.nodes) == 3
+    assert sum(n.target is mm for n in gm.graph.nodes) == 4
     assert zero_products(gm) == 1
-    assert sum(n.target is mm for n in gm.graph.nodes) == 2
+    assert sum(n.target is mm for n in gm.graph.nodes) == 3
     for a, b in zip(gm(x, W), f(x, W)):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_the_residual_is_part_of_the_key_and_odd_strides_work():
+    """Another residual for the same term is traced anew (a constant in it is no name the
+    guard sees); points with other strides than the compile's are made contiguous."""
+    torch.manual_seed(8)
+    model = mlp(2, [5])
+    lap = taylorc.compile(model, "laplacian")
+    one, five = (lambda x: -lap(x) - 1.0), (lambda x: -lap(x) - 5.0)
+    x = torch.rand(20, 3, dtype=DT)[:, :2]  # not contiguous
+    lin = Linearizer(model, value_op(model), backend="inductor", approx="expand")
+    for f in (one, one, five, five):
+        got = lin("interior", f, x)
+        assert_same_linearization(got, linearize(model, value_op(model), f, x))
+    assert len(lin.compiled) == 2 and all(lin.compiled.values())
+
+
+def test_auto_compiles_after_the_configured_calls(monkeypatch):
+    monkeypatch.setattr(taylorc.config.CONFIG, "auto_compile_after", 3)
+    torch.manual_seed(9)
+    model = mlp(2, [5])
+    f, x = residual(model, "laplacian"), torch.rand(15, 2, dtype=DT)
+    lin = Linearizer(model, value_op(model), backend="auto")
+    counts = []
+    for _ in range(5):
+        lin("interior", f, x)
+        counts.append(len(lin.compiled))
+    assert counts == [0, 0, 0, 1, 1] and all(lin.compiled.values())
+    assert KFAC(model, {"i": f})._linearizer.backend == "eager"  # the optimisers' default
+
+
+def test_a_partial_whose_argument_is_rebound_is_watched():
+    import functools
+
+    torch.manual_seed(10)
+    model = mlp(2, [5])
+    lap = taylorc.compile(model, "laplacian")
+
+    def res(x, nu):
+        return -lap(x) - nu * x[:, :1]
+
+    x = torch.rand(15, 2, dtype=DT)
+    lin = Linearizer(model, value_op(model), backend="inductor")
+    f = functools.partial(res, nu=1.0)
+    lin("interior", f, x)
+    lin("interior", f, x)
+    f.keywords["nu"] = 2.0  # a partial's keywords are a dict: changed in place
+    with pytest.warns(UserWarning, match="rebound since its trace"):
+        got = lin("interior", f, x)
+    assert_same_linearization(got, linearize(model, value_op(model), f, x), tol=0)
+
+
+def test_a_failing_jvp_compile_falls_back_to_the_eager_products(monkeypatch):
+    from taylorc.optim.compiled import CompiledEvaluation
+
+    def fail(*args):
+        raise RuntimeError("simulated")
+
+    monkeypatch.setattr(CompiledEvaluation, "_compile_jvps", fail)
+    torch.manual_seed(11)
+    model = mlp(2, [5])
+    f, x = residual(model, "laplacian"), torch.rand(15, 2, dtype=DT)
+    lin = Linearizer(model, value_op(model), backend="inductor", approx="expand")
+    lin("interior", f, x)
+    got, want = lin("interior", f, x), linearize(model, value_op(model), f, x)
+    gen = torch.Generator().manual_seed(12)
+    d = {w: torch.randn(L.d_out, L.d_in, dtype=DT, generator=gen) for w, L in want.layers.items()}
+    with pytest.warns(UserWarning, match="run eagerly: RuntimeError: simulated"):
+        a = jvp(got, d)
+    torch.testing.assert_close(a[0], jvp(want, d)[0], rtol=1e-12, atol=0)

@@ -154,7 +154,8 @@ def second_order_arguments(
     p: argparse.ArgumentParser, steps: int, seconds: float | None = None
 ) -> None:
     """Add ``--optimizer``, ``--steps``, ``--seconds``, ``--resample``, ``--damping``, ``--ema``,
-    ``--momentum`` (None: the optimiser's default in ``SECOND_ORDER_DEFAULTS``)."""
+    ``--momentum`` (None: the optimiser's default in ``SECOND_ORDER_DEFAULTS``), ``--backend``
+    (the optimiser's linearisation, compiled by default here), ``--threads``."""
     p.add_argument("--optimizer", choices=OPTIMIZERS, default="kfac*")
     p.add_argument("--steps", type=int, default=steps, help="KFAC/ENGD steps")
     p.add_argument(
@@ -163,6 +164,13 @@ def second_order_arguments(
     p.add_argument("--resample", type=int, default=100, help="new collocation points every k steps")
     for name in ("damping", "ema", "momentum"):
         p.add_argument(f"--{name}", type=float, default=None)
+    p.add_argument(
+        "--backend",
+        choices=["auto", "eager", "inductor"],
+        default="auto",
+        help="KFAC/ENGD linearisation: compiled after 10 steps (auto), never, or from step 2 "
+        "(the demos' residuals are functions of the points and the parameters)",
+    )
     p.add_argument(
         "--threads",
         type=int,
@@ -173,17 +181,19 @@ def second_order_arguments(
 
 
 def make_optimizer(args, model: nn.Module, residuals: dict):
-    """``taylorc.optim.KFAC`` (``"kfac*"``: lr="auto"; ``"kfac"``: line search) or ``ENGD``."""
+    """``taylorc.optim.KFAC`` (``"kfac*"``: lr="auto"; ``"kfac"``: line search) or ``ENGD``,
+    with ``args.backend`` (the flag's default ``"auto"``: the demos' residuals are pure)."""
     from taylorc.optim import ENGD, KFAC
 
     opts = {
         k: getattr(args, k) if getattr(args, k) is not None else v
         for k, v in SECOND_ORDER_DEFAULTS[args.optimizer].items()
     }
+    backend = getattr(args, "backend", "eager")  # callers without the flag: eager
     if args.optimizer == "engd":
-        return ENGD(model, residuals, damping=opts["damping"], ema=opts["ema"])
+        return ENGD(model, residuals, damping=opts["damping"], ema=opts["ema"], backend=backend)
     lr = "auto" if args.optimizer == "kfac*" else "line_search"
-    return KFAC(model, residuals, lr=lr, **opts)
+    return KFAC(model, residuals, lr=lr, backend=backend, **opts)
 
 
 def train_second_order(

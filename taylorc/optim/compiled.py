@@ -58,23 +58,29 @@ def zero_products(gm: torch.fx.GraphModule) -> int:
     """Replace every ``mm`` of an aten graph with an operand that is zero by
     construction by a zeros tensor; returns how many (``gm`` is recompiled).
 
-    Zero by construction: ``zeros``/``new_zeros``/``zeros_like``, and views, copies and
-    sums of such tensors. The sites graph keeps a known-zero input column as a column
-    (the first layer's top order, :attr:`taylorc.sites.Column.zero_input`), so its
-    layer's matmul ``(N, d_in) @ (d_in, d_out)`` on zeros would run at every step.
+    Zero by construction: ``zeros``/``new_zeros``/``zeros_like`` never written to (no
+    in-place op writes it or any view of it), and views, copies and sums of such
+    tensors. The sites graph keeps a known-zero input column as a column (the first
+    layer's top order, :attr:`taylorc.sites.Column.zero_input`), so its layer's matmul
+    ``(N, d_in) @ (d_in, d_out)`` on zeros would run at every step. A product with
+    non-finite entries in the other operand gives 0 here, NaN eagerly (its points'
+    residual is then non-finite anyway).
     """
     aten, graph = torch.ops.aten, gm.graph
     makers = {aten.zeros.default, aten.new_zeros.default, aten.zeros_like.default}
-    keep = {  # zero in, zero out (the first argument)
+    views = {
         aten.view.default, aten._unsafe_view.default, aten.reshape.default,
-        aten.expand.default, aten.permute.default, aten.t.default,
-        aten.transpose.int, aten.unsqueeze.default, aten.squeeze.dim, aten.slice.Tensor,
-        aten.select.int, aten.clone.default, aten.sum.dim_IntList, aten.alias.default,
-        aten.detach.default, aten.neg.default,
+        aten.expand.default, aten.permute.default, aten.t.default, aten.transpose.int,
+        aten.unsqueeze.default, aten.squeeze.dim, aten.slice.Tensor, aten.select.int,
+        aten.alias.default, aten.detach.default,
     }  # fmt: skip
+    keep = views | {aten.clone.default, aten.sum.dim_IntList, aten.neg.default}
+    written = _written(graph, views)
     zero, count = set(), 0
     for node in list(graph.nodes):
         if node.op != "call_function":
+            continue
+        if node in written:
             continue
         if node.target in makers or node.target in keep and node.args[0] in zero:
             zero.add(node)
@@ -102,6 +108,35 @@ def _get(model: torch.nn.Module, name: str) -> torch.Tensor:
     for part in path:
         model = getattr(model, part)
     return getattr(model, leaf)
+
+
+def _written(graph: torch.fx.Graph, views: set) -> set:
+    """The nodes whose memory an in-place op of ``graph`` writes: the written arguments
+    and everything aliasing them through ``views`` (bases and views alike)."""
+    parent: dict = {}
+
+    def root(n):
+        while parent.get(n, n) is not n:
+            n = parent[n]
+        return n
+
+    def join(a, b):
+        parent[root(a)] = root(b)
+
+    hit = []
+    for node in graph.nodes:
+        if node.op != "call_function":
+            continue
+        if node.target in views and isinstance(node.args[0], torch.fx.Node):
+            join(node, node.args[0])
+        schema = getattr(node.target, "_schema", None)
+        for arg, spec in zip(node.args, schema.arguments if schema else ()):
+            if spec.alias_info is not None and spec.alias_info.is_write:
+                if isinstance(arg, torch.fx.Node):
+                    join(node, arg)  # an in-place op returns its written argument
+                    hit.append(arg)
+    bad = {root(n) for n in hit}
+    return {n for n in graph.nodes if root(n) in bad}
 
 
 def _flatten(r: torch.Tensor, uses: list) -> list[torch.Tensor]:
@@ -140,6 +175,7 @@ class CompiledEvaluation:
     """
 
     def __init__(self, model, value_op, residual, x, trainable: frozenset, approx=None):
+        x = x.contiguous()  # the compiled graph assumes its example's strides
         r, uses = evaluate(model, value_op, residual, x, trainable)
         layers = _group(model, uses, trainable)
         self.shared = {w: layer.shared for w, layer in layers.items()}
@@ -192,7 +228,7 @@ class CompiledEvaluation:
         return [_get(model, n).detach() for model, n in self._state]
 
     def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, list, dict]:
-        out = self._fn(*self._inputs(), x)
+        out = self._fn(*self._inputs(), x.contiguous())
         if out[-1].item():
             raise StaleColumns(
                 "a column taken as the same for every point (Layer.shared) differs between "
@@ -219,13 +255,19 @@ class CompiledEvaluation:
     def jvps(self, columns: list, *directions: dict) -> list[torch.Tensor]:
         """:func:`~taylorc.optim.factors.jvp` of the linearisation whose flat column
         tensors are ``columns``, compiled at the first call with as many directions
-        (each must hold a block of every weight of the term); checked against the eager
-        products then (``KFACError`` if they differ)."""
+        (each must hold a block of every weight of the term) and checked against the
+        eager products then; None (the caller computes them eagerly) where that failed,
+        with a warning at the failure."""
         blocks = [d[w] for d in directions for w in self._weights]
-        fn = self._jvps.get(len(directions))
-        if fn is None:
-            fn = self._jvps[len(directions)] = self._compile_jvps(columns, len(directions), blocks)
-        return list(fn(*columns, *blocks))
+        k = len(directions)
+        if k not in self._jvps:
+            try:
+                self._jvps[k] = self._compile_jvps(columns, k, blocks)
+            except Exception as e:  # the eager products are exact
+                self._jvps[k] = None
+                warnings.warn(f"the Jacobian-vector products run eagerly: {_why(e)}", stacklevel=2)
+        fn = self._jvps[k]
+        return None if fn is None else list(fn(*columns, *blocks))
 
     def _compile_jvps(self, columns: list, k: int, blocks: list):
         from .factors import jvp
@@ -247,6 +289,11 @@ class StaleColumns(KFACError):
     """A compiled evaluation's shared columns no longer hold (the caller goes eager)."""
 
 
+def _why(e: Exception) -> str:
+    """``Type: first line`` of an exception, for a warning."""
+    return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+
+
 def _blank(c):
     """``c``'s structure without its (fake) tensors."""
     return c.replace(iter([None] * len(c.tensors())))
@@ -262,47 +309,66 @@ def _same(want: list, got: list, dtype: torch.dtype) -> None:
             raise KFACError(f"the compiled replay differs from the eager evaluation (tensor {i})")
 
 
+_PLAIN = (int, float, complex, bool, str, type(None))
+
+
+def _key(v):
+    """A value to compare later: plain values by value, anything else by identity."""
+    return ("value", v) if isinstance(v, _PLAIN) else ("id", id(v))
+
+
 def _snapshot(fn) -> dict:
     """What ``fn`` reads by name, one level deep: its closure cells and the globals its
-    code names; numbers, strings and None by value, anything else by identity (a tensor
-    changed in place is read live by the compiled graph; a rebound name is not)."""
+    code names (through ``functools.partial``, also its arguments; of a bound method,
+    also the identity of ``self``); numbers, strings and None by value, anything else by
+    identity. Not watched: attributes (``self.nu``), entries of containers, and what
+    the functions it calls read. A tensor changed in place is read live by the
+    compiled graph either way."""
+    if isinstance(fn, functools.partial):
+        out = {f"partial.{k}": v for k, v in _snapshot(fn.func).items()}
+        out["partial(args)"] = tuple(_key(a) for a in fn.args)
+        out["partial(keywords)"] = tuple(sorted((k, _key(v)) for k, v in fn.keywords.items()))
+        return out
+    out = {}
+    if hasattr(fn, "__self__") and hasattr(fn, "__func__"):  # a bound method
+        out["self"] = _key(fn.__self__)
     code = getattr(fn, "__code__", None)
     if code is None:  # a callable object (e.g. a compiled operator): its own trace contract
-        return {}
-    plain = (int, float, complex, bool, str, type(None))
-
-    def key(v):
-        return ("value", v) if isinstance(v, plain) else ("id", id(v))
-
-    out = {}
+        return out
     cells = getattr(fn, "__closure__", None) or ()
     for name, cell in zip(code.co_freevars, cells):
         try:
-            out[name] = key(cell.cell_contents)
+            out[name] = _key(cell.cell_contents)
         except ValueError:  # an empty cell
             out[name] = ("empty",)
     names = getattr(fn, "__globals__", {})
     for name in code.co_names:
         if name in names:
-            out[name] = key(names[name])
+            out[name] = _key(names[name])
     return out
 
 
 class Linearizer:
     """The linearisations of an optimiser's loss terms (KFAC, ENGD), eager or compiled.
 
-    The first call at each (term, shape, dtype, device, θ) runs eagerly with the coverage
-    check (:func:`~taylorc.optim.record.linearize`, ``check=True``). Later calls are
-    eager until the backend compiles: ``"auto"`` after ``CONFIG.auto_compile_after``
-    calls (10 by default, as :func:`taylorc.compile`'s ``"auto"``; never when None),
-    ``"inductor"`` from the second call, ``"eager"`` never. A term that cannot be
-    compiled stays eager: with ``"auto"`` a warning says why, with ``"inductor"`` it
-    raises. A compiled term is a trace: at every call the names the residual reads
-    (its closure cells and the globals its code names, :func:`_snapshot`) are compared
-    with the trace's; once one is rebound (a coefficient changed during training), the
-    term runs eagerly from then on, with a warning naming it. Values read deeper (a
-    global of a function the residual calls) are not watched: use ``"eager"`` for a
-    residual that depends on them and changes.
+    The first call at each (term, residual, shape, dtype, device, θ) runs eagerly with
+    the coverage check (:func:`~taylorc.optim.record.linearize`, ``check=True``). Later
+    calls are eager until the backend compiles: ``"eager"`` (the default) never,
+    ``"auto"`` after ``CONFIG.auto_compile_after`` calls (10 by default, as
+    :func:`taylorc.compile`'s ``"auto"``; never when None), ``"inductor"`` from the second
+    call. A term that cannot be compiled stays eager: with ``"auto"`` a warning says
+    why, with ``"inductor"`` it raises. A compiled graph that fails at a later call
+    (e.g. shared columns that stop holding) is dropped with a warning, and the term
+    runs eagerly from then on.
+
+    Compiling is for residuals that are functions of their points and the model's
+    parameters: a compiled term is a trace, and Python values the residual reads are
+    those of the trace. As a guard, at every call the names the residual reads
+    (:func:`_snapshot`: closure cells, the globals its code names, a partial's
+    arguments) are compared with the trace's; once one is rebound, the term runs
+    eagerly from then on, with a warning naming it. Attributes, container entries and
+    what the functions it calls read are not watched: keep ``"eager"`` for a residual
+    whose coefficients change that way.
 
     Args:
         model: the ``nn.Module``; value_op: ``taylorc.compile(model, "u")``.
@@ -314,7 +380,7 @@ class Linearizer:
         ValueError: an unknown backend.
     """
 
-    def __init__(self, model: torch.nn.Module, value_op, backend: str = "auto", approx=None):
+    def __init__(self, model: torch.nn.Module, value_op, backend: str = "eager", approx=None):
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
         self.model, self.value_op, self.backend, self.approx = model, value_op, backend, approx
@@ -323,6 +389,7 @@ class Linearizer:
         self._calls: dict = {}
         self.compiled: dict = {}  # key -> CompiledEvaluation, or None where it failed
         self._read: dict = {}  # key -> the residual's _snapshot at the trace
+        self._residuals: dict = {}  # key -> the residual (its id is in the key: kept alive)
 
     def __call__(self, term: str, residual, x: torch.Tensor) -> Linearization:
         """The :class:`~taylorc.optim.record.Linearization` of ``residual`` at ``x``.
@@ -332,7 +399,8 @@ class Linearizer:
                 a term that cannot be compiled (the cause named).
         """
         trainable = trainable_names(self.model)
-        key = (term, tuple(x.shape), x.dtype, x.device, trainable)
+        key = (term, id(residual), tuple(x.shape), x.dtype, x.device, trainable)
+        self._residuals[key] = residual
         n = self._calls[key] = self._calls.get(key, 0) + 1
         if n == 1:
             return linearize(self.model, self.value_op, residual, x, check=True)
@@ -354,10 +422,14 @@ class Linearizer:
             )
         try:
             return linearize(self.model, self.value_op, residual, x, evaluator=ev)
-        except StaleColumns as e:  # this call and the later ones eager
+        except Exception as e:  # StaleColumns, or a compiled graph failing: eager is exact
+            if ev is None:
+                raise
             self.compiled[key] = None
             warnings.warn(
-                f"the compiled linearisation of the term {term!r} is dropped: {e}", stacklevel=2
+                f"the compiled linearisation of the term {term!r} is dropped and runs "
+                f"eagerly: {_why(e)}",
+                stacklevel=2,
             )
             return linearize(self.model, self.value_op, residual, x)
 
@@ -367,10 +439,9 @@ class Linearizer:
                 self.model, self.value_op, residual, x, trainable, self.approx
             )
         except Exception as e:  # any trace or inductor failure: the eager path is exact
-            why = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
             msg = (
                 f"the linearisation of the term {term!r} (points {tuple(x.shape)}) could "
-                f"not be compiled and runs eagerly: {why}"
+                f"not be compiled and runs eagerly: {_why(e)}"
             )
             if self.backend == "inductor":
                 raise KFACError(msg + "; pass backend='eager' to skip compiling") from e

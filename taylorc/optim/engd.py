@@ -36,8 +36,8 @@ class ENGD(torch.optim.Optimizer):
             the loss, gradient, Gramian and line-search losses are all-reduced, so a
             step on R ranks with a shard each equals the step on the union of the shards
             (up to rounding); rank 0's direction is broadcast at every step.
-        backend: ``"auto"``, ``"inductor"`` or ``"eager"``: how the linearisations run
-            after the first, as :class:`taylorc.optim.KFAC`'s.
+        backend: ``"eager"`` (the default), ``"auto"`` or ``"inductor"``: how the
+            linearisations run after the first, as :class:`taylorc.optim.KFAC`'s.
 
     Raises:
         ValueError: unknown ``lr`` or ``backend``; (at ``step``) no points for a term; (distributed, at
@@ -55,7 +55,7 @@ class ENGD(torch.optim.Optimizer):
         damping=0.0,
         ema=0.3,
         process_group=None,
-        backend: str = "auto",
+        backend: str = "eager",
     ):
         if not (lr == "line_search" or isinstance(lr, (int, float)) and not isinstance(lr, bool)):
             raise ValueError(f"lr must be 'line_search' or a number, got {lr!r}")

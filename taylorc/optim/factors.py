@@ -224,7 +224,9 @@ def jvp(lin: Linearization, *directions: dict[str, torch.Tensor]) -> list[torch.
     direction holds a block of each of its weights.
     """
     if lin.jvps is not None and all(w in d for d in directions for w in lin.layers):
-        return lin.jvps(*directions)
+        out = lin.jvps(*directions)
+        if out is not None:  # None: not compiled, computed here
+            return out
     M, N = lin.r.shape[1], lin.r.shape[0]
     out = [lin.r.new_zeros(M, N) for _ in directions]
     for name, layer in lin.layers.items():

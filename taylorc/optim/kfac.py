@@ -71,14 +71,17 @@ class KFAC(torch.optim.Optimizer):
         split_inversion: distributed, factorise each layer's Kronecker sum on one rank
             and broadcast it (``None``: on when distributed); off: every rank
             factorises every layer. Same result either way.
-        backend: how each term's linearisation (the residual through the sites graphs
-            and the reverse pass for g) runs after its first, checked call:
-            ``"auto"`` (eager for ``taylorc.config.CONFIG.auto_compile_after`` = 10
-            calls per points shape, then traced and compiled with inductor),
-            ``"inductor"`` (compiled from the second call) or ``"eager"``
-            (:class:`~taylorc.optim.compiled.Linearizer`). A compiled residual is a
-            trace: Python values it reads are frozen at the trace (use ``"eager"`` for
-            a residual that changes during training).
+        backend: how each term's linearisation (the residual through the sites graphs,
+            the reverse pass for g, the factors, the gradient and KFAC*'s JVPs) runs
+            after its first, checked call: ``"eager"`` (the default), ``"auto"`` (eager
+            for ``taylorc.config.CONFIG.auto_compile_after`` = 10 calls per points
+            shape, then traced and compiled with inductor: about 2x faster steps at
+            449 parameters, docs/kfac.md) or ``"inductor"`` (compiled from the second
+            call); :class:`~taylorc.optim.compiled.Linearizer`. Compile only a residual
+            that is a function of its points and the model's parameters: a compiled
+            residual is a trace, and Python values it reads are those of the trace
+            (names it reads that are rebound are caught and send the term back to
+            eager with a warning; attributes and container entries are not).
 
     Raises:
         ValueError: unknown ``lr`` rule, ``approx`` or ``backend``, non-positive counts; (distributed,
@@ -86,7 +89,8 @@ class KFAC(torch.optim.Optimizer):
         taylorc.errors.KFACError: (at the first step of each term) a parameter used
             outside the linear sites of the Taylor graph, named; ``model`` wrapped in
             ``DistributedDataParallel`` (pass ``ddp.module``: KFAC reduces by itself);
-            with ``backend="inductor"``, a term whose linearisation cannot be compiled.
+            with ``backend="inductor"``, a term whose linearisation cannot be compiled
+            (distributed: raised on that rank only; keep compiling off, or "auto", there).
     """
 
     def __init__(
@@ -103,7 +107,7 @@ class KFAC(torch.optim.Optimizer):
         initial_lr: float = 1e-6,
         process_group=None,
         split_inversion: bool | None = None,
-        backend: str = "auto",
+        backend: str = "eager",
     ):
         if not (lr in RULES or isinstance(lr, (int, float)) and not isinstance(lr, bool)):
             raise ValueError(f"lr must be one of {RULES} or a number, got {lr!r}")
@@ -158,6 +162,7 @@ class KFAC(torch.optim.Optimizer):
             weigh = lambda t, x: x * share[t]  # noqa: E731
         else:
             counts, weigh = None, lambda t, x: x  # noqa: E731
+        self._names = dict(self.model.named_parameters())  # for _param, this step
         lins = self.linearize(points)
         layers = {layer.weight: layer for layer in layout(list(lins.values()), self.model)}
         k = group["step"]
@@ -236,12 +241,12 @@ class KFAC(torch.optim.Optimizer):
     # -- curvature ------------------------------------------------------------------
 
     def _param(self, weight: str) -> torch.Tensor:
-        """The parameter named ``weight`` (a dict kept per model: building it on every
-        call cost ~0.4 ms a step at 449 parameters)."""
+        """The parameter named ``weight``, from the name dict made at the start of the
+        step (built per call, it cost ~0.4 ms a step at 449 parameters)."""
         names = self.__dict__.get("_names")
-        if names is None or names[0] is not self.model:
-            names = self._names = (self.model, dict(self.model.named_parameters()))
-        return names[1][weight]
+        if names is None or weight not in names:
+            names = self._names = dict(self.model.named_parameters())
+        return names[weight]
 
     def _factors(self, lins: dict, group, weigh) -> dict:
         """``{(term, weight): (A, B)}`` of this batch, each ``weigh(term, ·)``'d
