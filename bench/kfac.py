@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import inspect
 import json
 import math
 import platform
@@ -125,7 +126,10 @@ def make_step(method: str, model, residuals, lr: float | None = None, optim=None
         from taylorc import optim
     if method in HYPER:
         kind = optim.ENGD if method == "engd" else optim.KFAC
-        opt = kind(model, residuals, **{**HYPER[method], **(hyper or {})})
+        kwargs = {**HYPER[method], **(hyper or {})}
+        if "backend" not in inspect.signature(kind).parameters:  # an older checkout's
+            kwargs.pop("backend", None)
+        opt = kind(model, residuals, **kwargs)
     else:
         return _first_order(method, model, residuals, lr)
     return lambda points: sum(opt.step(points).values())
