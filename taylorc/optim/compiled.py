@@ -58,9 +58,9 @@ def zero_products(gm: torch.fx.GraphModule) -> int:
     """Replace every ``mm`` of an aten graph with an operand that is zero by
     construction by a zeros tensor; returns how many (``gm`` is recompiled).
 
-    Zero by construction: ``zeros``/``new_zeros``/``zeros_like`` never written to (no
-    in-place op writes it or any view of it), and views, copies and sums of such
-    tensors. The sites graph keeps a known-zero input column as a column (the first
+    Zero by construction: ``zeros``/``new_zeros``/``zeros_like`` that no op writes (by its
+    schema: in place, ``out=``, through any view or alias), and views, copies and sums of
+    such tensors. The sites graph keeps a known-zero input column as a column (the first
     layer's top order, :attr:`taylorc.sites.Column.zero_input`), so its layer's matmul
     ``(N, d_in) @ (d_in, d_out)`` on zeros would run at every step. A product with
     non-finite entries in the other operand gives 0 here, NaN eagerly (its points'
@@ -75,7 +75,7 @@ def zero_products(gm: torch.fx.GraphModule) -> int:
         aten.alias.default, aten.detach.default,
     }  # fmt: skip
     keep = views | {aten.clone.default, aten.sum.dim_IntList, aten.neg.default}
-    written = _written(graph, views)
+    written = _written(graph)
     zero, count = set(), 0
     for node in list(graph.nodes):
         if node.op != "call_function":
@@ -110,9 +110,13 @@ def _get(model: torch.nn.Module, name: str) -> torch.Tensor:
     return getattr(model, leaf)
 
 
-def _written(graph: torch.fx.Graph, views: set) -> set:
-    """The nodes whose memory an in-place op of ``graph`` writes: the written arguments
-    and everything aliasing them through ``views`` (bases and views alike)."""
+def _written(graph: torch.fx.Graph) -> set:
+    """The nodes whose memory an in-place op of ``graph`` may write: every argument its
+    schema marks written (positional, keyword or in a list, ``out=`` included) and
+    everything aliasing one through an op whose schema returns an alias of an argument
+    (any view), or through ``getitem`` of such a list; bases and views alike."""
+    import operator
+
     parent: dict = {}
 
     def root(n):
@@ -123,17 +127,28 @@ def _written(graph: torch.fx.Graph, views: set) -> set:
     def join(a, b):
         parent[root(a)] = root(b)
 
+    def nodes(v):
+        if isinstance(v, torch.fx.Node):
+            return [v]
+        return [x for x in v if isinstance(x, torch.fx.Node)] if isinstance(v, list | tuple) else []
+
     hit = []
     for node in graph.nodes:
         if node.op != "call_function":
             continue
-        if node.target in views and isinstance(node.args[0], torch.fx.Node):
+        if node.target is operator.getitem:
             join(node, node.args[0])
+            continue
         schema = getattr(node.target, "_schema", None)
-        for arg, spec in zip(node.args, schema.arguments if schema else ()):
-            if spec.alias_info is not None and spec.alias_info.is_write:
-                if isinstance(arg, torch.fx.Node):
-                    join(node, arg)  # an in-place op returns its written argument
+        if schema is None:
+            continue
+        for i, spec in enumerate(schema.arguments):
+            value = node.args[i] if i < len(node.args) else node.kwargs.get(spec.name)
+            if spec.alias_info is None or value is None:
+                continue
+            for arg in nodes(value):
+                join(node, arg)  # the result aliases it (a view, or the written tensor)
+                if spec.alias_info.is_write:
                     hit.append(arg)
     bad = {root(n) for n in hit}
     return {n for n in graph.nodes if root(n) in bad}
@@ -258,7 +273,7 @@ class CompiledEvaluation:
         (each must hold a block of every weight of the term) and checked against the
         eager products then; None (the caller computes them eagerly) where that failed,
         with a warning at the failure."""
-        blocks = [d[w] for d in directions for w in self._weights]
+        blocks = [d[w].contiguous() for d in directions for w in self._weights]
         k = len(directions)
         if k not in self._jvps:
             try:
@@ -267,7 +282,14 @@ class CompiledEvaluation:
                 self._jvps[k] = None
                 warnings.warn(f"the Jacobian-vector products run eagerly: {_why(e)}", stacklevel=2)
         fn = self._jvps[k]
-        return None if fn is None else list(fn(*columns, *blocks))
+        if fn is None:
+            return None
+        try:
+            return list(fn(*columns, *blocks))
+        except Exception as e:  # the eager products are exact
+            self._jvps[k] = None
+            warnings.warn(f"the Jacobian-vector products run eagerly: {_why(e)}", stacklevel=2)
+            return None
 
     def _compile_jvps(self, columns: list, k: int, blocks: list):
         from .factors import jvp
@@ -342,9 +364,19 @@ def _snapshot(fn) -> dict:
         except ValueError:  # an empty cell
             out[name] = ("empty",)
     names = getattr(fn, "__globals__", {})
-    for name in code.co_names:
+    for name in _code_names(code):
         if name in names:
             out[name] = _key(names[name])
+    return out
+
+
+def _code_names(code) -> set:
+    """The names ``code`` and the code objects nested in it (comprehensions, inner
+    functions) load: candidates for globals."""
+    out = set(code.co_names)
+    for const in code.co_consts:
+        if hasattr(const, "co_names"):
+            out |= _code_names(const)
     return out
 
 
@@ -441,9 +473,9 @@ class Linearizer:
         except Exception as e:  # any trace or inductor failure: the eager path is exact
             msg = (
                 f"the linearisation of the term {term!r} (points {tuple(x.shape)}) could "
-                f"not be compiled and runs eagerly: {_why(e)}"
+                f"not be compiled: {_why(e)}"
             )
             if self.backend == "inductor":
                 raise KFACError(msg + "; pass backend='eager' to skip compiling") from e
-            warnings.warn(msg, stacklevel=3)
+            warnings.warn(msg + "; it runs eagerly", stacklevel=3)
             return None

@@ -63,9 +63,12 @@ def gram(F: torch.Tensor) -> torch.Tensor:
     return torch.ops.taylorc.gram(F)
 
 
-def _gram_cpu(F: torch.Tensor) -> torch.Tensor:
-    """``taylorc::gram`` on the CPU: ``FᵀF`` of a large 2-D float32/float64 ``F``
-    (see :func:`gram`)."""
+@torch.library.custom_op("taylorc::gram", mutates_args=())
+def _gram_op(F: torch.Tensor) -> torch.Tensor:
+    """``taylorc::gram``: ``FᵀF`` of a large 2-D CPU float32/float64 ``F`` (see :func:`gram`).
+
+    A ``custom_op`` (it survives the module being imported again, which a bare
+    ``torch.library.Library`` definition does not); its dispatch costs ~40 µs a call."""
     if torch.get_num_threads() != 1:
         return F.T @ F
     syrk, blas_threads = _syrk_backend()
@@ -75,14 +78,7 @@ def _gram_cpu(F: torch.Tensor) -> torch.Tensor:
     return C.triu() + C.triu(1).T
 
 
-# a plain CPU kernel, no autograd layer (gram calls it only for F without grad): the
-# dispatcher's Python wrappers of torch.library.custom_op cost ~30 µs a call here
-_LIB = torch.library.Library("taylorc", "FRAGMENT")
-_LIB.define("gram(Tensor F) -> Tensor")
-_LIB.impl("gram", _gram_cpu, "CPU")
-
-
-@torch.library.register_fake("taylorc::gram")
+@_gram_op.register_fake
 def _(F):
     return F.new_empty(F.shape[1], F.shape[1])
 
