@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import functools
 import warnings
+from operator import attrgetter
 
 import torch
 from torch.fx.experimental.proxy_tensor import make_fx
@@ -100,14 +101,6 @@ def zero_products(gm: torch.fx.GraphModule) -> int:
     graph.eliminate_dead_code()
     gm.recompile()
     return count
-
-
-def _get(model: torch.nn.Module, name: str) -> torch.Tensor:
-    """The parameter or buffer of ``model`` with the qualified ``name``."""
-    *path, leaf = name.split(".")
-    for part in path:
-        model = getattr(model, part)
-    return getattr(model, leaf)
 
 
 def _written(graph: torch.fx.Graph) -> set:
@@ -240,7 +233,7 @@ class CompiledEvaluation:
 
     def _inputs(self) -> list[torch.Tensor]:
         """The model's parameters and buffers now (looked up by name: a rebound one too)."""
-        return [_get(model, n).detach() for model, n in self._state]
+        return [attrgetter(n)(model).detach() for model, n in self._state]
 
     def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, list, dict]:
         out = self._fn(*self._inputs(), x.contiguous())
@@ -275,17 +268,11 @@ class CompiledEvaluation:
         with a warning at the failure."""
         blocks = [d[w].contiguous() for d in directions for w in self._weights]
         k = len(directions)
-        if k not in self._jvps:
-            try:
+        try:  # compiled at the first call with k directions; None once it failed
+            if k not in self._jvps:
                 self._jvps[k] = self._compile_jvps(columns, k, blocks)
-            except Exception as e:  # the eager products are exact
-                self._jvps[k] = None
-                warnings.warn(f"the Jacobian-vector products run eagerly: {_why(e)}", stacklevel=2)
-        fn = self._jvps[k]
-        if fn is None:
-            return None
-        try:
-            return list(fn(*columns, *blocks))
+            fn = self._jvps[k]
+            return None if fn is None else list(fn(*columns, *blocks))
         except Exception as e:  # the eager products are exact
             self._jvps[k] = None
             warnings.warn(f"the Jacobian-vector products run eagerly: {_why(e)}", stacklevel=2)
