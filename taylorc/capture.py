@@ -18,6 +18,7 @@ import torch.fx
 from torch._decomp import core_aten_decompositions
 from torch.fx.experimental.proxy_tensor import make_fx
 
+from . import ir
 from .errors import InputMutationError, TraceError, user_source_line
 
 _DATA_DEPENDENT = (
@@ -67,23 +68,16 @@ def _is_mutating(node: torch.fx.Node) -> bool:
     return node.op == "call_function" and schema is not None and schema.is_mutable
 
 
-def _mutated_input(node: torch.fx.Node) -> torch.fx.Node | None:
-    """The placeholder a mutating node writes into (through views), or None."""
-    schema = node.target._schema
-    for arg, value in zip(schema.arguments, node.args):
-        if (
-            arg.alias_info is not None
-            and arg.alias_info.is_write
-            and isinstance(value, torch.fx.Node)
-        ):
-            while (
-                value.op == "call_function"
-                and value.args
-                and isinstance(value.args[0], torch.fx.Node)
-            ):
-                value = value.args[0]
-            return value if value.op == "placeholder" else None
-    return None
+def _mutated_inputs(gm: torch.fx.GraphModule) -> dict:
+    """Mutating node -> the placeholder it writes into (through views), by the alias
+    classes of :func:`taylorc.ir.aliases`; a node writing no placeholder is absent."""
+    klass, writes = ir.aliases(gm.graph)
+    inputs = {klass[n]: n for n in gm.graph.nodes if n.op == "placeholder"}
+    out = {}
+    for node, arg in writes:
+        if klass[arg] in inputs:
+            out.setdefault(node, inputs[klass[arg]])
+    return out
 
 
 def refuse_mutations(gm: torch.fx.GraphModule, coord: str = "x") -> None:
@@ -106,8 +100,9 @@ def refuse_mutations(gm: torch.fx.GraphModule, coord: str = "x") -> None:
         from .passes.batch import check_batch_independence
 
         check_batch_independence(gm, coord)
+    targets = _mutated_inputs(gm)
     for node in mutating:
-        target = _mutated_input(node)
+        target = targets.get(node)
         what = (
             f"the model's {'parameter' if target.name.startswith('p_') else 'buffer'} "
             f"{target.meta.get('taylorc_input')!r}"

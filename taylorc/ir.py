@@ -257,6 +257,66 @@ def cse(gm: torch.fx.GraphModule, keep=frozenset()) -> int:
     return merged
 
 
+def aliases(graph: torch.fx.Graph) -> tuple[dict, list]:
+    """Which nodes of an ATen graph may share memory, and which are written in place.
+
+    Two nodes are in one alias class when an op's schema says its result aliases an
+    argument (every view, and the result of an in-place or ``out=`` op), with the
+    argument given positionally, by keyword or in a list, or through ``getitem`` of
+    such a list.
+
+    Returns:
+        ``(klass, writes)``: ``klass`` maps every node to its class's representative;
+        ``writes`` lists ``(op node, argument node)`` for every argument a schema marks
+        written (in place, ``out=``), in graph order.
+    """
+    import operator
+
+    parent: dict = {}
+
+    def root(n):
+        while parent.get(n, n) is not n:
+            n = parent[n]
+        return n
+
+    def join(a, b):
+        parent[root(a)] = root(b)
+
+    def nodes(v):
+        if isinstance(v, torch.fx.Node):
+            return [v]
+        return [x for x in v if isinstance(x, torch.fx.Node)] if isinstance(v, list | tuple) else []
+
+    writes = []
+    for node in graph.nodes:
+        if node.op != "call_function":
+            continue
+        if node.target is operator.getitem:
+            join(node, node.args[0])
+            continue
+        schema = getattr(node.target, "_schema", None)
+        if schema is None:
+            continue
+        for i, spec in enumerate(schema.arguments):
+            value = node.args[i] if i < len(node.args) else node.kwargs.get(spec.name)
+            if spec.alias_info is None or value is None:
+                continue
+            for arg in nodes(value):
+                join(node, arg)
+                if spec.alias_info.is_write:
+                    writes.append((node, arg))
+    return {n: root(n) for n in graph.nodes}, writes
+
+
+def written(graph: torch.fx.Graph) -> set:
+    """The nodes whose memory an in-place op of ``graph`` may write: every argument a
+    schema marks written and every node aliasing one (bases and views alike), by
+    :func:`aliases`."""
+    klass, writes = aliases(graph)
+    hit = {klass[arg] for _, arg in writes}
+    return {n for n in graph.nodes if klass[n] in hit}
+
+
 def validate(gm: torch.fx.GraphModule) -> None:
     """Check the IR invariants of a graph made by taylorc's passes.
 

@@ -262,10 +262,14 @@ def test_a_rebound_name_the_residual_reads_sends_it_back_to_eager():
     assert_same_linearization(got, want, tol=0)
 
 
-def test_zero_products_drops_only_products_with_a_known_zero():
+def test_prune_zeros_on_a_trace_keeps_what_is_written_in_place():
+    """The compiled path's zero pruning (cleanup's pass, with ``ir.written`` kept): only
+    the product with a zero-by-construction operand goes; zeros written through a view
+    or by ``out=`` are not zero; the result is bit-identical."""
     from torch.fx.experimental.proxy_tensor import make_fx
 
-    from taylorc.optim.compiled import zero_products
+    from taylorc.ir import written
+    from taylorc.passes.cleanup import prune_zeros
 
     def f(x, W):
         z = x.new_zeros(4, 5, 3).sum(1)  # zero by construction, through a sum
@@ -280,10 +284,17 @@ def test_zero_products_drops_only_products_with_a_known_zero():
     gm = make_fx(f)(x, W)
     mm = torch.ops.aten.mm.default
     assert sum(n.target is mm for n in gm.graph.nodes) == 5
-    assert zero_products(gm) == 1
+    keep = written(gm.graph)
+    assert prune_zeros(gm, keep=keep) >= 1
+    gm.recompile()
     assert sum(n.target is mm for n in gm.graph.nodes) == 4
     for a, b in zip(gm(x, W), f(x, W)):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+    # without the written nodes kept, the zeros written through views would be pruned
+    gm = make_fx(f)(x, W)
+    prune_zeros(gm)
+    gm.recompile()
+    assert sum(n.target is mm for n in gm.graph.nodes) < 4
 
 
 def test_the_residual_is_part_of_the_key_and_odd_strides_work():

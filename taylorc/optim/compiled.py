@@ -28,6 +28,8 @@ from torch.fx.experimental.proxy_tensor import make_fx
 
 from ..config import CONFIG
 from ..errors import KFACError
+from ..ir import written
+from ..passes.cleanup import prune_zeros
 from .record import Linearization, _group, evaluate, linearize, trainable_names
 
 BACKENDS = ("auto", "eager", "inductor")
@@ -51,100 +53,12 @@ def _trace_and_compile(fn, inputs: list):
     from torch._inductor.compile_fx import compile_fx
 
     gm = make_fx(fn, tracing_mode="fake", _allow_non_fake_inputs=True)(*inputs)
-    zero_products(gm)
-    return compile_fx(gm, [t.detach() for t in inputs])
-
-
-def zero_products(gm: torch.fx.GraphModule) -> int:
-    """Replace every ``mm`` of an aten graph with an operand that is zero by
-    construction by a zeros tensor; returns how many (``gm`` is recompiled).
-
-    Zero by construction: ``zeros``/``new_zeros``/``zeros_like`` that no op writes (by its
-    schema: in place, ``out=``, through any view or alias), and views, copies and sums of
-    such tensors. The sites graph keeps a known-zero input column as a column (the first
-    layer's top order, :attr:`taylorc.sites.Column.zero_input`), so its layer's matmul
-    ``(N, d_in) @ (d_in, d_out)`` on zeros would run at every step. A product with
-    non-finite entries in the other operand gives 0 here, NaN eagerly (its points'
-    residual is then non-finite anyway).
-    """
-    aten, graph = torch.ops.aten, gm.graph
-    makers = {aten.zeros.default, aten.new_zeros.default, aten.zeros_like.default}
-    views = {
-        aten.view.default, aten._unsafe_view.default, aten.reshape.default,
-        aten.expand.default, aten.permute.default, aten.t.default, aten.transpose.int,
-        aten.unsqueeze.default, aten.squeeze.dim, aten.slice.Tensor, aten.select.int,
-        aten.alias.default, aten.detach.default,
-    }  # fmt: skip
-    keep = views | {aten.clone.default, aten.sum.dim_IntList, aten.neg.default}
-    written = _written(graph)
-    zero, count = set(), 0
-    for node in list(graph.nodes):
-        if node.op != "call_function":
-            continue
-        if node in written:
-            continue
-        if node.target in makers or node.target in keep and node.args[0] in zero:
-            zero.add(node)
-        elif node.target is aten.mm.default and any(a in zero for a in node.args):
-            val = node.meta["val"]
-            with graph.inserting_before(node):
-                new = graph.call_function(
-                    aten.zeros.default,
-                    (list(val.shape),),
-                    {"dtype": val.dtype, "device": val.device},
-                )
-            new.meta["val"] = val
-            node.replace_all_uses_with(new)
-            graph.erase_node(node)
-            zero.add(new)
-            count += 1
-    graph.eliminate_dead_code()
+    # the sites graph keeps a known-zero input column as a column (the first layer's
+    # top order, Column.zero_input): without this its (N, d_in) @ (d_in, d_out) on
+    # zeros runs at every step
+    prune_zeros(gm, keep=written(gm.graph))
     gm.recompile()
-    return count
-
-
-def _written(graph: torch.fx.Graph) -> set:
-    """The nodes whose memory an in-place op of ``graph`` may write: every argument its
-    schema marks written (positional, keyword or in a list, ``out=`` included) and
-    everything aliasing one through an op whose schema returns an alias of an argument
-    (any view), or through ``getitem`` of such a list; bases and views alike."""
-    import operator
-
-    parent: dict = {}
-
-    def root(n):
-        while parent.get(n, n) is not n:
-            n = parent[n]
-        return n
-
-    def join(a, b):
-        parent[root(a)] = root(b)
-
-    def nodes(v):
-        if isinstance(v, torch.fx.Node):
-            return [v]
-        return [x for x in v if isinstance(x, torch.fx.Node)] if isinstance(v, list | tuple) else []
-
-    hit = []
-    for node in graph.nodes:
-        if node.op != "call_function":
-            continue
-        if node.target is operator.getitem:
-            join(node, node.args[0])
-            continue
-        schema = getattr(node.target, "_schema", None)
-        if schema is None:
-            continue
-        for i, spec in enumerate(schema.arguments):
-            value = node.args[i] if i < len(node.args) else node.kwargs.get(spec.name)
-            if spec.alias_info is None or value is None:
-                continue
-            for arg in nodes(value):
-                join(node, arg)  # the result aliases it (a view, or the written tensor)
-                if spec.alias_info.is_write:
-                    hit.append(arg)
-    bad = {root(n) for n in hit}
-    return {n for n in graph.nodes if root(n) in bad}
+    return compile_fx(gm, [t.detach() for t in inputs])
 
 
 def _flatten(r: torch.Tensor, uses: list) -> list[torch.Tensor]:

@@ -31,8 +31,15 @@ def _tensor_args(node):
     return [a for a in node.all_input_nodes]
 
 
-def prune_zeros(gm: torch.fx.GraphModule) -> int:
-    """Propagate known zeros; returns how many nodes were replaced."""
+def prune_zeros(gm: torch.fx.GraphModule, keep=frozenset()) -> int:
+    """Propagate known zeros; returns how many nodes were replaced.
+
+    ``keep``: nodes never taken as zero nor rewritten. taylorc's graphs are functional;
+    an ATen graph with in-place ops (a ``make_fx`` trace) passes
+    :func:`taylorc.ir.written`'s nodes here, since a zeros tensor written through a view
+    is not zero. A product with non-finite entries in the other operand gives 0 here,
+    NaN eagerly.
+    """
     graph = gm.graph
     zero: set[torch.fx.Node] = set()
     replaced = 0
@@ -48,7 +55,7 @@ def prune_zeros(gm: torch.fx.GraphModule) -> int:
         zero.add(z)
 
     for n in list(graph.nodes):
-        if n.op != "call_function":
+        if n.op != "call_function" or n in keep:
             continue
         t = n.target
         if t in ZERO_MAKERS:
@@ -77,8 +84,8 @@ def prune_zeros(gm: torch.fx.GraphModule) -> int:
             if a in zero and b in zero:
                 make_zero(n)
             else:
-                keep, factor = (b, alpha) if a in zero else (a, 1)
-                _replace_by(gm, n, keep, factor)
+                other, factor = (b, alpha) if a in zero else (a, 1)
+                _replace_by(gm, n, other, factor)
             replaced += 1
     ir.dce(gm)
     return replaced
