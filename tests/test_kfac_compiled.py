@@ -15,9 +15,9 @@ from test_kfac import OPERATORS, residual, value_op
 import taylorc
 from taylorc.errors import KFACError
 from taylorc.optim import KFAC
-from taylorc.optim.compiled import Linearizer
 from taylorc.optim.factors import jvp, layer_factors, layer_gradient
 from taylorc.optim.kfac import _layer_factors
+from taylorc.optim.linearizer import Linearizer
 from taylorc.optim.record import linearize
 
 DT = torch.float64

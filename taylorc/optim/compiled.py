@@ -1,4 +1,5 @@
-"""A loss term's linearisation compiled: :class:`CompiledEvaluation` and :class:`Linearizer`.
+"""A loss term's linearisation compiled: :class:`CompiledEvaluation` (the per-term cache
+and its guard are :class:`taylorc.optim.linearizer.Linearizer`).
 
 The tensor work of :func:`~taylorc.optim.record.linearize` (the residual through the
 sites graphs, then one reverse pass per residual output for every ``g_ns``) is an eager
@@ -26,13 +27,10 @@ from operator import attrgetter
 import torch
 from torch.fx.experimental.proxy_tensor import make_fx
 
-from ..config import CONFIG
 from ..errors import KFACError
 from ..ir import written
 from ..passes.cleanup import prune_zeros
-from .record import Linearization, _group, evaluate, linearize, trainable_names
-
-BACKENDS = ("auto", "eager", "inductor")
+from .record import Linearization, _group, evaluate
 
 
 class _Holder(torch.nn.Module):
@@ -230,153 +228,3 @@ def _same(want: list, got: list, dtype: torch.dtype) -> None:
         scale = a.abs().max().item() if a.numel() else 0.0
         if a.shape != b.shape or (a - b).abs().max().item() > tol * max(scale, 1e-30):
             raise KFACError(f"the compiled replay differs from the eager evaluation (tensor {i})")
-
-
-_PLAIN = (int, float, complex, bool, str, type(None))
-
-
-def _key(v):
-    """A value to compare later: plain values by value, anything else by identity."""
-    return ("value", v) if isinstance(v, _PLAIN) else ("id", id(v))
-
-
-def _snapshot(fn) -> dict:
-    """What ``fn`` reads by name, one level deep: its closure cells and the globals its
-    code names (through ``functools.partial``, also its arguments; of a bound method,
-    also the identity of ``self``); numbers, strings and None by value, anything else by
-    identity. Not watched: attributes (``self.nu``), entries of containers, and what
-    the functions it calls read. A tensor changed in place is read live by the
-    compiled graph either way."""
-    if isinstance(fn, functools.partial):
-        out = {f"partial.{k}": v for k, v in _snapshot(fn.func).items()}
-        out["partial(args)"] = tuple(_key(a) for a in fn.args)
-        out["partial(keywords)"] = tuple(sorted((k, _key(v)) for k, v in fn.keywords.items()))
-        return out
-    out = {}
-    if hasattr(fn, "__self__") and hasattr(fn, "__func__"):  # a bound method
-        out["self"] = _key(fn.__self__)
-    code = getattr(fn, "__code__", None)
-    if code is None:  # a callable object (e.g. a compiled operator): its own trace contract
-        return out
-    cells = getattr(fn, "__closure__", None) or ()
-    for name, cell in zip(code.co_freevars, cells):
-        try:
-            out[name] = _key(cell.cell_contents)
-        except ValueError:  # an empty cell
-            out[name] = ("empty",)
-    names = getattr(fn, "__globals__", {})
-    for name in _code_names(code):
-        if name in names:
-            out[name] = _key(names[name])
-    return out
-
-
-def _code_names(code) -> set:
-    """The names ``code`` and the code objects nested in it (comprehensions, inner
-    functions) load: candidates for globals."""
-    out = set(code.co_names)
-    for const in code.co_consts:
-        if hasattr(const, "co_names"):
-            out |= _code_names(const)
-    return out
-
-
-class Linearizer:
-    """The linearisations of an optimiser's loss terms (KFAC, ENGD), eager or compiled.
-
-    The first call at each (term, residual, shape, dtype, device, θ) runs eagerly with
-    the coverage check (:func:`~taylorc.optim.record.linearize`, ``check=True``). Later
-    calls are eager until the backend compiles: ``"eager"`` (the default) never,
-    ``"auto"`` after ``CONFIG.auto_compile_after`` calls (10 by default, as
-    :func:`taylorc.compile`'s ``"auto"``; never when None), ``"inductor"`` from the second
-    call. A term that cannot be compiled stays eager: with ``"auto"`` a warning says
-    why, with ``"inductor"`` it raises. A compiled graph that fails at a later call
-    (e.g. shared columns that stop holding) is dropped with a warning, and the term
-    runs eagerly from then on.
-
-    Compiling is for residuals that are functions of their points and the model's
-    parameters: a compiled term is a trace, and Python values the residual reads are
-    those of the trace. As a guard, at every call the names the residual reads
-    (:func:`_snapshot`: closure cells, the globals its code names, a partial's
-    arguments) are compared with the trace's; once one is rebound, the term runs
-    eagerly from then on, with a warning naming it. Attributes, container entries and
-    what the functions it calls read are not watched: keep ``"eager"`` for a residual
-    whose coefficients change that way.
-
-    Args:
-        model: the ``nn.Module``; value_op: ``taylorc.compile(model, "u")``.
-        backend: ``"auto"``, ``"eager"`` or ``"inductor"``.
-        approx: compiled evaluations also give the factors of this approximation and
-            the gradients (:class:`CompiledEvaluation`); None: the columns only.
-
-    Raises:
-        ValueError: an unknown backend.
-    """
-
-    def __init__(self, model: torch.nn.Module, value_op, backend: str = "eager", approx=None):
-        if backend not in BACKENDS:
-            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-        self.model, self.value_op, self.backend, self.approx = model, value_op, backend, approx
-        after = {"auto": CONFIG.auto_compile_after, "inductor": 1, "eager": None}[backend]
-        self.after = None if after is None else max(after, 1)
-        self._calls: dict = {}
-        self.compiled: dict = {}  # key -> CompiledEvaluation, or None where it failed
-        self._read: dict = {}  # key -> the residual's _snapshot at the trace
-        self._residuals: dict = {}  # key -> the residual (its id is in the key: kept alive)
-
-    def __call__(self, term: str, residual, x: torch.Tensor) -> Linearization:
-        """The :class:`~taylorc.optim.record.Linearization` of ``residual`` at ``x``.
-
-        Raises:
-            KFACError: as :func:`~taylorc.optim.record.linearize`; with ``"inductor"``,
-                a term that cannot be compiled (the cause named).
-        """
-        trainable = trainable_names(self.model)
-        key = (term, id(residual), tuple(x.shape), x.dtype, x.device, trainable)
-        self._residuals[key] = residual
-        n = self._calls[key] = self._calls.get(key, 0) + 1
-        if n == 1:
-            return linearize(self.model, self.value_op, residual, x, check=True)
-        if key not in self.compiled and self.after is not None and n > self.after:
-            self._read[key] = _snapshot(residual)
-            self.compiled[key] = self._compile(term, residual, x, trainable)
-        ev = self.compiled.get(key)
-        if ev is not None and (now := _snapshot(residual)) != self._read[key]:
-            names = sorted(
-                k
-                for k in now.keys() | self._read[key].keys()
-                if now.get(k) != self._read[key].get(k)
-            )
-            self.compiled[key] = ev = None
-            warnings.warn(
-                f"the residual of the term {term!r} reads names rebound since its trace "
-                f"({', '.join(names)}): it runs eagerly from now on",
-                stacklevel=2,
-            )
-        try:
-            return linearize(self.model, self.value_op, residual, x, evaluator=ev)
-        except Exception as e:  # StaleColumns, or a compiled graph failing: eager is exact
-            if ev is None:
-                raise
-            self.compiled[key] = None
-            warnings.warn(
-                f"the compiled linearisation of the term {term!r} is dropped and runs "
-                f"eagerly: {_why(e)}",
-                stacklevel=2,
-            )
-            return linearize(self.model, self.value_op, residual, x)
-
-    def _compile(self, term, residual, x, trainable) -> CompiledEvaluation | None:
-        try:
-            return CompiledEvaluation(
-                self.model, self.value_op, residual, x, trainable, self.approx
-            )
-        except Exception as e:  # any trace or inductor failure: the eager path is exact
-            msg = (
-                f"the linearisation of the term {term!r} (points {tuple(x.shape)}) could "
-                f"not be compiled: {_why(e)}"
-            )
-            if self.backend == "inductor":
-                raise KFACError(msg + "; pass backend='eager' to skip compiling") from e
-            warnings.warn(msg + "; it runs eagerly", stacklevel=3)
-            return None

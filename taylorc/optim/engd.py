@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import torch
 
-from .compiled import Linearizer
 from .distributed import model_reducer, resolve
 from .factors import from_vector, layer_gradient, to_vector
 from .gramian import dense_gramian, layout, size
+from .linearizer import Linearizer
 from .steps import add_, line_search, total_loss
 
 

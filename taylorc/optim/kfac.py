@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import torch
 
-from .compiled import Linearizer
 from .distributed import model_reducer, resolve
 from .factors import APPROX, layer_factors, layer_gradient
 from .gramian import layout
 from .kronecker import KroneckerSum
+from .linearizer import Linearizer
 from .steps import add_, kfac_star, line_search, total_loss
 
 RULES = ("auto", "line_search")
@@ -77,7 +77,7 @@ class KFAC(torch.optim.Optimizer):
             for ``taylorc.config.CONFIG.auto_compile_after`` = 10 calls per points
             shape, then traced and compiled with inductor: about 2x faster steps at
             449 parameters, docs/kfac.md) or ``"inductor"`` (compiled from the second
-            call); :class:`~taylorc.optim.compiled.Linearizer`. Compile only a residual
+            call); :class:`~taylorc.optim.linearizer.Linearizer`. Compile only a residual
             that is a function of its points and the model's parameters: a compiled
             residual is a trace, and Python values it reads are those of the trace
             (names it reads that are rebound are caught and send the term back to
