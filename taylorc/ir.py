@@ -257,13 +257,17 @@ def cse(gm: torch.fx.GraphModule, keep=frozenset()) -> int:
     return merged
 
 
+# ops that make one tensor share another's storage with no alias mark on the source
+_SHARES_STORAGE = {torch.ops.aten.set_.source_Tensor, torch.ops.aten.set_.source_Storage}
+
+
 def aliases(graph: torch.fx.Graph) -> tuple[dict, list]:
     """Which nodes of an ATen graph may share memory, and which are written in place.
 
     Two nodes are in one alias class when an op's schema says its result aliases an
     argument (every view, and the result of an in-place or ``out=`` op), with the
     argument given positionally, by keyword or in a list, or through ``getitem`` of
-    such a list.
+    such a list; ``set_`` joins its source too (its schema does not mark it).
 
     Returns:
         ``(klass, writes)``: ``klass`` maps every node to its class's representative;
@@ -291,9 +295,11 @@ def aliases(graph: torch.fx.Graph) -> tuple[dict, list]:
     for node in graph.nodes:
         if node.op != "call_function":
             continue
-        if node.target is operator.getitem:
-            join(node, node.args[0])
-            continue
+        if node.target is operator.getitem or node.target in _SHARES_STORAGE:
+            for arg in nodes(node.args):  # no schema marks these aliases
+                join(node, arg)
+            if node.target is operator.getitem:
+                continue
         schema = getattr(node.target, "_schema", None)
         if schema is None:
             continue

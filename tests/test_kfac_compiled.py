@@ -297,6 +297,53 @@ def test_prune_zeros_on_a_trace_keeps_what_is_written_in_place():
     assert sum(n.target is mm for n in gm.graph.nodes) < 4
 
 
+def _add_then_write(x):
+    a = x.clone()
+    b = a + torch.zeros_like(x)  # b must not become a: a is written next
+    a.mul_(2)
+    return b
+
+
+def _add_broadcast_then_write(x):
+    a = x.clone()
+    b = torch.zeros(3, 4, dtype=x.dtype) + a
+    a[0].fill_(7.0)
+    return b
+
+
+def _returns_its_input_plus_zero(x):
+    return x + torch.zeros_like(x)  # the output must not be the input tensor itself
+
+
+def _set_shares_storage(x):
+    z = x.new_zeros(4)
+    y = x.new_empty(4)
+    y.set_(z)  # no schema alias mark on z: z is written through y
+    y.add_(1)
+    return x * z
+
+
+@pytest.mark.parametrize(
+    "f",
+    [_add_then_write, _add_broadcast_then_write, _returns_its_input_plus_zero, _set_shares_storage],
+)
+def test_prune_zeros_on_a_trace_never_aliases_what_it_rewrites(f):
+    """In a graph with in-place ops (``functional=False``), a sum with a zero operand is
+    not replaced by the other operand, and ``set_`` joins its source's alias class."""
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    from taylorc.ir import written
+    from taylorc.passes.cleanup import prune_zeros
+
+    x = torch.randn(4, dtype=DT, generator=torch.Generator().manual_seed(3))
+    gm = make_fx(f)(x)
+    prune_zeros(gm, keep=written(gm.graph), functional=False)
+    gm.recompile()
+    got = gm(x)
+    torch.testing.assert_close(got, f(x), rtol=0, atol=0)
+    assert got.data_ptr() != x.data_ptr()
+
+
 def test_the_residual_is_part_of_the_key_and_odd_strides_work():
     """Another residual for the same term is traced anew (a constant in it is no name the
     guard sees); points with other strides than the compile's are made contiguous."""

@@ -54,7 +54,7 @@ def _trace_and_compile(fn, inputs: list):
     # the sites graph keeps a known-zero input column as a column (the first layer's
     # top order, Column.zero_input): without this its (N, d_in) @ (d_in, d_out) on
     # zeros runs at every step
-    prune_zeros(gm, keep=written(gm.graph))
+    prune_zeros(gm, keep=written(gm.graph), functional=False)
     gm.recompile()
     return compile_fx(gm, [t.detach() for t in inputs])
 

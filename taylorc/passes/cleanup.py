@@ -31,14 +31,19 @@ def _tensor_args(node):
     return [a for a in node.all_input_nodes]
 
 
-def prune_zeros(gm: torch.fx.GraphModule, keep=frozenset()) -> int:
+def prune_zeros(gm: torch.fx.GraphModule, keep=frozenset(), functional: bool = True) -> int:
     """Propagate known zeros; returns how many nodes were replaced.
 
-    ``keep``: nodes never taken as zero nor rewritten. taylorc's graphs are functional;
-    an ATen graph with in-place ops (a ``make_fx`` trace) passes
-    :func:`taylorc.ir.written`'s nodes here, since a zeros tensor written through a view
-    is not zero. A product with non-finite entries in the other operand gives 0 here,
-    NaN eagerly.
+    taylorc's graphs are functional. An ATen graph with in-place ops (a ``make_fx``
+    trace) passes ``functional=False`` and :func:`taylorc.ir.written`'s nodes as
+    ``keep``: those are never taken as zero nor rewritten (a zeros tensor written
+    through a view is not zero), and a sum with one zero operand is not replaced by the
+    other operand (an in-place op could write that one later, or it could be a graph
+    input, returned as an output); known-zero nodes become fresh ``zeros``. Outputs
+    that were views of each other may no longer be: a caller must not write into them.
+
+    A product or quotient with non-finite entries in the other operand gives 0 here,
+    NaN eagerly (that point's result is non-finite anyway).
     """
     graph = gm.graph
     zero: set[torch.fx.Node] = set()
@@ -83,9 +88,11 @@ def prune_zeros(gm: torch.fx.GraphModule, keep=frozenset()) -> int:
             alpha = n.kwargs.get("alpha", 1) * (-1 if t is aten.sub.Tensor else 1)
             if a in zero and b in zero:
                 make_zero(n)
-            else:
+            elif functional:
                 other, factor = (b, alpha) if a in zero else (a, 1)
                 _replace_by(gm, n, other, factor)
+            else:
+                continue
             replaced += 1
     ir.dce(gm)
     return replaced
