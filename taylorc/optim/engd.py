@@ -44,7 +44,8 @@ class ENGD(torch.optim.Optimizer):
             ``step``) a rank without points of a term.
         taylorc.errors.KFACError: a parameter used outside the linear sites; ``model``
             wrapped in ``DistributedDataParallel``; with ``backend="inductor"``, a term
-            whose linearisation cannot be compiled.
+            whose linearisation cannot be compiled (single-process; distributed, that
+            rank warns and runs it eagerly).
     """
 
     def __init__(
@@ -66,8 +67,8 @@ class ENGD(torch.optim.Optimizer):
         super().__init__(params, dict(lr=lr, damping=damping, ema=ema, step=0))
         self.model, self.residuals = model, dict(residuals)
         self._value_op = _compile(model, "u")
-        self._linearizer = Linearizer(model, self._value_op, backend)
         self._reducer = model_reducer(group, model)
+        self._linearizer = Linearizer(model, self._value_op, backend, strict=self._reducer is None)
 
     def step(self, points: dict) -> dict[str, float]:
         """One ENGD step on ``points``; returns term name -> ½ mean ||r||² before it."""

@@ -90,7 +90,8 @@ class KFAC(torch.optim.Optimizer):
             outside the linear sites of the Taylor graph, named; ``model`` wrapped in
             ``DistributedDataParallel`` (pass ``ddp.module``: KFAC reduces by itself);
             with ``backend="inductor"``, a term whose linearisation cannot be compiled
-            (distributed: raised on that rank only; keep compiling off, or "auto", there).
+            (single-process; distributed, that rank warns and runs the term eagerly:
+            raising on one rank alone would leave the others waiting).
     """
 
     def __init__(
@@ -134,10 +135,11 @@ class KFAC(torch.optim.Optimizer):
         super().__init__([p for p in model.parameters() if p.requires_grad], defaults)
         self.model, self.residuals = model, dict(residuals)
         self._value_op = _compile(model, "u")
-        self._linearizer = Linearizer(model, self._value_op, backend, approx)
+        self._reducer = model_reducer(group, model)
+        strict = self._reducer is None  # distributed: a rank's compile failure warns
+        self._linearizer = Linearizer(model, self._value_op, backend, approx, strict)
         self._solvers: dict | None = None
         self.last: dict = {}  # the last step's vectors (for tests and diagnostics)
-        self._reducer = model_reducer(group, model)
         self._split = self._reducer is not None and split_inversion is not False
 
     # -- one step -------------------------------------------------------------------

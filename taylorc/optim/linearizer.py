@@ -99,15 +99,27 @@ class Linearizer:
         backend: ``"auto"``, ``"eager"`` or ``"inductor"``.
         approx: compiled evaluations also give the factors of this approximation and
             the gradients (:class:`CompiledEvaluation`); None: the columns only.
+        strict: with ``"inductor"``, a term that cannot be compiled raises; False: it
+            warns and runs eagerly, as with ``"auto"`` (the optimisers pass False when
+            distributed: a compile that fails on one rank only must not raise there
+            alone while the other ranks wait in the step's next collective).
 
     Raises:
         ValueError: an unknown backend.
     """
 
-    def __init__(self, model: torch.nn.Module, value_op, backend: str = "eager", approx=None):
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        value_op,
+        backend: str = "eager",
+        approx=None,
+        strict: bool = True,
+    ):
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
         self.model, self.value_op, self.backend, self.approx = model, value_op, backend, approx
+        self.strict = strict
         after = {"auto": CONFIG.auto_compile_after, "inductor": 1, "eager": None}[backend]
         self.after = None if after is None else max(after, 1)
         self._calls: dict = {}
@@ -119,8 +131,8 @@ class Linearizer:
         """The :class:`~taylorc.optim.record.Linearization` of ``residual`` at ``x``.
 
         Raises:
-            KFACError: as :func:`~taylorc.optim.record.linearize`; with ``"inductor"``,
-                a term that cannot be compiled (the cause named).
+            KFACError: as :func:`~taylorc.optim.record.linearize`; with ``"inductor"``
+                and ``strict``, a term that cannot be compiled (the cause named).
         """
         trainable = trainable_names(self.model)
         key = (term, id(residual), tuple(x.shape), x.dtype, x.device, trainable)
@@ -167,7 +179,7 @@ class Linearizer:
                 f"the linearisation of the term {term!r} (points {tuple(x.shape)}) could "
                 f"not be compiled: {_why(e)}"
             )
-            if self.backend == "inductor":
+            if self.backend == "inductor" and self.strict:
                 raise KFACError(msg + "; pass backend='eager' to skip compiling") from e
             warnings.warn(msg + "; it runs eagerly", stacklevel=3)
             return None
