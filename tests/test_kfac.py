@@ -426,6 +426,30 @@ def test_kfac_star_solves_the_2x2_quadratic_model():
     torch.testing.assert_close(torch.tensor([opt.last["alpha"], opt.last["mu"]], dtype=DT), want)
 
 
+def test_solve_2x2_equals_dense_solves():
+    """KFAC*'s closed-form 2x2 solve against LAPACK: regular systems (torch.linalg.solve),
+    and singular ones (δ ∥ Δ, a zero direction) against the least-norm least squares."""
+    from taylorc.optim.steps import solve_2x2
+
+    gen = torch.Generator().manual_seed(11)
+    for _ in range(50):
+        V = torch.randn(2, 2, dtype=DT, generator=gen)
+        M = V @ V.T + 1e-3 * torch.eye(2, dtype=DT)
+        r = torch.randn(2, dtype=DT, generator=gen) * 10.0 ** torch.randint(-3, 4, ()).item()
+        got = torch.tensor(
+            solve_2x2(M[0, 0].item(), M[0, 1].item(), M[1, 1].item(), *r.tolist()), dtype=DT
+        )
+        torch.testing.assert_close(got, torch.linalg.solve(M, r), rtol=1e-10, atol=0)
+    for M in ([[4.0, 6.0], [6.0, 9.0]], [[2.0, 0.0], [0.0, 0.0]], [[0.0, 0.0], [0.0, 0.0]]):
+        M = torch.tensor(M, dtype=DT)
+        r = M @ torch.tensor([0.3, -0.7], dtype=DT)  # consistent: the least-norm solution
+        want = torch.linalg.pinv(M) @ r
+        got = torch.tensor(
+            solve_2x2(M[0, 0].item(), M[0, 1].item(), M[1, 1].item(), *r.tolist()), dtype=DT
+        )
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-15)
+
+
 def residual_nested(model, term, res):
     """The same residual as poisson2d's with a nested Laplacian."""
     if term == "boundary":

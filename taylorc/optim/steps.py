@@ -6,6 +6,8 @@ the layout of :mod:`taylorc.optim.factors`.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from .factors import jvp
@@ -105,11 +107,26 @@ def kfac_star(lins, grad: dict, Delta: dict, prev: dict, damping: float, counts=
     a = grams[0] + damping * dot(Delta, Delta)
     b = grams[1] + damping * dot(Delta, prev)
     c = grams[2] + damping * dot(prev, prev)
-    M = torch.stack([torch.stack([a, b]), torch.stack([b, c])]).double()
-    rhs = -torch.stack([dot(grad, Delta), dot(grad, prev)]).double()
-    if not (torch.isfinite(M).all() and torch.isfinite(rhs).all()):
+    a, b, c = (float(v) for v in (a, b, c))
+    r1, r2 = -float(dot(grad, Delta)), -float(dot(grad, prev))
+    if not all(math.isfinite(v) for v in (a, b, c, r1, r2)):
         raise FloatingPointError(
             "KFAC*: the quadratic model is not finite (the iterates diverged): increase damping"
         )
-    sol = torch.linalg.lstsq(M, rhs[:, None]).solution[:, 0]  # singular when δ ∥ Δ
+    return solve_2x2(a, b, c, r1, r2)
+
+
+def solve_2x2(a: float, b: float, c: float, r1: float, r2: float) -> tuple[float, float]:
+    """``(x, y)`` with ``[[a, b], [b, c]] (x, y) = (r1, r2)``, a symmetric positive
+    semidefinite system, by Cramer's rule in float64: the same bits in every process
+    (LAPACK's least squares, which MKL runs on alignment-dependent code paths, gave
+    last-bit differences that KFAC* amplifies, so one seed's runs differed). Singular
+    (δ ∥ Δ, or a zero direction: det ≤ 4 ε max(a, c)², LAPACK ``gelsy``'s rank test for a
+    2x2): the least-squares solution of least norm."""
+    det = a * c - b * b
+    if det > 4 * 2.0**-52 * max(a, c) ** 2:
+        return (c * r1 - b * r2) / det, (a * r2 - b * r1) / det
+    M = torch.tensor([[a, b], [b, c]], dtype=torch.float64)
+    rhs = torch.tensor([[r1], [r2]], dtype=torch.float64)
+    sol = torch.linalg.lstsq(M, rhs, driver="gelsd").solution[:, 0]
     return sol[0].item(), sol[1].item()
