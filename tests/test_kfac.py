@@ -426,28 +426,51 @@ def test_kfac_star_solves_the_2x2_quadratic_model():
     torch.testing.assert_close(torch.tensor([opt.last["alpha"], opt.last["mu"]], dtype=DT), want)
 
 
+def _exact_2x2(a, b, c, r1, r2):
+    """The 2x2 solve in exact rational arithmetic (the oracle for ``solve_2x2``)."""
+    from fractions import Fraction as F
+
+    a, b, c, r1, r2 = map(F, (a, b, c, r1, r2))
+    det = a * c - b * b
+    return float((c * r1 - b * r2) / det), float((a * r2 - b * r1) / det)
+
+
 def test_solve_2x2_equals_dense_solves():
-    """KFAC*'s closed-form 2x2 solve against LAPACK: regular systems (torch.linalg.solve),
-    and singular ones (δ ∥ Δ, a zero direction) against the least-norm least squares."""
+    """KFAC*'s closed-form 2x2 solve: regular systems against torch.linalg.solve and
+    exact rationals (KFAC*'s second step, ‖δ‖ ≈ 1e-6 ‖Δ‖ and nearly parallel, once took
+    a rank-truncated fallback; extreme magnitudes must not overflow); singular ones
+    (δ ∥ Δ, a zero direction) must still solve a consistent system."""
     from taylorc.optim.steps import solve_2x2
+
+    def solve(M, r):
+        return torch.tensor(solve_2x2(M[0][0], M[0][1], M[1][1], *r), dtype=DT)
 
     gen = torch.Generator().manual_seed(11)
     for _ in range(50):
         V = torch.randn(2, 2, dtype=DT, generator=gen)
         M = V @ V.T + 1e-3 * torch.eye(2, dtype=DT)
         r = torch.randn(2, dtype=DT, generator=gen) * 10.0 ** torch.randint(-3, 4, ()).item()
-        got = torch.tensor(
-            solve_2x2(M[0, 0].item(), M[0, 1].item(), M[1, 1].item(), *r.tolist()), dtype=DT
-        )
+        got = solve(M.tolist(), r.tolist())
         torch.testing.assert_close(got, torch.linalg.solve(M, r), rtol=1e-10, atol=0)
-    for M in ([[4.0, 6.0], [6.0, 9.0]], [[2.0, 0.0], [0.0, 0.0]], [[0.0, 0.0], [0.0, 0.0]]):
-        M = torch.tensor(M, dtype=DT)
-        r = M @ torch.tensor([0.3, -0.7], dtype=DT)  # consistent: the least-norm solution
-        want = torch.linalg.pinv(M) @ r
-        got = torch.tensor(
-            solve_2x2(M[0, 0].item(), M[0, 1].item(), M[1, 1].item(), *r.tolist()), dtype=DT
+    second_step = (
+        10.279386463178232, 1.0229798891081785e-05, 1.0184706424125469e-11,
+        15.76340016035781, 1.5260933548366835e-05,
+    )  # fmt: skip
+    for case in (
+        second_step,
+        (1e100, 0.0, 1e100, 1e300, 1e300),
+        (3e-162, 0, 3e-162, 1e-170, 1e-170),
+    ):
+        got = torch.tensor(solve_2x2(*case), dtype=DT)
+        torch.testing.assert_close(
+            got, torch.tensor(_exact_2x2(*case), dtype=DT), rtol=1e-6, atol=0
         )
-        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-15)
+    for M in ([[4.0, 6.0], [6.0, 9.0]], [[2.0, 0.0], [0.0, 0.0]], [[0.0, 0.0], [0.0, 0.0]]):
+        Mt = torch.tensor(M, dtype=DT)
+        r = Mt @ torch.tensor([0.3, -0.7], dtype=DT)  # consistent
+        got = solve(M, r.tolist())
+        assert torch.isfinite(got).all()
+        torch.testing.assert_close(Mt @ got, r, rtol=1e-12, atol=1e-15)
 
 
 def residual_nested(model, term, res):

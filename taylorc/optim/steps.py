@@ -118,15 +118,23 @@ def kfac_star(lins, grad: dict, Delta: dict, prev: dict, damping: float, counts=
 
 def solve_2x2(a: float, b: float, c: float, r1: float, r2: float) -> tuple[float, float]:
     """``(x, y)`` with ``[[a, b], [b, c]] (x, y) = (r1, r2)``, a symmetric positive
-    semidefinite system, by Cramer's rule in float64: the same bits in every process
-    (LAPACK's least squares, which MKL runs on alignment-dependent code paths, gave
-    last-bit differences that KFAC* amplifies, so one seed's runs differed). Singular
-    (δ ∥ Δ, or a zero direction: det ≤ 4 ε max(a, c)², LAPACK ``gelsy``'s rank test for a
-    2x2): the least-squares solution of least norm."""
-    det = a * c - b * b
-    if det > 4 * 2.0**-52 * max(a, c) ** 2:
-        return (c * r1 - b * r2) / det, (a * r2 - b * r1) / det
-    M = torch.tensor([[a, b], [b, c]], dtype=torch.float64)
-    rhs = torch.tensor([[r1], [r2]], dtype=torch.float64)
+    semidefinite system (a, c ≥ 0), in float64 by Cramer's rule on the Jacobi-scaled
+    system (unit diagonal, off-diagonal b / √(ac) = the cosine of the two directions in the
+    Gramian's metric): the same bits in every process. LAPACK's least squares, which
+    MKL runs on alignment-dependent code paths, gave last-bit differences that KFAC*
+    amplifies, so one seed's runs differed. The scaling makes the singularity test
+    independent of the directions' lengths (KFAC*'s second step has ‖δ‖ ≈ 1e-6 ‖Δ‖).
+    Singular (δ ∥ Δ: 1 − cos² ≤ 64 ε) or a zero direction: the least-squares solution
+    of least norm in the scaled coordinates (the best step along the common direction).
+    """
+    if a <= 0.0 or c <= 0.0:  # a zero direction (a, c are sums of squares): decoupled
+        return (r1 / a if a > 0.0 else 0.0), (r2 / c if c > 0.0 else 0.0)
+    sa, sc = math.sqrt(a), math.sqrt(c)
+    cos, u, v = b / (sa * sc), r1 / sa, r2 / sc
+    det = 1.0 - cos * cos
+    if det > 64 * 2.0**-52:
+        return (u - cos * v) / det / sa, (v - cos * u) / det / sc
+    M = torch.tensor([[1.0, cos], [cos, 1.0]], dtype=torch.float64)
+    rhs = torch.tensor([[u], [v]], dtype=torch.float64)
     sol = torch.linalg.lstsq(M, rhs, driver="gelsd").solution[:, 0]
-    return sol[0].item(), sol[1].item()
+    return sol[0].item() / sa, sol[1].item() / sc
