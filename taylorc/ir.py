@@ -18,6 +18,7 @@ Zeinhofer, Walther, "Collapsing Taylor Mode Automatic Differentiation" (NeurIPS 
 from __future__ import annotations
 
 import dataclasses
+import operator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -274,8 +275,6 @@ def aliases(graph: torch.fx.Graph) -> tuple[dict, list]:
         ``writes`` lists ``(op node, argument node)`` for every argument a schema marks
         written (in place, ``out=``), in graph order.
     """
-    import operator
-
     parent: dict = {}
 
     def root(n):

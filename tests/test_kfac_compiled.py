@@ -269,12 +269,11 @@ def test_a_rebound_name_the_residual_reads_sends_it_back_to_eager():
 
 
 def test_prune_zeros_on_a_trace_keeps_what_is_written_in_place():
-    """The compiled path's zero pruning (cleanup's pass, with ``ir.written`` kept): only
+    """The compiled path's zero pruning (cleanup's pass, ``functional=False``): only
     the product with a zero-by-construction operand goes; zeros written through a view
     or by ``out=`` are not zero; the result is bit-identical."""
     from torch.fx.experimental.proxy_tensor import make_fx
 
-    from taylorc.ir import written
     from taylorc.passes.cleanup import prune_zeros
 
     def f(x, W):
@@ -290,13 +289,12 @@ def test_prune_zeros_on_a_trace_keeps_what_is_written_in_place():
     gm = make_fx(f)(x, W)
     mm = torch.ops.aten.mm.default
     assert sum(n.target is mm for n in gm.graph.nodes) == 5
-    keep = written(gm.graph)
-    assert prune_zeros(gm, keep=keep) >= 1
+    assert prune_zeros(gm, functional=False) >= 1
     gm.recompile()
     assert sum(n.target is mm for n in gm.graph.nodes) == 4
     for a, b in zip(gm(x, W), f(x, W)):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
-    # without the written nodes kept, the zeros written through views would be pruned
+    # taken as functional, the zeros written through views would be pruned
     gm = make_fx(f)(x, W)
     prune_zeros(gm)
     gm.recompile()
@@ -338,12 +336,11 @@ def test_prune_zeros_on_a_trace_never_aliases_what_it_rewrites(f):
     not replaced by the other operand, and ``set_`` joins its source's alias class."""
     from torch.fx.experimental.proxy_tensor import make_fx
 
-    from taylorc.ir import written
     from taylorc.passes.cleanup import prune_zeros
 
     x = torch.randn(4, dtype=DT, generator=torch.Generator().manual_seed(3))
     gm = make_fx(f)(x)
-    prune_zeros(gm, keep=written(gm.graph), functional=False)
+    prune_zeros(gm, functional=False)
     gm.recompile()
     got = gm(x)
     torch.testing.assert_close(got, f(x), rtol=0, atol=0)

@@ -28,7 +28,6 @@ import torch
 from torch.fx.experimental.proxy_tensor import make_fx
 
 from ..errors import KFACError
-from ..ir import written
 from ..passes.cleanup import prune_zeros
 from .record import Linearization, _group, evaluate
 
@@ -54,7 +53,7 @@ def _trace_and_compile(fn, inputs: list):
     # the sites graph keeps a known-zero input column as a column (the first layer's
     # top order, Column.zero_input): without this its (N, d_in) @ (d_in, d_out) on
     # zeros runs at every step
-    prune_zeros(gm, keep=written(gm.graph), functional=False)
+    prune_zeros(gm, functional=False)
     gm.recompile()
     return compile_fx(gm, [t.detach() for t in inputs])
 

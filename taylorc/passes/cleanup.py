@@ -31,21 +31,23 @@ def _tensor_args(node):
     return [a for a in node.all_input_nodes]
 
 
-def prune_zeros(gm: torch.fx.GraphModule, keep=frozenset(), functional: bool = True) -> int:
+def prune_zeros(gm: torch.fx.GraphModule, functional: bool = True) -> int:
     """Propagate known zeros; returns how many nodes were replaced.
 
     taylorc's graphs are functional. An ATen graph with in-place ops (a ``make_fx``
-    trace) passes ``functional=False`` and :func:`taylorc.ir.written`'s nodes as
-    ``keep``: those are never taken as zero nor rewritten (a zeros tensor written
-    through a view is not zero), and a sum with one zero operand is not replaced by the
-    other operand (an in-place op could write that one later, or it could be a graph
-    input, returned as an output); known-zero nodes become fresh ``zeros``. Outputs
-    that were views of each other may no longer be: a caller must not write into them.
+    trace) passes ``functional=False``: the nodes an in-place op may write
+    (:func:`taylorc.ir.written`) are never taken as zero nor rewritten (a zeros tensor
+    written through a view is not zero), and a sum with one zero operand is not
+    replaced by the other operand (an in-place op could write that one later, or it
+    could be a graph input, returned as an output); known-zero nodes become fresh
+    ``zeros``. Outputs that were views of each other may no longer be: a caller must
+    not write into them.
 
     A product or quotient with non-finite entries in the other operand gives 0 here,
     NaN eagerly (that point's result is non-finite anyway).
     """
     graph = gm.graph
+    keep = frozenset() if functional else ir.written(graph)
     zero: set[torch.fx.Node] = set()
     replaced = 0
 
