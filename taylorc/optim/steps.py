@@ -107,8 +107,8 @@ def kfac_star(lins, grad: dict, Delta: dict, prev: dict, damping: float, counts=
     a = grams[0] + damping * dot(Delta, Delta)
     b = grams[1] + damping * dot(Delta, prev)
     c = grams[2] + damping * dot(prev, prev)
-    a, b, c = (float(v) for v in (a, b, c))
-    r1, r2 = -float(dot(grad, Delta)), -float(dot(grad, prev))
+    # one transfer to the host (a device sync on a GPU), not five
+    a, b, c, r1, r2 = torch.stack([a, b, c, -dot(grad, Delta), -dot(grad, prev)]).tolist()
     if not all(math.isfinite(v) for v in (a, b, c, r1, r2)):
         raise FloatingPointError(
             "KFAC*: the quadratic model is not finite (the iterates diverged): increase damping"
