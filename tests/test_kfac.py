@@ -492,6 +492,27 @@ def test_large_damping_step_tends_to_scaled_gradient():
         torch.testing.assert_close(D, -opt.last["grad"][w] / (2 * lam**2), rtol=1e-5, atol=0)
 
 
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        (dict(damping=-1e-9), "damping must be a finite number >= 0"),
+        (dict(damping=math.nan), "damping must be a finite number >= 0"),
+        (dict(damping=math.inf), "damping must be a finite number >= 0"),
+        (dict(damping="1e-9"), "damping must be a number"),
+        (dict(ema=1.0), r"ema must be in \[0, 1\)"),
+        (dict(ema=-0.1), r"ema must be in \[0, 1\)"),
+        (dict(ema=math.nan), r"ema must be in \[0, 1\)"),
+    ],
+)
+def test_bad_damping_or_ema_is_refused(bad, match):
+    model, res, _, _ = poisson2d(width=4, n_i=5, n_b=5)
+    for make in (KFAC, ENGD):
+        with pytest.raises(ValueError, match=match):
+            make(model, res, **bad)
+    for ok in (dict(damping=0.0, ema=0.0), dict(damping=1, ema=0.99)):
+        KFAC(model, res, **ok), ENGD(model, res, **ok)
+
+
 def test_poisson2d_smoke_kfac_star():
     model, res, points, u = poisson2d()
     opt = KFAC(model, res, lr="auto", damping=1e-10, ema=0.5)

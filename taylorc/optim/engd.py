@@ -16,7 +16,7 @@ from .distributed import model_reducer, resolve
 from .factors import from_vector, layer_gradient, to_vector
 from .gramian import dense_gramian, layout, size
 from .linearizer import Linearizer
-from .steps import add_, line_search, total_loss
+from .steps import add_, check_damping_ema, line_search, total_loss
 
 
 class ENGD(torch.optim.Optimizer):
@@ -40,7 +40,8 @@ class ENGD(torch.optim.Optimizer):
             linearisations run after the first, as :class:`taylorc.optim.KFAC`'s.
 
     Raises:
-        ValueError: unknown ``lr`` or ``backend``; (at ``step``) no points for a term; (distributed, at
+        ValueError: unknown ``lr`` or ``backend``; ``damping`` not finite and >= 0 or
+            ``ema`` outside [0, 1); (at ``step``) no points for a term; (distributed, at
             ``step``) a rank without points of a term.
         taylorc.errors.KFACError: a parameter used outside the linear sites; ``model``
             wrapped in ``DistributedDataParallel``; with ``backend="inductor"``, a term
@@ -60,6 +61,7 @@ class ENGD(torch.optim.Optimizer):
     ):
         if not (lr == "line_search" or isinstance(lr, (int, float)) and not isinstance(lr, bool)):
             raise ValueError(f"lr must be 'line_search' or a number, got {lr!r}")
+        check_damping_ema(damping, ema)
         from ..api import compile as _compile
 
         group = resolve(process_group, model)

@@ -19,7 +19,7 @@ from .factors import APPROX, layer_factors, layer_gradient
 from .gramian import layout
 from .kronecker import KroneckerSum
 from .linearizer import Linearizer
-from .steps import add_, kfac_star, line_search, total_loss
+from .steps import add_, check_damping_ema, kfac_star, line_search, total_loss
 
 RULES = ("auto", "line_search")
 
@@ -84,7 +84,8 @@ class KFAC(torch.optim.Optimizer):
             eager with a warning; attributes and container entries are not).
 
     Raises:
-        ValueError: unknown ``lr`` rule, ``approx`` or ``backend``, non-positive counts; (distributed,
+        ValueError: unknown ``lr`` rule, ``approx`` or ``backend``, non-positive counts,
+            ``damping`` not finite and >= 0 or ``ema`` outside [0, 1); (distributed,
             at ``step``, on every rank) a rank without points of a term.
         taylorc.errors.KFACError: (at the first step of each term) a parameter used
             outside the linear sites of the Taylor graph, named; ``model`` wrapped in
@@ -116,6 +117,7 @@ class KFAC(torch.optim.Optimizer):
             raise ValueError(f"approx must be one of {APPROX}, got {approx!r}")
         if update_every < 1 or invert_every < 1:
             raise ValueError("update_every and invert_every must be positive")
+        check_damping_ema(damping, ema)
         if not residuals:
             raise ValueError("residuals is empty: give at least one loss term")
         from ..api import compile as _compile

@@ -17,6 +17,26 @@ from .record import Layer
 GRID = tuple(2.0**-k for k in range(30, -1, -1))
 
 
+def check_damping_ema(damping, ema) -> None:
+    """Refuse a damping λ or moving-average factor β that would give a silently wrong step.
+
+    Args:
+        damping: λ, added to the curvature (factors or Gramian): a finite number >= 0.
+        ema: β of the moving average Â ← βÂ + (1 − β)A: in [0, 1) (β = 1 never leaves the
+            initial identity; Dangel, Müller, Zeinhofer, NeurIPS 2024, Sec. 3).
+
+    Raises:
+        ValueError: naming the value and the admissible range.
+    """
+    for name, value in (("damping", damping), ("ema", ema)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"{name} must be a number, got {value!r}")
+    if not (math.isfinite(damping) and damping >= 0):
+        raise ValueError(f"damping must be a finite number >= 0, got {damping!r}")
+    if not 0 <= ema < 1:
+        raise ValueError(f"ema must be in [0, 1), got {ema!r}")
+
+
 def dot(u: dict, v: dict) -> torch.Tensor:
     """Σ over shared blocks of ⟨u, v⟩."""
     return sum((u[k] * v[k]).sum() for k in u if k in v)
