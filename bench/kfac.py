@@ -9,7 +9,8 @@ time and step. Adam's learning rate is tuned on the grid ``--adam-lrs`` by short
 (``--tune-seconds`` each); Adam -> L-BFGS spends half the budget in each.
 
 ``steps``: KFAC* for ``--steps`` steps, the error every 250 steps (step-indexed), one run
-per network-initialisation seed in ``--seeds`` (same data stream), at ``HYPER``'s λ and β or
+per network-initialisation seed in ``--seeds`` (same data stream; ``--vary-data``: each its
+own), at ``HYPER``'s λ and β or
 ``--damping``/``--ema``; results keyed ``steps/<problem>-damping<λ>-ema<β>``.
 
 ``cost``: seconds per step of KFAC*, KFAC (line search) and ENGD relative to an Adam
@@ -169,12 +170,14 @@ def train(
     max_steps=None,
     eval_steps=None,
     hyper=None,
+    data_seed=0,
 ):
     """Train for ``seconds`` of training time (or ``max_steps``); returns ``{time, step, error}``
     lists, logged every ``eval_every`` seconds (or every ``eval_steps`` steps); ``seed``: the
-    network's initialisation (the data stream is fixed); ``hyper``: see ``make_step``."""
+    network's initialisation; ``data_seed``: the stream of batches and evaluation points
+    (default 0: the same in every run); ``hyper``: see ``make_step``."""
     torch.manual_seed(seed)
-    gen = torch.Generator().manual_seed(0)
+    gen = torch.Generator().manual_seed(data_seed)
     model, residuals, sample, exact, D = problem(name, [64], gen)
     x_eval = torch.rand(30_000, D, dtype=DT, generator=gen)
     phases = [("adam", seconds / 2), ("lbfgs", seconds / 2)] if method == "adam-lbfgs" else None
@@ -232,9 +235,12 @@ def curves(args) -> dict:
 
 def steps(args) -> dict:
     """KFAC* by step on the paper's data regime: the step-indexed acceptance numbers, one run
-    per initialisation seed (``--seeds``), at ``HYPER`` or ``--damping``/``--ema``."""
+    per initialisation seed (``--seeds``), at ``HYPER`` or ``--damping``/``--ema``; with
+    ``--vary-data`` each run's data stream is seeded by its initialisation seed too (its own
+    batches and evaluation points: independent runs), else every run has data seed 0."""
     hyper = {k: v for k, v in (("damping", args.damping), ("ema", args.ema)) if v is not None}
     out = {"steps": args.steps, "hyper": {**HYPER["kfac*"], **hyper}, "seeds": {}}
+    out["data"] = "seeded by the initialisation seed" if args.vary_data else "data seed 0"
     for seed in args.seeds:
         log = train(
             "kfac*",
@@ -244,11 +250,12 @@ def steps(args) -> dict:
             max_steps=args.steps,
             eval_steps=250,
             hyper=hyper,
+            data_seed=seed if args.vary_data else 0,
         )
         out["seeds"][str(seed)] = log
         at = {k: e for k, e in zip(log["step"], log["error"]) if k % 1000 == 0}
         print(f"seed {seed}: " + "  ".join(f"{k}: {e:.2e}" for k, e in at.items()), flush=True)
-    return {steps_key(args.problem, out["hyper"]): out}
+    return {steps_key(args.problem, out["hyper"]) + ("-vary-data" if args.vary_data else ""): out}
 
 
 def steps_key(problem: str, hyper: dict) -> str:
@@ -466,6 +473,7 @@ def main(argv=None) -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=[1], help="`steps`: init seeds")
     p.add_argument("--damping", type=float, help="`steps`: KFAC*'s λ instead of HYPER's")
     p.add_argument("--ema", type=float, help="`steps`: KFAC*'s β instead of HYPER's")
+    p.add_argument("--vary-data", action="store_true", help="`steps`: data seed = init seed")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--before", help="`cost`: also time the KFAC* of the checkout at this path")
     p.add_argument("--block", type=int, default=5, help="`cost`: back-to-back steps a sample")
