@@ -9,6 +9,7 @@ Müller, Zeinhofer (NeurIPS 2024, Sec. 3.2) from the raw sites run; dense
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from helpers import mlp
@@ -498,7 +499,8 @@ def test_large_damping_step_tends_to_scaled_gradient():
         (dict(damping=-1e-9), "damping must be a finite number >= 0"),
         (dict(damping=math.nan), "damping must be a finite number >= 0"),
         (dict(damping=math.inf), "damping must be a finite number >= 0"),
-        (dict(damping="1e-9"), "damping must be a number"),
+        (dict(damping="1e-9"), "damping must be a real number"),
+        (dict(ema=torch.tensor([0.5, 0.5])), "ema must be a real number"),
         (dict(ema=1.0), r"ema must be in \[0, 1\)"),
         (dict(ema=-0.1), r"ema must be in \[0, 1\)"),
         (dict(ema=math.nan), r"ema must be in \[0, 1\)"),
@@ -509,7 +511,11 @@ def test_bad_damping_or_ema_is_refused(bad, match):
     for make in (KFAC, ENGD):
         with pytest.raises(ValueError, match=match):
             make(model, res, **bad)
-    for ok in (dict(damping=0.0, ema=0.0), dict(damping=1, ema=0.99)):
+    for ok in (
+        dict(damping=0.0, ema=0.0),
+        dict(damping=1, ema=0.99),
+        dict(damping=np.float32(1e-9), ema=torch.tensor(0.9)),
+    ):
         KFAC(model, res, **ok), ENGD(model, res, **ok)
 
 

@@ -7,6 +7,7 @@ the layout of :mod:`taylorc.optim.factors`.
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 
@@ -21,20 +22,28 @@ def check_damping_ema(damping, ema) -> None:
     """Refuse a damping λ or moving-average factor β that would give a silently wrong step.
 
     Args:
-        damping: λ, added to the curvature (factors or Gramian): a finite number >= 0.
+        damping: λ, added to the curvature (factors or Gramian): a finite real >= 0 (a
+            Python or NumPy number, or a one-element tensor).
         ema: β of the moving average Â ← βÂ + (1 − β)A: in [0, 1) (β = 1 never leaves the
             initial identity; Dangel, Müller, Zeinhofer, NeurIPS 2024, Sec. 3).
 
     Raises:
         ValueError: naming the value and the admissible range.
     """
-    for name, value in (("damping", damping), ("ema", ema)):
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ValueError(f"{name} must be a number, got {value!r}")
+    damping, ema = _real("damping", damping), _real("ema", ema)
     if not (math.isfinite(damping) and damping >= 0):
         raise ValueError(f"damping must be a finite number >= 0, got {damping!r}")
     if not 0 <= ema < 1:
         raise ValueError(f"ema must be in [0, 1), got {ema!r}")
+
+
+def _real(name: str, value) -> float:
+    """``value`` as a float if it is a real number or a one-element tensor, else ValueError."""
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(f"{name} must be a real number, got {value!r}")
+    return float(value)
 
 
 def dot(u: dict, v: dict) -> torch.Tensor:
