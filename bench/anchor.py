@@ -41,10 +41,10 @@ import tempfile
 from pathlib import Path
 
 import torch
-from kfac import DT, RESULTS, merge
+from kfac import RESULTS, merge, problem
 
-from taylorc.demos.common import SECOND_ORDER_DEFAULTS, boundary_points, mlp
-from taylorc.demos.poisson import exact, interior_points, source
+from taylorc.demos.common import SECOND_ORDER_DEFAULTS
+from taylorc.demos.poisson import source
 
 # The stand-ins for the anchor's imports that its KFAC runs never call.
 STUBS = {
@@ -89,14 +89,8 @@ def compare(args) -> dict:
 
     damping, ema = _hyper(args)
     torch.manual_seed(args.seed)
-    model = mlp(5, [64]).to(DT)
+    model, residuals, sample, exact, _ = problem("poisson", [64], torch.Generator().manual_seed(0))
     theirs = copy.deepcopy(model)
-    gen = torch.Generator().manual_seed(0)
-    lap = taylorc.compile(model, "laplacian")
-    residuals = {
-        "interior": lambda x: -lap(x) - source(x),
-        "boundary": lambda x: model(x) - exact(x),
-    }
     ours = taylorc.optim.KFAC(model, residuals, lr="auto", damping=damping, ema=ema)
     anchor = AnchorKFAC(
         list(theirs),
@@ -109,8 +103,9 @@ def compare(args) -> dict:
     distance = []
     for k in range(args.steps):
         if k % 100 == 0:
-            xi, xb = interior_points(3000, 5, gen, DT), boundary_points(500, 5, DT, gen)
-        ours.step({"interior": xi, "boundary": xb})
+            points = sample()
+        ours.step(points)
+        xi, xb = points["interior"], points["boundary"]
         anchor.zero_grad()
         anchor.step(xi, source(xi), xb, exact(xb))
         a, b = (torch.cat([p.detach().flatten() for p in m.parameters()]) for m in (model, theirs))
