@@ -57,8 +57,21 @@ def _is_col(ctx) -> bool:
     return ctx.cache.get("vector", False)
 
 
+def _lower_coefficients(ctx, k: int, A: Jet, b_coef, X: list) -> None:
+    """Extend ``X`` with the standard coefficients up to order ``k - 1``.
+
+    The taylor pass calls a rule at orders 1..K in turn with one context, so ``X`` is
+    filled already; the collapse pass calls it at order K alone with a fresh context.
+    The lower orders are emitted again then (the same nodes, merged by CSE): without
+    them the ``C(k, j) A_j X_(k-j)`` terms of the top order would silently drop out.
+    """
+    while len(X) < k:
+        _solve_coefficient(ctx, len(X), A, b_coef(len(X)), X, A[0])
+
+
 def _inv_rule(ctx, k, A, check_errors=False):
     X = ctx.cache.setdefault("X", [ctx.value[0]])
+    _lower_coefficients(ctx, k, A, lambda j: None, X)
     return _solve_coefficient(ctx, k, A, None, X, A[0]), None
 
 
@@ -69,8 +82,13 @@ def _solve_rule(ctx, k, A, B, *, left=True, check_errors=False):
     vector = len(b_shape) == 1 or (len(b_shape) == A.ndim - 1 and b_shape == tuple(A.shape[:-1]))
     ctx.cache["vector"] = vector
     X = ctx.cache.setdefault("X", [_column(ctx.value[0]) if vector else ctx.value[0]])
-    b_k = ctx.coef(B, k) if isinstance(B, Jet) else None
-    Xk = _solve_coefficient(ctx, k, A, _column(b_k) if vector else b_k, X, A[0])
+
+    def b_coef(j):
+        b_j = ctx.coef(B, j) if isinstance(B, Jet) else None
+        return _column(b_j) if vector else b_j
+
+    _lower_coefficients(ctx, k, A, b_coef, X)
+    Xk = _solve_coefficient(ctx, k, A, b_coef(k), X, A[0])
     if Xk is not None and vector:
         Xk = aten.squeeze.dims(Xk, [-1])
     return Xk, None, None, None
