@@ -9,6 +9,7 @@ with PyTorch's core-ATen decompositions on fake tensors (no real compute).
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ import torch.fx
 from torch._decomp import core_aten_decompositions
 from torch.fx.experimental.proxy_tensor import make_fx
 
-from . import ir
+from . import ir, ops  # noqa: F401 - ops defines taylorc::stop_gradient
 from .errors import InputMutationError, TraceError, user_source_line
 
 _DATA_DEPENDENT = (
@@ -80,6 +81,46 @@ def _mutated_inputs(gm: torch.fx.GraphModule) -> dict:
     return out
 
 
+def _functional_variant(op):
+    """``aten.foo.overload`` for an in-place ``aten.foo_.overload``, or None."""
+    packet = getattr(op, "_overloadpacket", None)
+    name = getattr(packet, "__name__", "")
+    if not name.endswith("_") or name.endswith("__"):
+        return None
+    functional = getattr(torch.ops.aten, name[:-1], None)
+    return getattr(functional, op._overloadname, None) if functional is not None else None
+
+
+def functionalize_leftovers(gm: torch.fx.GraphModule) -> None:
+    """Rewrite in-place writes into intermediates that no view shares into functional ops.
+
+    Decompositions run below functionalization, so one that writes in place (the core
+    ATen decomposition of ``cosine_similarity`` calls ``clamp_min_`` on a fresh norm)
+    leaves its write in the graph. Where the written tensor has no alias but the op's
+    own result, ``y = foo_(t, ...)`` becomes ``y = foo(t, ...)`` and the later readers
+    of ``t`` read ``y``: the same values, and a graph the rules can differentiate.
+    """
+    klass, writes = ir.aliases(gm.graph)
+    members: dict = {}
+    for n in gm.graph.nodes:
+        members.setdefault(klass[n], set()).add(n)
+    order = {n: i for i, n in enumerate(gm.graph.nodes)}
+    for node, arg in writes:
+        functional = _functional_variant(node.target)
+        if (
+            functional is None
+            or arg.op != "call_function"
+            or members[klass[arg]] != {arg, node}
+            or node.args[0] is not arg
+        ):
+            continue
+        for user in list(arg.users):
+            if user is not node and order[user] > order[node]:
+                user.replace_input_with(arg, node)
+        node.target = functional
+    gm.recompile()
+
+
 def refuse_mutations(gm: torch.fx.GraphModule, coord: str = "x") -> None:
     """Raise for every side-effecting node left in a functionalized capture.
 
@@ -109,6 +150,8 @@ def refuse_mutations(gm: torch.fx.GraphModule, coord: str = "x") -> None:
             if target is not None and target.meta.get("taylorc_input")
             else f"the input '{target.name}'"
             if target is not None
+            else f"the intermediate '{node.args[0].name}', which a view shares"
+            if isinstance(node.args[0], torch.fx.Node) and node.args[0].op == "call_function"
             else "a tensor outside the graph"
         )
         # the copy_ itself comes from functionalization; the value written carries the user's line
@@ -121,6 +164,86 @@ def refuse_mutations(gm: torch.fx.GraphModule, coord: str = "x") -> None:
             "buffers unchanged: write into a new tensor (y = x.clone(); y[...] = ...) or update "
             "state outside the model (batch norm: call model.eval())."
         )
+
+
+@dataclass(frozen=True)
+class OutputStructure:
+    """A model that returns a tuple or list of tensors ``(B, *out_i)``.
+
+    Every method works on the outputs flattened per point and concatenated
+    (:func:`flatten_outputs`, one propagation for all); the operator's results are
+    split back into the model's structure by :meth:`unflatten`.
+
+    Attributes:
+        container: ``tuple`` or ``list``.
+        shapes: the per-point shape ``out_i`` of each output.
+    """
+
+    container: type
+    shapes: tuple[tuple[int, ...], ...]
+
+    def unflatten(self, t: torch.Tensor):
+        """``(B, N, *rest)`` (``N = sum prod(out_i)``) -> the container of ``(B, *out_i, *rest)``."""
+        sizes = [math.prod(s) for s in self.shapes]
+        parts = torch.split(t, sizes, dim=1)
+        lead, rest = t.shape[:1], t.shape[2:]
+        return self.container(
+            p.reshape(*lead, *s, *rest) for p, s in zip(parts, self.shapes, strict=True)
+        )
+
+
+def _is_structure(out) -> bool:
+    return (
+        isinstance(out, (tuple, list))
+        and len(out) > 1
+        and all(isinstance(o, torch.Tensor) for o in out)
+    )
+
+
+def flatten_outputs(out):
+    """A tuple or list of ``(B, *out_i)`` tensors as one ``(B, N)`` tensor; others unchanged."""
+    if not _is_structure(out):
+        return out
+    return torch.cat([o.reshape(o.shape[0], -1) for o in out], 1)
+
+
+def flattened(fn: Callable) -> Callable:
+    """``fn`` with its outputs passed through :func:`flatten_outputs`."""
+    return lambda *a: flatten_outputs(fn(*a))
+
+
+def output_structure(model: Callable, args: tuple) -> OutputStructure | None:
+    """The structure of ``model(*args)`` when it returns several tensors, else None.
+
+    Evaluated on fake tensors (no compute, no write into the model's buffers).
+    A model that fake tensors cannot run is taken to return one tensor; capture
+    then reports what fails.
+    """
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    try:
+        with FakeTensorMode(allow_non_fake_inputs=True) as mode, torch.no_grad():
+            out = model(*(mode.from_tensor(a) for a in args))
+    except Exception:  # noqa: BLE001 - capture names the failure with its diagnosis
+        return None
+    if not _is_structure(out):
+        return None
+    return OutputStructure(type(out), tuple(tuple(o.shape[1:]) for o in out))
+
+
+class _StopGradients(torch.overrides.TorchFunctionMode):
+    """Records ``detach`` as :func:`taylorc.ops.stop_gradient` while a model is traced.
+
+    Functionalization turns ``detach`` into ``aten.alias``, a view that carries
+    derivatives: the Taylor graph would differentiate through a detached tensor.
+    """
+
+    _DETACH = {torch.Tensor.detach, torch.detach}
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func in self._DETACH:
+            return torch.ops.taylorc.stop_gradient(args[0])
+        return func(*args, **(kwargs or {}))
 
 
 def _sanitize(name: str) -> str:
@@ -164,9 +287,12 @@ def capture(
     def fn(*inputs):
         p = dict(zip(pnames, inputs[: len(pnames)]))
         b = dict(zip(bnames, inputs[len(pnames) : n_state]))
-        if isinstance(model, torch.nn.Module):
-            return torch.func.functional_call(model, {**p, **b}, tuple(inputs[n_state:]))
-        return model(*inputs[n_state:])
+        with _StopGradients():
+            if isinstance(model, torch.nn.Module):
+                out = torch.func.functional_call(model, {**p, **b}, tuple(inputs[n_state:]))
+            else:
+                out = model(*inputs[n_state:])
+        return flatten_outputs(out)
 
     example = list(params.values()) + list(buffers.values()) + call_args
     try:
@@ -205,6 +331,7 @@ def capture(
         node.name = node.target = name
         node.meta["taylorc_input"] = qual
     gm.graph._codegen = torch.fx.graph.CodeGen()  # plain positional signature
+    functionalize_leftovers(gm)
     refuse_mutations(gm)
     gm.graph.eliminate_dead_code()
     gm.recompile()

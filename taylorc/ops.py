@@ -49,6 +49,26 @@ class OpFacts:
 OPS: dict[torch._ops.OpOverload, OpFacts] = {}
 
 
+@torch.library.custom_op("taylorc::stop_gradient", mutates_args=())
+def stop_gradient(x: torch.Tensor) -> torch.Tensor:
+    """``x.detach()`` as a graph op: the value of ``x``, a constant of every derivative.
+
+    Capture turns each ``detach`` into it (functionalization would make ``detach`` an
+    ``aten.alias``, a view that carries derivatives), so the graph keeps the stop.
+
+    Args:
+        x: any tensor, any shape and dtype.
+
+    Returns:
+        A copy of ``x`` (same shape and dtype); its gradient is zero.
+    """
+    return x.clone()
+
+
+stop_gradient.register_fake(lambda x: torch.empty_like(x))
+stop_gradient.register_autograd(lambda ctx, grad: None)
+
+
 def facts(op) -> OpFacts:
     """The facts of ``op`` (all false for an op the table does not know)."""
     return OPS.get(op, _NONE)
@@ -92,6 +112,7 @@ _add(
         aten.full_like.default,
         aten.empty_like.default,
         aten.detach.default,
+        torch.ops.taylorc.stop_gradient.default,
         aten.sign.default,
         aten.floor.default,
         aten.ceil.default,
