@@ -11,7 +11,7 @@ import torch
 
 from . import methods as _methods
 from . import operators as _ops
-from .capture import Captured
+from .capture import Captured, output_structure
 from .config import BUILD_COUNT, CONFIG
 from .debug import format_records, graph_stats
 from .graphs import GraphCache
@@ -104,6 +104,7 @@ class CompiledOperator(GraphCache, torch.nn.Module):
         self._refused: dict = {}  # per-sample keys whose graph was proved to depend on B
         self._in_shape: tuple[int, ...] | None = None
         self._last = None
+        self._structure = None  # a tuple/list of outputs: capture.OutputStructure
 
     # test and diagnostic switches, on the operator's own copy of taylorc.config.CONFIG
     lower_everywhere = property(
@@ -226,10 +227,28 @@ class CompiledOperator(GraphCache, torch.nn.Module):
         for j, a in enumerate(args):
             if j != i and not isinstance(a, torch.Tensor):
                 raise ValueError(f"argument {j} must be a tensor, got {type(a).__name__}")
+        if self._in_shape is None:
+            self._structure = self._output_structure(args)
         outs = self.method_obj.resolve(self, args, i).run(self, args, i)
         if self._in_shape is None:
             self._in_shape = tuple(x.shape[1:])
+        if self._structure is not None:
+            outs = [self._structure.unflatten(o) for o in outs]
         return outs[0] if self.single else dict(zip(self.ops, outs))
+
+    def _output_structure(self, args):
+        """The model's tuple/list output structure (None: one tensor).
+
+        Raises:
+            ValueError: several outputs from a model of several arguments.
+        """
+        structure = output_structure(self.fn, args)
+        if structure is not None and len(args) > 1:
+            raise ValueError(
+                "a model of several arguments (wrt=) must return one tensor; it returned a "
+                f"{structure.container.__name__} of {len(structure.shapes)}: stack them"
+            )
+        return structure
 
     # -- inspection ---------------------------------------------------------------
 

@@ -7,6 +7,7 @@ Differentiation for Physics-informed Operator Learning", J. Comput. Phys. 2024.
 from __future__ import annotations
 
 from .. import operators as _ops
+from ..capture import flattened
 from ..passes.zcs import ZCSPass, shift_inputs
 from ..reference import func_loop, nested
 from .base import Method, width
@@ -26,8 +27,8 @@ class Nested(Method):
             _ops.build_plan({}, D, op.coords)  # raises the coords ValueError
         if len(args) > 1:
             out = func_loop(op.fn, op.ops, args, i, op.coords)
-        else:
-            out = nested(op.fn, op.ops, x, op.coords)
+        else:  # a model of several outputs: flattened as capture does
+            out = nested(flattened(op.fn), op.ops, x, op.coords)
         return [out[n] for n in op.ops]
 
 
