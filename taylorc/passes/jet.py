@@ -165,6 +165,9 @@ class RuleContext:
             return None
         if self.weights is None:
             return aten.sum.dim_IntList(r, [0])
+        weights = self.weights
+        if self.out_val.is_complex():  # einsum does not promote real weights to complex
+            weights = aten._to_copy.default(weights, dtype=self.out_val.dtype)
         if self.G == 1 and self.weight_values is not None:
             w = self.weight_values
             if len(w) == 1:  # one direction carries the top order: no reduction at all
@@ -172,7 +175,7 @@ class RuleContext:
             if all(x == 1 for x in w):
                 return aten.sum.dim_IntList(r, [0])
         eq = "r,r...->..." if self.G == 1 else "gr,r...->g..."
-        return aten.einsum.default(eq, [self.weights, r])
+        return aten.einsum.default(eq, [weights, r])
 
     def top(self, k: int, linear: Sequence[Value], rest: Sequence[tuple]) -> Value:
         """Combine the terms of output coefficient k.
