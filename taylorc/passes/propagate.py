@@ -34,13 +34,20 @@ def depends_on(graph: torch.fx.Graph, root: str) -> set[torch.fx.Node]:
     return out
 
 
+def _carries_derivatives(node: torch.fx.Node) -> bool:
+    """False for a boolean or integer tensor (masks, indices): its derivatives are zero."""
+    v = node.meta.get("val")
+    return not isinstance(v, torch.Tensor) or v.is_floating_point() or v.is_complex()
+
+
 def differentiable_inputs(node: torch.fx.Node) -> list[torch.fx.Node]:
-    """The inputs through which derivatives flow (none for constant ops, not a where's condition)."""
+    """The inputs through which derivatives flow (none for constant ops, not a where's
+    condition, no boolean or integer tensor: ``mask.to(float)`` is a constant)."""
     if node.op == "call_function" and node.target in CONSTANT_OPS:
         return []
     if node.op == "call_function" and node.target is aten.where.self:
         return [a for a in node.args[1:] if isinstance(a, torch.fx.Node)]
-    return node.all_input_nodes
+    return [a for a in node.all_input_nodes if _carries_derivatives(a)]
 
 
 def differentiable_ancestors(graph: torch.fx.Graph) -> set[torch.fx.Node]:
