@@ -259,3 +259,30 @@ _add(
     ],
     pointwise=True,
 )
+# -- ops supported since issue 29 --
+_add(
+    [
+        aten.index.Tensor,
+        aten.diagonal.default,
+        aten.avg_pool2d.default,
+        aten.tril.default,
+        aten.triu.default,
+        aten.diag_embed.default,
+    ],
+    zero_if="first",
+)
+_add([aten.diagonal.default], free=True)
+_add([aten.logcumsumexp.default], along_dim=1)
+_add(
+    [
+        aten.atan2.default,
+        aten.hypot.default,
+        aten.maximum.default,
+        aten.minimum.default,
+        aten.clamp.Tensor,
+        aten.clamp_min.Tensor,
+        aten.clamp_max.Tensor,
+        aten.hardtanh.default,
+    ],
+    pointwise=True,
+)

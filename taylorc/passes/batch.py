@@ -53,6 +53,7 @@ FOLLOWED = (
     | BATCH_NORMS
     | _PRODUCTS
     | _MOVES
+    | {aten.diagonal.default, aten.index.Tensor, aten.avg_pool2d.default}
     | having("pointwise")
     | having("constant_output")
 )
@@ -185,11 +186,95 @@ def _move_axis(node, bd):
     return None  # merged with other dims: stop following rather than guess
 
 
+def _diagonal_axis(node, bd):
+    """diagonal(x, offset, dim1, dim2): both dims leave, the diagonal is appended last."""
+    a = list(node.args) + [None] * 4
+    kw = node.kwargs
+    in_nd = _ndim(node.args[0])
+    d1 = a[2] if a[2] is not None else kw.get("dim1", 0)
+    d2 = a[3] if a[3] is not None else kw.get("dim2", 1)
+    d1, d2 = d1 % in_nd, d2 % in_nd
+    if bd in (d1, d2):
+        raise _Coupling(f"it takes a diagonal across the batch dimension (dim {bd})")
+    return bd - (d1 < bd) - (d2 < bd)
+
+
+def _index_axis(node, bd, ins):
+    """x[i0, :, i1] (aten.index.Tensor): where the batch axis lands among the indexed dims."""
+    if bd is None or len(ins) > 1:  # an index tensor that carries the batch axis: lost
+        return None
+    in_nd, nd = _ndim(node.args[0]), _ndim(node)
+    positions, d = [], 0
+    for i in node.args[1]:
+        width = 1
+        if i is not None:
+            v = i.meta.get("val") if isinstance(i, torch.fx.Node) else i
+            width = v.dim() if isinstance(v, torch.Tensor) and v.dtype == torch.bool else 1
+            positions += range(d, d + width)
+        d += width
+    if bd in positions:
+        raise _Coupling(f"it indexes along the batch dimension (dim {bd})")
+    if not positions:
+        return bd
+    rest_before = sum(1 for j in range(bd) if j not in positions)  # dims kept before bd
+    broadcast = nd - (in_nd - len(positions))  # dims of the broadcast indices
+    adjacent = positions == list(range(positions[0], positions[-1] + 1))
+    if adjacent and bd < positions[0]:
+        return bd
+    # adjacent: the indexed block stays in place; otherwise it moves to the front
+    return rest_before + broadcast
+
+
+def _pool_axis(node, bd):
+    """2-d pooling windows slide over the last two dims: the batch axis must be in front."""
+    if bd >= _ndim(node.args[0]) - 2:
+        raise _Coupling(f"it pools over the batch dimension (dim {bd})")
+    return bd
+
+
+def _group_norm_axis(node, bd):
+    """Group norm normalises each sample (dim 0) over its channels and space."""
+    if bd != 0:
+        raise _Coupling(f"it normalises over the batch dimension (dim {bd})")
+    return 0
+
+
+def _cdist_axis(node, axes):
+    """cdist(x1, x2) = distances of the rows of x1 to the rows of x2, a product x1 x2^T."""
+    a, b = node.args[:2]
+    nd, na, nb = _ndim(node), _ndim(a), _ndim(b)
+    ba, bb = axes.get(a), axes.get(b)
+    if ba == na - 1 or bb == nb - 1:
+        raise _Coupling("it reduces over the batch dimension (the coordinates of a distance)")
+    if ba is not None and bb is not None:
+        if ba >= na - 2 or bb >= nb - 2 or nd - (na - ba) != nd - (nb - bb):
+            raise _Coupling("it measures distances across points (a product across points)")
+        return nd - (na - ba)
+    if ba is not None:
+        return nd - (na - ba)
+    return nd - 1 if bb == nb - 2 else nd - (nb - bb)
+
+
+# ops whose batch axis follows from the first operand's alone
+_AXIS_RULES = {
+    aten.diagonal.default: _diagonal_axis,
+    aten.avg_pool2d.default: _pool_axis,
+    aten.max_pool2d_with_indices.default: _pool_axis,
+    aten.native_group_norm.default: _group_norm_axis,
+}
+
+
 def _aligned_axis(node, ins):
-    """Elementwise and broadcasting ops: the batch axes of the operands align from the right."""
+    """Elementwise and broadcasting ops: the batch axes of the operands align from the right.
+
+    Never negative: an op the analysis does not know that drops dims (the axis would fall
+    off the left) loses the axis instead (None: the exact probe decides).
+    """
     nd, out = _ndim(node), None
     for a, b in ins.items():
         aligned = nd - (_ndim(a) - b) if nd is not None and _ndim(a) is not None else None
+        if aligned is not None and aligned < 0:
+            return None
         if out is not None and aligned is not None and aligned != out:
             raise _Coupling("it combines tensors whose batch dimensions do not line up")
         out = aligned if out is None else out
@@ -214,6 +299,12 @@ def _batch_dim_of(node: torch.fx.Node, axes: dict, B: int):
         return _product_axis(node, axes)
     if t in _MOVES:
         return None if bd is None else _move_axis(node, bd)
+    if t in _AXIS_RULES:
+        return None if bd is None else _AXIS_RULES[t](node, bd)
+    if t is aten.index.Tensor:
+        return _index_axis(node, bd, ins)
+    if t is aten._cdist_forward.default:
+        return _cdist_axis(node, axes)
     return _aligned_axis(node, ins)
 
 
