@@ -29,6 +29,7 @@ from dataclasses import dataclass
 import sympy
 import torch
 
+from ..errors import UnsupportedOperatorError
 from ..ops import having
 from .jet import Jet, add, compose, leibniz, scale
 
@@ -403,14 +404,18 @@ def def_deriv(
     *,
     smooth: bool = True,
     note: str = "",
+    operand: int = 0,
 ) -> None:
     """Register an elementwise op by its derivative table (Faa di Bruno's formula).
 
     ``table`` is a :class:`DerivativeTable`, or a function of the op's extra
     arguments returning one (``pow.Tensor_Scalar`` depends on its exponent).
+    ``operand`` is the position of the tensor argument (1 for ``polygamma(n, x)``);
+    the other positional arguments are the table's parameters.
     """
 
-    def rule(ctx, k, x, *params, **kwparams):
+    def rule(ctx, k, *args, **kwparams):
+        x, params = args[operand], args[:operand] + args[operand + 1 :]
         derivs = ctx.cache.get("derivs")
         if derivs is None:
             t = table(*params, **kwparams) if callable(table) else table
@@ -865,4 +870,229 @@ def_comp(
     aten.native_batch_norm.default,
     _batch_norm_eval_identity,
     note="eval mode: an affine map per channel",
+)
+
+
+# -- ops supported since issue 29 --------------------------------------------------------
+
+
+def _nonsmooth_comp(identity: Callable, how: str) -> Rule:
+    """A composite rule of a piecewise op: the identity's active piece; warns at order >= 2."""
+
+    def rule(ctx, k, *args, **kwargs):
+        warn_nonsmooth(ctx, how)
+        return propagate_composite(ctx, k, identity, args, kwargs)
+
+    return rule
+
+
+# hardtanh is clamp(x, min_val, max_val) with the bounds -1 and 1 by default
+_register(
+    aten.hardtanh.default,
+    _piecewise(lambda ctx, x0, lo=-1.0, hi=1.0: _clamp_pieces(ctx, x0, lo, hi)),
+    "elementwise",
+    smooth=False,
+    note="clamp(x, min_val, max_val); warns at order >= 2",
+)
+
+
+def _clamp_tensor_identity(x, lo=None, hi=None):
+    # clamp(x, lo, hi) = min(max(x, lo), hi) (torch's order: hi wins when lo > hi); each
+    # where picks the active operand, whose coefficients are the result's (a.e.)
+    if lo is not None:
+        x = torch.where(x < lo, lo, x)
+    if hi is not None:
+        x = torch.where(x > hi, hi, x)
+    return x
+
+
+_register(
+    aten.clamp.Tensor,
+    _nonsmooth_comp(_clamp_tensor_identity, "derivatives follow the active bound or input"),
+    "composite",
+    smooth=False,
+    note="tensor bounds: where(x < lo, lo, x), then hi; warns at order >= 2",
+)
+_register(
+    aten.clamp_min.Tensor,
+    _nonsmooth_comp(_clamp_tensor_identity, "derivatives follow the active bound or input"),
+    "composite",
+    smooth=False,
+    note="where(x < lo, lo, x); warns at order >= 2",
+)
+_register(
+    aten.clamp_max.Tensor,
+    _nonsmooth_comp(
+        lambda x, hi: _clamp_tensor_identity(x, None, hi),
+        "derivatives follow the active bound or input",
+    ),
+    "composite",
+    smooth=False,
+    note="where(x > hi, hi, x); warns at order >= 2",
+)
+# maximum(a, b) = where(a >= b, a, b): the larger operand's coefficients (a.e.)
+_register(
+    aten.maximum.default,
+    _nonsmooth_comp(
+        lambda a, b: torch.where(a >= b, a, b), "derivatives follow the larger operand"
+    ),
+    "composite",
+    smooth=False,
+    note="where(a >= b, a, b); warns at order >= 2",
+)
+_register(
+    aten.minimum.default,
+    _nonsmooth_comp(
+        lambda a, b: torch.where(a <= b, a, b), "derivatives follow the smaller operand"
+    ),
+    "composite",
+    smooth=False,
+    note="where(a <= b, a, b); warns at order >= 2",
+)
+
+
+def _prod_identity(x, dim=None, keepdim=False, *, dtype=None):
+    """prod along one dim (all elements when dim is None) as a tree of pairwise products.
+
+    No exp(sum(log x)): that breaks at zero and negative entries; Leibniz through
+    the ceil(log2 n) levels of products is exact everywhere.
+    """
+    x = x if dtype is None else x.to(dtype)
+    if dim is None:
+        x, d = x.reshape(-1), 0
+    else:
+        d = dim % x.dim()
+    while x.shape[d] > 1:
+        n = x.shape[d]
+        h = n // 2
+        y = x.narrow(d, 0, h) * x.narrow(d, h, h)
+        if n % 2:  # the odd last entry joins the first pair
+            head = y.narrow(d, 0, 1) * x.narrow(d, n - 1, 1)
+            y = torch.cat([head, y.narrow(d, 1, h - 1)], d)
+        x = y
+    if dim is None:
+        return x.reshape(())
+    return x if keepdim else x.squeeze(d)
+
+
+def_comp(
+    [aten.prod.default, aten.prod.dim_int],
+    _prod_identity,
+    note="tree of pairwise products (Leibniz); zeros and signs allowed",
+)
+
+
+def _var_identity(x, dim=None, *, correction=None, keepdim=False):
+    """var = sum((x - mean)^2) / (N - correction) over the dims (all when dim is None or [])."""
+    dims = list(range(x.dim())) if not dim else [d % x.dim() for d in dim]
+    n = 1
+    for d in dims:
+        n *= x.shape[d]
+    c = 1 if correction is None else correction
+    xc = x - x.mean(dims, keepdim=True)
+    return (xc * xc).sum(dims, keepdim=keepdim) / (n - c)
+
+
+def _var_mean_identity(x, dim=None, *, correction=None, keepdim=False):
+    dims = list(range(x.dim())) if not dim else list(dim)
+    return (
+        _var_identity(x, dim, correction=correction, keepdim=keepdim),
+        x.mean(dims, keepdim=keepdim),
+    )
+
+
+def_comp(aten.var.correction, _var_identity, note="sum((x - mean)^2) / (N - correction); std: sqrt")
+def_comp(aten.var_mean.correction, _var_mean_identity, note="(var, mean) as var.correction")
+deflinear(
+    aten.diagonal.default,
+    lambda ctx, k, c, x, offset=0, dim1=0, dim2=1: aten.diagonal.default(
+        c, offset, ctx.dim(dim1, x.ndim, k), ctx.dim(dim2, x.ndim, k)
+    ),
+    note="linear; trace and einsum('ii->') capture to diagonal + sum",
+)
+
+
+def _avg_pool2d(ctx, k, c, x, *args, **kwargs):
+    # linear and per plane: every leading dim (directions, batch, channels) folds into one
+    h, w = x.shape[-2:]
+    out = aten.avg_pool2d.default(aten.reshape.default(c, [-1, h, w]), *args, **kwargs)
+    return aten.reshape.default(out, ctx.lead(k) + ctx.out_shape)
+
+
+deflinear(
+    aten.avg_pool2d.default,
+    _avg_pool2d,
+    note="linear; avg_pool1d captures to it; directions folded into the planes",
+)
+
+
+def _max_pool2d_rule(ctx, k, x, *args, **kwargs):
+    """max pool: the coefficients of the selected entry (torch's flat per-plane indices)."""
+    warn_nonsmooth(ctx, "derivatives follow the selected entry")
+    c = x[k]
+    if c is None:
+        return None, None
+    lead, shape = ctx.lead(k), ctx.out_shape
+    flat = aten.reshape.default(c, lead + list(x.shape[:-2]) + [x.shape[-2] * x.shape[-1]])
+    plane = shape[:-2] + [shape[-2] * shape[-1]]
+    idx = aten.reshape.default(ctx.value[1], [1] * len(lead) + plane)
+    idx = aten.expand.default(idx, lead + plane)
+    return aten.reshape.default(aten.gather.default(flat, -1, idx), lead + shape), None
+
+
+_register(
+    aten.max_pool2d_with_indices.default,
+    _max_pool2d_rule,
+    "linear",
+    smooth=False,
+    note="gathers the selected entries; max_pool1d captures to it; warns at order >= 2",
+)
+
+
+def _group_norm_identity(x, weight, bias, N, C, HxW, group, eps):
+    """(x - mean) rsqrt(var + eps) over each group of C/group channels, then the affine map."""
+    xg = x.reshape(N, group, -1)
+    mean = xg.mean(-1, keepdim=True)
+    xc = xg - mean
+    rstd = torch.rsqrt((xc * xc).mean(-1, keepdim=True) + eps)
+    out = (xc * rstd).reshape(x.shape)
+    shape = [1, C] + [1] * (x.dim() - 2)
+    if weight is not None:
+        out = out * weight.reshape(shape)
+    if bias is not None:
+        out = out + bias.reshape(shape)
+    return out, mean.reshape(N, group), rstd.reshape(N, group)
+
+
+def_comp(
+    aten.native_group_norm.default,
+    _group_norm_identity,
+    note="(x - mean) rsqrt(var + eps) per group, affine per channel",
+)
+
+
+def _cdist_identity(x1, x2, p=2.0, compute_mode=None):
+    """||x1_i - x2_j||_p over the last dim, from the differences (not the mm expansion)."""
+    d = x1.unsqueeze(-2) - x2.unsqueeze(-3)
+    if p == 2:
+        return torch.sqrt((d * d).sum(-1))
+    if p == float("inf"):
+        return d.abs().amax(-1)
+    return (d.abs() ** p).sum(-1) ** (1.0 / p)
+
+
+def _cdist_rule(ctx, k, x1, x2, p, compute_mode=None):
+    if p <= 0:
+        raise UnsupportedOperatorError(
+            f"no Taylor rule for the ATen op {ctx.node.target} with p={p} (graph node "
+            f"'{ctx.node.name}'): a count of nonzeros or a min is not differentiable; use p > 0"
+        )
+    return propagate_composite(ctx, k, _cdist_identity, (x1, x2, p, compute_mode), {})
+
+
+_register(
+    aten._cdist_forward.default,
+    _cdist_rule,
+    "composite",
+    note="sqrt(sum d^2) for p = 2 (smooth off the diagonal); other p > 0 by |d| (warns)",
 )

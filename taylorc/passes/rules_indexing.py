@@ -12,9 +12,11 @@ linear ops act on every Taylor coefficient alike).
 from __future__ import annotations
 
 import torch
+import torch.fx
 
+from ..errors import UnsupportedOperatorError
 from .jet import Jet
-from .rules import _register, deflinear, propagate_composite, warn_nonsmooth
+from .rules import _register, def_comp, deflinear, propagate_composite, warn_nonsmooth
 
 aten = torch.ops.aten
 
@@ -133,9 +135,15 @@ def _expanded_index(ctx, k, index):
 def _scatter_src_rule(op):
     def rule(ctx, k, base, dim, index, src, *rest, **kwargs):
         reduce = rest[0] if rest else kwargs.get("reduce", "sum")
+        if op is aten.scatter_reduce.two and reduce in ("amax", "amin"):
+            warn_nonsmooth(ctx, "derivatives follow the selected entries")
+            return propagate_composite(
+                ctx, k, _scatter_extremum_identity, (base, dim, index, src, *rest), kwargs
+            )
         if op is aten.scatter_reduce.two and reduce not in ("sum", "mean"):
-            raise NotImplementedError(
-                f"scatter_reduce with reduce={reduce!r} is not linear: only 'sum' and 'mean' have "
+            raise UnsupportedOperatorError(
+                f"no Taylor rule for the ATen op {ctx.node.target} with reduce={reduce!r} "
+                f"(graph node '{ctx.node.name}'): only 'sum', 'mean', 'amax' and 'amin' have "
                 "Taylor rules"
             )
         if not _has_terms(ctx, k, base, src):
@@ -148,13 +156,35 @@ def _scatter_src_rule(op):
     return rule
 
 
+def _scatter_extremum_identity(base, dim, index, src, reduce, *, include_self=True):
+    """scatter_reduce amax/amin as the mean of the entries that attain the result.
+
+    The winners are found on the values (comparisons carry no Taylor terms); ties
+    share equally, as torch's gradient does. Both scatters are linear in their values.
+    """
+    out = torch.scatter_reduce(base, dim, index, src, reduce, include_self=include_self)
+    won_src = (src == out.gather(dim, index)).to(base.dtype)
+    won_base = base == out
+    if not include_self:  # base takes part only where nothing is scattered
+        hit = torch.zeros_like(base).scatter_add(dim, index, torch.ones_like(src)) > 0
+        won_base = won_base & hit.logical_not()
+    won_base = won_base.to(base.dtype)
+    count = won_base + torch.zeros_like(base).scatter_add(dim, index, won_src)
+    total = base * won_base + torch.zeros_like(base).scatter_add(dim, index, src * won_src)
+    return total / count
+
+
 for _op in (aten.scatter_add.default, aten.scatter.src, aten.scatter_reduce.two):
     _register(
         _op,
         _scatter_src_rule(_op),
         "linear",
         note="linear in (y, src), index constant"
-        + (" (sum, mean)" if "reduce" in str(_op) else ""),
+        + (
+            " (sum, mean; amax, amin follow the selected entries and warn at order >= 2)"
+            if "reduce" in str(_op)
+            else ""
+        ),
     )
 
 
@@ -234,3 +264,53 @@ for _op in (aten.cummax.default, aten.cummin.default):
         smooth=False,
         note="follows the running extremum; exact a.e.; warns at order >= 2",
     )
+
+
+# -- ops supported since issue 29 --------------------------------------------------------
+
+
+def _index_rule(ctx, k, x, indices):
+    """x[idx0, :, idx1, ...] (advanced indexing): linear in x, the indices constant."""
+    masks = [
+        i
+        for i in ctx.node.args[1]
+        if isinstance(i, torch.fx.Node) and i.meta["val"].dtype in (torch.bool, torch.uint8)
+    ]
+    if masks:
+        raise UnsupportedOperatorError(
+            f"no Taylor rule for the ATen op {ctx.node.target} with a boolean mask (graph node "
+            f"'{ctx.node.name}'): its output size depends on the mask's values; index with "
+            "integer positions instead (mask.nonzero() outside the model)"
+        )
+    c = x[k] if isinstance(x, Jet) else None
+    if c is None:
+        return None
+    n = ctx.nlead(k)
+    # the direction dims go last, where indexing leaves them alone: whether torch puts the
+    # indexed dims in place or in front (non-adjacent indices), they stay behind the result
+    idx = [i[0] if isinstance(i, Jet) else i for i in indices]
+    out = aten.index.Tensor(_lead_to_end(c, n, x.ndim), idx)
+    return _lead_to_front(out, n, ctx.out_ndim)
+
+
+_register(
+    aten.index.Tensor,
+    _index_rule,
+    "linear",
+    note="x[:, [0, 2]]; linear in x, integer indices constant",
+)
+
+
+def _logcumsumexp_identity(x, dim):
+    # log sum_{j<=i} exp(x_j) = m + log cumsum(exp(x - m)) for any m constant along dim:
+    # the max shift cancels exactly (quiet), as in softmax
+    m = x.amax(dim, keepdim=True)
+    return torch.log(torch.cumsum(torch.exp(x - m), dim)) + m
+
+
+def_comp(
+    aten.logcumsumexp.default,
+    _logcumsumexp_identity,
+    note="m + log cumsum exp(x - m); the max shift cancels",
+    quiet=True,
+)

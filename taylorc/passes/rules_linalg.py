@@ -168,3 +168,72 @@ _register(
     note="L_k = sum C(k-1,j) tr(Y_j A_(k-j)), Y = A^-1",
 )
 _register(aten._linalg_det.default, _det_rule, "composite", note="det = sign exp(log|det|)")
+
+
+# -- Cholesky (since issue 29) -------------------------------------------------------------
+#
+# Differentiating A = L L^T k times: sum_j C(k, j) L_j L_(k-j)^T = A_k, so
+#     L_k L_0^T + L_0 L_k^T = S := A_k - sum_{j=1..k-1} C(k, j) L_j L_(k-j)^T,
+# and with M = L_0^{-1} L_k (lower triangular), M + M^T = L_0^{-1} S L_0^{-T}: M is the lower
+# triangle of that symmetric matrix with its diagonal halved, L_k = L_0 Phi(L_0^{-1} S L_0^{-T})
+# (Murray, "Differentiation of the Cholesky decomposition", 2016, sec. 3, for k = 1).
+# S is the part ctx.top combines (A_k linear, the products rest); Phi and the triangular
+# solves are linear, so they act on the collapsed S as on any other.
+
+
+def _mT(c):
+    return None if c is None else aten.transpose.int(c, -2, -1)
+
+
+def _phi(m):
+    """Lower triangle of ``m`` with its diagonal halved (the lower M with M + M^T = m)."""
+    half_diag = aten.mul.Tensor(aten.diag_embed.default(aten.diagonal.default(m, 0, -2, -1)), 0.5)
+    return aten.sub.Tensor(aten.tril.default(m), half_diag)
+
+
+def _read_triangle(c, upper: bool):
+    """The symmetric matrix cholesky sees in ``c``: it reads the lower (upper) triangle only."""
+    if upper:
+        return aten.add.Tensor(aten.triu.default(c), _mT(aten.triu.default(c, 1)))
+    return aten.add.Tensor(aten.tril.default(c), _mT(aten.tril.default(c, -1)))
+
+
+def _cholesky_coefficient(ctx, k: int, A: Jet, Ls: list, upper: bool):
+    """Coefficient k of the lower factor L, given the standard ``Ls[:k]`` (appended to)."""
+    ls = Jet(Ls, tuple(ctx.out_shape))
+    a_k = ctx.coef(A, k)
+    linear = [None if a_k is None else _read_triangle(a_k, upper)]
+    rest = [
+        (-math.comb(k, j), None, _mm(ctx.rest_coef(ls, j, k), _mT(ctx.rest_coef(ls, k - j, k))))
+        for j in range(1, k)
+    ]
+    S = ctx.top(k, linear, rest)
+    Lk = None
+    if S is not None:
+        L0 = Ls[0]
+        Y = aten.linalg_solve_triangular.default(L0, S, upper=False)  # L0^-1 S
+        Z = aten.linalg_solve_triangular.default(_mT(L0), Y, upper=True, left=False)  # Y L0^-T
+        Lk = _mm(L0, _phi(Z))
+    if not ctx.is_collapsed(k):
+        Ls.append(Lk)
+    return Lk
+
+
+def _cholesky_rule(ctx, k, A, *, upper=False, check_errors=False):
+    _refuse_complex(ctx)
+    L0 = ctx.value[0]
+    Ls = ctx.cache.setdefault("L", [_mT(L0) if upper else L0])
+    # the collapse pass calls this at order K alone with a fresh context: the lower orders
+    # are emitted again (CSE merges them with the standard graph's)
+    while len(Ls) < k:
+        _cholesky_coefficient(ctx, len(Ls), A, Ls, upper)
+    Lk = _cholesky_coefficient(ctx, k, A, Ls, upper)
+    return (_mT(Lk) if upper else Lk), None
+
+
+_register(
+    aten.linalg_cholesky_ex.default,
+    _cholesky_rule,
+    "composite",
+    note="L_k = L0 Phi(L0^-1 (A_k - sum C(k,j) L_j L_(k-j)^T) L0^-T), Phi: tril, half diagonal",
+)

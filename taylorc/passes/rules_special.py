@@ -8,10 +8,21 @@ error functions, 4.37 for the inverse hyperbolic functions).
 
 from __future__ import annotations
 
+import functools
+
 import sympy
 import torch
 
-from .rules import _X, _Y, DerivativeTable, _register, _table, def_deriv, propagate_composite
+from .rules import (
+    _X,
+    _Y,
+    DerivativeTable,
+    _register,
+    _table,
+    def_comp,
+    def_deriv,
+    propagate_composite,
+)
 from .rules import warn_nonsmooth as _warn
 
 aten = torch.ops.aten
@@ -55,3 +66,31 @@ for _op, _round in (
         smooth=False,
         note="a - round(a/b) b; exact a.e.; warns at order >= 2",
     )
+
+
+# -- ops supported since issue 29 --------------------------------------------------------
+
+# d/dx polygamma(n, x) = polygamma(n + 1, x) (DLMF 5.15.1); the tensor is the second argument
+def_deriv(
+    aten.polygamma.default,
+    functools.cache(lambda n: DerivativeTable(expr=sympy.polygamma(n, _X))),
+    note="g^(m) = polygamma(n + m)",
+    operand=1,
+)
+
+
+def _atan2_identity(a, b):
+    # atan2(a, b) = atan(a / b) + c where |b| >= |a|, and -atan(b / a) + c' elsewhere, the
+    # constants c, c' multiples of pi/2 fixed per quadrant (DLMF 4.23.36 with
+    # atan(u) + atan(1/u) = sign(u) pi/2): constants carry no Taylor terms, so they are left out;
+    # the branch is chosen so that the quotient stays in [-1, 1]
+    return torch.where(b.abs() >= a.abs(), torch.atan(a / b), -torch.atan(b / a))
+
+
+def_comp(
+    aten.atan2.default,
+    _atan2_identity,
+    note="atan(a/b) or -atan(b/a), whichever quotient is bounded (constants dropped)",
+)
+# hypot(a, b) = sqrt(a^2 + b^2): smooth away from a = b = 0
+def_comp(aten.hypot.default, lambda a, b: torch.sqrt(a * a + b * b), note="sqrt(a^2 + b^2)")
