@@ -154,7 +154,86 @@ CASES = {
         ],
         1,
     ),
+    # ops supported since issue 29
+    "index_tensor": lambda x: (
+        torch.sin(x @ W)[:, [0, 2]] * torch.cos(x @ W)[:, [3, 3, 1]].sum(1, keepdim=True)
+    ),
+    "prod": lambda x: (
+        torch.stack([(1.5 + torch.sin(x[i] @ W)).prod() for i in range(x.shape[0])]).unsqueeze(1)
+        + torch.sin(x @ W).prod(1, keepdim=True)
+    ),
+    "var_std": lambda x: torch.cat(
+        [
+            torch.var(torch.sin(x @ W), 1, keepdim=True),
+            torch.std(torch.cos(x @ W), 1, keepdim=True),
+            torch.var(torch.tanh(x @ W), 1, correction=0, keepdim=True),
+            torch.var_mean(torch.sin(x @ W), 1)[0].unsqueeze(1),
+        ],
+        1,
+    ),
+    "atan2": lambda x: torch.atan2(torch.sin(x @ W), torch.cos(x @ W + 0.3)),
+    "hypot": lambda x: torch.hypot(torch.sin(x @ W), 1 + torch.cos(x @ W) ** 2),
+    "diagonal_trace_einsum": lambda x: torch.cat(
+        [
+            torch.diagonal(_matrix(x), dim1=1, dim2=2),
+            torch.vmap(torch.trace)(_matrix(x)).unsqueeze(1),
+            torch.einsum("bii->b", _matrix(x)).unsqueeze(1),
+        ],
+        1,
+    ),
+    "group_norm": lambda x: F.group_norm(
+        torch.cat([torch.sin(x @ W), torch.cos(x @ W)], 1).view(-1, 4, 2), 2, W[0] + 1.5, W[1]
+    ).flatten(1),
+    "avg_pool": lambda x: torch.cat(
+        [
+            F.avg_pool1d(torch.sin(x @ W).view(-1, 1, 4), 2).flatten(1),
+            F.avg_pool2d(torch.sin(x @ W).view(-1, 1, 2, 2), 2, padding=1).flatten(1),
+        ],
+        1,
+    ),
+    "logcumsumexp": lambda x: torch.logcumsumexp(torch.sin(x @ W), 1),
+    "polygamma": lambda x: (
+        torch.polygamma(2, 2 + torch.sin(x @ W)) + torch.special.polygamma(1, 2 + torch.cos(x @ W))
+    ),
+    "cholesky": lambda x: torch.linalg.cholesky(_spd(x)).flatten(1),
+    "cdist": lambda x: torch.cdist(
+        torch.sin(x @ W).view(-1, 2, 2), 2 + torch.cos(x @ W).view(-1, 2, 2)
+    ).flatten(1),
 }
+
+
+def _spd(x):
+    """A per-sample symmetric positive definite 2x2 matrix, non-linear in all coordinates."""
+    m = torch.sin(x @ W).view(-1, 2, 2)
+    return m @ m.mT + torch.eye(2, dtype=x.dtype)
+
+
+def _cholesky_reference(x):
+    """The 2x2 Cholesky factor in closed form: l11 = sqrt(a), l21 = b / l11, l22 = sqrt(d - l21^2)."""
+    a = _spd(x)
+    l11 = torch.sqrt(a[:, 0, 0])
+    l21 = a[:, 1, 0] / l11
+    l22 = torch.sqrt(a[:, 1, 1] - l21**2)
+    return torch.stack([l11, torch.zeros_like(l11), l21, l22], 1)
+
+
+def _var_std_reference(x):
+    def var(h, c=1):
+        return (h - h.mean(1, keepdim=True)).pow(2).sum(1, keepdim=True) / (h.shape[1] - c)
+
+    h = torch.sin(x @ W)
+    return torch.cat(
+        [var(h), torch.sqrt(var(torch.cos(x @ W))), var(torch.tanh(x @ W), 0), var(h)], 1
+    )
+
+
+def _cdist_reference(x):
+    d = torch.sin(x @ W).view(-1, 2, 1, 2) - (2 + torch.cos(x @ W)).view(-1, 1, 2, 2)
+    return torch.sqrt((d * d).sum(-1)).flatten(1)
+
+
+def _logcumsumexp_reference(x):
+    return torch.log(torch.cumsum(torch.exp(torch.sin(x @ W)), 1))
 
 
 def _matrix(x):
@@ -196,8 +275,18 @@ def _det_reference(x):
     return torch.stack([det, torch.log(det.abs()), torch.log(det)], 1)
 
 
-# ... and torch.linalg.det's third derivative is NaN (torch 2.13): the 2x2 formula instead.
-REFERENCES = {"layer_norm": _layer_norm_reference, "linalg_det_slogdet": _det_reference}
+# ... and torch.linalg.det's third derivative is NaN (torch 2.13): the 2x2 formula instead;
+# nested reverse mode through std fails (an in-place masked_fill in its backward), cdist has no
+# forward-mode derivative, logcumsumexp's third derivative is NaN, and cholesky is checked
+# against its closed-form 2x2 factor.
+REFERENCES = {
+    "layer_norm": _layer_norm_reference,
+    "linalg_det_slogdet": _det_reference,
+    "cholesky": _cholesky_reference,
+    "var_std": _var_std_reference,
+    "cdist": _cdist_reference,
+    "logcumsumexp": _logcumsumexp_reference,
+}
 
 # exact almost everywhere; they warn at order >= 2 (tested below)
 NONSMOOTH = {
@@ -215,6 +304,34 @@ NONSMOOTH = {
     ),
     "cummax_cummin": lambda x: (
         torch.cummax(torch.sin(x @ W), 1)[0] + torch.cummin(torch.cos(x @ W), 1)[0]
+    ),
+    # ops supported since issue 29
+    "maximum_minimum": lambda x: (
+        torch.maximum(torch.sin(x @ W), torch.cos(x @ W))
+        + torch.minimum(torch.tanh(x @ W), torch.sin(2 * x @ W))
+    ),
+    "hardtanh": lambda x: F.hardtanh(2 * torch.sin(x @ W), -0.8, 0.9),
+    "clamp_tensor": lambda x: torch.clamp(
+        torch.sin(x @ W), torch.cos(x @ W) - 1, torch.cos(2 * x @ W) + 0.2
+    ),
+    "max_pool": lambda x: torch.cat(
+        [
+            F.max_pool1d(torch.sin(x @ W).view(-1, 1, 4), 2).flatten(1),
+            F.max_pool2d(torch.sin(x @ W).view(-1, 1, 2, 2), 2, padding=1).flatten(1),
+        ],
+        1,
+    ),
+    "scatter_amax_amin": lambda x: (
+        torch.sin(x @ W).scatter_reduce(
+            1, torch.tensor([[1, 1, 2]]).expand(x.shape[0], 3), torch.tanh(x @ W[:, :3]), "amax"
+        )
+        + torch.cos(x @ W).scatter_reduce(
+            1,
+            torch.tensor([[0, 3, 3]]).expand(x.shape[0], 3),
+            torch.sin(x @ W[:, 1:]),
+            "amin",
+            include_self=False,
+        )
     ),
 }
 CASES.update(NONSMOOTH)
