@@ -280,8 +280,6 @@ _add(
         aten.maximum.default,
         aten.minimum.default,
         aten.clamp.Tensor,
-        aten.clamp_min.Tensor,
-        aten.clamp_max.Tensor,
         aten.hardtanh.default,
     ],
     pointwise=True,

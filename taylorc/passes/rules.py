@@ -913,23 +913,6 @@ _register(
     smooth=False,
     note="tensor bounds: where(x < lo, lo, x), then hi; warns at order >= 2",
 )
-_register(
-    aten.clamp_min.Tensor,
-    _nonsmooth_comp(_clamp_tensor_identity, "derivatives follow the active bound or input"),
-    "composite",
-    smooth=False,
-    note="where(x < lo, lo, x); warns at order >= 2",
-)
-_register(
-    aten.clamp_max.Tensor,
-    _nonsmooth_comp(
-        lambda x, hi: _clamp_tensor_identity(x, None, hi),
-        "derivatives follow the active bound or input",
-    ),
-    "composite",
-    smooth=False,
-    note="where(x > hi, hi, x); warns at order >= 2",
-)
 # maximum(a, b) = where(a >= b, a, b): the larger operand's coefficients (a.e.)
 _register(
     aten.maximum.default,
