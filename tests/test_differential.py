@@ -93,6 +93,9 @@ EXTRA = {
         W[1],
         training=False,
     ),
+    "cosine_similarity": lambda x: torch.nn.functional.cosine_similarity(
+        torch.sin(x @ W), torch.cos(x @ W)
+    ).unsqueeze(1),
     "inv_of_inv_det": lambda x: torch.stack(
         [
             torch.linalg.det(torch.linalg.inv(_matrix(x))),
@@ -101,7 +104,13 @@ EXTRA = {
         1,
     ),
 }
-NONSMOOTH_EXTRA = {"fmod_tensor", "remainder_scalar", "constant_ops", "logical_ops"}
+NONSMOOTH_EXTRA = {
+    "fmod_tensor",
+    "remainder_scalar",
+    "constant_ops",
+    "logical_ops",
+    "cosine_similarity",
+}
 
 
 def _matrix(x):
@@ -207,7 +216,8 @@ def _run(name, method, B, K):
         _check(value, ref[term], f"{name} {method} B={B} {term}")
 
 
-@pytest.mark.parametrize("method", ["collapsed", "taylor"])
+# collapsed (the default method) in the default tier, standard Taylor mode in the slow one
+@pytest.mark.parametrize("method", ["collapsed", pytest.param("taylor", marks=pytest.mark.slow)])
 @pytest.mark.parametrize("name", sorted(ALL))
 def test_second_order_against_autograd(name, method):
     _run(name, method, 3, 2)
