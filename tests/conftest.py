@@ -4,7 +4,8 @@ import pytest
 import torch
 from hypothesis import HealthCheck, settings
 
-# "ci" keeps the suite within CI's budget on 2 cores; "nightly" runs many more examples.
+# "ci" keeps the suite within CI's budget on 2 cores; "nightly" runs many more examples. The
+# heaviest property tests set their own counts per tier (helpers.two_tiers).
 settings.register_profile(
     "ci", max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow]
 )

@@ -1,5 +1,6 @@
 """Shared test helpers: models of the kinds PINN practice uses, and comparisons."""
 
+import pytest
 import sympy
 import torch
 from torch import nn
@@ -87,3 +88,16 @@ def column_writes(x, act=torch.tanh):
     s[:, 0] = d
     s[:, 1] = 5 * d
     return s
+
+
+def two_tiers(body, fast: int, deep: int, **strategies):
+    """A property-based test in both tiers: ``fast`` hypothesis examples in the default
+    tier (the README's test command), ``deep`` in the slow tier (``pytest -m slow``).
+
+    Returns ``(default_test, slow_test)``; bind both at module level to ``test_*`` names.
+    """
+    from hypothesis import given, settings
+
+    quick = settings(max_examples=fast)(given(**strategies)(body))
+    thorough = pytest.mark.slow(settings(max_examples=deep)(given(**strategies)(body)))
+    return quick, thorough

@@ -6,8 +6,7 @@ import os
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import compare
-from hypothesis import given, settings
+from helpers import compare, two_tiers
 from hypothesis import strategies as st
 from torch import nn
 
@@ -257,15 +256,7 @@ class Composition(nn.Module):
         return self.out(h)
 
 
-# a few hundred examples in CI; TAYLORC_HYPOTHESIS_PROFILE=nightly runs ten times more
-@settings(max_examples=1200 if os.environ.get("TAYLORC_HYPOTHESIS_PROFILE") == "nightly" else 120)
-@given(
-    D=st.integers(1, 4),
-    width=st.integers(2, 8),
-    recipe=st.lists(st.sampled_from(BLOCKS), min_size=1, max_size=3),
-    order=st.sampled_from(["laplacian", "biharmonic", "gradient", "directional3"]),
-)
-def test_random_compositions_match_nested(D, width, recipe, order):
+def _random_composition_matches_nested(D, width, recipe, order):
     model = Composition(D, width, recipe).double()
     reference = Composition(D, width, recipe, primitive_norm=True).double()  # see test_fno_and_cnn
     reference.load_state_dict(model.state_dict())
@@ -275,3 +266,15 @@ def test_random_compositions_match_nested(D, width, recipe, order):
         compare(model, "u_" + names[0] * 2 + names[-1], x, coords=names, reference_model=reference)
     else:
         compare(model, order, x, reference_model=reference)
+
+
+# 8 examples in the default tier, 120 in the slow one (TAYLORC_HYPOTHESIS_PROFILE=nightly: 1200)
+test_random_compositions_match_nested, test_random_compositions_match_nested_deep = two_tiers(
+    _random_composition_matches_nested,
+    fast=8,
+    deep=1200 if os.environ.get("TAYLORC_HYPOTHESIS_PROFILE") == "nightly" else 120,
+    D=st.integers(1, 4),
+    width=st.integers(2, 8),
+    recipe=st.lists(st.sampled_from(BLOCKS), min_size=1, max_size=3),
+    order=st.sampled_from(["laplacian", "biharmonic", "gradient", "directional3"]),
+)

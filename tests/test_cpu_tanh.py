@@ -46,7 +46,7 @@ def node_targets(op, x):
 
 
 @pytest.mark.skipif(torch.get_default_device().type != "cpu", reason="CPU pass")
-@pytest.mark.parametrize("widths", [[16], [12, 9, 7]])
+@pytest.mark.parametrize("widths", [[16], pytest.param([12, 9, 7], marks=pytest.mark.slow)])
 def test_taylorc_backend_rewrites_float32_tanh_on_the_cpu(widths):
     torch.manual_seed(0)
     model = mlp(3, widths)

@@ -75,6 +75,7 @@ def test_ddp_two_ranks_equal_single_process():
 KFAC_TOL = {"kfac_every": 1e-9}
 
 
+@pytest.mark.slow  # one torchrun launch in the default tier: the DDP equality
 @needs_gloo
 def test_kfac_two_ranks_uneven_shards_equal_single_process():
     found, stdout = run_cases(KFAC_CASES)
@@ -109,6 +110,7 @@ def test_kronecker_sum_from_prepared_factorization(terms):
         KroneckerSum(pairs, prepared=[t.T.contiguous() for t in ref.prepared()][:1])
 
 
+@pytest.mark.slow  # one torchrun launch in the default tier: the DDP equality
 @needs_gloo
 def test_poisson_ddp_example_runs():
     args = "--adam-steps 3 --interior 64 --boundary 32 --test-points 100".split()
@@ -117,6 +119,7 @@ def test_poisson_ddp_example_runs():
     assert len(re.findall(r"^relative L2 error: \S+", out.stdout, re.M)) == 1, out.stdout
 
 
+@pytest.mark.slow  # one torchrun launch in the default tier: the DDP equality
 @needs_gloo
 def test_poisson_ddp_example_kfac_star_runs():
     # KFAC* over the default group, uneven boundary shards (16/15)

@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import networkx as nx
+import pytest
 
 import taylorc
 
@@ -52,6 +53,7 @@ def test_module_graph_has_no_cycle():
     assert list(nx.simple_cycles(g)) == []
 
 
+@pytest.mark.slow  # one interpreter per module
 def test_every_module_imports_on_its_own():
     names = sorted(_modules())
     script = (

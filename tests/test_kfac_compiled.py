@@ -78,7 +78,10 @@ CASES = {  # operator, hidden widths, activation, outputs, approximation
 }
 
 
-@pytest.mark.parametrize("case", list(CASES))
+# one inductor compile in the default tier, the other cases in the slow one
+@pytest.mark.parametrize(
+    "case", [c if i == 0 else pytest.param(c, marks=pytest.mark.slow) for i, c in enumerate(CASES)]
+)
 def test_compiled_linearization_equals_eager(case):
     name, widths, act, out, approx = CASES[case]
     gen = torch.Generator().manual_seed(len(case))
@@ -121,6 +124,7 @@ def test_compiled_linearization_with_a_frozen_layer():
     assert_same_linearization(got, want)
 
 
+@pytest.mark.slow  # inductor compiles
 def test_a_shared_column_that_stops_being_shared_drops_the_compiled_graph():
     """A first layer at zero makes the next layer's value input the same for every point
     (taken as shared at the compile); once it is trained, the graph's count sees it."""
@@ -144,6 +148,7 @@ def test_a_shared_column_that_stops_being_shared_drops_the_compiled_graph():
     assert list(lin.compiled.values()) == [None]
 
 
+@pytest.mark.slow  # inductor compiles
 def test_kfac_steps_compiled_equal_eager():
     results = []
     for backend in ("eager", "inductor"):
@@ -239,6 +244,7 @@ assert {CASES[c][0] for c in CASES} <= set(OPERATORS)
 NU = 1.0  # a coefficient a residual reads as a global (rebound by the test below)
 
 
+@pytest.mark.slow  # inductor compiles
 def test_a_rebound_name_the_residual_reads_sends_it_back_to_eager():
     global NU
     torch.manual_seed(6)
@@ -347,6 +353,7 @@ def test_prune_zeros_on_a_trace_never_aliases_what_it_rewrites(f):
     assert got.data_ptr() != x.data_ptr()
 
 
+@pytest.mark.slow  # inductor compiles
 def test_the_residual_is_part_of_the_key_and_odd_strides_work():
     """Another residual for the same term is traced anew (a constant in it is no name the
     guard sees); points with other strides than the compile's are made contiguous."""
@@ -397,6 +404,7 @@ def test_a_partial_whose_argument_is_rebound_is_watched():
     assert_same_linearization(got, linearize(model, value_op(model), f, x), tol=0)
 
 
+@pytest.mark.slow  # inductor compiles
 def test_a_failing_jvp_compile_falls_back_to_the_eager_products(monkeypatch):
     from taylorc.optim.compiled import CompiledEvaluation
 

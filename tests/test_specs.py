@@ -5,7 +5,7 @@ import math
 import pytest
 import sympy
 import torch
-from helpers import assert_close, compare, mlp
+from helpers import assert_close, compare, mlp, two_tiers
 from hypothesis import given
 from hypothesis import strategies as st
 from torch import nn
@@ -100,8 +100,7 @@ def _random_operator(draw, D, max_order):
     return text, names
 
 
-@given(data=st.data(), D=st.integers(1, 4), max_order=st.integers(1, 4))
-def test_random_linear_operators_match_nested(data, D, max_order):
+def _random_linear_operator_matches_nested(data, D, max_order):
     text, names = _random_operator(data.draw, D, max_order)
     model = mlp(D, [6, 6], data.draw(st.sampled_from(["tanh", "sin", "sigmoid"])), out=2)
     x = torch.randn(3, D, dtype=torch.float64)
@@ -109,6 +108,19 @@ def test_random_linear_operators_match_nested(data, D, max_order):
         out = taylorc.compile(model, text, coords=names, method=method)(x)
         ref = taylorc.compile(model, text, coords=names, method="nested")(x)
         assert_close(out, ref, 1e-8)
+
+
+# 5 examples in the default tier, 40 in the slow one
+test_random_linear_operators_match_nested, test_random_linear_operators_match_nested_deep = (
+    two_tiers(
+        _random_linear_operator_matches_nested,
+        fast=5,
+        deep=40,
+        data=st.data(),
+        D=st.integers(1, 4),
+        max_order=st.integers(1, 4),
+    )
+)
 
 
 def test_order_four_mixed_partials_in_ten_coordinates():

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import compare, mlp
-from hypothesis import given
+from helpers import compare, mlp, two_tiers
 from hypothesis import strategies as st
 from torch import nn
 
@@ -88,8 +87,19 @@ def test_left_stacked_outside_its_range(operator, D):
 TERMS = ["u", "u_x", "u_y", "u_xx", "u_xy", "u_yy", "u_xxy", "u_xyy", "u_xxyy", "u_xxxx"]
 
 
-@given(
-    st.dictionaries(
+def _random_operator_dict_matches_nested(spec, seed):
+    torch.manual_seed(seed)
+    ops = {k: " + ".join(f"{c}*{t}" for t, c in terms) for k, terms in spec.items()}
+    model = mlp(2, [5, 4], activation="sin")
+    compare(model, ops, torch.rand(6, 2, dtype=torch.float64), rel=1e-9, coords="x y")
+
+
+# 4 examples in the default tier, 30 in the slow one
+test_random_operator_dicts_match_nested, test_random_operator_dicts_match_nested_deep = two_tiers(
+    _random_operator_dict_matches_nested,
+    fast=4,
+    deep=30,
+    spec=st.dictionaries(
         st.sampled_from(["a", "b", "c"]),
         st.lists(
             st.tuples(st.sampled_from(TERMS), st.sampled_from([-3, -2, -1, 1, 2, 3])),
@@ -100,10 +110,5 @@ TERMS = ["u", "u_x", "u_y", "u_xx", "u_xy", "u_yy", "u_xxy", "u_xyy", "u_xxyy", 
         min_size=1,
         max_size=3,
     ),
-    st.integers(0, 2**16),
+    seed=st.integers(0, 2**16),
 )
-def test_random_operator_dicts_match_nested(spec, seed):
-    torch.manual_seed(seed)
-    ops = {k: " + ".join(f"{c}*{t}" for t, c in terms) for k, terms in spec.items()}
-    model = mlp(2, [5, 4], activation="sin")
-    compare(model, ops, torch.rand(6, 2, dtype=torch.float64), rel=1e-9, coords="x y")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from hypothesis import given, settings
+from helpers import two_tiers
 from hypothesis import strategies as st
 
 import taylorc
@@ -32,17 +32,7 @@ def relerr(a, b):
     return float((a - b).abs().max() / b.abs().max().clamp_min(1e-300))
 
 
-@settings(max_examples=4, deadline=None)
-@given(
-    width=st.sampled_from([5, 8, 13]),
-    depth=st.integers(1, 3),
-    basis=st.sampled_from([3, 6]),
-    act=st.sampled_from([torch.nn.Tanh, torch.nn.SiLU, torch.nn.Softplus]),
-    M=st.integers(1, 4),
-    N=st.integers(1, 6),
-    seed=st.integers(0, 2**16),
-)
-def test_zcs_and_forward_match_funcloop(width, depth, basis, act, M, N, seed):
+def _zcs_and_forward_match_funcloop(width, depth, basis, act, M, N, seed):
     torch.manual_seed(seed)
     net = DeepONet(4, 2, width=width, depth=depth, basis=basis, activation=act).to(DT)
     f, x = torch.randn(M, 4, dtype=DT), torch.rand(N, 2, dtype=DT)
@@ -58,6 +48,21 @@ def test_zcs_and_forward_match_funcloop(width, depth, basis, act, M, N, seed):
         for k in SPECS:
             assert out[k].shape == (M, N)
             assert relerr(out[k], ref[k]) < 1e-10, (method, k)
+
+
+# 1 example in the default tier, 8 in the slow one
+test_zcs_and_forward_match_funcloop, test_zcs_and_forward_match_funcloop_deep = two_tiers(
+    _zcs_and_forward_match_funcloop,
+    fast=1,
+    deep=8,
+    width=st.sampled_from([5, 8, 13]),
+    depth=st.integers(1, 3),
+    basis=st.sampled_from([3, 6]),
+    act=st.sampled_from([torch.nn.Tanh, torch.nn.SiLU, torch.nn.Softplus]),
+    M=st.integers(1, 4),
+    N=st.integers(1, 6),
+    seed=st.integers(0, 2**16),
+)
 
 
 def test_zcs_on_a_user_model_with_coordinates_first():
