@@ -287,9 +287,11 @@ def _first_call(ctx) -> str:
     parts = " + ".join(f"{k} {lat[k] * 1e3:.0f} ms" for k in stages)
     lines = [f"batch: {ctx.batch}", f"build: {sum(lat[k] for k in stages) * 1e3:.0f} ms = {parts}"]
     if "compile" in lat:
-        at = lat.get("compile call", 1)
+        at, ready = lat.get("compile call", 1), lat.get("compile ready call")
+        where = f"; in the background, serving from call {ready}" if ready not in (None, at) else ""
         lines.append(
-            f"compile: {lat['compile'] * 1e3:.0f} ms at call {at} (Dynamo, inductor, one evaluation)"
+            f"compile: {lat['compile'] * 1e3:.0f} ms at call {at} (Dynamo, inductor, one "
+            f"evaluation{where})"
         )
     return "\n".join(lines)
 

@@ -13,6 +13,7 @@ Guards and graph breaks are Dynamo's, exactly as with ``backend="inductor"``.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 import warnings
 
@@ -127,12 +128,17 @@ class AutoGraph:
     """``backend="auto"``: the graph runs eagerly, then compiled once it has been warmed up.
 
     The first ``config.auto_compile_after`` calls run ``gm`` op by op (the first call
-    stays as fast as the eager backend's); the next call rewrites the CPU's float32
-    ``tanh`` (:func:`taylorc.passes.cpu_tanh.rewrite_tanh`, as ``backend="taylorc"``
-    does) and compiles the graph as a :class:`CompiledGraph` (batch dim dynamic when
-    ``dynamic`` is given), synchronously. A compile that fails is reported once with a
-    warning and the graph stays eager. ``config.auto_compile_after = None`` never
-    compiles; the value is read at every call until the compile.
+    stays as fast as the eager backend's). At the next call the compile starts: the CPU's
+    float32 ``tanh`` rewritten (:func:`taylorc.passes.cpu_tanh.rewrite_tanh`, as
+    ``backend="taylorc"`` does) on a copy of the graph, compiled as a
+    :class:`CompiledGraph` (batch dim dynamic when ``dynamic`` is given) and run once,
+    forward and backward, on detached copies of that call's inputs. With
+    ``config.background_compile`` (the default) this happens in a background thread while
+    the eager graph keeps serving calls, so no call of a training loop waits for
+    inductor; the compiled graph serves the first call after it is ready. Otherwise the
+    call that starts the compile waits for it. A compile that fails is reported once
+    with a warning and the graph stays eager. ``config.auto_compile_after = None`` never
+    compiles; the value is read at every call until the compile starts.
 
     Args:
         gm: the graph; dynamic, latency: as for :class:`CompiledGraph`; config: the
@@ -144,23 +150,73 @@ class AutoGraph:
         self._orig_mod = gm
         self.dynamic, self.latency, self.config = dynamic, latency, config
         self.rewrite_tanh, self.calls, self.compiled, self.failed = rewrite_tanh, 0, None, None
+        self._job: threading.Thread | None = None
+        self._result: dict = {}
 
     def __call__(self, *inputs):
         if self.compiled is not None:
             return self.compiled(*inputs)
         after = self.config.auto_compile_after
         self.calls += 1
-        if self.failed is not None or after is None or self.calls <= after:
+        if self.failed is not None or (
+            self._job is None and (after is None or self.calls <= after)
+        ):
             return self._orig_mod(*inputs)
+        if self._job is None:
+            self._start(inputs)
+            if not self.config.background_compile:
+                self.wait()
+        elif not self._job.is_alive():
+            self.wait()
+        if self.compiled is not None:
+            return self.compiled(*inputs)
+        return self._orig_mod(*inputs)
+
+    def _start(self, inputs) -> None:
+        self.latency["compile call"] = self.calls
+        # copies (of the same type: Dynamo guards on it): the caller's optimiser may update
+        # its tensors while the compile runs
+        example = [_twin(t) if isinstance(t, torch.Tensor) else t for t in inputs]
+        grad, threads = torch.is_grad_enabled(), torch.get_num_threads()
+        gm = _copy(self._orig_mod)  # rewritten and compiled while the eager graph runs on
+        self._job = threading.Thread(
+            target=self._compile,
+            args=(gm, example, grad, threads),
+            name="taylorc-compile",
+            daemon=True,
+        )
+        self._job.start()
+
+    def _compile(self, gm, example, grad: bool, threads: int) -> None:
+        # the caller's thread-local settings: Dynamo guards on them (a recompile otherwise)
+        torch.set_num_threads(threads)
         try:
             if self.rewrite_tanh:
                 from .passes.cpu_tanh import rewrite_tanh
 
-                rewrite_tanh(self._orig_mod)  # still right when run eagerly
-            compiled = CompiledGraph(self._orig_mod, self.dynamic, self.latency)
-            out = compiled(*inputs)
-        except Exception as e:  # noqa: BLE001 - the eager graph ran these inputs before
-            self.failed = e
+                rewrite_tanh(gm)
+            compiled = CompiledGraph(gm, self.dynamic, self.latency)
+            with torch.set_grad_enabled(grad):
+                out = compiled(*example)
+                outs = [o for o in _tensors(out) if o.requires_grad]
+                leaves = [t for t in example if isinstance(t, torch.Tensor) and t.requires_grad]
+                if outs and leaves:  # compile the backward too, before a loop needs it
+                    torch.autograd.grad(sum(o.sum() for o in outs), leaves, allow_unused=True)
+            self._result["compiled"] = compiled
+        except Exception as e:  # noqa: BLE001 - reported by wait(); the eager graph serves on
+            self._result["error"] = e
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait for a started compile and install it; True when the compiled graph serves."""
+        if self._job is not None:
+            self._job.join(timeout)
+            if self._job.is_alive():
+                return False
+        if "compiled" in self._result and self.compiled is None:
+            self.compiled = self._result.pop("compiled")
+            self.latency["compile ready call"] = self.calls
+        elif "error" in self._result:
+            self.failed = e = self._result.pop("error")
             warnings.warn(
                 f"taylorc backend='auto': compiling the graph failed ({type(e).__name__}: "
                 f"{str(e).splitlines()[0] if str(e) else ''}); it keeps running eagerly. "
@@ -168,15 +224,38 @@ class AutoGraph:
                 RuntimeWarning,
                 stacklevel=3,
             )
-            return self._orig_mod(*inputs)
-        self.compiled = compiled
-        self.latency["compile call"] = self.calls
-        return out
+        return self.compiled is not None
 
     def __getattr__(self, name):
         if name.startswith("__") or name == "_orig_mod":
             raise AttributeError(name)
         return getattr(self._orig_mod, name)
+
+
+def _copy(gm: torch.fx.GraphModule) -> torch.fx.GraphModule:
+    """A GraphModule with its own copy of ``gm``'s graph (nodes keep their meta), sharing
+    the buffers: a rewrite of the copy leaves ``gm`` as it is."""
+    graph = torch.fx.Graph()
+    graph._codegen = gm.graph._codegen
+    env: dict = {}
+    graph.output(graph.graph_copy(gm.graph, env))
+    return torch.fx.GraphModule(gm, graph, class_name=type(gm).__name__)
+
+
+def _twin(t: torch.Tensor) -> torch.Tensor:
+    """A detached copy of ``t`` with its type and ``requires_grad``."""
+    c = t.detach().clone()
+    if isinstance(t, torch.nn.Parameter):
+        return torch.nn.Parameter(c, requires_grad=t.requires_grad)
+    return c.requires_grad_(t.requires_grad)
+
+
+def _tensors(out) -> list:
+    if isinstance(out, torch.Tensor):
+        return [out]
+    if isinstance(out, (tuple, list)):
+        return [t for o in out for t in _tensors(o)]
+    return []
 
 
 def _unbacked_failure(e: Exception) -> bool:

@@ -56,6 +56,10 @@ class Config:
             number, or ``never``). ``taylorc.optim.KFAC``/``ENGD`` with ``backend="auto"`` read
             it too: their linearisations compile after this many calls per points shape
             (static shapes, no ``tanh`` rewrite; :mod:`taylorc.optim.compiled`).
+        background_compile: with ``backend="auto"``, compile in a background thread while
+            the eager graph serves the calls (no call waits for inductor); False: the call
+            that starts the compile waits for it. Default: on, unless
+            ``TAYLORC_BACKGROUND_COMPILE=0``.
         tune_allocator: with ``backend="auto"`` on the CPU, call
             :func:`taylorc.cpu.auto_tune` (glibc ``mallopt`` once per process, skipped
             where the user configured the allocator). Default: on, unless
@@ -67,6 +71,7 @@ class Config:
     dynamic_batch: bool = field(default_factory=lambda: _flag("TAYLORC_DYNAMIC_BATCH"))
     dynamic_compile: bool = True
     auto_compile_after: int | None = field(default_factory=lambda: _compile_after())
+    background_compile: bool = field(default_factory=lambda: _flag("TAYLORC_BACKGROUND_COMPILE"))
     tune_allocator: bool = field(default_factory=lambda: _flag("TAYLORC_TUNE_ALLOCATOR"))
 
 

@@ -209,10 +209,13 @@ def test_auto_backend_compiles_once_after_warmup():
     xs = [torch.randn(B, 2) for B in (7, 64, 1000, 30)]
     outs, n = builds(op, [(x,) for x in xs])
     assert n == 1
-    assert counters["stats"]["unique_graphs"] == 1  # compiled at call 3, no recompile per B
     graph = next(iter(op._graphs.values()))[0]
+    assert graph.wait(), graph.failed  # the background compile that call 3 started
+    outs += [op(x) for x in xs]  # the compiled graph serves every B
+    xs = xs + xs
+    assert counters["stats"]["unique_graphs"] == 1  # compiled once, no recompile per B
     assert graph.compiled is not None and graph.failed is None
-    assert tanh_expm1 in [n.target for n in graph._orig_mod.graph.nodes]
+    assert tanh_expm1 in [n.target for n in graph.compiled._orig_mod.graph.nodes]
     for x, out in zip(xs, outs):
         assert_close(out.double(), nested(reference, "laplacian", x.double()), 1e-5)
     assert "at call 3" in op.explain().splitlines()[-1]
@@ -251,3 +254,28 @@ def test_auto_tune_respects_the_users_allocator(monkeypatch):
         assert cpu.auto_tune() is expected
         assert cpu.auto_tune() is expected  # decided once
     assert calls == [1]
+
+
+def test_auto_backend_compiles_in_the_background_or_at_the_call():
+    """The call that starts the compile does not wait for it (background_compile, the
+    default); with background_compile=False it does, and serves compiled at once."""
+    torch.manual_seed(6)
+    x = torch.randn(9, 2, dtype=torch.float64)
+    for background in (True, False):
+        op = taylorc.compile(mlp(2, [6]), "laplacian")
+        op.config.auto_compile_after, op.config.background_compile = 1, background
+        eager = op(x)  # call 1: eager
+        started = op(x)  # call 2: the compile starts
+        graph = next(iter(op._graphs.values()))[0]
+        assert (graph.compiled is None) == background
+        assert graph.wait() and graph.failed is None
+        assert_close(started, eager, 1e-12)
+        assert_close(op(x), eager, 1e-12)
+        params = list(op.model.parameters())
+        got = torch.autograd.grad(op(x).sum(), params, allow_unused=True)  # compiled backward
+        eager = taylorc.compile(op.model, "laplacian", backend="eager")
+        want = torch.autograd.grad(eager(x).sum(), params, allow_unused=True)
+        for a, b in zip(got, want):
+            assert (a is None) == (b is None)
+            if a is not None:
+                assert_close(a, b, 1e-12)
