@@ -14,7 +14,10 @@ settings.register_profile(
 )
 settings.load_profile(os.environ.get("TAYLORC_HYPOTHESIS_PROFILE", "ci"))
 
-torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+# one thread per pytest-xdist worker (the workers share the cores), else at most two
+torch.set_num_threads(
+    1 if os.environ.get("PYTEST_XDIST_WORKER") else max(1, min(2, torch.get_num_threads()))
+)
 
 # every pass manager validates the IR after every pass (taylorc.ir.validate)
 os.environ.setdefault("TAYLORC_CHECK_IR", "1")

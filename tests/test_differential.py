@@ -292,3 +292,119 @@ def test_every_registered_overload_has_a_case():
     assert not untested, f"registered overloads without a differential case: {sorted(untested)}"
     emitted = {str(op) for op in NOT_EMITTED if op in seen}
     assert not emitted, f"listed as never emitted but captured (give them a case): {emitted}"
+
+
+# -- the reproductions of issue 29, to 1e-10 ---------------------------------------------
+
+
+def _sym2(x):
+    """A = 3 I + 0.5 sin(x_i + x_j), i, j < 2: symmetric, diagonally dominant."""
+    s = x[:, :2, None] + x[:, None, :2]
+    return 3 * torch.eye(2, dtype=x.dtype) + 0.5 * torch.sin(s)
+
+
+def _issue_matrix(x):
+    A = 3 * torch.eye(2, dtype=x.dtype) + torch.diag_embed(torch.sin(x[:, :2]))
+    c = (torch.sin(x[:, 0]) * torch.cos(x[:, 1]))[:, None, None]
+    return A + c * torch.ones(2, 2, dtype=x.dtype)
+
+
+_FOLX_W = torch.randn(4, 3, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+
+REPRODUCTIONS = {  # name: (model, oracle model, coordinate shape)
+    "inv": (
+        lambda x: torch.linalg.inv(_issue_matrix(x)).flatten(1),
+        lambda x: _inv2(_issue_matrix(x)).flatten(1),
+        (3,),
+    ),
+    "inverse_det": (
+        lambda x: torch.inverse(_issue_matrix(x)).flatten(1) * torch.linalg.det(_sym2(x))[:, None],
+        lambda x: _inv2(_issue_matrix(x)).flatten(1) * _det2(_sym2(x))[:, None],
+        (3,),
+    ),
+    "solve_vector": (
+        lambda x: torch.linalg.solve(_sym2(x), torch.cos(x[:, :2])),
+        lambda x: (_inv2(_sym2(x)) @ torch.cos(x[:, :2]).unsqueeze(-1)).squeeze(-1),
+        (3,),
+    ),
+    "solve_column_constant_slogdet": (
+        lambda x: torch.cat(
+            [
+                torch.linalg.solve(_sym2(x), torch.cos(x[:, :2]).unsqueeze(-1)).flatten(1),
+                torch.linalg.solve(_sym2(x), torch.eye(2, dtype=x.dtype)).flatten(1),
+                torch.linalg.solve_ex(_issue_matrix(x), torch.sin(x[:, 1:]))[0],
+                torch.linalg.slogdet(_issue_matrix(x))[1][:, None],
+            ],
+            1,
+        ),
+        lambda x: torch.cat(
+            [
+                (_inv2(_sym2(x)) @ torch.cos(x[:, :2]).unsqueeze(-1)).flatten(1),
+                _inv2(_sym2(x)).flatten(1),
+                (_inv2(_issue_matrix(x)) @ torch.sin(x[:, 1:]).unsqueeze(-1)).squeeze(-1),
+                torch.log(_det2(_issue_matrix(x)).abs())[:, None],
+            ],
+            1,
+        ),
+        (3,),
+    ),
+    # folx's test_inv: inv(4 I + tanh(einsum('bid,idj->bij', x, W))), x of shape (B, 4, 3)
+    "folx_inv": (
+        lambda x: torch.linalg.inv(
+            4 * torch.eye(4, dtype=x.dtype) + torch.tanh(torch.einsum("bid,idj->bij", x, _FOLX_W))
+        ).flatten(1),
+        None,
+        (4, 3),
+    ),
+    "detach": (lambda x: torch.sin(x) * torch.cos(x).detach(), None, (3,)),
+    "complex": (
+        lambda x: (
+            torch.fft.irfft(torch.fft.rfft(torch.sin(x @ W), dim=-1) * 2, n=4, dim=-1)
+            + torch.exp(torch.complex(torch.sin(x @ W), torch.cos(x @ W))).imag
+        ),
+        None,
+        (3,),
+    ),
+    "einsum_trace": (
+        lambda x: torch.einsum("bii->b", torch.sin(x @ W).view(-1, 2, 2)).unsqueeze(1),
+        None,
+        (3,),
+    ),
+}
+
+
+# B = 3 in the default tier, B = 1 in the slow one; the biharmonic where D = 3 (the oracle's
+# fourth-order tensor has D^4 entries per output)
+@pytest.mark.parametrize("B", [3, pytest.param(1, marks=pytest.mark.slow)])
+@pytest.mark.parametrize("name", sorted(REPRODUCTIONS))
+def test_reported_reproductions(name, B):
+    model, oracle_model, shape = REPRODUCTIONS[name]
+    D = 1
+    for s in shape:
+        D *= s
+    coords = " ".join(f"c{i}" for i in range(D))
+    mixed = f"u_c0c1 - 2*u_c1c{D - 1} + 0.5*u_c{D - 1}c{D - 1}"
+    x = 0.5 * torch.randn(
+        B, *shape, dtype=torch.float64, generator=torch.Generator().manual_seed(B)
+    )
+    K = 4 if D <= 3 else 2
+    levels = autograd_derivatives(
+        lambda v: (oracle_model or model)(v.reshape(-1, *shape)), x.reshape(B, D), K
+    )
+    T2 = levels[2]
+    ref = {
+        "lap": T2.diagonal(dim1=-2, dim2=-1).sum(-1),
+        "mixed": T2[..., 0, 1] - 2 * T2[..., 1, D - 1] + 0.5 * T2[..., D - 1, D - 1],
+    }
+    if K == 4:
+        ref["bih"] = torch.einsum("bniijj->bn", levels[4])
+    for method in ("collapsed", "taylor"):
+        out = taylorc.compile(
+            model, {"lap": "laplacian", "mixed": mixed}, method=method, coords=coords
+        )(x)
+        if K == 4:
+            out["bih"] = taylorc.compile(model, "biharmonic", method=method)(x)
+        for term, value in out.items():
+            scale = max(ref[term].abs().max().item(), 1e-12)
+            err = (value.reshape(ref[term].shape) - ref[term]).abs().max().item() / scale
+            assert err <= 1e-10, f"{name} {method} B={B} {term}: relative error {err:.2e}"

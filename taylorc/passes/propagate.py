@@ -103,7 +103,16 @@ def emit_coefficient(ctx: RuleContext, node: torch.fx.Node, env: dict, k: int):
     info = rule_for(node)
     args = map_args(node.args, env, lambda j: j)
     kwargs = map_args(node.kwargs, env, lambda j: j)
-    return info.rule(ctx, k, *args, **kwargs)
+    try:
+        return info.rule(ctx, k, *args, **kwargs)
+    except UnsupportedOperatorError:
+        raise
+    except NotImplementedError as e:  # a rule that refuses a case: name the op and the node
+        where = user_source_line(node)
+        raise UnsupportedOperatorError(
+            f"the Taylor rule of {node.target} (graph node '{node.name}') does not cover this "
+            f"use: {e}" + (f", from your code at\n  {where}" if where else "")
+        ) from e
 
 
 def shape_of(node: torch.fx.Node) -> tuple[int, ...]:
