@@ -136,6 +136,28 @@ def laplacian_section(data: dict, source: str) -> list[str]:
     return lines + [""]
 
 
+def training_loop_section(data: dict, source: str) -> list[str]:
+    """The longest step of a training loop on the default path (``bench/first_call.py --loop``)."""
+    meta = data["meta"]
+    lines = [
+        f"## A training loop on the default path (`{source}`)",
+        "",
+        f"`python bench/first_call.py --loop`: {meta['steps']} steps, {meta['model']}, "
+        f"{meta['dtype']}, {meta['threads']} thread; `backend=\"auto\"` compiles after 10 calls. "
+        "The second process shares the first's inductor cache directory.",
+        "",
+        "| compile | process | longest step (s) | at step | median step (ms) | total (s) | compile (s) |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in data["runs"]:
+        mode = "background" if r["background"] else "blocking the call"
+        lines.append(
+            f"| {mode} | {r['process']} | {r['max_s']:.2f} | {r['max_step']} | "
+            f"{r['median_s'] * 1e3:.1f} | {r['total_s']:.0f} | {r['latency'].get('compile', 0):.1f} |"
+        )
+    return lines + [""]
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--results", default=str(ROOT / "bench" / "results"))
@@ -157,6 +179,8 @@ def main(argv=None) -> None:
         lines += peers_section(data, image)
     for f in sorted(results.glob("laplacian-*.json")) + sorted(results.glob("suite-*.json")):
         lines += laplacian_section(json.loads(f.read_text()), f"bench/results/{f.name}")
+    for f in sorted(results.glob("training-loop-*.json")):
+        lines += training_loop_section(json.loads(f.read_text()), f"bench/results/{f.name}")
     notes = ROOT / "bench" / "notes.md"  # hand-kept measurements behind the passes
     if notes.exists():
         lines += ["", notes.read_text().rstrip(), ""]
