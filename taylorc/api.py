@@ -11,6 +11,7 @@ import torch
 
 from . import methods as _methods
 from . import operators as _ops
+from .backend import AutoGraph
 from .capture import Captured, output_structure
 from .config import BUILD_COUNT, CONFIG
 from .debug import format_records, graph_stats
@@ -249,6 +250,25 @@ class CompiledOperator(GraphCache, torch.nn.Module):
                 f"{structure.container.__name__} of {len(structure.shapes)}: stack them"
             )
         return structure
+
+    def wait_for_compile(self, timeout: float | None = None) -> bool:
+        """Wait for the background compiles that ``backend="auto"`` started.
+
+        Benchmarks call it after the warm-up so that they time the compiled graphs, not
+        the eager ones beside a compiling thread. A training loop never needs it.
+
+        Args:
+            timeout: seconds to wait per graph (None: until done).
+
+        Returns:
+            True when every started compile is done (compiled, or failed with its warning).
+        """
+        done = True
+        for graph, _, _ in self._graphs.values():
+            if isinstance(graph, AutoGraph) and graph._job is not None:
+                graph.wait(timeout)
+                done = done and not graph._job.is_alive()
+        return done
 
     # -- inspection ---------------------------------------------------------------
 
