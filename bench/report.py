@@ -143,7 +143,7 @@ def training_loop_section(data: dict, source: str) -> list[str]:
         f"## A training loop on the default path (`{source}`)",
         "",
         f"`python bench/first_call.py --loop`: {meta['steps']} steps, {meta['model']}, "
-        f"{meta['dtype']}, {meta['threads']} thread; `backend=\"auto\"` compiles after 10 calls. "
+        f'{meta["dtype"]}, {meta["threads"]} thread; `backend="auto"` compiles after 10 calls. '
         "The second process shares the first's inductor cache directory.",
         "",
         "| compile | process | longest step (s) | at step | median step (ms) | total (s) | compile (s) |",
