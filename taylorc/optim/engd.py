@@ -6,6 +6,9 @@ average from the identity of the exact Gauss-Newton matrix G of the PINN loss
 (:func:`taylorc.optim.gramian`; at β = 0, plain ENGD), then the same grid line search
 as KFAC (Dangel, Müller, Zeinhofer, NeurIPS 2024, use it as their baseline). Costs
 O(P²) memory and O(P³) time per step: a reference for nets of a few thousand parameters.
+``solve="woodbury"`` solves the same system in sample space instead, O(R² P + R³) for R
+residual rows (Guzmán-Cordero, Dangel, Goldshlager, Zeinhofer, NeurIPS 2025; the kernel
+from the linear sites, :mod:`taylorc.optim.woodbury`).
 """
 
 from __future__ import annotations
@@ -17,6 +20,9 @@ from .factors import from_vector, layer_gradient, to_vector
 from .gramian import dense_gramian, layout, size
 from .linearizer import Linearizer
 from .steps import add_, check_damping_ema, line_search, total_loss
+from .woodbury import sample_space_step
+
+SOLVES = ("dense", "woodbury", "auto")
 
 
 class ENGD(torch.optim.Optimizer):
@@ -31,7 +37,12 @@ class ENGD(torch.optim.Optimizer):
         damping: λ added to the Gramian's diagonal.
         ema: β of the Gramian's moving average, started at the identity (the baselines of
             Dangel, Müller, Zeinhofer 2024 use 0.3: the identity regularises the first
-            steps, where the exact Gramian of a fresh net is nearly singular).
+            steps, where the exact Gramian of a fresh net is nearly singular). Default
+            (None): 0.3 for the dense solve, 0 for the Woodbury one (which has no P x P
+            matrix to average; it must be 0 there).
+        solve: ``"dense"`` (the default: the P x P Gramian), ``"woodbury"`` (the R x R
+            kernel of the R residual rows; ``damping`` > 0 keeps it positive definite) or
+            ``"auto"`` (Woodbury when R < P at a step, dense otherwise).
         process_group: as :class:`taylorc.optim.KFAC`'s: under ``torch.distributed``,
             the loss, gradient, Gramian and line-search losses are all-reduced, so a
             step on R ranks with a shard each equals the step on the union of the shards
@@ -40,8 +51,9 @@ class ENGD(torch.optim.Optimizer):
             linearisations run after the first, as :class:`taylorc.optim.KFAC`'s.
 
     Raises:
-        ValueError: unknown ``lr`` or ``backend``; ``damping`` not finite and >= 0 or
-            ``ema`` outside [0, 1); (at ``step``) no points for a term; (distributed, at
+        ValueError: unknown ``lr``, ``backend`` or ``solve``; ``damping`` not finite and
+            >= 0 or ``ema`` outside [0, 1); ``ema`` > 0 or a process group with
+            ``solve="woodbury"`` (single-process for now); (at ``step``) no points for a term; (distributed, at
             ``step``) a rank without points of a term.
         taylorc.errors.KFACError: a parameter used outside the linear sites; ``model``
             wrapped in ``DistributedDataParallel``; with ``backend="inductor"``, a term
@@ -55,13 +67,24 @@ class ENGD(torch.optim.Optimizer):
         residuals: dict,
         lr="line_search",
         damping=0.0,
-        ema=0.3,
+        ema=None,
         process_group=None,
         backend: str = "eager",
+        solve: str = "dense",
     ):
         if not (lr == "line_search" or isinstance(lr, (int, float)) and not isinstance(lr, bool)):
             raise ValueError(f"lr must be 'line_search' or a number, got {lr!r}")
+        if solve not in SOLVES:
+            raise ValueError(f"solve must be one of {SOLVES}, got {solve!r}")
+        ema = (0.3 if solve == "dense" else 0.0) if ema is None else ema
         check_damping_ema(damping, ema)
+        if solve != "dense" and ema != 0:
+            raise ValueError(
+                f"solve={solve!r} has no Gramian to average: ema must be 0, got {ema!r}"
+            )
+        if solve != "dense" and resolve(process_group, model) is not None:
+            raise ValueError(f"solve={solve!r} runs in one process: no torch.distributed group")
+        self.solve = solve
         from ..api import compile as _compile
 
         group = resolve(process_group, model)
@@ -86,6 +109,9 @@ class ENGD(torch.optim.Optimizer):
         lins = [self._linearizer(t, f, points[t]) for t, f in self.residuals.items()]
         loss = [weigh(t, lin.loss) for t, lin in zip(terms, lins)]
         layers = layout(lins, self.model)
+        if self._woodbury(lins, layers):
+            phi = sample_space_step(lins, group["damping"])
+            return self._update({n: -b for n, b in phi.items()}, layers, points, counts, loss)
         grad = torch.cat(
             [
                 to_vector(
@@ -104,7 +130,6 @@ class ENGD(torch.optim.Optimizer):
         else:
             G = sum(weigh(t, dense_gramian([lin], layers)) for t, lin in zip(terms, lins))
             rd.sum_([*loss, grad, G])
-        losses = {t: v.item() for t, v in zip(terms, loss)}
         G = self._average(G.double(), group["ema"])
         G = G + group["damping"] * torch.eye(len(G), dtype=G.dtype, device=G.device)
         d = torch.linalg.lstsq(G, -grad.double()[:, None], driver="gelsd").solution[:, 0]
@@ -114,6 +139,18 @@ class ENGD(torch.optim.Optimizer):
         for ref in layers:
             blocks[ref.weight] = from_vector(d[i : i + size(ref)].to(grad.dtype), ref)
             i += size(ref)
+        return self._update(blocks, layers, points, counts, loss)
+
+    def _woodbury(self, lins, layers) -> bool:
+        """Whether this step solves in sample space (``solve``; "auto": rows < parameters)."""
+        if self.solve != "auto":
+            return self.solve == "woodbury"
+        return sum(lin.r.numel() for lin in lins) < sum(size(ref) for ref in layers)
+
+    def _update(self, blocks, layers, points, counts, loss) -> dict[str, float]:
+        """θ ← θ + α d (line search) or + lr d; returns the losses before the step."""
+        group, rd = self.param_groups[0], self._reducer
+        losses = {t: v.item() for t, v in zip(self.residuals, loss)}
         by_name = {ref.weight: ref for ref in layers}
         if group["lr"] == "line_search":
             line_search(

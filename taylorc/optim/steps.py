@@ -18,23 +18,25 @@ from .record import Layer
 GRID = tuple(2.0**-k for k in range(30, -1, -1))
 
 
-def check_damping_ema(damping, ema) -> None:
+def check_damping_ema(damping, ema, name: str = "ema") -> None:
     """Refuse a damping λ or moving-average factor β that would give a silently wrong step.
 
     Args:
         damping: λ, added to the curvature (factors or Gramian): a finite real >= 0 (a
             Python or NumPy number, or a one-element tensor).
         ema: β of the moving average Â ← βÂ + (1 − β)A: in [0, 1) (β = 1 never leaves the
-            initial identity; Dangel, Müller, Zeinhofer, NeurIPS 2024, Sec. 3).
+            initial identity; Dangel, Müller, Zeinhofer, NeurIPS 2024, Sec. 3); SPRING's
+            momentum μ has the same range.
+        name: the name of ``ema`` in the message (``"momentum"`` for SPRING).
 
     Raises:
         ValueError: naming the value and the admissible range.
     """
-    damping, ema = _real("damping", damping), _real("ema", ema)
+    damping, ema = _real("damping", damping), _real(name, ema)
     if not (math.isfinite(damping) and damping >= 0):
         raise ValueError(f"damping must be a finite number >= 0, got {damping!r}")
     if not 0 <= ema < 1:
-        raise ValueError(f"ema must be in [0, 1), got {ema!r}")
+        raise ValueError(f"{name} must be in [0, 1), got {ema!r}")
 
 
 def _real(name: str, value) -> float:

@@ -1,0 +1,143 @@
+"""Natural gradient in sample space: the kernel ``K = Ĵ Ĵᵀ`` from the linear sites, the
+Woodbury solve of ENGD and SPRING's momentum.
+
+The PINN loss ``L = Σ_t 1/(2N_t) Σ_n ||r_t,n||²`` has the Gauss-Newton Gramian
+``G = Ĵᵀ Ĵ`` and gradient ``∇L = Ĵᵀ r̂`` with the rows of every term stacked and scaled,
+``Ĵ_t = J_t / √N_t``, ``r̂_t = r_t / √N_t``. The push-through identity
+``(Ĵᵀ Ĵ + λI)⁻¹ Ĵᵀ = Ĵᵀ (Ĵ Ĵᵀ + λI)⁻¹`` moves ENGD's solve from the P x P Gramian to the
+R x R kernel (R = rows), O(R² P + R³) instead of O(P³) (Guzmán-Cordero, Dangel,
+Goldshlager, Zeinhofer, "Improving Energy Natural Gradient Descent through Woodbury,
+Momentum, and Randomization", NeurIPS 2025, Sec. 3). SPRING (Goldshlager, Abrahamsen,
+Lin 2024; Sec. 4 of the same paper) adds momentum in sample space:
+``φ_k = μ φ_(k-1) + Ĵᵀ (K + λI)⁻¹ (r̂ − μ Ĵ φ_(k-1))``, ``θ ← θ − η φ_k``; μ = 0 is the
+Woodbury step of ENGD.
+
+The kernel needs no Jacobian: row n's weight gradient of a linear layer is
+``J_n = Σ_s g_ns Z̃_nsᵀ`` over the Taylor graph's columns s (Dangel, Müller, Zeinhofer,
+NeurIPS 2024, Sec. 3.2), so ``J_n · J_n' = Σ_s,s' (g_ns · g_n's') (Z̃_ns · Z̃_n's')``:
+per layer, either that sum of Gram products (cheap for wide layers) or the per-point
+Jacobian block and its Gram matrix (cheap for narrow ones), whichever costs fewer
+multiplications.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .factors import jvp, layer_gradient
+from .record import Layer, Linearization
+
+
+def _layer_kernel(a: Layer, b: Layer) -> torch.Tensor:
+    """``(N_a M_a, N_b M_b)``: ``J_a J_bᵀ`` of one layer's rows (point-major, then output)."""
+    ga, Za, gb, Zb = a.g, a.Z, b.g, b.Z  # (M, N, S, d_out), (N, S, d_in)
+    (Ma, Na, Sa, d_out), (Mb, Nb, Sb, _), d_in = ga.shape, gb.shape, Za.shape[-1]
+    if Sa * Sb * (d_out + d_in) < d_out * d_in:  # wide layer: Gram products of the columns
+        K = ga.new_zeros(Na, Ma, Nb, Mb)
+        for s in range(Sa):
+            for t in range(Sb):
+                gg = torch.einsum("mno,kpo->nmpk", ga[:, :, s], gb[:, :, t])
+                K += gg * (Za[:, s] @ Zb[:, t].T)[:, None, :, None]
+        return K.reshape(Na * Ma, Nb * Mb)
+    Ja = torch.einsum("mnso,nsi->nmoi", ga, Za).reshape(Na * Ma, d_out * d_in)
+    Jb = Ja if b is a else torch.einsum("mnso,nsi->nmoi", gb, Zb).reshape(Nb * Mb, -1)
+    return Ja @ Jb.T
+
+
+def kernel(lins: list[Linearization]) -> torch.Tensor:
+    """The kernel ``K = Ĵ Ĵᵀ`` of the stacked, scaled residual rows, ``(R, R)``.
+
+    Args:
+        lins: one linearisation per loss term (:func:`taylorc.optim.record.linearize`),
+            term t with residual ``r_t (N_t, M_t)``.
+
+    Returns:
+        ``R = Σ_t N_t M_t`` rows and columns, term by term, each term point-major
+        (row ``n M_t + m``), in the linearisations' dtype; row blocks scaled by
+        ``1/√(N_t N_u)``.
+    """
+    rows = []
+    for la in lins:
+        row = []
+        for lb in lins:
+            K = la.r.new_zeros(la.r.numel(), lb.r.numel())
+            for name, a in la.layers.items():
+                b = lb.layers.get(name)
+                if b is not None:
+                    K += _layer_kernel(a, b)
+            row.append(K / math.sqrt(la.r.shape[0] * lb.r.shape[0]))
+        rows.append(torch.cat(row, 1))
+    return torch.cat(rows, 0)
+
+
+def scaled_residual(lins: list[Linearization]) -> torch.Tensor:
+    """``r̂ = [r_t / √N_t]`` flattened point-major, ``(R,)`` (the order of :func:`kernel`)."""
+    return torch.cat([lin.r.reshape(-1) / math.sqrt(lin.r.shape[0]) for lin in lins])
+
+
+def transpose_product(lins: list[Linearization], v: torch.Tensor) -> dict[str, torch.Tensor]:
+    """``Ĵᵀ v`` as blocks ``[∇W | ∇b]`` per weight name, for ``v`` of shape ``(R,)``.
+
+    ``J_tᵀ v_t = N_t * layer_gradient(layer, v_t)`` (the gradient of ½ mean ``v·r``),
+    scaled by ``1/√N_t``.
+    """
+    out: dict[str, torch.Tensor] = {}
+    i = 0
+    for lin in lins:
+        N, M = lin.r.shape
+        vt = v[i : i + N * M].reshape(N, M).to(lin.r.dtype)
+        i += N * M
+        for name, layer in lin.layers.items():
+            block = layer_gradient(layer, vt) * math.sqrt(N)
+            out[name] = out[name] + block if name in out else block
+    return out
+
+
+def jacobian_product(lins: list[Linearization], blocks: dict[str, torch.Tensor]) -> torch.Tensor:
+    """``Ĵ φ`` for ``φ`` given as blocks per weight name, ``(R,)`` (the order of :func:`kernel`)."""
+    parts = []
+    for lin in lins:
+        (jv,) = jvp(lin, blocks)  # (M, N)
+        parts.append(jv.T.reshape(-1) / math.sqrt(lin.r.shape[0]))
+    return torch.cat(parts)
+
+
+def sample_space_step(
+    lins: list[Linearization],
+    damping: float,
+    momentum: float = 0.0,
+    previous: dict[str, torch.Tensor] | None = None,
+) -> dict[str, torch.Tensor]:
+    """SPRING's ``φ = μ φ_prev + Ĵᵀ (K + λI)⁻¹ (r̂ − μ Ĵ φ_prev)``; μ = 0: ENGD-Woodbury.
+
+    The R x R system is solved in float64 by Cholesky (``K + λI`` is symmetric positive
+    definite for λ > 0; with λ = 0 a least-squares solve takes a singular K).
+
+    Args:
+        lins: one linearisation per loss term.
+        damping: λ >= 0.
+        momentum: μ in [0, 1).
+        previous: ``φ_prev`` per weight name (None: zero).
+
+    Returns:
+        ``φ`` per weight name, blocks ``[W | b]`` in the residuals' dtype; the update is
+        ``θ ← θ − η φ``.
+    """
+    dtype = lins[0].r.dtype
+    K = kernel(lins).double()
+    rhs = scaled_residual(lins).double()
+    if momentum and previous:
+        rhs = rhs - momentum * jacobian_product(lins, previous).double()
+    A = K + damping * torch.eye(len(K), dtype=K.dtype, device=K.device)
+    L, info = torch.linalg.cholesky_ex(A)
+    if damping > 0 and int(info) == 0:
+        v = torch.cholesky_solve(rhs[:, None], L)[:, 0]
+    else:
+        v = torch.linalg.lstsq(A, rhs[:, None], driver="gelsd").solution[:, 0]
+    phi = {name: block.to(dtype) for name, block in transpose_product(lins, v).items()}
+    if momentum and previous:
+        for name, block in previous.items():
+            phi[name] = phi[name] + momentum * block if name in phi else momentum * block
+    return phi
