@@ -179,11 +179,10 @@ class AutoGraph:
         example = [_twin(t) if isinstance(t, torch.Tensor) else t for t in inputs]
         grad, threads = torch.is_grad_enabled(), torch.get_num_threads()
         gm = _copy(self._orig_mod)  # rewritten and compiled while the eager graph runs on
+        # not a daemon: the interpreter waits for it at exit (a compile killed mid-way
+        # aborts the process: "terminate called without an active exception")
         self._job = threading.Thread(
-            target=self._compile,
-            args=(gm, example, grad, threads),
-            name="taylorc-compile",
-            daemon=True,
+            target=self._compile, args=(gm, example, grad, threads), name="taylorc-compile"
         )
         self._job.start()
 

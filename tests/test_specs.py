@@ -110,12 +110,12 @@ def _random_linear_operator_matches_nested(data, D, max_order):
         assert_close(out, ref, 1e-8)
 
 
-# 5 examples in the default tier, 40 in the slow one
+# 5 examples in the default tier, 15 in the slow one
 test_random_linear_operators_match_nested, test_random_linear_operators_match_nested_deep = (
     two_tiers(
         _random_linear_operator_matches_nested,
         fast=5,
-        deep=40,
+        deep=15,
         data=st.data(),
         D=st.integers(1, 4),
         max_order=st.integers(1, 4),

@@ -94,11 +94,11 @@ def _random_operator_dict_matches_nested(spec, seed):
     compare(model, ops, torch.rand(6, 2, dtype=torch.float64), rel=1e-9, coords="x y")
 
 
-# 4 examples in the default tier, 30 in the slow one
+# 4 examples in the default tier, 12 in the slow one
 test_random_operator_dicts_match_nested, test_random_operator_dicts_match_nested_deep = two_tiers(
     _random_operator_dict_matches_nested,
     fast=4,
-    deep=30,
+    deep=12,
     spec=st.dictionaries(
         st.sampled_from(["a", "b", "c"]),
         st.lists(

@@ -50,11 +50,11 @@ def _zcs_and_forward_match_funcloop(width, depth, basis, act, M, N, seed):
             assert relerr(out[k], ref[k]) < 1e-10, (method, k)
 
 
-# 1 example in the default tier, 8 in the slow one
+# 1 example in the default tier, 4 in the slow one
 test_zcs_and_forward_match_funcloop, test_zcs_and_forward_match_funcloop_deep = two_tiers(
     _zcs_and_forward_match_funcloop,
     fast=1,
-    deep=8,
+    deep=4,
     width=st.sampled_from([5, 8, 13]),
     depth=st.integers(1, 3),
     basis=st.sampled_from([3, 6]),
