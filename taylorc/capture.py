@@ -246,6 +246,20 @@ class _StopGradients(torch.overrides.TorchFunctionMode):
         return func(*args, **(kwargs or {}))
 
 
+def decomposed_by_capture(op) -> bool:
+    """Whether :func:`capture` never shows the ATen overload ``op``: core-ATen
+    decompositions or a CompositeImplicitAutograd kernel rewrite it first.
+
+    Args:
+        op: a ``torch._ops.OpOverload`` (anything else: False).
+    """
+    if not isinstance(op, torch._ops.OpOverload):
+        return False
+    if op in core_aten_decompositions():
+        return True
+    return torch._C._dispatch_has_kernel_for_dispatch_key(op.name(), "CompositeImplicitAutograd")
+
+
 def _sanitize(name: str) -> str:
     return re.sub(r"\W", "_", name)
 

@@ -22,10 +22,9 @@ import warnings
 import pytest
 import torch
 from op_cases import CASES, NONSMOOTH, REFERENCES, W
-from torch._decomp import core_aten_decompositions
 
 import taylorc
-from taylorc.capture import capture
+from taylorc.capture import capture, decomposed_by_capture
 from taylorc.passes.rules import CONSTANT_OPS, RULES
 
 aten = torch.ops.aten
@@ -272,17 +271,6 @@ def test_biharmonic_of_the_matrix_functions():
 # -- coverage ----------------------------------------------------------------------------
 
 
-def _decomposed(op) -> bool:
-    """Capture never shows ``op``: core-ATen decompositions or CompositeImplicitAutograd
-    rewrite it first (its rule serves graphs made otherwise, e.g. user passes)."""
-    if op in core_aten_decompositions():
-        return True
-    name = getattr(op, "name", lambda: "")()
-    return bool(name) and torch._C._dispatch_has_kernel_for_dispatch_key(
-        name, "CompositeImplicitAutograd"
-    )
-
-
 # registered overloads capture never emits, and why (checked: no case captures to them)
 NOT_EMITTED = {
     aten.add.Scalar: "python scalars are captured as add.Tensor",
@@ -312,7 +300,7 @@ def test_every_registered_overload_has_a_case():
     untested = {
         str(op)
         for op in registered
-        if op not in seen and not _decomposed(op) and op not in NOT_EMITTED
+        if op not in seen and not decomposed_by_capture(op) and op not in NOT_EMITTED
     }
     assert not untested, f"registered overloads without a differential case: {sorted(untested)}"
     emitted = {str(op) for op in NOT_EMITTED if op in seen}

@@ -10,6 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from taylorc.capture import decomposed_by_capture
 from taylorc.passes.rules import CONSTANT_OPS, RULES
 
 PATH = Path(__file__).resolve().parent.parent / "docs" / "ops.md"
@@ -19,10 +20,15 @@ HEADER = """# Supported ops
 Generated from the rule registry (`taylorc/passes/rules*.py`) by `tools/ops_table.py`;
 CI checks that this file matches the registry. Every op is claimed, and tested against
 nested autograd in float64 (`tests/test_rules.py`, relative error < 1e-9), at Taylor
-orders 1 to 4, in standard and collapsed mode. The rules are written for any order
-(operators allow up to 6), but orders 5-6 are not part of the claim. Ops marked
-"warns" are exact almost everywhere and warn at derivative order >= 2. Add your own
-with `taylorc.register_rule`.
+orders 1 to 4, in standard and collapsed mode, and through capture with three
+directions against plain autograd or closed forms (`tests/test_differential.py`: the
+Laplacian, the gradient and a mixed spec in one collapsed propagation, the biharmonic,
+B = 1 and 3; a registered op without a case fails it). The rules are written for any
+order (operators allow up to 6), but orders 5-6 are not part of the claim. Ops marked
+"warns" are exact almost everywhere and warn at derivative order >= 2. Ops marked
+"decomposed by capture" never reach their rule from `taylorc.compile` (core-ATen
+decompositions or PyTorch's composite kernels rewrite them first); their rules serve
+graphs made otherwise. Add your own with `taylorc.register_rule`.
 
 | op | kind | orders | collapsed | notes |
 | --- | --- | --- | --- | --- |
@@ -32,7 +38,8 @@ with `taylorc.register_rule`.
 def _name(op) -> str:
     if not hasattr(op, "_schema"):
         return f"{op.__module__.replace('_operator', 'operator')}.{op.__name__}"
-    return f"aten.{op._schema.name.split('::')[1]}.{op._overloadname}"
+    namespace, name = op._schema.name.split("::")
+    return f"{namespace}.{name}.{op._overloadname}"
 
 
 def render() -> str:
@@ -41,6 +48,7 @@ def render() -> str:
         if info.kind == "user":
             continue
         note = info.note + ("" if info.smooth else (" (warns)" if "warn" not in info.note else ""))
+        note += " (decomposed by capture)" if decomposed_by_capture(op) else ""
         rows.append(f"| `{_name(op)}` | {info.kind} | 1-4 | yes | {note.strip()} |")
     consts = ", ".join(f"`{_name(op)}`" for op in sorted(CONSTANT_OPS, key=_name))
     return (
