@@ -26,6 +26,12 @@ from .config import CONFIG
 
 log = logging.getLogger(__name__)
 
+# Tracing (make_fx, Dynamo, AOTAutograd) patches torch.nn.Module.__call__ and __getattr__
+# process-wide while it runs: a trace on the main thread and the background compile of
+# AutoGraph must not interleave, or one restores the other's patch for good. Every trace
+# taylorc starts holds this lock (graphs' builds, the background compile, optim's traces).
+TRACING = threading.RLock()
+
 
 def cleanup(gm: torch.fx.GraphModule) -> torch.fx.GraphModule:
     """CSE and DCE on any fx graph (impure and random ops are left alone by ``CSEPass``)."""
@@ -135,8 +141,12 @@ class AutoGraph:
     forward and backward, on detached copies of that call's inputs. With
     ``config.background_compile`` (the default) this happens in a background thread while
     the eager graph keeps serving calls, so no call of a training loop waits for
-    inductor; the compiled graph serves the first call after it is ready. Otherwise the
-    call that starts the compile waits for it. A compile that fails is reported once
+    inductor; the compiled graph serves the first call after it is ready (so which call
+    switches depends on wall time: compiled and eager results differ by rounding, and a
+    seeded run is bitwise reproducible only with ``background_compile=False``). Both grad
+    modes are compiled. A process that ends while the compile runs waits for it at exit.
+    Otherwise the call that starts the compile waits for it. No compile starts from a
+    call under ``torch.inference_mode``. A compile that fails is reported once
     with a warning and the graph stays eager. ``config.auto_compile_after = None`` never
     compiles; the value is read at every call until the compile starts.
 
@@ -159,8 +169,9 @@ class AutoGraph:
         after = self.config.auto_compile_after
         self.calls += 1
         if self.failed is not None or (
-            self._job is None and (after is None or self.calls <= after)
-        ):
+            self._job is None
+            and (after is None or self.calls <= after or torch.is_inference_mode_enabled())
+        ):  # under inference_mode the twins would be inference tensors: start at a later call
             return self._orig_mod(*inputs)
         if self._job is None:
             self._start(inputs)
@@ -190,17 +201,19 @@ class AutoGraph:
         # the caller's thread-local settings: Dynamo guards on them (a recompile otherwise)
         torch.set_num_threads(threads)
         try:
-            if self.rewrite_tanh:
-                from .passes.cpu_tanh import rewrite_tanh
+            with TRACING:
+                if self.rewrite_tanh:
+                    from .passes.cpu_tanh import rewrite_tanh
 
-                rewrite_tanh(gm)
-            compiled = CompiledGraph(gm, self.dynamic, self.latency)
-            with torch.set_grad_enabled(grad):
-                out = compiled(*example)
-                outs = [o for o in _tensors(out) if o.requires_grad]
-                leaves = [t for t in example if isinstance(t, torch.Tensor) and t.requires_grad]
-                if outs and leaves:  # compile the backward too, before a loop needs it
-                    torch.autograd.grad(sum(o.sum() for o in outs), leaves, allow_unused=True)
+                    rewrite_tanh(gm)
+                compiled = CompiledGraph(gm, self.dynamic, self.latency)
+                # both grad modes (Dynamo guards on it: a training loop that also evaluates
+                # under no_grad would recompile on its thread), the call's mode first
+                for mode in (grad, not grad):
+                    with torch.set_grad_enabled(mode):
+                        out = compiled(*example)
+                        if mode:
+                            _backward(out, example)
             self._result["compiled"] = compiled
         except Exception as e:  # noqa: BLE001 - reported by wait(); the eager graph serves on
             self._result["error"] = e
@@ -247,6 +260,20 @@ def _twin(t: torch.Tensor) -> torch.Tensor:
     if isinstance(t, torch.nn.Parameter):
         return torch.nn.Parameter(c, requires_grad=t.requires_grad)
     return c.requires_grad_(t.requires_grad)
+
+
+def _backward(out, example) -> None:
+    """One backward through a compiled graph's outputs, so that its backward is compiled
+    before a training loop needs it; a failure here leaves the forward compile in use."""
+    outs = [o for o in _tensors(out) if o.requires_grad]
+    leaves = [t for t in example if isinstance(t, torch.Tensor) and t.requires_grad]
+    if not outs or not leaves:
+        return
+    try:
+        total = sum((o.real if o.is_complex() else o).sum() for o in outs)
+        torch.autograd.grad(total, leaves, allow_unused=True)
+    except Exception as e:  # noqa: BLE001 - the first real backward compiles it then
+        log.info("taylorc: warming up the compiled backward failed (%s)", e)
 
 
 def _tensors(out) -> list:

@@ -20,7 +20,7 @@ from torch._decomp import core_aten_decompositions
 from torch.fx.experimental.proxy_tensor import make_fx
 
 from . import ir, ops  # noqa: F401 - ops defines taylorc::stop_gradient
-from .errors import InputMutationError, TraceError, user_source_line
+from .errors import InputMutationError, TraceError, UnsupportedOperatorError, user_source_line
 
 _DATA_DEPENDENT = (
     "data-dependent",
@@ -112,6 +112,7 @@ def functionalize_leftovers(gm: torch.fx.GraphModule) -> None:
             or arg.op != "call_function"
             or members[klass[arg]] != {arg, node}
             or node.args[0] is not arg
+            or not _same_dtypes(node)
         ):
             continue
         for user in list(arg.users):
@@ -119,6 +120,14 @@ def functionalize_leftovers(gm: torch.fx.GraphModule) -> None:
                 user.replace_input_with(arg, node)
         node.target = functional
     gm.recompile()
+
+
+def _same_dtypes(node: torch.fx.Node) -> bool:
+    """Every tensor argument has the dtype of the in-place result: the functional op would
+    promote where an in-place one keeps ``self``'s dtype."""
+    dtype = getattr(node.meta.get("val"), "dtype", None)
+    vals = [a.meta.get("val") for a in node.all_input_nodes]
+    return dtype is not None and all(getattr(v, "dtype", dtype) == dtype for v in vals)
 
 
 def refuse_mutations(gm: torch.fx.GraphModule, coord: str = "x") -> None:
@@ -232,18 +241,33 @@ def output_structure(model: Callable, args: tuple) -> OutputStructure | None:
 
 
 class _StopGradients(torch.overrides.TorchFunctionMode):
-    """Records ``detach`` as :func:`taylorc.ops.stop_gradient` while a model is traced.
+    """Records every stop of the gradient as :func:`taylorc.ops.stop_gradient` while a
+    model is traced: ``detach()``, ``.data`` and the results of ops run under
+    ``torch.no_grad()``; refuses ``detach_()``.
 
     Functionalization turns ``detach`` into ``aten.alias``, a view that carries
-    derivatives: the Taylor graph would differentiate through a detached tensor.
+    derivatives, and the trace does not record grad mode: the Taylor graph would
+    differentiate through what the model keeps constant.
     """
 
-    _DETACH = {torch.Tensor.detach, torch.detach}
+    _DETACH = {torch.Tensor.detach, torch.detach, torch.Tensor.data.__get__}
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         if func in self._DETACH:
             return torch.ops.taylorc.stop_gradient(args[0])
-        return func(*args, **(kwargs or {}))
+        if func is torch.Tensor.detach_:
+            raise UnsupportedOperatorError(
+                "the model calls detach_() (in place): taylorc cannot stop the gradient of a "
+                "tensor other ops already hold; write y = y.detach() instead"
+            )
+        out = func(*args, **(kwargs or {}))
+        if not torch.is_grad_enabled() and _differentiable(out):
+            return torch.ops.taylorc.stop_gradient(out)  # computed under torch.no_grad()
+        return out
+
+
+def _differentiable(out) -> bool:
+    return isinstance(out, torch.Tensor) and (out.is_floating_point() or out.is_complex())
 
 
 def decomposed_by_capture(op) -> bool:
@@ -301,7 +325,9 @@ def capture(
     def fn(*inputs):
         p = dict(zip(pnames, inputs[: len(pnames)]))
         b = dict(zip(bnames, inputs[len(pnames) : n_state]))
-        with _StopGradients():
+        # grad mode on while tracing (the caller's no_grad must not make every op a
+        # constant); the model's own no_grad regions are stops (_StopGradients)
+        with torch.enable_grad(), _StopGradients():
             if isinstance(model, torch.nn.Module):
                 out = torch.func.functional_call(model, {**p, **b}, tuple(inputs[n_state:]))
             else:

@@ -15,7 +15,7 @@ import weakref
 import torch
 
 from . import methods as _methods
-from .backend import AutoGraph, CompiledGraph
+from .backend import TRACING, AutoGraph, CompiledGraph
 from .capture import Captured, capture
 from .config import BUILD_COUNT
 from .cpu import auto_tune
@@ -169,14 +169,15 @@ class GraphCache:
         ``ctx.latency`` gets the seconds of ``"capture"`` and ``"passes"``; ``dump=False``
         writes no debug dump (the second build of :meth:`graph_for`'s batch check).
         """
-        t0 = time.perf_counter()
-        cap = self._capture(x, example, args, i)
-        t1 = time.perf_counter()
-        ctx = PassContext(plan, cap.gm, cap.coord, x.dtype, x.device)
-        ctx.probe_inputs = cap.inputs(self.model, *args)  # the exact batch-coupling probe
-        ctx.batch = f"specialised to B={x.shape[0]}"
-        dumper = Dumper(self.debug_dir) if self.debug_dir and dump else None
-        gm = PassManager(pipeline(cap, ctx), dumper).run(cap.gm, ctx)
+        with TRACING:  # the passes trace too (composite rules, ZCS, Stein)
+            t0 = time.perf_counter()
+            cap = self._capture(x, example, args, i)
+            t1 = time.perf_counter()
+            ctx = PassContext(plan, cap.gm, cap.coord, x.dtype, x.device)
+            ctx.probe_inputs = cap.inputs(self.model, *args)  # the exact batch-coupling probe
+            ctx.batch = f"specialised to B={x.shape[0]}"
+            dumper = Dumper(self.debug_dir) if self.debug_dir and dump else None
+            gm = PassManager(pipeline(cap, ctx), dumper).run(cap.gm, ctx)
         ctx.latency = {"capture": t1 - t0, "passes": time.perf_counter() - t1}
         ctx.records[0]["seconds"] = t1 - t0  # the pass manager's "capture" stage
         return gm, cap, ctx

@@ -72,6 +72,7 @@ EXTRA = {
         )
     ),
     "detach": lambda x: torch.sin(x @ W) * torch.cos(x @ W).detach(),
+    "data_and_no_grad": lambda x: torch.sin(x @ W) * torch.cos(x @ W).data + _no_grad_part(x),
     "mean_all": lambda x: _h(x).mean() * 0 + torch.cos(x @ W).mean(1, keepdim=True) * _h(x),
     "fmod_tensor": lambda x: torch.fmod(3 * _h(x), 0.5 + torch.sigmoid(x @ W)),
     "remainder_scalar": lambda x: torch.remainder(3 * _h(x), 0.7),
@@ -114,6 +115,12 @@ NONSMOOTH_EXTRA = {
 
 def _matrix(x):
     return torch.sin(x @ W).view(-1, 2, 2) + 3 * torch.eye(2, dtype=x.dtype)
+
+
+def _no_grad_part(x):
+    with torch.no_grad():  # a constant of every derivative, as autograd treats it
+        c = torch.cos(x @ W)
+    return torch.tanh(x @ W) * c
 
 
 # closed forms of the 2x2 matrix functions: the oracle for the matrix rules
@@ -421,3 +428,51 @@ def test_reported_reproductions(name, B):
             scale = max(ref[term].abs().max().item(), 1e-12)
             err = (value.reshape(ref[term].shape) - ref[term]).abs().max().item() / scale
             assert err <= 1e-10, f"{name} {method} B={B} {term}: relative error {err:.2e}"
+
+
+# -- stops of the gradient and edge cases found in review --------------------------------
+
+
+def test_detach_in_place_is_refused_and_a_callers_no_grad_changes_nothing():
+    def f(x):
+        y = torch.sin(x)
+        y.detach_()
+        return x * y
+
+    x = torch.randn(3, 3, dtype=torch.float64)
+    with pytest.raises(taylorc.errors.UnsupportedOperatorError, match="detach_"):
+        taylorc.compile(f, "laplacian")(x)
+    g = lambda x: torch.sin(x @ W)
+    with torch.no_grad():  # the caller's grad mode is not the model's
+        out = taylorc.compile(g, "laplacian")(x)
+    ref = taylorc.compile(g, "laplacian", method="taylor")(x)
+    torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
+    assert out.abs().max() > 0.1
+
+
+def test_atan2_parameter_gradient_where_a_quotient_is_zero():
+    """The branch atan2 does not take must not divide by zero (NaN through where)."""
+    model = torch.nn.Linear(3, 2).double()
+    with torch.no_grad():
+        model.weight.copy_(torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]))
+        model.bias.zero_()
+    f = lambda x: torch.atan2(*model(x).unbind(1)).unsqueeze(1)
+    x = torch.tensor([[0.5, 0.0, 0.1], [0.0, 0.7, 0.2]], dtype=torch.float64)
+    taylorc.compile(f, "laplacian")(x).sum().backward()
+    assert torch.isfinite(model.weight.grad).all() and torch.isfinite(model.bias.grad).all()
+
+
+def test_scatter_amax_with_a_source_larger_than_its_index():
+    def f(x, narrow=False):
+        src = torch.cos(x @ W)
+        src = src[:, :2] if narrow else src  # torch reads src where index is
+        index = torch.tensor([[0, 2]]).expand(x.shape[0], 2)
+        return torch.sin(x @ W).scatter_reduce(1, index, src, "amax")
+
+    x = 0.5 * torch.randn(3, 3, dtype=torch.float64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        out = taylorc.compile(f, "laplacian")(x)
+    # autograd's own backward fails on the wider source (torch 2.13): the narrowed one
+    levels = autograd_derivatives(lambda x: f(x, narrow=True), x, 2)
+    _check(out, _terms(levels)["lap"], "scatter amax, src wider than index")

@@ -212,8 +212,10 @@ def test_auto_backend_compiles_once_after_warmup():
     graph = next(iter(op._graphs.values()))[0]
     assert graph.wait(), graph.failed  # the background compile that call 3 started
     outs += [op(x) for x in xs]  # the compiled graph serves every B
-    xs = xs + xs
-    assert counters["stats"]["unique_graphs"] == 1  # compiled once, no recompile per B
+    with torch.no_grad():
+        outs += [op(x) for x in xs]  # and evaluation: both grad modes were compiled
+    xs = xs + xs + xs
+    assert counters["stats"]["unique_graphs"] == 2  # once per grad mode, no recompile per B
     assert graph.compiled is not None and graph.failed is None
     assert tanh_expm1 in [n.target for n in graph.compiled._orig_mod.graph.nodes]
     for x, out in zip(xs, outs):
@@ -271,6 +273,8 @@ def test_auto_backend_compiles_in_the_background_or_at_the_call():
         assert graph.wait() and graph.failed is None
         assert_close(started, eager, 1e-12)
         assert_close(op(x), eager, 1e-12)
+        op.taylor_graph(x)  # the sites graph's cache entry is no compiled graph
+        assert op.wait_for_compile()
         params = list(op.model.parameters())
         got = torch.autograd.grad(op(x).sum(), params, allow_unused=True)  # compiled backward
         eager = taylorc.compile(op.model, "laplacian", backend="eager")

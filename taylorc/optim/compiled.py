@@ -27,6 +27,7 @@ from operator import attrgetter
 import torch
 from torch.fx.experimental.proxy_tensor import make_fx
 
+from ..backend import TRACING
 from ..errors import KFACError
 from ..passes.cleanup import prune_zeros
 from .record import Linearization, _group, evaluate
@@ -49,13 +50,14 @@ def _trace_and_compile(fn, inputs: list):
     real ones it reads become constants) and compiled with inductor for ``inputs``."""
     from torch._inductor.compile_fx import compile_fx
 
-    gm = make_fx(fn, tracing_mode="fake", _allow_non_fake_inputs=True)(*inputs)
-    # the sites graph keeps a known-zero input column as a column (the first layer's
-    # top order, Column.zero_input): without this its (N, d_in) @ (d_in, d_out) on
-    # zeros runs at every step
-    prune_zeros(gm, functional=False)
-    gm.recompile()
-    return compile_fx(gm, [t.detach() for t in inputs])
+    with TRACING:  # no trace beside a background compile (taylorc.backend.TRACING)
+        gm = make_fx(fn, tracing_mode="fake", _allow_non_fake_inputs=True)(*inputs)
+        # the sites graph keeps a known-zero input column as a column (the first layer's
+        # top order, Column.zero_input): without this its (N, d_in) @ (d_in, d_out) on
+        # zeros runs at every step
+        prune_zeros(gm, functional=False)
+        gm.recompile()
+        return compile_fx(gm, [t.detach() for t in inputs])
 
 
 def _flatten(r: torch.Tensor, uses: list) -> list[torch.Tensor]:

@@ -42,7 +42,8 @@ class ENGD(torch.optim.Optimizer):
             matrix to average; it must be 0 there).
         solve: ``"dense"`` (the default: the P x P Gramian), ``"woodbury"`` (the R x R
             kernel of the R residual rows; ``damping`` > 0 keeps it positive definite) or
-            ``"auto"`` (Woodbury when R < P at a step, dense otherwise).
+            ``"auto"`` (Woodbury when R < P at a step, dense otherwise; ``ema`` is 0 then,
+            on the dense steps too).
         process_group: as :class:`taylorc.optim.KFAC`'s: under ``torch.distributed``,
             the loss, gradient, Gramian and line-search losses are all-reduced, so a
             step on R ranks with a shard each equals the step on the union of the shards

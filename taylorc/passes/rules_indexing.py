@@ -162,6 +162,7 @@ def _scatter_extremum_identity(base, dim, index, src, reduce, *, include_self=Tr
     The winners are found on the values (comparisons carry no Taylor terms); ties
     share equally, as torch's gradient does. Both scatters are linear in their values.
     """
+    src = src[tuple(slice(0, n) for n in index.shape)]  # torch reads src where index is
     out = torch.scatter_reduce(base, dim, index, src, reduce, include_self=include_self)
     won_src = (src == out.gather(dim, index)).to(base.dtype)
     won_base = base == out

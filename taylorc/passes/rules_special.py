@@ -83,8 +83,13 @@ def _atan2_identity(a, b):
     # atan2(a, b) = atan(a / b) + c where |b| >= |a|, and -atan(b / a) + c' elsewhere, the
     # constants c, c' multiples of pi/2 fixed per quadrant (DLMF 4.23.36 with
     # atan(u) + atan(1/u) = sign(u) pi/2): constants carry no Taylor terms, so they are left out;
-    # the branch is chosen so that the quotient stays in [-1, 1]
-    return torch.where(b.abs() >= a.abs(), torch.atan(a / b), -torch.atan(b / a))
+    # the branch is chosen so that the quotient stays in [-1, 1]; the branch not taken
+    # divides by 1 instead (a zero there would send NaN through where's gradient)
+    sel = b.abs() >= a.abs()
+    one = torch.ones_like(a)
+    return torch.where(
+        sel, torch.atan(a / torch.where(sel, b, one)), -torch.atan(b / torch.where(sel, one, a))
+    )
 
 
 def_comp(
