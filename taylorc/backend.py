@@ -177,7 +177,7 @@ class AutoGraph:
             self._start(inputs)
             if not self.config.background_compile:
                 self.wait()
-        elif not self._job.is_alive():
+        elif self._job is not _INLINE and not self._job.is_alive():
             self.wait()
         if self.compiled is not None:
             return self.compiled(*inputs)
@@ -190,6 +190,10 @@ class AutoGraph:
         example = [_twin(t) if isinstance(t, torch.Tensor) else t for t in inputs]
         grad, threads = torch.is_grad_enabled(), torch.get_num_threads()
         gm = _copy(self._orig_mod)  # rewritten and compiled while the eager graph runs on
+        if not self.config.background_compile:  # on this thread (it may hold TRACING)
+            self._job = _INLINE
+            self._compile(gm, example, grad, threads)
+            return
         # not a daemon: the interpreter waits for it at exit (a compile killed mid-way
         # aborts the process: "terminate called without an active exception")
         self._job = threading.Thread(
@@ -220,7 +224,7 @@ class AutoGraph:
 
     def wait(self, timeout: float | None = None) -> bool:
         """Wait for a started compile and install it; True when the compiled graph serves."""
-        if self._job is not None:
+        if self._job is not None and self._job is not _INLINE:
             self._job.join(timeout)
             if self._job.is_alive():
                 return False
@@ -242,6 +246,17 @@ class AutoGraph:
         if name.startswith("__") or name == "_orig_mod":
             raise AttributeError(name)
         return getattr(self._orig_mod, name)
+
+
+class _Inline:
+    """The job of a compile that ran on the calling thread (``background_compile=False``)."""
+
+    @staticmethod
+    def is_alive() -> bool:
+        return False
+
+
+_INLINE = _Inline()
 
 
 def _copy(gm: torch.fx.GraphModule) -> torch.fx.GraphModule:
