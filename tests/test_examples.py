@@ -42,6 +42,11 @@ def _load(name):
             + ["--interior", "64", "--boundary", "32", "--test-points", "100"],
         ),
         (
+            "poisson",
+            ["--optimizer", "spring", "--steps", "2", "--widths", "8"]
+            + ["--interior", "32", "--boundary", "16", "--test-points", "100"],
+        ),
+        (
             "burgers",
             ["--adam-steps", "3", "--lbfgs-steps", "2", "--interior", "64", "--boundary", "16"],
         ),
