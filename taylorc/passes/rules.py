@@ -906,22 +906,19 @@ def _clamp_tensor_identity(x, lo=None, hi=None):
     return x
 
 
-_register(
-    aten.clamp.Tensor,
-    _nonsmooth_comp(_clamp_tensor_identity, "derivatives follow the active bound or input"),
-    "composite",
-    smooth=False,
-    note="tensor bounds: where(x < lo, lo, x), then hi; warns at order >= 2",
-)
-# clamp_min with a tensor bound: what capture makes of a decomposition's in-place clamp_min_
-# (cosine_similarity's norm floor; capture.functionalize_leftovers)
-_register(
-    aten.clamp_min.Tensor,
-    _nonsmooth_comp(_clamp_tensor_identity, "derivatives follow the active bound or input"),
-    "composite",
-    smooth=False,
-    note="where(x < lo, lo, x); warns at order >= 2",
-)
+# clamp_min with a tensor bound is what capture makes of a decomposition's in-place
+# clamp_min_ (cosine_similarity's norm floor; capture.functionalize_leftovers)
+for _op, _note in (
+    (aten.clamp.Tensor, "tensor bounds: where(x < lo, lo, x), then hi; warns at order >= 2"),
+    (aten.clamp_min.Tensor, "where(x < lo, lo, x); warns at order >= 2"),
+):
+    _register(
+        _op,
+        _nonsmooth_comp(_clamp_tensor_identity, "derivatives follow the active bound or input"),
+        "composite",
+        smooth=False,
+        note=_note,
+    )
 # maximum(a, b) = where(a >= b, a, b): the larger operand's coefficients (a.e.)
 _register(
     aten.maximum.default,
