@@ -121,3 +121,21 @@ def test_spring_trains_and_refuses_bad_settings():
         ENGD(model, terms, solve="woodbury", ema=0.3)
     with pytest.raises(ValueError, match="solve"):
         ENGD(model, terms, solve="cholesky")
+
+
+def test_spring_state_dict_resumes_the_momentum():
+    """A SPRING restored from its state_dict takes the same next step as the original."""
+    import copy
+
+    model, terms, points = problem([5, 4])
+    opt = SPRING(model, terms, lr=0.5, damping=1e-6, momentum=0.8)
+    for _ in range(2):
+        opt.step(points)
+    twin = copy.deepcopy(model)
+    restored = SPRING(twin, terms_of(twin, "laplacian", "collapsed"), lr=0.5, damping=1e-6)
+    restored.load_state_dict(opt.state_dict())
+    assert restored.param_groups[0]["momentum"] == 0.8
+    opt.step(points)
+    restored.step(points)
+    for a, b in zip(model.parameters(), twin.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
