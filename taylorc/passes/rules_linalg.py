@@ -57,21 +57,22 @@ def _is_col(ctx) -> bool:
     return ctx.cache.get("vector", False)
 
 
-def _lower_coefficients(ctx, k: int, A: Jet, b_coef, X: list) -> None:
-    """Extend ``X`` with the standard coefficients up to order ``k - 1``.
+def _lower_coefficients(X: list, k: int, emit) -> None:
+    """Extend ``X`` with the standard coefficients up to order ``k - 1``; ``emit(j)``
+    appends coefficient j.
 
     The taylor pass calls a rule at orders 1..K in turn with one context, so ``X`` is
     filled already; the collapse pass calls it at order K alone with a fresh context.
     The lower orders are emitted again then (the same nodes, merged by CSE): without
-    them the ``C(k, j) A_j X_(k-j)`` terms of the top order would silently drop out.
+    them the products of lower coefficients in the top order would silently drop out.
     """
     while len(X) < k:
-        _solve_coefficient(ctx, len(X), A, b_coef(len(X)), X, A[0])
+        emit(len(X))
 
 
 def _inv_rule(ctx, k, A, check_errors=False):
     X = ctx.cache.setdefault("X", [ctx.value[0]])
-    _lower_coefficients(ctx, k, A, lambda j: None, X)
+    _lower_coefficients(X, k, lambda j: _solve_coefficient(ctx, j, A, None, X, A[0]))
     return _solve_coefficient(ctx, k, A, None, X, A[0]), None
 
 
@@ -87,7 +88,7 @@ def _solve_rule(ctx, k, A, B, *, left=True, check_errors=False):
         b_j = ctx.coef(B, j) if isinstance(B, Jet) else None
         return _column(b_j) if vector else b_j
 
-    _lower_coefficients(ctx, k, A, b_coef, X)
+    _lower_coefficients(X, k, lambda j: _solve_coefficient(ctx, j, A, b_coef(j), X, A[0]))
     Xk = _solve_coefficient(ctx, k, A, b_coef(k), X, A[0])
     if Xk is not None and vector:
         Xk = aten.squeeze.dims(Xk, [-1])
@@ -223,10 +224,7 @@ def _cholesky_rule(ctx, k, A, *, upper=False, check_errors=False):
     _refuse_complex(ctx)
     L0 = ctx.value[0]
     Ls = ctx.cache.setdefault("L", [_mT(L0) if upper else L0])
-    # the collapse pass calls this at order K alone with a fresh context: the lower orders
-    # are emitted again (CSE merges them with the standard graph's)
-    while len(Ls) < k:
-        _cholesky_coefficient(ctx, len(Ls), A, Ls, upper)
+    _lower_coefficients(Ls, k, lambda j: _cholesky_coefficient(ctx, j, A, Ls, upper))
     Lk = _cholesky_coefficient(ctx, k, A, Ls, upper)
     return (_mT(Lk) if upper else Lk), None
 
