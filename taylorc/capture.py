@@ -261,13 +261,13 @@ class _StopGradients(torch.overrides.TorchFunctionMode):
                 "tensor other ops already hold; write y = y.detach() instead"
             )
         out = func(*args, **(kwargs or {}))
-        if not torch.is_grad_enabled() and _differentiable(out):
+        if (
+            not torch.is_grad_enabled()
+            and isinstance(out, torch.Tensor)
+            and ir.carries_derivatives(out)
+        ):
             return torch.ops.taylorc.stop_gradient(out)  # computed under torch.no_grad()
         return out
-
-
-def _differentiable(out) -> bool:
-    return isinstance(out, torch.Tensor) and (out.is_floating_point() or out.is_complex())
 
 
 def decomposed_by_capture(op) -> bool:

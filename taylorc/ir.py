@@ -262,6 +262,12 @@ def cse(gm: torch.fx.GraphModule, keep=frozenset()) -> int:
 _SHARES_STORAGE = {torch.ops.aten.set_.source_Tensor, torch.ops.aten.set_.source_Storage}
 
 
+def carries_derivatives(value) -> bool:
+    """False for a boolean or integer tensor (masks, indices): its derivatives are zero;
+    True for a floating-point or complex tensor and for anything that is no tensor."""
+    return not isinstance(value, torch.Tensor) or value.is_floating_point() or value.is_complex()
+
+
 def aliases(graph: torch.fx.Graph) -> tuple[dict, list]:
     """Which nodes of an ATen graph may share memory, and which are written in place.
 

@@ -13,6 +13,7 @@ import torch
 import torch.fx
 from torch.fx.experimental.proxy_tensor import make_fx
 
+from .. import ir
 from ..errors import UnsupportedOperatorError, user_source_line
 from .jet import Jet, RuleContext
 from .rules import CONSTANT_OPS, RULES
@@ -34,12 +35,6 @@ def depends_on(graph: torch.fx.Graph, root: str) -> set[torch.fx.Node]:
     return out
 
 
-def _carries_derivatives(node: torch.fx.Node) -> bool:
-    """False for a boolean or integer tensor (masks, indices): its derivatives are zero."""
-    v = node.meta.get("val")
-    return not isinstance(v, torch.Tensor) or v.is_floating_point() or v.is_complex()
-
-
 def differentiable_inputs(node: torch.fx.Node) -> list[torch.fx.Node]:
     """The inputs through which derivatives flow (none for constant ops, not a where's
     condition, no boolean or integer tensor: ``mask.to(float)`` is a constant)."""
@@ -47,7 +42,7 @@ def differentiable_inputs(node: torch.fx.Node) -> list[torch.fx.Node]:
         return []
     if node.op == "call_function" and node.target is aten.where.self:
         return [a for a in node.args[1:] if isinstance(a, torch.fx.Node)]
-    return [a for a in node.all_input_nodes if _carries_derivatives(a)]
+    return [a for a in node.all_input_nodes if ir.carries_derivatives(a.meta.get("val"))]
 
 
 def differentiable_ancestors(graph: torch.fx.Graph) -> set[torch.fx.Node]:
