@@ -30,6 +30,12 @@ def size(layer: Layer) -> int:
     return layer.d_out * layer.d_in
 
 
+def layer_jacobian(layer: Layer) -> torch.Tensor:
+    """Per-point Jacobian block ``(N, M, P_l)`` of one layer, ``J_nm = Σ_s g_mns Z̃_nsᵀ``
+    flattened as ``cat(W.flatten(), b)``."""
+    return to_vector(torch.einsum("mnso,nsi->nmoi", layer.g, layer.Z), layer)
+
+
 def jacobian(lin: Linearization, layers: list[Layer]) -> torch.Tensor:
     """Per-point Jacobian ``(N * M, P)`` of one term's residual; columns by ``layers``,
     each ``cat(W.flatten(), b)`` (zero for layers the term does not reach)."""
@@ -40,7 +46,7 @@ def jacobian(lin: Linearization, layers: list[Layer]) -> torch.Tensor:
         if layer is None:
             blocks.append(lin.r.new_zeros(N, M, size(ref)))
             continue
-        blocks.append(to_vector(torch.einsum("mnso,nsi->nmoi", layer.g, layer.Z), layer))
+        blocks.append(layer_jacobian(layer))
     return torch.cat(blocks, -1).reshape(N * M, -1)
 
 

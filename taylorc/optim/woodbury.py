@@ -27,22 +27,24 @@ import math
 import torch
 
 from .factors import jvp, layer_gradient
+from .gramian import layer_jacobian
 from .record import Layer, Linearization
 
 
 def _layer_kernel(a: Layer, b: Layer) -> torch.Tensor:
     """``(N_a M_a, N_b M_b)``: ``J_a J_bᵀ`` of one layer's rows (point-major, then output)."""
-    ga, Za, gb, Zb = a.g, a.Z, b.g, b.Z  # (M, N, S, d_out), (N, S, d_in)
-    (Ma, Na, Sa, d_out), (Mb, Nb, Sb, _), d_in = ga.shape, gb.shape, Za.shape[-1]
+    Sa, Sb, d_out, d_in = a.S, b.S, a.d_out, a.d_in
     if Sa * Sb * (d_out + d_in) < d_out * d_in:  # wide layer: Gram products of the columns
+        ga, Za, gb, Zb = a.g, a.Z, b.g, b.Z  # (M, N, S, d_out), (N, S, d_in [+ 1])
+        (Ma, Na), (Mb, Nb) = ga.shape[:2], gb.shape[:2]
         K = ga.new_zeros(Na, Ma, Nb, Mb)
         for s in range(Sa):
             for t in range(Sb):
                 gg = torch.einsum("mno,kpo->nmpk", ga[:, :, s], gb[:, :, t])
                 K += gg * (Za[:, s] @ Zb[:, t].T)[:, None, :, None]
         return K.reshape(Na * Ma, Nb * Mb)
-    Ja = torch.einsum("mnso,nsi->nmoi", ga, Za).reshape(Na * Ma, d_out * d_in)
-    Jb = Ja if b is a else torch.einsum("mnso,nsi->nmoi", gb, Zb).reshape(Nb * Mb, -1)
+    Ja = layer_jacobian(a).flatten(0, 1)  # (N M, P_l)
+    Jb = Ja if b is a else layer_jacobian(b).flatten(0, 1)
     return Ja @ Jb.T
 
 
