@@ -43,8 +43,8 @@ from pathlib import Path
 import torch
 from kfac import RESULTS, merge, problem
 
-from taylorc.demos.common import SECOND_ORDER_DEFAULTS
-from taylorc.demos.poisson import source
+from taylorc.contrib.demos.common import SECOND_ORDER_DEFAULTS
+from taylorc.contrib.demos.poisson import source
 
 # The stand-ins for the anchor's imports that its KFAC runs never call.
 STUBS = {

@@ -13,7 +13,7 @@ batch, as its own benchmark does), nested autograd (``torch.func`` Hessian trace
 JAX process: the jitted Hessian trace (``vmap(trace(hessian(f)))``) and folx's
 jitted forward Laplacian. The two processes alternate ``--rounds`` times; within a
 process the methods run in round robin, so load changes hit all alike; medians over
-all samples. The torch process calls ``taylorc.cpu.tune_allocator()`` unless
+all samples. The torch process calls ``taylorc.runtime.cpu.tune_allocator()`` unless
 ``--default-allocator`` (it then applies to every torch method alike).
 
 Writes ``bench/results/cpu-peers-<device>.json`` and prints the ratios of the
@@ -147,7 +147,7 @@ def child(args) -> None:
         if not args.default_allocator:
             import taylorc
 
-            taylorc.cpu.tune_allocator()
+            taylorc.runtime.cpu.tune_allocator()
         fns, block = torch_methods(weights), lambda r: r
         grad_off = torch.no_grad()
     else:
@@ -223,7 +223,9 @@ def main(argv=None) -> None:
         "threads": args.threads,
         "dtype": "float32",
         "mode": "evaluation",
-        "allocator": "glibc default" if args.default_allocator else "taylorc.cpu.tune_allocator",
+        "allocator": "glibc default"
+        if args.default_allocator
+        else "taylorc.runtime.cpu.tune_allocator",
         "rounds": args.rounds,
         "repeats_per_round": args.repeats,
         "configs": {k: CONFIGS[k] for k in args.configs},

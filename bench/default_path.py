@@ -3,8 +3,8 @@
 The default path is what a user who writes the quickstart gets: ``taylorc.compile(model,
 "laplacian")`` and a loop, nothing else (``backend="auto"``: eager for the first
 ``config.auto_compile_after`` calls, then compiled; the CPU allocator tuned once by
-:func:`taylorc.cpu.auto_tune`). The best path is the fastest one a user can ask for:
-``backend="taylorc"`` plus ``taylorc.cpu.tune_allocator()``. The explicit eager backend is
+:func:`taylorc.runtime.cpu.auto_tune`). The best path is the fastest one a user can ask for:
+``backend="taylorc"`` plus ``taylorc.runtime.cpu.tune_allocator()``. The explicit eager backend is
 the third. Per config (``bench/laplacian.py``'s PINN-sized MLP D=5 tanh 64x3 B=4096 and
 the paper's D=50 tanh 768-768-512-512 B=128; float32, 2 threads) and mode (``eval``: the
 Laplacian under ``no_grad``; ``train``: Laplacian, mean square, backward), a fresh process
@@ -62,7 +62,7 @@ def child(config: str, mode: str, repeats: int, threads: int) -> dict:
     steps = {"default": step_of(default, default_model)}
     warmup = [timed(steps["default"]) for _ in range(after + 3)]
     default.wait_for_compile()  # the background compile: time the graph it serves
-    taylorc.cpu.tune_allocator()
+    taylorc.runtime.cpu.tune_allocator()
     best_model = copy.deepcopy(model)
     steps["best"] = step_of(taylorc.compile(best_model, "laplacian", backend="taylorc"), best_model)
     best_first = timed(steps["best"])
@@ -82,7 +82,7 @@ def child(config: str, mode: str, repeats: int, threads: int) -> dict:
         "median_s": {k: statistics.median(v) for k, v in times.items()},
         "times_s": times,
         "default_over_best": statistics.median(ratios),
-        "allocator_tuned_by_default": taylorc.cpu.auto_tune(),
+        "allocator_tuned_by_default": taylorc.runtime.cpu.auto_tune(),
         "explain_tail": default.explain().splitlines()[-3:],
     }
 

@@ -74,7 +74,7 @@ def main():
     import taylorc
 
     torch.set_num_threads(args.threads)
-    taylorc.cpu.tune_allocator()
+    taylorc.runtime.cpu.tune_allocator()
     results = {f"{c}/{b}": run(c, b, args.repeats) for c in args.configs for b in args.backends}
     device = f"cpu-{platform.machine()}"
     path = Path(args.out or Path(__file__).parent / "results" / f"dynamic-vs-static-{device}.json")
@@ -83,7 +83,7 @@ def main():
         "torch": torch.__version__,
         "threads": args.threads,
         "repeats": args.repeats,
-        "allocator": "taylorc.cpu.tune_allocator",
+        "allocator": "taylorc.runtime.cpu.tune_allocator",
         "note": "one process; the machine was shared with other helpers' jobs (absolute times noisy)",
     }
     path.write_text(json.dumps({"meta": meta, "runs": results}, indent=1))

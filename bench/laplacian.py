@@ -183,7 +183,7 @@ def child(args) -> None:
     if not args.default_allocator:
         import taylorc
 
-        taylorc.cpu.tune_allocator()  # every method alike (bench/cpu_peers.py measures why)
+        taylorc.runtime.cpu.tune_allocator()  # every method alike (bench/cpu_peers.py measures why)
     dtype = getattr(torch, args.dtype)
     if args.what == "floors":
         print(json.dumps(device_floors(args.device, dtype)))
@@ -274,7 +274,9 @@ def main(argv=None) -> None:
         "device": device_name(args.device),
         "dtype": args.dtype,
         "threads": args.threads,
-        "allocator": "glibc default" if args.default_allocator else "taylorc.cpu.tune_allocator",
+        "allocator": "glibc default"
+        if args.default_allocator
+        else "taylorc.runtime.cpu.tune_allocator",
         "floors": floors,
         "configs": cfgs,
         "runs": {},

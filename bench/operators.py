@@ -23,7 +23,7 @@ import torch
 from timing import round_robin, wall_time
 
 import taylorc
-from taylorc.demos.common import mlp
+from taylorc.contrib.demos.common import mlp
 
 ENTRIES = {"u": "u", "u_t": "u_t", "u_x": "u_x", "u_xx": "u_xx"}
 
@@ -41,7 +41,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     if not args.default_allocator:
-        taylorc.cpu.tune_allocator()  # as recommended on the CPU (bench/cpu_peers.py)
+        taylorc.runtime.cpu.tune_allocator()  # as recommended on the CPU (bench/cpu_peers.py)
     torch.manual_seed(0)
     dtype = getattr(torch, args.dtype)
     model = mlp(2, args.widths).to(dtype)
@@ -55,7 +55,9 @@ def main(argv=None):
         "repeats": args.repeats,
         "calls_per_sample": args.calls,
         "threads": args.threads,
-        "allocator": "glibc default" if args.default_allocator else "taylorc.cpu.tune_allocator",
+        "allocator": "glibc default"
+        if args.default_allocator
+        else "taylorc.runtime.cpu.tune_allocator",
         "runs": {},
     }
     evals, steps = {}, {}

@@ -22,7 +22,7 @@ import time
 import torch
 
 import taylorc
-from taylorc.demos.common import mlp
+from taylorc.contrib.demos.common import mlp
 
 CONFIGS = [("pinn", 5, [64] * 3, 4096, 15), ("paper", 50, [768, 768, 512, 512], 128, 5)]
 

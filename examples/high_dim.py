@@ -28,7 +28,7 @@ import time
 import torch
 
 import taylorc
-from taylorc.demos.common import agg_figure, mlp, relative_l2
+from taylorc.contrib.demos.common import agg_figure, mlp, relative_l2
 
 RUNS = {
     "collapsed": dict(method="collapsed"),

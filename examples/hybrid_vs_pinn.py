@@ -27,8 +27,8 @@ import time
 import torch
 
 import taylorc
-from taylorc.demos.common import agg_figure, boundary_points, mlp, relative_l2, save_figure
-from taylorc.demos.heat_emulator import Config, Corrector
+from taylorc.contrib.demos.common import agg_figure, boundary_points, mlp, relative_l2, save_figure
+from taylorc.contrib.demos.heat_emulator import Config, Corrector
 from taylorc.operators import grid_nodes
 from taylorc.prdp import Refiner, Solver, TimeStepper, estimate_k_eps
 

@@ -19,8 +19,8 @@ import math
 
 import torch
 
-from taylorc.demos.common import agg_figure, save_figure
-from taylorc.demos.heat_emulator import Config, make_data, train
+from taylorc.contrib.demos.common import agg_figure, save_figure
+from taylorc.contrib.demos.heat_emulator import Config, make_data, train
 
 
 def main(argv=None) -> float:

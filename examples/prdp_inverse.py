@@ -24,7 +24,7 @@ import scipy.sparse.linalg as sla
 import torch
 from torch import nn
 
-from taylorc.demos.common import agg_figure, mlp, save_figure
+from taylorc.contrib.demos.common import agg_figure, mlp, save_figure
 from taylorc.operators import grid_nodes
 from taylorc.prdp import Refiner, Solver, assemble, estimate_k_eps
 

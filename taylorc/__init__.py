@@ -5,10 +5,17 @@ rewrites the graph into forward Taylor propagation (collapsed), and returns a
 module computing the operator per sample. See docs/architecture.md.
 """
 
-from . import config, cpu, errors, methods, operators, optim, prdp
+import importlib
+import importlib.abc
+import importlib.util
+import sys
+import warnings
+
+from . import errors, methods, operators, optim, prdp
 from .api import CompiledOperator, compile
-from .losses import unbiased_squared_residual
-from .passes.rules import register_rule
+from .methods.losses import unbiased_squared_residual
+from .rules.table import register_rule
+from .runtime import config, cpu
 
 __all__ = [
     "CompiledOperator",
@@ -24,3 +31,38 @@ __all__ = [
     "unbiased_squared_residual",
 ]
 __version__ = "0.1.0"
+
+# modules that moved when the package was redrawn (issue 31): the old import paths
+# still work, with a DeprecationWarning naming the new one
+MOVED = {
+    "taylorc.config": "taylorc.runtime.config",
+    "taylorc.cpu": "taylorc.runtime.cpu",
+    "taylorc.backend": "taylorc.runtime.backend",
+    "taylorc.models": "taylorc.contrib.models",
+    "taylorc.losses": "taylorc.methods.losses",
+    "taylorc.demos": "taylorc.contrib.demos",
+    "taylorc.demos.poisson": "taylorc.contrib.demos.poisson",
+    "taylorc.demos.common": "taylorc.contrib.demos.common",
+}
+
+
+class _MovedModules(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    """Resolves the old paths in :data:`MOVED` to the modules' new homes."""
+
+    def find_spec(self, name, path=None, target=None):
+        return importlib.util.spec_from_loader(name, self) if name in MOVED else None
+
+    def create_module(self, spec):
+        warnings.warn(
+            f"{spec.name} moved to {MOVED[spec.name]}; import it from there",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return importlib.import_module(MOVED[spec.name])
+
+    def exec_module(self, module):
+        module.__spec__ = importlib.util.find_spec(module.__name__)  # the import set the old one
+
+
+if not any(isinstance(f, _MovedModules) for f in sys.meta_path):
+    sys.meta_path.insert(0, _MovedModules())

@@ -11,12 +11,12 @@ import torch
 
 from . import methods as _methods
 from . import operators as _ops
-from .backend import AutoGraph
 from .capture import Captured, output_structure
-from .config import BUILD_COUNT, CONFIG
 from .debug import format_records, graph_stats
-from .graphs import GraphCache
 from .methods import AUTO_ZCS_MIN_FUNCTIONS, auto_method
+from .runtime.backend import AutoGraph
+from .runtime.cache import GraphCache
+from .runtime.config import BUILD_COUNT, CONFIG
 
 METHODS = _methods.NAMES
 
@@ -107,7 +107,7 @@ class CompiledOperator(GraphCache, torch.nn.Module):
         self._last = None
         self._structure = None  # a tuple/list of outputs: capture.OutputStructure
 
-    # test and diagnostic switches, on the operator's own copy of taylorc.config.CONFIG
+    # test and diagnostic switches, on the operator's own copy of taylorc.runtime.config.CONFIG
     lower_everywhere = property(
         lambda self: self.config.lower_everywhere,
         lambda self, v: setattr(self.config, "lower_everywhere", v),
@@ -199,12 +199,12 @@ class CompiledOperator(GraphCache, torch.nn.Module):
         broadcasts hoisted out of matmuls, a CSE that never merges an output column,
         DCE; no zero pruning, no fusing: every column's input and output stays its
         own per-sample node), cached per input shape. Returns a
-        :class:`taylorc.taylor_graph.TaylorGraph`: ``.gm``, ``.sites``, and
+        :class:`taylorc.methods.sites.TaylorGraph`: ``.gm``, ``.sites``, and
         ``.run(*args)`` with zero taps on the sites' outputs. Methods ``"collapsed"``
         and ``"taylor"`` only (ValueError otherwise). Sites: Dangel, Müller,
         Zeinhofer, "KFAC for PINNs" (NeurIPS 2024).
         """
-        from .taylor_graph import build_taylor_graph
+        from .methods.sites import build_taylor_graph
 
         return build_taylor_graph(self, args)
 
@@ -217,7 +217,7 @@ class CompiledOperator(GraphCache, torch.nn.Module):
 
     def forward(self, *args: torch.Tensor):
         """Evaluate the operator(s) at the coordinates (``args[wrt]`` for models of several arguments)."""
-        from .taylor_graph import RECORDING
+        from .methods.sites import RECORDING
 
         recorder = RECORDING.get()
         if recorder is not None:  # inside taylorc.optim: the Taylor graph with taps on its sites
@@ -360,11 +360,11 @@ def compile(model: torch.nn.Module | Callable, operator="laplacian", **options) 
         backend: ``"auto"`` (default: the graph runs op by op for its first
             ``config.auto_compile_after`` = 10 calls, then is compiled as with
             ``"taylorc"``, its batch dim dynamic; on the CPU the allocator is tuned once,
-            :func:`taylorc.cpu.auto_tune`), ``"eager"`` (op by op, always), ``"inductor"``
+            :func:`taylorc.runtime.cpu.auto_tune`), ``"eager"`` (op by op, always), ``"inductor"``
             (``torch.compile`` the rewritten graph at the first call), or ``"taylorc"``
             (inductor after taylorc's CPU ``tanh`` rewrite; on CUDA the activation
             steps lowered to fused kernels). Every choice is overridable per operator
-            through ``op.config`` (:class:`taylorc.config.Config`).
+            through ``op.config`` (:class:`taylorc.runtime.config.Config`).
         coords: names of the input columns, ``"x y t"`` or a list; needed by
             expressions such as ``"u_t - 0.01*u_xx"`` (see docs/operators.md).
         params: names usable in expression coefficients, e.g. ``{"nu": 0.01}``.

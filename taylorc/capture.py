@@ -19,8 +19,9 @@ import torch.fx
 from torch._decomp import core_aten_decompositions
 from torch.fx.experimental.proxy_tensor import make_fx
 
-from . import ir, ops  # noqa: F401 - ops defines taylorc::stop_gradient
+from . import ir
 from .errors import InputMutationError, TraceError, UnsupportedOperatorError, user_source_line
+from .ir import facts as ops  # noqa: F401 - ops defines taylorc::stop_gradient
 
 _DATA_DEPENDENT = (
     "data-dependent",
@@ -147,7 +148,7 @@ def refuse_mutations(gm: torch.fx.GraphModule, coord: str = "x") -> None:
     if mutating:
         # batch norm in training mode updates its running statistics: the coupling of the
         # batch rows is the cause to report
-        from .passes.batch import check_batch_independence
+        from .ir.batch import check_batch_independence
 
         check_batch_independence(gm, coord)
     targets = _mutated_inputs(gm)
@@ -241,7 +242,7 @@ def output_structure(model: Callable, args: tuple) -> OutputStructure | None:
 
 
 class _StopGradients(torch.overrides.TorchFunctionMode):
-    """Records every stop of the gradient as :func:`taylorc.ops.stop_gradient` while a
+    """Records every stop of the gradient as :func:`taylorc.ir.facts.stop_gradient` while a
     model is traced: ``detach()``, ``.data`` and the results of ops run under
     ``torch.no_grad()``; refuses ``detach_()``.
 

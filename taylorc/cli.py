@@ -2,7 +2,7 @@
 
 ``taylorc dump MODULE:FACTORY --operator laplacian --input-shape 8,5 --out DIR``
 compiles a user's model and writes the debug dump (see :mod:`taylorc.debug`);
-``taylorc demo poisson`` runs the 5-d Poisson PINN (:mod:`taylorc.demos.poisson`).
+``taylorc demo poisson`` runs the 5-d Poisson PINN (:mod:`taylorc.contrib.demos.poisson`).
 """
 
 from __future__ import annotations
@@ -67,7 +67,7 @@ def _demo(args, rest) -> int:
     if args.name != "poisson":
         print(f"unknown demo {args.name!r}; available: poisson", file=sys.stderr)
         return 2
-    from .demos import poisson
+    from .contrib.demos import poisson
 
     poisson.main(rest)
     return 0

@@ -24,7 +24,7 @@ import torch
 import torch.fx
 
 from .ir import Tag, ensure_shapes, tag_of
-from .ops import having
+from .ir.facts import having
 
 aten = torch.ops.aten
 

@@ -35,10 +35,12 @@ if os.environ.get("TAYLORC_TEST_DEVICE", "cpu") != "cpu":
 # tested); environment variables, so subprocesses (torchrun, probes) inherit them
 os.environ.setdefault("TAYLORC_AUTO_COMPILE_AFTER", "never")
 os.environ.setdefault("TAYLORC_TUNE_ALLOCATOR", "0")
-import taylorc.config  # noqa: E402  (after TRITON_INTERPRET: taylorc imports triton)
+import taylorc.runtime.config  # noqa: E402  (after TRITON_INTERPRET: taylorc imports triton)
 
-taylorc.config.CONFIG.auto_compile_after = taylorc.config._compile_after()
-taylorc.config.CONFIG.tune_allocator = taylorc.config._flag("TAYLORC_TUNE_ALLOCATOR")
+taylorc.runtime.config.CONFIG.auto_compile_after = taylorc.runtime.config._compile_after()
+taylorc.runtime.config.CONFIG.tune_allocator = taylorc.runtime.config._flag(
+    "TAYLORC_TUNE_ALLOCATOR"
+)
 
 
 @pytest.fixture(autouse=True)

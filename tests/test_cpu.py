@@ -1,4 +1,4 @@
-"""taylorc.cpu.tune_allocator: applied on glibc, typed errors, and no page faults per call after it."""
+"""taylorc.runtime.cpu.tune_allocator: applied on glibc, typed errors, and no page faults per call after it."""
 
 import subprocess
 import sys
@@ -10,10 +10,10 @@ import taylorc
 PROBE = """
 import resource, sys, torch
 import taylorc
-from taylorc.demos.common import mlp
+from taylorc.contrib.demos.common import mlp
 torch.set_num_threads(1)
 if sys.argv[1] == "tuned":
-    assert taylorc.cpu.tune_allocator()
+    assert taylorc.runtime.cpu.tune_allocator()
 op = taylorc.compile(mlp(5, [64] * 3), "laplacian")
 x = torch.rand(4096, 5)
 with torch.no_grad():
@@ -47,6 +47,6 @@ def test_tuned_allocator_stops_per_call_page_faults():
 
 def test_thresholds_are_checked():
     with pytest.raises(ValueError, match="mmap_threshold"):
-        taylorc.cpu.tune_allocator(mmap_threshold=1 << 30)
+        taylorc.runtime.cpu.tune_allocator(mmap_threshold=1 << 30)
     with pytest.raises(ValueError, match="trim_threshold"):
-        taylorc.cpu.tune_allocator(trim_threshold=-1)
+        taylorc.runtime.cpu.tune_allocator(trim_threshold=-1)

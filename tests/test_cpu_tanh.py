@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import taylorc
-from taylorc.demos.common import mlp
+from taylorc.contrib.demos.common import mlp
 from taylorc.passes.cpu_tanh import tanh_by_expm1, tanh_expm1
 
 aten = torch.ops.aten

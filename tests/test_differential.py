@@ -25,7 +25,7 @@ from op_cases import CASES, NONSMOOTH, REFERENCES, W
 
 import taylorc
 from taylorc.capture import capture, decomposed_by_capture
-from taylorc.passes.rules import CONSTANT_OPS, RULES
+from taylorc.rules.table import CONSTANT_OPS, RULES
 
 aten = torch.ops.aten
 COORDS = "x y z"

@@ -11,9 +11,9 @@ from torch import nn
 
 import taylorc
 from taylorc import api
+from taylorc.contrib.models import DeepONet
 from taylorc.errors import BatchCouplingError
-from taylorc.models import DeepONet
-from taylorc.passes.batch_size import generalize
+from taylorc.runtime.batch_size import generalize
 
 SIZES = (7, 64, 1000)
 
@@ -238,7 +238,7 @@ def test_auto_backend_overrides():
 
 
 def test_auto_tune_respects_the_users_allocator(monkeypatch):
-    from taylorc import cpu
+    from taylorc.runtime import cpu
 
     calls = []
     monkeypatch.setattr(cpu, "tune_allocator", lambda: calls.append(1) or True)

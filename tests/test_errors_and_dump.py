@@ -61,7 +61,7 @@ class Cubic(nn.Module):
 
 
 def test_register_rule_is_used_for_a_user_op():
-    from taylorc.passes.jet import compose
+    from taylorc.rules.jet import compose
 
     op_overload = torch.ops.taylorc_test.cube.default
     calls = []

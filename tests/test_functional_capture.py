@@ -282,7 +282,7 @@ def test_probe_runs_through_writes():
     """Functionalization's copy has no forward-AD formula: the probe must still decide
     (a refusal of the analysis, at B == width after reshapes, stood otherwise)."""
     from taylorc.capture import capture
-    from taylorc.passes.probe import probe_rows
+    from taylorc.ir.probe import probe_rows
 
     x = torch.randn(6, 6, dtype=torch.float64)
     cap = capture(_slice_write, x)

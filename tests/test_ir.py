@@ -10,7 +10,7 @@ from test_architectures import ARCHITECTURES
 
 import taylorc
 from taylorc import ir
-from taylorc.models import DeepONet
+from taylorc.contrib.models import DeepONet
 from taylorc.passes import checking
 
 X = torch.randn(5, 3, dtype=torch.float64)

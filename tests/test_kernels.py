@@ -202,10 +202,7 @@ def test_fused_linear_matches_reference(act, dtype):
 
 
 def test_fused_linear_op_backward_and_opcheck():
-    from taylorc.kernels.jet_linear import (
-        jet_linear_activation,
-        jet_linear_activation_reference,
-    )
+    from taylorc.kernels.jet_linear import jet_linear_activation, jet_linear_activation_reference
 
     g = torch.Generator(torch.get_default_device()).manual_seed(2)
     x0 = torch.randn(5, 4, generator=g, dtype=DT)
@@ -256,13 +253,13 @@ def test_structural_lowering_of_a_foreign_graph():
 
 
 def test_backend_lowers_foreign_steps_and_trains(monkeypatch, caplog):
-    import taylorc.backend
+    import taylorc.runtime.backend
 
-    monkeypatch.setattr(taylorc.config.CONFIG, "lower_everywhere", True)
+    monkeypatch.setattr(taylorc.runtime.config.CONFIG, "lower_everywhere", True)
     torch._dynamo.reset()
     args = step_inputs()
     args[3].requires_grad_(True)
-    with caplog.at_level("INFO", logger="taylorc.backend"):
+    with caplog.at_level("INFO", logger="taylorc.runtime.backend"):
         out = torch.compile(hand_written_step, backend="taylorc")(*args)
     assert "1 Taylor step(s) lowered" in caplog.text
     ref = hand_written_step(*args)

@@ -188,7 +188,7 @@ def test_column_shortcuts_equal_the_formula(seed):
 def _factor_some(t, cols, gen, lead):
     """``t (*lead, S, d)`` with the columns ``cols`` replaced by products ``P ⊙ Q[j]``, and
     its :class:`Columns` holding them factored."""
-    from taylorc.taylor_graph import Columns
+    from taylorc.methods.sites import Columns
 
     d, S = t.shape[-1], t.shape[-2]
     P = torch.randn(*t.shape[:lead], d, generator=gen, dtype=t.dtype)

@@ -370,7 +370,7 @@ def test_the_residual_is_part_of_the_key_and_odd_strides_work():
 
 
 def test_auto_compiles_after_the_configured_calls(monkeypatch):
-    monkeypatch.setattr(taylorc.config.CONFIG, "auto_compile_after", 3)
+    monkeypatch.setattr(taylorc.runtime.config.CONFIG, "auto_compile_after", 3)
     torch.manual_seed(9)
     model = mlp(2, [5])
     f, x = residual(model, "laplacian"), torch.rand(15, 2, dtype=DT)

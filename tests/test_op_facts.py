@@ -6,9 +6,11 @@ import torch.nn.functional as F
 from helpers import assert_close
 
 import taylorc
-from taylorc import ops
+from taylorc.ir import batch
+from taylorc.ir import facts as ops
 from taylorc.kernels.jet_activation import ACTIVATIONS, derivatives
-from taylorc.passes import batch, cleanup, lower, rules
+from taylorc.passes import cleanup, lower
+from taylorc.rules import table as rules
 
 FUNCTIONS = {
     "tanh": torch.tanh,

@@ -10,8 +10,8 @@ from helpers import Directional, assert_close, nested_directional
 from op_cases import CASES, NONSMOOTH, REFERENCES, W
 
 import taylorc
-from taylorc.passes.jet import faa_di_bruno
-from taylorc.passes.rules import RULES
+from taylorc.rules.jet import faa_di_bruno
+from taylorc.rules.table import RULES
 
 aten = torch.ops.aten
 

@@ -11,13 +11,13 @@ import sys
 from pathlib import Path
 
 from taylorc.capture import decomposed_by_capture
-from taylorc.passes.rules import CONSTANT_OPS, RULES
+from taylorc.rules.table import CONSTANT_OPS, RULES
 
 PATH = Path(__file__).resolve().parent.parent / "docs" / "ops.md"
 
 HEADER = """# Supported ops
 
-Generated from the rule registry (`taylorc/passes/rules*.py`) by `tools/ops_table.py`;
+Generated from the rule registry (`taylorc/rules/`) by `tools/ops_table.py`;
 CI checks that this file matches the registry. Every op is claimed, and tested against
 nested autograd in float64 (`tests/test_rules.py`, relative error < 1e-9), at Taylor
 orders 1 to 4, in standard and collapsed mode, and through capture with three

@@ -20,8 +20,8 @@ from __future__ import annotations
 import inspect
 
 from .base import Method
-from .random import Stein, Stochastic
 from .reverse import AUTO_ZCS_MIN_FUNCTIONS, ZCS, Auto, Nested, auto_method
+from .stochastic import Stein, Stochastic
 from .taylor import Collapsed, Taylor
 
 # the keywords of compile() that belong to methods, at their defaults

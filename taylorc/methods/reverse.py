@@ -9,8 +9,8 @@ from __future__ import annotations
 from .. import operators as _ops
 from ..capture import flattened
 from ..passes.zcs import ZCSPass, shift_inputs
-from ..reference import func_loop, nested
 from .base import Method, width
+from .nested import func_loop, nested
 from .taylor import Collapsed, finish
 
 

@@ -27,9 +27,9 @@ from operator import attrgetter
 import torch
 from torch.fx.experimental.proxy_tensor import make_fx
 
-from ..backend import TRACING
 from ..errors import KFACError
 from ..passes.cleanup import prune_zeros
+from ..runtime.backend import TRACING
 from .record import Linearization, _group, evaluate
 
 
@@ -50,7 +50,7 @@ def _trace_and_compile(fn, inputs: list):
     real ones it reads become constants) and compiled with inductor for ``inputs``."""
     from torch._inductor.compile_fx import compile_fx
 
-    with TRACING:  # no trace beside a background compile (taylorc.backend.TRACING)
+    with TRACING:  # no trace beside a background compile (taylorc.runtime.backend.TRACING)
         gm = make_fx(fn, tracing_mode="fake", _allow_non_fake_inputs=True)(*inputs)
         # the sites graph keeps a known-zero input column as a column (the first layer's
         # top order, Column.zero_input): without this its (N, d_in) @ (d_in, d_out) on

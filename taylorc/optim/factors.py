@@ -19,7 +19,7 @@ import functools
 
 import torch
 
-from ..taylor_graph import Columns
+from ..methods.sites import Columns
 from .record import Layer, Linearization, linearize
 
 APPROX = ("expand", "reduce")
@@ -88,7 +88,7 @@ def layer_factors(layer: Layer, approx: str = "expand") -> tuple[torch.Tensor, t
 
     The bias row and column of A come from sums of the inputs (Z̃ is never built):
     Σ_n,s Z̃ Z̃ᵀ = [[Σ X Xᵀ, Σ_s e_s Σ_n X_ns], [·, N Σ_s e_s²]]. Under expand, columns
-    held as products ``P_n ⊙ Q_j`` (:class:`~taylorc.site_factors.Factored`) add
+    held as products ``P_n ⊙ Q_j`` (:class:`~taylorc.passes.factored.Factored`) add
     ``(Σ_n P_n P_nᵀ) ⊙ (Σ_j Q_j Q_jᵀ)`` to the sums of outer products, never built per point.
 
     Raises:

@@ -74,7 +74,7 @@ class KFAC(torch.optim.Optimizer):
         backend: how each term's linearisation (the residual through the sites graphs,
             the reverse pass for g, the factors, the gradient and KFAC*'s JVPs) runs
             after its first, checked call: ``"eager"`` (the default), ``"auto"`` (eager
-            for ``taylorc.config.CONFIG.auto_compile_after`` = 10 calls per points
+            for ``taylorc.runtime.config.CONFIG.auto_compile_after`` = 10 calls per points
             shape, then traced and compiled with inductor: about 2x faster steps at
             449 parameters, docs/kfac.md) or ``"inductor"`` (compiled from the second
             call); :class:`~taylorc.optim.linearizer.Linearizer`. Compile only a residual

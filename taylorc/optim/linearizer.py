@@ -15,8 +15,8 @@ import warnings
 
 import torch
 
-from ..config import CONFIG
 from ..errors import KFACError
+from ..runtime.config import CONFIG
 from .compiled import CompiledEvaluation, _why
 from .record import Linearization, linearize, trainable_names
 

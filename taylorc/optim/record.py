@@ -7,7 +7,7 @@ operator's Taylor graph of linear sites built without taps
 column's input and output) instead of its fused graph, and a direct call of the
 model runs the value operator ``"u"`` the same way: the residual's value is
 unchanged, and one reverse pass of r to the output columns
-(:func:`~taylorc.taylor_graph.site_gradients`) gives ``g_ns = dr_n/dz_ns`` for every
+(:func:`~taylorc.methods.sites.site_gradients`) gives ``g_ns = dr_n/dz_ns`` for every
 site and column (Dangel, Müller, Zeinhofer, "Kronecker-Factored Approximate
 Curvature for Physics-Informed Neural Networks", NeurIPS 2024, Sec. 3; Λ = 1 for
 the loss ½ r²).
@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import KFACError
-from ..taylor_graph import RECORDING, Columns, build_taylor_graph, site_gradients, take_columns
+from ..methods.sites import RECORDING, Columns, build_taylor_graph, site_gradients, take_columns
 
 
 @dataclass
@@ -36,16 +36,16 @@ class Layer:
     Attributes:
         weight, bias: qualified parameter names (bias None: no bias in the sites).
         x_columns: the input columns ``X (N, S, d_in)``, detached (without the bias
-            entry), as :class:`~taylorc.taylor_graph.Columns` (a tensor given here is
-            wrapped): some may be held as products ``P ⊙ Q`` (:class:`~taylorc.site_factors.Factored`).
+            entry), as :class:`~taylorc.methods.sites.Columns` (a tensor given here is
+            wrapped): some may be held as products ``P ⊙ Q`` (:class:`~taylorc.passes.factored.Factored`).
         g_columns: ``g (M, N, S, d_out)``, ``dr_nm / dz_ns`` for each of the M residual
             outputs, the same way.
         e: ``(S,)`` the bias entry of each column (1 on value columns of a use with
             the bias, else 0); None when the layer has no bias.
         bias_columns: the s with ``e_s = 1`` (e is 0/1).
         live: the s that can add to the Jacobian: the others' outputs do not reach the
-            operator's result (:attr:`taylorc.sites.Column.output` is None and no
-            :class:`~taylorc.site_factors.Factored` output holds them: g = 0 by construction), or
+            operator's result (:attr:`taylorc.passes.sites.Column.output` is None and no
+            :class:`~taylorc.passes.factored.Factored` output holds them: g = 0 by construction), or
             their Z̃ is zero by construction (a derivative column with a known-zero input,
             e.g. the first layer's top). None: every column.
         shared: the s whose input is the same for every point (``X[n, s] = X[0, s]``,
@@ -293,7 +293,7 @@ def evaluate(
         ``(r, uses)``: ``r (N, M)`` and, per use of a trainable weight in forward order,
         ``(site, X, g)`` with ``X`` the detached input columns ``(N, S', d_in)`` and ``g``
         the output gradients ``(M, N, S', d_out)`` as
-        :class:`~taylorc.taylor_graph.Columns` (S' = S n: a point's n rows are more
+        :class:`~taylorc.methods.sites.Columns` (S' = S n: a point's n rows are more
         columns). Only tensors and the sites' records: what a trace can replay.
 
     Raises:

@@ -96,7 +96,7 @@ class PassContext:
         final: the pipeline's last graph (set by the pass manager).
         probe_inputs: real tensors for the source graph's placeholders (parameters,
             buffers, arguments), for the exact batch-coupling probe
-            (:func:`taylorc.passes.batch.probe_rows`); None: the graph analysis decides.
+            (:func:`taylorc.ir.batch.probe_rows`); None: the graph analysis decides.
         latency: seconds of the first call's stages (``"capture"``, ``"passes"``,
             ``"batch check"``, ``"compile"``), set by :class:`~taylorc.api.CompiledOperator`.
         batch: whether the graph serves every batch size, or why it is specialised to one.

@@ -14,7 +14,7 @@ import torch.fx
 
 from .. import ir
 from ..ir import annotate_shapes  # noqa: F401 - re-exported for the passes
-from ..ops import having, valued
+from ..ir.facts import having, valued
 from . import PassContext
 
 aten = torch.ops.aten
@@ -157,7 +157,7 @@ def hoist_broadcast_matmuls(gm: torch.fx.GraphModule) -> int:
 class CleanupPass:
     """Zero pruning, batch hoisting, CSE and DCE, in place; keeps constants, tags and the description.
 
-    The sites pipeline (:mod:`taylorc.taylor_graph`) does not run it: pruning and CSE
+    The sites pipeline (:mod:`taylorc.methods.sites`) does not run it: pruning and CSE
     merge or drop columns that KFAC reads separately, hoisting loses per-sample inputs.
     """
 

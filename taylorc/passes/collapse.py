@@ -17,8 +17,8 @@ import torch
 import torch.fx
 
 from .. import ir
+from ..rules.jet import Jet, RuleContext
 from . import PassContext, relink
-from .jet import Jet, RuleContext
 from .taylor import Emitter, emit_coefficient, propagate_composite, shape_of
 
 

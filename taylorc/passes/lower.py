@@ -34,10 +34,10 @@ from torch.fx.experimental.proxy_tensor import make_fx
 from torch.fx.passes.utils.matcher_utils import SubgraphMatcher
 
 from .. import ir
+from ..ir.facts import valued
 from ..kernels.jet_activation import ACTIVATIONS, MAX_ORDER, jet_activation_reference
-from ..ops import valued
-from ..sites import linear_use
 from . import PassContext, PassResult, relink
+from .sites import linear_use
 
 aten = torch.ops.aten
 
@@ -63,7 +63,7 @@ def activation_of(node: torch.fx.Node) -> tuple[str, torch.fx.Node] | None:
 def linear_of(node: torch.fx.Node, coord: str, params: dict):
     """``(x, weight, bias)`` when a source node is ``addmm(bias, x, permute(weight, [1, 0]))``.
 
-    The one linear-layer matcher (:func:`taylorc.sites.linear_use`) with ``params`` the
+    The one linear-layer matcher (:func:`taylorc.passes.sites.linear_use`) with ``params`` the
     parameter placeholders; None for other nodes, a bias that is not a parameter, and
     when x is the coordinates (or another placeholder).
     """

@@ -22,9 +22,9 @@ import torch.fx
 from .. import ir
 from ..kernels.jet_activation import ACTIVATIONS
 from ..kernels.mlp_laplacian import collapsed_laplacian, fits
-from ..sites import linear_use
 from . import PassContext, PassResult
 from .lower import activation_of
+from .sites import linear_use
 
 aten = torch.ops.aten
 

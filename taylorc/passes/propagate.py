@@ -15,8 +15,8 @@ from torch.fx.experimental.proxy_tensor import make_fx
 
 from .. import ir
 from ..errors import UnsupportedOperatorError, user_source_line
-from .jet import Jet, RuleContext
-from .rules import CONSTANT_OPS, RULES
+from ..rules.jet import Jet, RuleContext
+from ..rules.table import CONSTANT_OPS, RULES
 
 aten = torch.ops.aten
 
@@ -67,7 +67,7 @@ def needs_jet(graph: torch.fx.Graph, root: str) -> set[torch.fx.Node]:
 
 
 def rule_for(node: torch.fx.Node):
-    """The registered :class:`~taylorc.passes.rules.RuleInfo` of a node.
+    """The registered :class:`~taylorc.rules.table.RuleInfo` of a node.
 
     Raises:
         UnsupportedOperatorError: naming the ATen op, the node, the user's source line,

@@ -29,10 +29,10 @@ from torch._decomp import core_aten_decompositions
 from torch.fx.experimental.proxy_tensor import make_fx
 
 from .. import ir
-from ..assembly import assemble_terms
+from ..ir.batch import check_batch_independence
+from ..methods.assembly import assemble_terms
 from ..operators.spec import LinearOperator, is_constant, resolve_dim
 from . import PassContext
-from .batch import check_batch_independence
 
 
 def sigma_vector(sigma, D: int, coords) -> torch.Tensor:

@@ -2,7 +2,7 @@
 
 Each source node becomes the nodes computing its coefficients ``x_0 .. x_K``
 along the plan's R directions (coefficients ``k >= 1`` shaped ``(R, *S)``),
-using the rules of :mod:`taylorc.passes.rules`. Nodes that do not depend on
+using the rules of :mod:`taylorc.rules.table`. Nodes that do not depend on
 the coordinates (parameters, buffers, constants) are copied and carry no
 coefficients. The input's first coefficient is the direction matrix; its
 higher coefficients are zeros, which the cleanup pass prunes.
@@ -21,9 +21,10 @@ import torch.fx
 
 from .. import ir
 from ..errors import UnsupportedOperatorError
-from . import PassContext, rules_indexing, rules_linalg, rules_special  # noqa: F401 - they fill RULES
-from .batch import check_batch_independence, lost_batch_axis
-from .jet import Jet, RuleContext, add, scale
+from ..ir.batch import check_batch_independence, lost_batch_axis
+from ..rules.jet import Jet, RuleContext, add, scale
+from ..rules.table import CONSTANT_OPS, lower_sympy
+from . import PassContext
 from .propagate import (  # noqa: F401 - the node-level helpers, re-exported for the passes
     depends_on,
     differentiable_ancestors,
@@ -36,7 +37,6 @@ from .propagate import (  # noqa: F401 - the node-level helpers, re-exported for
     rule_for,
     shape_of,
 )
-from .rules import CONSTANT_OPS, lower_sympy
 
 aten = torch.ops.aten
 
@@ -78,7 +78,7 @@ class TaylorPass:
     ``jets`` map each source node to its coefficient nodes.
 
     Raises:
-        BatchCouplingError: the model mixes batch rows (see :mod:`taylorc.passes.batch`).
+        BatchCouplingError: the model mixes batch rows (see :mod:`taylorc.ir.batch`).
         UnsupportedOperatorError: an op in the graph has no rule.
         ValueError: the model does not return a single tensor.
     """

@@ -26,7 +26,7 @@ import torch
 import torch.fx
 
 from .. import ir
-from ..ops import having
+from ..ir.facts import having
 from . import PassContext
 from .cleanup import annotate_shapes
 

@@ -13,7 +13,7 @@ single scalar root ``omega = sum(a * u)`` (``a = 1`` a dummy of u's shape):
 since ``d^alpha omega / dz^alpha = sum a * d^alpha u``. Every derivative of
 omega w.r.t. z is a scalar, one reverse pass gives all D children of a
 multi-index, and higher orders reuse the lower ones
-(:class:`~taylorc.assembly.MultiIndexCache`, the caching of DeepXDE's ``LazyGrad``).
+(:class:`~taylorc.methods.assembly.MultiIndexCache`, the caching of DeepXDE's ``LazyGrad``).
 
 The pass traces this computation itself (``make_fx`` through
 ``torch.autograd.grad``) into an explicit fx graph of forward and backward ATen
@@ -30,9 +30,9 @@ from torch._decomp import core_aten_decompositions
 from torch.fx.experimental.proxy_tensor import make_fx
 
 from .. import ir
-from ..assembly import MultiIndexCache, assemble_terms
+from ..ir.batch import check_batch_independence
+from ..methods.assembly import MultiIndexCache, assemble_terms
 from . import PassContext
-from .batch import check_batch_independence
 
 
 def shift_names(D: int, coords) -> list[str]:
@@ -53,7 +53,7 @@ class ZCSPass:
         coords: coordinate names, or None.
 
     Raises:
-        BatchCouplingError: the model mixes the points (see :mod:`taylorc.passes.batch`).
+        BatchCouplingError: the model mixes the points (see :mod:`taylorc.ir.batch`).
         ValueError: the output's point axis cannot be followed (x-dependent
             coefficients need it).
     """

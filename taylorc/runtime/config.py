@@ -42,7 +42,7 @@ class Config:
         lower_everywhere: lower to the fused ops on every device, not CUDA only.
         whole_mlp: lower a matching MLP's Laplacian to one kernel call (``passes.mlp``).
         dynamic_batch: one graph for every batch size where
-            :func:`taylorc.passes.batch_size.generalize` proves it; False keys every graph
+            :func:`taylorc.runtime.batch_size.generalize` proves it; False keys every graph
             on the full input shape (the behaviour before issue 17; benchmarks). Default:
             on, unless the environment variable ``TAYLORC_DYNAMIC_BATCH=0``.
         dynamic_compile: compile a graph that serves every batch size once, its batch
@@ -61,7 +61,7 @@ class Config:
             that starts the compile waits for it. Default: on, unless
             ``TAYLORC_BACKGROUND_COMPILE=0``.
         tune_allocator: with ``backend="auto"`` on the CPU, call
-            :func:`taylorc.cpu.auto_tune` (glibc ``mallopt`` once per process, skipped
+            :func:`taylorc.runtime.cpu.auto_tune` (glibc ``mallopt`` once per process, skipped
             where the user configured the allocator). Default: on, unless
             ``TAYLORC_TUNE_ALLOCATOR=0``.
     """

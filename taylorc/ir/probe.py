@@ -1,6 +1,6 @@
 """The exact batch-coupling probe: forward-mode tangents on halves of the rows.
 
-Used by :func:`taylorc.passes.batch.check_batch_independence` where the graph analysis
+Used by :func:`taylorc.ir.batch.check_batch_independence` where the graph analysis
 is not exact (an op it does not follow, an axis it lost, or a refusal to confirm).
 """
 

@@ -79,7 +79,7 @@ def auto_tune() -> bool:
     off glibc. Its price is :func:`tune_allocator`'s: up to 1 GiB of freed heap stays
     reserved by the process. Turn it off per operator with
     ``op.config.tune_allocator = False``, for all with
-    ``taylorc.config.CONFIG.tune_allocator = False`` or the environment variable.
+    ``taylorc.runtime.config.CONFIG.tune_allocator = False`` or the environment variable.
 
     Returns:
         whether the allocator is tuned (the first call's answer, every time).

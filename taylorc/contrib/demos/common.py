@@ -187,7 +187,7 @@ def make_optimizer(args, model: nn.Module, residuals: dict):
     """``taylorc.optim.KFAC`` (``"kfac*"``: lr="auto"; ``"kfac"``: line search), ``ENGD``
     (dense, or ``"engd-woodbury"``) or ``SPRING``,
     with ``args.backend`` (the flag's default ``"auto"``: the demos' residuals are pure)."""
-    from taylorc.optim import ENGD, KFAC, SPRING
+    from ...optim import ENGD, KFAC, SPRING
 
     opts = {
         k: getattr(args, k) if getattr(args, k) is not None else v

@@ -20,14 +20,11 @@ Differentiation" (NeurIPS 2025).
 
 from __future__ import annotations
 
-from .passes.jet import Jet, RuleContext, compose, leibniz
-from .passes.rules import (
-    _X as X,
-)
-from .passes.rules import (
-    _Y as Y,
-)
-from .passes.rules import (
+from . import indexing, linalg, special  # noqa: F401 - the rule families register into RULES
+from .jet import Jet, RuleContext, compose, leibniz
+from .table import _X as X
+from .table import _Y as Y
+from .table import (
     CONSTANT_OPS,
     RULES,
     DerivativeTable,

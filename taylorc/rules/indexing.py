@@ -16,7 +16,7 @@ import torch.fx
 
 from ..errors import UnsupportedOperatorError
 from .jet import Jet
-from .rules import _register, def_comp, deflinear, propagate_composite, warn_nonsmooth
+from .table import _register, def_comp, deflinear, propagate_composite, warn_nonsmooth
 
 aten = torch.ops.aten
 

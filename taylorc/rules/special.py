@@ -1,7 +1,7 @@
 """Rules of special functions and remainders (registered into the one registry, ``RULES``).
 
 Smooth elementwise functions are given by their derivative tables (Faa di Bruno's
-formula, :func:`~taylorc.passes.rules.def_deriv`); the tables follow from the
+formula, :func:`~taylorc.rules.table.def_deriv`); the tables follow from the
 closed-form first derivatives (DLMF 5.15 for the polygamma functions, 7.2 for the
 error functions, 4.37 for the inverse hyperbolic functions).
 """
@@ -13,7 +13,7 @@ import functools
 import sympy
 import torch
 
-from .rules import (
+from .table import (
     _X,
     _Y,
     DerivativeTable,
@@ -23,7 +23,7 @@ from .rules import (
     def_deriv,
     propagate_composite,
 )
-from .rules import warn_nonsmooth as _warn
+from .table import warn_nonsmooth as _warn
 
 aten = torch.ops.aten
 

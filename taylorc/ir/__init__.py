@@ -133,8 +133,8 @@ class GraphInfo:
             Stein, MLP.
         inputs: named extra placeholders of the method (``"zcs_shift"``: the D shifts;
             ``"noise"``: Stein's samples).
-        sites: the linear sites (:class:`taylorc.sites.LinearSite`), filled by
-            :func:`taylorc.sites.find_sites` in the sites pipeline.
+        sites: the linear sites (:class:`taylorc.passes.sites.LinearSite`), filled by
+            :func:`taylorc.passes.sites.find_sites` in the sites pipeline.
         options: what else the method records (Stein's samples, the MLP match).
     """
 

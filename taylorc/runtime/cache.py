@@ -1,7 +1,7 @@
 """The graph cache of :class:`~taylorc.api.CompiledOperator`: build, key, share, compile.
 
 A graph is built per (method, per-sample input shape, dtype, device) and serves every
-batch size ``B >= 2`` when :func:`taylorc.passes.batch_size.generalize` proves it
+batch size ``B >= 2`` when :func:`taylorc.runtime.batch_size.generalize` proves it
 (issue 17); otherwise per full input shape. Graphs are shared by every compiled
 operator of the same model and spec (a module-level ``WeakKeyDictionary``).
 """
@@ -14,14 +14,14 @@ import weakref
 
 import torch
 
-from . import methods as _methods
+from .. import methods as _methods
+from ..capture import Captured, capture
+from ..debug import Dumper
+from ..passes import PassContext, PassManager
 from .backend import TRACING, AutoGraph, CompiledGraph
-from .capture import Captured, capture
+from .batch_size import generalize
 from .config import BUILD_COUNT
 from .cpu import auto_tune
-from .debug import Dumper
-from .passes import PassContext, PassManager
-from .passes.batch_size import generalize
 
 # Graphs built for a model, shared by every CompiledOperator of it (compiling the same model
 # again reuses the work); weak keys: the cache dies with the model.
@@ -47,7 +47,7 @@ class GraphCache:
         ``method`` a name or :class:`~taylorc.methods.Method` (default: this operator's).
 
         One graph serves every batch size ``B >= 2`` of a per-sample shape, dtype and
-        device when :func:`taylorc.passes.batch_size.generalize` proves it (the graph is
+        device when :func:`taylorc.runtime.batch_size.generalize` proves it (the graph is
         built a second time at ``B + 1`` and the two must differ only by multiples of
         B); otherwise (a method whose graph depends on B, such as Stein's replicated
         batch, B < 2, ``config.dynamic_batch = False``, or a failed proof) the graph is

@@ -5,11 +5,11 @@ Müller, Zeinhofer, "Kronecker-Factored Approximate Curvature for Physics-Inform
 Networks", NeurIPS 2024), two ``(R, N, d)`` blocks of the sites graph factor as
 (per-point vector) ⊙ (per-direction vector): the last layer's direction inputs
 ``σ'(a) ⊙ W e_r``, which reach nothing, and the g of the first layer's directions, read
-through ``Σ_r z_r²``. :class:`~taylorc.sites.SitesPass` (without taps) calls
+through ``Σ_r z_r²``. :class:`~taylorc.passes.sites.SitesPass` (without taps) calls
 :func:`factor_inputs` and :func:`factor_outputs` so that neither block is built;
 Kronecker factors take their Gram as ``(PᵀP) ⊙ (QᵀQ)`` (:mod:`taylorc.optim.factors`).
 Anything that does not match the two patterns exactly keeps its dense columns. The
-``site`` arguments are :class:`~taylorc.sites.LinearSite` records (not imported: sites
+``site`` arguments are :class:`~taylorc.passes.sites.LinearSite` records (not imported: sites
 imports this module).
 """
 
@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 import torch.fx
 
-from . import ir
+from .. import ir
 
 aten = torch.ops.aten
 
@@ -104,7 +104,7 @@ def factor_inputs(graph, site, N: int) -> list[Factored]:
 
     Args:
         graph: the sites graph (gains one ``reshape`` of Q per block), shapes annotated.
-        site: a :class:`~taylorc.sites.LinearSite` of it (its columns are changed).
+        site: a :class:`~taylorc.passes.sites.LinearSite` of it (its columns are changed).
         N: the number of points; blocks are ``(R, N, d_in)``, P ``(N, d_in)``, Q ``(R, d_in)``.
 
     Returns:
@@ -140,7 +140,7 @@ def factor_outputs(gm: torch.fx.GraphModule, site, N: int) -> list[Factored]:
     Args:
         gm: the sites graph, shapes annotated, taps not added, pins removed from its
             output (a pin would count as a use of the block).
-        site: a :class:`~taylorc.sites.LinearSite` of it (its columns are changed).
+        site: a :class:`~taylorc.passes.sites.LinearSite` of it (its columns are changed).
         N: the number of points; blocks are ``(R, N, d_out)``, P ``(N, d_out)``,
             Q ``(R, d_out)``.
 

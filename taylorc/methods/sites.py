@@ -1,9 +1,9 @@
 """The Taylor graph as a product: :class:`TaylorGraph`, its linear sites, and runs with taps.
 
 ``op.taylor_graph(x)`` (:meth:`taylorc.api.CompiledOperator.taylor_graph`) builds the
-graph of the operator through the sites pipeline (taylor, :class:`~taylorc.sites.PinPass`,
-collapse, :class:`~taylorc.sites.SitesPass`; no cleanup, unstack, lowering or
-whole-MLP kernel) and returns it with its :class:`~taylorc.sites.LinearSite` records.
+graph of the operator through the sites pipeline (taylor, :class:`~taylorc.passes.sites.PinPass`,
+collapse, :class:`~taylorc.passes.sites.SitesPass`; no cleanup, unstack, lowering or
+whole-MLP kernel) and returns it with its :class:`~taylorc.passes.sites.LinearSite` records.
 :meth:`TaylorGraph.run` evaluates it with zero-valued taps on every site's outputs
 and returns every site's input columns: what Kronecker-factored curvature for PINN
 losses needs (Dangel, Müller, Zeinhofer, NeurIPS 2024; the graph: Dangel, Siebert,
@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from . import ir
-from .sites import LinearSite, PinPass, SitesPass, column_groups
+from .. import ir
+from ..passes.sites import LinearSite, PinPass, SitesPass, column_groups
 
 # While set (by taylorc.optim's recording), CompiledOperator calls run their Taylor graph with
 # taps through the recorder instead of the fused graph, so KFAC sees every linear site.
@@ -40,10 +40,10 @@ class SiteRun:
             the outputs, ``taps[name].grad[n, s] = dr_n / dz_ns``. Empty for a graph
             built without taps.
         columns: (graphs built without taps) site name -> its output tensors, one per
-            :func:`~taylorc.sites.column_groups` entry; :func:`site_gradients` reads g
+            :func:`~taylorc.passes.sites.column_groups` entry; :func:`site_gradients` reads g
             from them. Empty for a graph with taps.
         factors: (graphs built without taps) site name -> ``[(Factored, P, Q), ...]``,
-            the values of the site's :class:`~taylorc.site_factors.Factored` columns; their
+            the values of the site's :class:`~taylorc.passes.factored.Factored` columns; their
             inputs are not in ``inputs`` (which then holds the other columns, in order).
     """
 
@@ -87,7 +87,7 @@ class Columns:
         dense: ``(*lead, C, d)``: the columns ``cols``, in that order.
         cols: the columns ``dense`` holds, ascending.
         factored: ``((cols_f, P, Q), ...)`` with ``P (*lead, d)`` and ``Q (len(cols_f), d)``:
-            column ``cols_f[j]`` is ``P ⊙ Q[j]`` (:class:`~taylorc.site_factors.Factored`).
+            column ``cols_f[j]`` is ``P ⊙ Q[j]`` (:class:`~taylorc.passes.factored.Factored`).
 
     Every column is in exactly one of ``cols`` and the blocks' ``cols_f``. Frozen: the
     multiplied-out :meth:`full` is cached, so the fields are never reassigned (nor should
@@ -177,8 +177,8 @@ class TaylorGraph:
         gm: the ``torch.fx.GraphModule``; ``gm(*params, *buffers, *args, *taps)``
             returns ``(*terms, *Z)``, one term per requested operator, one ``Z`` per site
             (built without taps: then the output columns and factored blocks, see
-            :class:`~taylorc.sites.SitesPass`).
-        sites: the :class:`~taylorc.sites.LinearSite` records, in forward order.
+            :class:`~taylorc.passes.sites.SitesPass`).
+        sites: the :class:`~taylorc.passes.sites.LinearSite` records, in forward order.
         plan: the :class:`~taylorc.operators.plan.JetPlan`.
         info: the graph's :class:`~taylorc.ir.GraphInfo`.
     """
@@ -260,7 +260,7 @@ def site_gradients(
         scalar: a 0-d tensor computed from the runs' outputs (e.g. a residual summed
             over points: then ``g[n, s] = dr_n / dz_ns``).
         retain_graph: keep the autograd graph for a further pass.
-        factored: return :class:`Columns` (the g of :class:`~taylorc.site_factors.Factored`
+        factored: return :class:`Columns` (the g of :class:`~taylorc.passes.factored.Factored`
             output columns kept as products) instead of tensors.
 
     Returns:
@@ -323,10 +323,10 @@ def build_taylor_graph(op, args: tuple, taps: bool = True) -> TaylorGraph:
             methods have no Taylor coefficients to share a weight); bad inputs, as for
             the operator's call.
     """
-    from . import operators as _ops
-    from .methods.taylor import Taylor
-    from .passes.collapse import CollapsePass
-    from .passes.taylor import TaylorPass
+    from .. import operators as _ops
+    from ..passes.collapse import CollapsePass
+    from ..passes.taylor import TaylorPass
+    from .taylor import Taylor
 
     if not isinstance(op.method_obj, Taylor):
         raise ValueError(

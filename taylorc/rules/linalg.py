@@ -22,7 +22,7 @@ import math
 import torch
 
 from .jet import Jet, compose, scale, total
-from .rules import _register
+from .table import _register
 
 aten = torch.ops.aten
 

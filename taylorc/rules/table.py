@@ -2,7 +2,7 @@
 
 A rule is ``rule(ctx, k, *args, **kwargs) -> coefficient`` for orders
 ``k >= 1``: ``args`` are the op's arguments with every traced tensor replaced
-by its :class:`~taylorc.passes.jet.Jet`; the result is a Proxy shaped
+by its :class:`~taylorc.rules.jet.Jet`; the result is a Proxy shaped
 ``ctx.lead(k) + S`` or ``None`` (zero). Order 0 is the op itself on the
 values and needs no rule.
 
@@ -30,7 +30,7 @@ import sympy
 import torch
 
 from ..errors import UnsupportedOperatorError
-from ..ops import having
+from ..ir.facts import having
 from .jet import Jet, add, compose, leibniz, scale
 
 aten = torch.ops.aten
@@ -78,9 +78,9 @@ def register_rule(
         rule: ``rule(ctx, k, *args, **kwargs)`` returning the order-k Taylor
             coefficient (k >= 1) of the op's output, shaped ``ctx.lead(k) + S``,
             or ``None`` for zero. Tensor arguments arrive as
-            :class:`~taylorc.passes.jet.Jet` (``jet[j]`` is coefficient j);
-            use :func:`~taylorc.passes.jet.compose` for elementwise ops with a
-            known derivative list, :func:`~taylorc.passes.jet.leibniz` for
+            :class:`~taylorc.rules.jet.Jet` (``jet[j]`` is coefficient j);
+            use :func:`~taylorc.rules.jet.compose` for elementwise ops with a
+            known derivative list, :func:`~taylorc.rules.jet.leibniz` for
             bilinear ones, and ``ctx.top(k, linear, rest)`` so the rule works
             in collapsed mode too (Dangel et al. 2025).
         kind: recorded for the ops table (``"user"`` by default).

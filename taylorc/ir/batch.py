@@ -23,7 +23,7 @@ import torch
 import torch.fx
 
 from ..errors import BatchCouplingError, user_source_line
-from ..ops import facts, having, valued
+from .facts import facts, having, valued
 from .probe import probe_rows
 
 aten = torch.ops.aten
@@ -62,7 +62,7 @@ FOLLOWED = (
 def followed_exactly(gm: torch.fx.GraphModule, coord: str, axis: int | None, lost) -> bool:
     """Whether the analysis's verdict is exact: every op after the coordinates is one it
     follows exactly (or a registered elementwise rule), and it lost the axis nowhere."""
-    from .rules import RULES  # the elementwise ops of the registry are pointwise too
+    from ..rules.table import RULES  # the elementwise ops of the registry are pointwise too
 
     if axis is None or lost:
         return False

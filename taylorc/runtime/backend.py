@@ -43,7 +43,7 @@ def cleanup(gm: torch.fx.GraphModule) -> torch.fx.GraphModule:
 
 def lower_foreign(gm: torch.fx.GraphModule, example_inputs) -> torch.fx.GraphModule:
     """The ATen trace of ``gm`` with its Taylor steps lowered, or ``gm`` when none matched."""
-    from .passes.lower import lower_structural
+    from ..passes.lower import lower_structural
 
     aten_gm = make_fx(gm, tracing_mode="fake")(*example_inputs)
     n = lower_structural(aten_gm)
@@ -152,7 +152,7 @@ class AutoGraph:
 
     Args:
         gm: the graph; dynamic, latency: as for :class:`CompiledGraph`; config: the
-            operator's :class:`taylorc.config.Config`; rewrite_tanh: whether the graph
+            operator's :class:`taylorc.runtime.config.Config`; rewrite_tanh: whether the graph
             is a CPU float32 one (then ``tanh`` is rewritten before compiling).
     """
 
@@ -207,7 +207,7 @@ class AutoGraph:
         try:
             with TRACING:
                 if self.rewrite_tanh:
-                    from .passes.cpu_tanh import rewrite_tanh
+                    from ..passes.cpu_tanh import rewrite_tanh
 
                     rewrite_tanh(gm)
                 compiled = CompiledGraph(gm, self.dynamic, self.latency)

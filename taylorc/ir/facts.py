@@ -2,7 +2,7 @@
 
 Each entry is an :class:`OpFacts` per overload; the passes' sets are views of it
 (``having("zero_maker")``), so a fact is written once. What an op *computes* in
-Taylor mode lives in the rule registry (:mod:`taylorc.passes.rules`); this table holds
+Taylor mode lives in the rule registry (:mod:`taylorc.rules.table`); this table holds
 the facts around it:
 
 * ``constant_output``: the output does not vary with the inputs' values (a.e.): only the

@@ -30,8 +30,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.fx
 
-from . import ir
-from .site_factors import Factored, factor_inputs, factor_outputs
+from .. import ir
+from .factored import Factored, factor_inputs, factor_outputs
 
 aten = torch.ops.aten
 
@@ -49,10 +49,10 @@ class Column:
         input: the node holding the input coefficient: ``(M, d_in)`` for value/top,
             ``(R, M, d_in)`` (take ``[index]``) for a direction, ``(G, M, d_in)`` for a
             top of G rows. None: known zero and not in the graph, or held by a
-            :class:`~taylorc.site_factors.Factored` input of the site.
+            :class:`~taylorc.passes.factored.Factored` input of the site.
         output: the node holding the pre-activation output coefficient, same layout
             with ``d_out``. None: it does not reach the result (g = 0 there), or its g
-            is held by a :class:`~taylorc.site_factors.Factored` output of the site.
+            is held by a :class:`~taylorc.passes.factored.Factored` output of the site.
         zero_input: the input is known to be zero (the input's higher orders, e.g. the
             first layer's top); KFAC still counts the column in S.
     """
@@ -83,7 +83,7 @@ class LinearSite:
         collapse_weights: the plan's top weights ``(G, R)`` (None for standard Taylor).
         tap, z: nodes of the sites graph: the tap placeholder and the stacked inputs
             (without the columns of ``factored`` inputs).
-        factored: columns held as products (:class:`~taylorc.site_factors.Factored`; graphs without taps only).
+        factored: columns held as products (:class:`~taylorc.passes.factored.Factored`; graphs without taps only).
     """
 
     name: str
@@ -166,7 +166,7 @@ def linear_use(node: torch.fx.Node, params: dict[torch.fx.Node, str]):
 def known_zero(node: torch.fx.Node | None) -> bool:
     """Whether a node is zero by construction: a zero maker, a view/reduction of one, or a
     product with one (the input's higher orders and what the collapse makes of them)."""
-    from .passes.cleanup import ABSORBING, LINEAR_IN_FIRST, ZERO_MAKERS
+    from .cleanup import ABSORBING, LINEAR_IN_FIRST, ZERO_MAKERS
 
     if node is None:
         return True
@@ -219,7 +219,7 @@ def find_sites(
     weights = (
         torch.tensor([[float(w) for w in row] for row in plan.top_weights]) if collapsed else None
     )
-    from .passes.taylor import depends_on
+    from .taylor import depends_on
 
     varying = depends_on(info.source.graph, coord)
     points = next(p for p in placeholders if p.name == coord).meta["val"].shape[0]
@@ -254,7 +254,7 @@ class SitesPass:
 
     With ``taps=False`` the graph has no tap inputs and returns, after the Z's, every
     site's distinct output nodes (:func:`column_groups`, site by site), then ``P, Q``
-    of each :class:`~taylorc.site_factors.Factored` block of each site: the gradient of the result with
+    of each :class:`~taylorc.passes.factored.Factored` block of each site: the gradient of the result with
     respect to those intermediate tensors is the same g (for a factored output block,
     ``dr/dP ⊙ Q``), without the adds on the forward and the scatter into one tap per
     site on the reverse pass (what :mod:`taylorc.optim` runs). Its Z's leave out the
@@ -276,8 +276,8 @@ class SitesPass:
     def __call__(self, gm: torch.fx.GraphModule, ctx) -> torch.fx.GraphModule:
         from torch._subclasses.fake_tensor import FakeTensorMode
 
-        from .ir import annotate_shapes
-        from .passes.cleanup import hoist_broadcast_matmuls
+        from ..ir import annotate_shapes
+        from .cleanup import hoist_broadcast_matmuls
 
         annotate_shapes(gm)
         if hoist_broadcast_matmuls(gm):  # per-sample outputs stay: the expand is the column

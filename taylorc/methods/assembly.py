@@ -13,8 +13,8 @@ from collections.abc import Callable
 
 import torch
 
-from .operators.spec import Gradient, Value, coefficient_values, is_constant, resolve_dim
-from .passes.batch import lost_batch_axis
+from ..ir.batch import lost_batch_axis
+from ..operators.spec import Gradient, Value, coefficient_values, is_constant, resolve_dim
 
 
 class MultiIndexCache:
