@@ -264,8 +264,7 @@ class CompiledOperator(GraphCache, torch.nn.Module):
             True when every started compile is done (compiled, or failed with its warning).
         """
         done = True
-        for entry in self._graphs.values():
-            graph = entry[0] if isinstance(entry, tuple) else entry  # taylor_graph's entries
+        for graph, _, _ in self._graphs.values():
             if isinstance(graph, AutoGraph) and graph._job is not None:
                 graph.wait(timeout)
                 done = done and not graph._job.is_alive()

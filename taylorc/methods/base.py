@@ -28,6 +28,7 @@ class Method:
     dynamic_batch = True
     static_reason = ""
     compilable = True  # backend="auto" may compile the graph after warm-up
+    compiled_by_backend = True  # False: the graph runs as built, whatever the backend
 
     def check(self, op) -> None:
         """Raise ``ValueError`` for options that do not fit the compiled operator."""

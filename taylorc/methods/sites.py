@@ -13,13 +13,13 @@ Zeinhofer, Walther, "Collapsing Taylor Mode AD", NeurIPS 2025).
 from __future__ import annotations
 
 import contextvars
-import math
 from dataclasses import dataclass, field
 
 import torch
 
 from .. import ir
-from ..passes.sites import LinearSite, PinPass, SitesPass, column_groups
+from ..passes.sites import LinearSite, column_groups
+from .taylor import Taylor
 
 # While set (by taylorc.optim's recording), CompiledOperator calls run their Taylor graph with
 # taps through the recorder instead of the fused graph, so KFAC sees every linear site.
@@ -184,7 +184,7 @@ class TaylorGraph:
     """
 
     def __init__(
-        self, gm: torch.fx.GraphModule, captured, ctx, operator, shape: tuple, taps: bool = True
+        self, gm: torch.fx.GraphModule, captured, ctx, operator, shape: tuple, taps=True, i=0
     ):
         self.gm, self.captured, self.ctx, self._op = gm, captured, ctx, operator
         self.taps = taps  # False: no tap inputs; the outputs' columns are returned instead
@@ -192,6 +192,10 @@ class TaylorGraph:
         self.plan = ctx.plan
         self.info = ir.info(gm)
         self.sites: list[LinearSite] = self.info.sites
+        xs = [n for n in gm.graph.nodes if n.op == "placeholder"]
+        coord = len(captured.param_names) + len(captured.buffer_names) + i
+        dynamic = ctx.batch.startswith("dynamic")
+        self._built = xs[coord].meta["val"].shape[0] if dynamic else None  # the build's N
 
     def site(self, name: str) -> LinearSite:
         """The site named ``name`` (KeyError if none)."""
@@ -225,7 +229,7 @@ class TaylorGraph:
             )
         taps = {
             s.name: torch.zeros(
-                s.tap.meta["val"].shape, dtype=x.dtype, device=x.device, requires_grad=True
+                self._tap_shape(s, x.shape[0]), dtype=x.dtype, device=x.device, requires_grad=True
             )
             for s in self.sites
             if self.taps
@@ -244,6 +248,13 @@ class TaylorGraph:
             factors.update({s.name: list(zip(s.factored, got[::2], got[1::2]))})
         inputs = {s.name: z for s, z in zip(self.sites, zs)}
         return SiteRun(outputs, inputs, taps, columns, factors)
+
+    def _tap_shape(self, site: LinearSite, n: int) -> tuple:
+        """The tap of ``site`` for ``n`` points (a graph for every batch size holds the
+        build's count in the tap's first dim)."""
+        shape = tuple(site.tap.meta["val"].shape)
+        built = self._built
+        return (n,) + shape[1:] if built is not None and shape[0] == built else shape
 
     def __call__(self, *args: torch.Tensor):
         """The operator's value at ``args`` (as ``op(*args)``), through this graph."""
@@ -313,21 +324,18 @@ def _assemble(site: LinearSite, run: SiteRun, tensors: list, grads: list) -> Col
 
 
 def build_taylor_graph(op, args: tuple, taps: bool = True) -> TaylorGraph:
-    """Build (or fetch from ``op``'s cache) the sites-pipeline graph for ``args``.
+    """The graph of ``op``'s method that keeps its linear layers' columns, for ``args``.
 
-    ``taps=False`` builds the graph without tap inputs (its runs give g through
-    :func:`site_gradients` only), cached apart.
+    Built and cached by the operator's graph cache as the method's
+    :class:`~taylorc.methods.taylor.LayerVariant` (one graph for every batch size where
+    the proof holds). ``taps=False`` builds the graph without tap inputs (its runs give g
+    through :func:`site_gradients` only), cached apart.
 
     Raises:
         ValueError: ``op.method`` is not ``"collapsed"`` or ``"taylor"`` (the other
             methods have no Taylor coefficients to share a weight); bad inputs, as for
             the operator's call.
     """
-    from .. import operators as _ops
-    from ..passes.collapse import CollapsePass
-    from ..passes.taylor import TaylorPass
-    from .taylor import Taylor
-
     if not isinstance(op.method_obj, Taylor):
         raise ValueError(
             f"taylor_graph needs method='collapsed' or 'taylor', not {op.method!r}: "
@@ -336,19 +344,5 @@ def build_taylor_graph(op, args: tuple, taps: bool = True) -> TaylorGraph:
     i = op.wrt_index(args)
     x = args[i]
     op._check(x)
-    key = ("sites" if taps else "sites-untapped", op.method, i) + tuple(
-        (tuple(a.shape), a.dtype, a.device) for a in args
-    )
-    if key in op._graphs:
-        return op._graphs[key]
-    plan = _ops.build_plan(op.ops, math.prod(x.shape[1:]), op.coords)
-    collapsing = op.method_obj.collapse
-
-    def pipeline(cap, ctx):
-        passes = [TaylorPass(), PinPass(cap.param_names, collapsing)]
-        passes += [CollapsePass()] if collapsing else []
-        return passes + [SitesPass(cap.param_names, taps)]  # no cleanup: see SitesPass
-
-    gm, cap, ctx = op.build(x, x, args, i, plan, pipeline)
-    op._graphs[key] = TaylorGraph(gm, cap, ctx, op, tuple(x.shape), taps)
-    return op._graphs[key]
+    gm, cap, ctx = op.graph_for(x, args, op.method_obj.with_layers(taps))
+    return TaylorGraph(gm, cap, ctx, op, tuple(x.shape), taps, i)

@@ -12,6 +12,7 @@ from ..passes.collapse import CollapsePass
 from ..passes.cpu_tanh import CPUTanhPass
 from ..passes.lower import LowerPass
 from ..passes.mlp import MLPPass
+from ..passes.sites import PinPass, SitesPass
 from ..passes.taylor import TaylorPass
 from ..passes.unstack import UnstackPass
 from .base import Method
@@ -44,9 +45,45 @@ class Taylor(Method):
                 passes = [whole]  # one kernel for the whole network replaces the layered passes
         return finish(op, passes, unstack=True)
 
+    def with_layers(self, taps: bool = True) -> LayerVariant:
+        """This method's graph that keeps every linear layer's coefficient columns (KFAC's)."""
+        return LayerVariant(self, taps)
+
 
 class Collapsed(Taylor):
     """Collapsed Taylor mode: the top order propagated summed over directions (the default)."""
 
     name = "collapsed"
     collapse = True
+
+
+class LayerVariant(Method):
+    """The graph of a Taylor method with every linear layer's columns kept and returned.
+
+    The pipeline: taylor, :class:`~taylorc.passes.sites.PinPass`, collapse (for
+    ``collapsed``), :class:`~taylorc.passes.sites.SitesPass`; no cleanup, unstacking,
+    lowering or whole-MLP kernel, so every column's input and output stays its own
+    per-point node: Kronecker-factored curvature reads them (Dangel, Müller, Zeinhofer,
+    "Kronecker-Factored Approximate Curvature for Physics-Informed Neural Networks",
+    NeurIPS 2024, Sec. 3). Built and cached by the operator's graph cache like every
+    method (one graph for every batch size where the proof holds); never compiled by
+    the operator's backend (consumers trace and compile what they run).
+
+    Args:
+        base: the :class:`Taylor` or :class:`Collapsed` method it varies.
+        taps: the graph takes one zero perturbation per layer use, added to its output
+            columns (True), or returns the output columns instead (False).
+    """
+
+    compiled_by_backend = False
+
+    def __init__(self, base: Taylor, taps: bool = True):
+        self.base, self.taps, self.name = base, taps, base.name
+
+    def key(self) -> tuple:
+        return self.base.key() + (("layers", self.taps),)
+
+    def passes(self, op, cap, ctx, x) -> list:
+        passes = [TaylorPass(), PinPass(cap.param_names, self.base.collapse)]
+        passes += [CollapsePass()] if self.base.collapse else []
+        return passes + [SitesPass(cap.param_names, self.taps)]  # no cleanup: see SitesPass

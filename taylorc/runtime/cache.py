@@ -83,7 +83,9 @@ class GraphCache:
         else:
             ctx.batch = self._static_reason(method, x)
         dyn = coord if key is dynamic and self.config.dynamic_compile else None
-        if self.backend in ("inductor", "taylorc"):
+        if not method.compiled_by_backend:
+            pass
+        elif self.backend in ("inductor", "taylorc"):
             gm = CompiledGraph(gm, dyn, ctx.latency)
         elif self.backend == "auto" and method.compilable:
             cpu32 = x.device.type == "cpu" and x.dtype == torch.float32
