@@ -17,11 +17,13 @@ from dataclasses import dataclass
 import torch
 import torch.fx
 from torch._decomp import core_aten_decompositions
+from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.fx.experimental.proxy_tensor import make_fx
 
 from . import ir
 from .errors import InputMutationError, TraceError, UnsupportedOperatorError, user_source_line
 from .ir import facts as ops  # noqa: F401 - ops defines taylorc::stop_gradient
+from .ir.coupling import check_batch_independence
 
 _DATA_DEPENDENT = (
     "data-dependent",
@@ -148,8 +150,6 @@ def refuse_mutations(gm: torch.fx.GraphModule, coord: str = "x") -> None:
     if mutating:
         # batch norm in training mode updates its running statistics: the coupling of the
         # batch rows is the cause to report
-        from .ir.batch import check_batch_independence
-
         check_batch_independence(gm, coord)
     targets = _mutated_inputs(gm)
     for node in mutating:
@@ -229,8 +229,6 @@ def output_structure(model: Callable, args: tuple) -> OutputStructure | None:
     A model that fake tensors cannot run is taken to return one tensor; capture
     then reports what fails.
     """
-    from torch._subclasses.fake_tensor import FakeTensorMode
-
     try:
         with FakeTensorMode(allow_non_fake_inputs=True) as mode, torch.no_grad():
             out = model(*(mode.from_tensor(a) for a in args))
@@ -285,10 +283,6 @@ def decomposed_by_capture(op) -> bool:
     return torch._C._dispatch_has_kernel_for_dispatch_key(op.name(), "CompositeImplicitAutograd")
 
 
-def _sanitize(name: str) -> str:
-    return re.sub(r"\W", "_", name)
-
-
 def capture(
     model: torch.nn.Module | Callable,
     x: torch.Tensor,
@@ -314,13 +308,25 @@ def capture(
     Raises:
         TraceError: data-dependent control flow or other untraceable code.
     """
-    if isinstance(model, torch.nn.Module):
-        params = dict(model.named_parameters())
-        buffers = dict(model.named_buffers())
-    else:
-        params, buffers = {}, {}
+    module = isinstance(model, torch.nn.Module)
+    params = dict(model.named_parameters()) if module else {}
+    buffers = dict(model.named_buffers()) if module else {}
     pnames, bnames = list(params), list(buffers)
     call_args = list(args) if args is not None else [x]
+    example = list(params.values()) + list(buffers.values()) + call_args
+    gm = _trace(_functional(model, pnames, bnames), example)
+    _name_placeholders(gm, pnames, bnames, len(call_args), wrt)
+    gm.graph._codegen = torch.fx.graph.CodeGen()  # plain positional signature
+    functionalize_leftovers(gm)
+    refuse_mutations(gm)
+    gm.graph.eliminate_dead_code()
+    gm.recompile()
+    return Captured(gm, pnames, bnames, "x")
+
+
+def _functional(model, pnames: list[str], bnames: list[str]) -> Callable:
+    """``fn(*parameters, *buffers, *args)``: the model called on the given state, its
+    outputs flattened (:func:`flatten_outputs`)."""
     n_state = len(pnames) + len(bnames)
 
     def fn(*inputs):
@@ -335,12 +341,17 @@ def capture(
                 out = model(*inputs[n_state:])
         return flatten_outputs(out)
 
-    example = list(params.values()) + list(buffers.values()) + call_args
+    return fn
+
+
+def _trace(fn: Callable, example: list) -> torch.fx.GraphModule:
+    """``make_fx`` of the functionalized ``fn`` with core-ATen decompositions on fake
+    tensors, stack traces recorded; a failure re-raised with its diagnosis."""
     try:
         # functionalization turns in-place ops and writes into views into functional ops
         # (slice_scatter, index_put, ...) that the rules see; mutations of the graph's inputs
-        # survive only as trailing copy_ nodes, refused below
-        gm = make_fx(
+        # survive only as trailing copy_ nodes, refused by refuse_mutations
+        return make_fx(
             torch.func.functionalize(fn, remove="mutations"),
             decomposition_table=core_aten_decompositions(),
             tracing_mode="fake",
@@ -348,32 +359,38 @@ def capture(
             _allow_non_fake_inputs=True,
         )(*example)
     except Exception as e:  # noqa: BLE001 - re-raised with a diagnosis
-        msg = str(e)
-        if any(s in msg or s in type(e).__name__ for s in _DATA_DEPENDENT):
-            raise TraceError(
-                "taylorc could not trace the model: it branches on or reads the value of a tensor "
-                f"({type(e).__name__}: {msg.splitlines()[0] if msg else ''}). Remove data-dependent Python "
-                "control flow and .item()/.tolist() calls on inputs (use torch.where), or compute that "
-                "part outside the model."
-            ) from e
-        if "leaf Variable that requires grad is being used in an in-place operation" in msg:
-            raise InputMutationError(
-                "the model writes into one of its parameters in place while it runs "
-                f"({msg.splitlines()[0]}). A differential operator needs a model that leaves its "
-                "parameters unchanged: update them outside the model (an optimiser step)."
-            ) from e
-        raise
-    arg_names = ["x" if i == wrt else f"arg{i}" for i in range(len(call_args))]
-    names = (
-        [f"p_{_sanitize(n)}" for n in pnames] + [f"b_{_sanitize(n)}" for n in bnames] + arg_names
-    )
+        why = _trace_failure(e)
+        if why is None:
+            raise
+        raise why from e
+
+
+def _trace_failure(e: Exception) -> Exception | None:
+    """The error to report for a failed trace (None: the original error is the report)."""
+    msg = str(e)
+    if any(s in msg or s in type(e).__name__ for s in _DATA_DEPENDENT):
+        return TraceError(
+            "taylorc could not trace the model: it branches on or reads the value of a tensor "
+            f"({type(e).__name__}: {msg.splitlines()[0] if msg else ''}). Remove data-dependent Python "
+            "control flow and .item()/.tolist() calls on inputs (use torch.where), or compute that "
+            "part outside the model."
+        )
+    if "leaf Variable that requires grad is being used in an in-place operation" in msg:
+        return InputMutationError(
+            "the model writes into one of its parameters in place while it runs "
+            f"({msg.splitlines()[0]}). A differential operator needs a model that leaves its "
+            "parameters unchanged: update them outside the model (an optimiser step)."
+        )
+    return None
+
+
+def _name_placeholders(gm, pnames: list[str], bnames: list[str], n_args: int, wrt: int) -> None:
+    """``p_<param>``, ``b_<buffer>``, then ``x`` for the coordinates and ``arg<i>`` for the
+    call's other arguments; ``meta["taylorc_input"]`` holds the qualified names."""
+    arg_names = ["x" if i == wrt else f"arg{i}" for i in range(n_args)]
+    state = [f"p_{n}" for n in pnames] + [f"b_{n}" for n in bnames]
+    names = [re.sub(r"\W", "_", n) for n in state] + arg_names
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
-    for node, name, qual in zip(placeholders, names, pnames + bnames + [None] * len(call_args)):
+    for node, name, qual in zip(placeholders, names, pnames + bnames + [None] * n_args):
         node.name = node.target = name
         node.meta["taylorc_input"] = qual
-    gm.graph._codegen = torch.fx.graph.CodeGen()  # plain positional signature
-    functionalize_leftovers(gm)
-    refuse_mutations(gm)
-    gm.graph.eliminate_dead_code()
-    gm.recompile()
-    return Captured(gm, pnames, bnames, "x")

@@ -17,82 +17,15 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from collections import Counter
 from pathlib import Path
 
 import torch
 import torch.fx
 
-from .ir import Tag, ensure_shapes, tag_of
-from .ir.facts import having
+from .ir import Tag, tag_of
+from .ir.stats import graph_stats, node_flops, op_name  # noqa: F401 - read from here too
 
 aten = torch.ops.aten
-
-_FREE = {op._schema.name.split("::")[1] for op in having("free")}  # views: no data moved
-
-
-def _op_name(node: torch.fx.Node) -> str:
-    t = node.target
-    if isinstance(t, torch._ops.OpOverload):
-        return t._schema.name.split("::")[-1] + (
-            "" if t._overloadname == "default" else "." + t._overloadname
-        )
-    return str(getattr(t, "__name__", t))
-
-
-def node_flops(node: torch.fx.Node) -> int:
-    """Estimated floating-point operations of one node (2 per multiply-add; 1 per elementwise output)."""
-    if node.op != "call_function" or not isinstance(node.meta.get("val"), torch.Tensor):
-        return 0
-    out = node.meta["val"]
-    base = _op_name(node).split(".")[0]
-    if base in _FREE:
-        return 0
-    if base in ("mm", "bmm", "matmul", "addmm"):
-        a = node.args[1] if base == "addmm" else node.args[0]
-        inner = a.meta["val"].shape[-1] if isinstance(a, torch.fx.Node) and "val" in a.meta else 1
-        return 2 * out.numel() * inner
-    if base == "einsum":
-        sizes = [a.meta["val"].numel() for a in node.all_input_nodes if "val" in a.meta]
-        return 2 * max(sizes, default=0)
-    if base in ("sum", "mean"):
-        a = node.args[0]
-        return (
-            a.meta["val"].numel()
-            if isinstance(a, torch.fx.Node) and "val" in a.meta
-            else out.numel()
-        )
-    return out.numel()
-
-
-def graph_stats(gm: torch.fx.GraphModule) -> dict:
-    """Node counts by op, estimated FLOPs and coefficient bytes of a graph.
-
-    Shapes come from ``meta["val"]`` (annotated by fake-tensor propagation when
-    missing). Coefficient bytes count the materialised (non-view) tensors the
-    taylor pass created for orders >= 1.
-    """
-
-    ensure_shapes(gm)
-    counts = Counter(_op_name(n) for n in gm.graph.nodes if n.op == "call_function")
-    flops = sum(node_flops(n) for n in gm.graph.nodes)
-    coeff_bytes = 0
-    for n in gm.graph.nodes:
-        tag = tag_of(n)
-        v = n.meta.get("val")
-        if (
-            tag is not None
-            and tag.order >= 1
-            and isinstance(v, torch.Tensor)
-            and _op_name(n).split(".")[0] not in _FREE
-        ):
-            coeff_bytes += v.numel() * v.element_size()
-    return {
-        "nodes": len(gm.graph.nodes),
-        "ops": dict(sorted(counts.items())),
-        "flops": int(flops),
-        "coefficient_bytes": int(coeff_bytes),
-    }
 
 
 def node_table(gm: torch.fx.GraphModule) -> str:
@@ -106,7 +39,7 @@ def node_table(gm: torch.fx.GraphModule) -> str:
             (
                 n.name,
                 n.op,
-                _op_name(n) if n.op == "call_function" else str(n.target),
+                op_name(n) if n.op == "call_function" else str(n.target),
                 str(shape),
                 json.dumps(tag.describe(), default=str) if tag else "",
             )
@@ -133,7 +66,7 @@ def graph_picture(gm: torch.fx.GraphModule):
         v = n.meta.get("val")
         tag = tag_of(n) or Tag(None, 0)
         order = tag.order
-        label = n.name + "\\n" + (_op_name(n) if n.op == "call_function" else n.op)
+        label = n.name + "\\n" + (op_name(n) if n.op == "call_function" else n.op)
         if isinstance(v, torch.Tensor):
             label += "\\n" + "x".join(map(str, v.shape))
         if tag_of(n) is not None:

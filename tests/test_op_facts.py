@@ -9,7 +9,8 @@ import taylorc
 from taylorc.ir import batch
 from taylorc.ir import facts as ops
 from taylorc.kernels.jet_activation import ACTIVATIONS, derivatives
-from taylorc.passes import cleanup, lower
+from taylorc.passes import cleanup
+from taylorc.passes import patterns as lower
 from taylorc.rules import table as rules
 
 FUNCTIONS = {

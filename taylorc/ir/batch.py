@@ -24,7 +24,6 @@ import torch.fx
 
 from ..errors import BatchCouplingError, user_source_line
 from .facts import facts, having, valued
-from .probe import probe_rows
 
 aten = torch.ops.aten
 
@@ -47,6 +46,7 @@ _MOVES = {
     aten.unsqueeze.default,
 }
 # ops the analysis follows exactly: on a graph of these only, its verdict needs no probe
+# (:func:`taylorc.ir.coupling.followed_exactly`)
 FOLLOWED = (
     REDUCTIONS
     | set(ALONG_DIM)
@@ -57,25 +57,6 @@ FOLLOWED = (
     | having("pointwise")
     | having("constant_output")
 )
-
-
-def followed_exactly(gm: torch.fx.GraphModule, coord: str, axis: int | None, lost) -> bool:
-    """Whether the analysis's verdict is exact: every op after the coordinates is one it
-    follows exactly (or a registered elementwise rule), and it lost the axis nowhere."""
-    from ..rules.table import RULES  # the elementwise ops of the registry are pointwise too
-
-    if axis is None or lost:
-        return False
-    x = next(n for n in gm.graph.nodes if n.op == "placeholder" and n.name == coord)
-    seen = {x}
-    for n in gm.graph.nodes:
-        if n.op == "output" or not any(a in seen for a in n.all_input_nodes):
-            continue
-        seen.add(n)
-        info = RULES.get(n.target)
-        if n.target not in FOLLOWED and (info is None or info.kind != "elementwise"):
-            return False
-    return True
 
 
 def _ndim(node) -> int | None:
@@ -324,7 +305,8 @@ def analyse_batch_axis(
 
     Conservative where it knows an op (it may refuse a graph whose rows stay
     independent, e.g. a reduction whose result only feeds a shape), and blind to ops
-    it does not know: :func:`check_batch_independence` decides with an exact probe.
+    it does not know: :func:`taylorc.ir.coupling.check_batch_independence` decides
+    with an exact probe.
 
     Args:
         gm: a captured graph (``meta["val"]`` on every node).
@@ -371,62 +353,3 @@ def analyse_batch_axis(
     if lost is not None:  # nodes after the coordinates whose batch axis the analysis lost
         lost.extend(n for n in downstream if n.op == "call_function" and axes.get(n) is None)
     return axes.get(out, 0 if out is x else None)
-
-
-def check_batch_independence(
-    gm: torch.fx.GraphModule, coord: str, probe_inputs: list | None = None
-) -> int | None:
-    """Raise if the graph lets output row b depend on input rows other than b.
-
-    The decision is exact when ``probe_inputs`` are given (:func:`probe_rows`): no
-    refusal of a model whose rows are independent, whatever ops it uses (a reshape
-    round trip, ``torch.func.grad`` of a sum over the batch inside the forward). The
-    graph analysis (:func:`analyse_batch_axis`) names the culprit op, node and source
-    line when the rows are coupled; where it accepts a graph of ops it follows exactly
-    (:func:`followed_exactly`: an MLP, a ResNet, most PINN nets) its verdict stands and
-    the probe is skipped.
-
-    Args:
-        gm: a captured graph (``meta["val"]`` on every node).
-        coord: the name of the coordinates' placeholder (batch axis 0).
-        probe_inputs: real tensors for the placeholders, or None (analysis only).
-
-    Returns:
-        the output's axis that carries the coordinates' batch axis (0 for a
-        per-sample model, 1 for a DeepONet's ``(M, N)`` output), or None when
-        it is unknown.
-
-    Raises:
-        BatchCouplingError: naming the op, the node, the user's source line and
-            the chain of nodes from the coordinates (or, when the analysis cannot
-            name an op, what the probe saw).
-    """
-    lost: list = []
-    try:
-        axis, refusal = analyse_batch_axis(gm, coord, lost), None
-    except BatchCouplingError as e:
-        axis, refusal = None, e
-    if refusal is None and followed_exactly(gm, coord, axis, lost):
-        return axis  # the probe would only confirm it (and costs 2 log2 B evaluations)
-    verdict = probe_rows(gm, coord, probe_inputs) if probe_inputs is not None else None
-    if verdict is None:
-        if refusal is not None:
-            raise refusal
-        return axis
-    status, axes = verdict
-    if status == "undecided":
-        if refusal is not None:
-            raise refusal
-        return axis
-    if status == "coupled":
-        if refusal is not None:
-            raise refusal
-        raise BatchCouplingError(
-            "the model mixes batch rows: a forward-mode probe found output rows that change "
-            "when other input rows change (per-sample derivatives are not what this graph "
-            "computes), through ops the graph analysis does not follow. Make every output "
-            "row depend on its own input row only."
-        )
-    if axis in axes:
-        return axis
-    return axes[0] if axes else axis

@@ -1,6 +1,6 @@
 """The exact batch-coupling probe: forward-mode tangents on halves of the rows.
 
-Used by :func:`taylorc.ir.batch.check_batch_independence` where the graph analysis
+Used by :func:`taylorc.ir.coupling.check_batch_independence` where the graph analysis
 is not exact (an op it does not follow, an axis it lost, or a refusal to confirm).
 """
 
@@ -64,36 +64,53 @@ def probe_rows(gm: torch.fx.GraphModule, coord: str, inputs: list) -> tuple[str,
     generator = torch.Generator().manual_seed(0)
     try:
         real = _probe_inputs(gm, inputs, x_node, generator)
-        x = real[i]
-        B = x.shape[0]
 
         def f(xx):
             out = _ForwardAD(gm).run(*real[:i], xx, *real[i + 1 :])
             return out[0] if isinstance(out, (tuple, list)) and len(out) == 1 else out
 
-        rows = torch.arange(B, device=x.device)
-        candidates, coupled, seen, sized = None, False, False, False
-        with torch.no_grad():
-            for bit in range(max(1, math.ceil(math.log2(B)))):
-                hit = []
-                for side in (0, 1):
-                    picked = ((rows >> bit) & 1) == side
-                    mask = picked.reshape([B] + [1] * (x.dim() - 1)).to(x.dtype)
-                    v = torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device) * mask
-                    _, t = torch.func.jvp(f, (x,), (v,))
-                    if not isinstance(t, torch.Tensor) or not t.isfinite().all():
-                        return None  # not one tensor, or 0 * inf somewhere: no exact verdict
-                    if candidates is None:
-                        candidates = [a for a in range(t.dim()) if t.shape[a] == B]
-                        sized = bool(candidates)
-                    nonzero = t != 0
-                    hit.append(nonzero)
-                    candidates = [a for a in candidates if not nonzero.movedim(a, 0)[~picked].any()]
-                # an output entry moved by rows on both sides of a bit depends on two rows
-                coupled = coupled or bool((hit[0] & hit[1]).any())
-                seen = seen or bool(hit[0].any() or hit[1].any())
+        seen = _push_tangents(f, real[i], generator)
     except Exception:  # noqa: BLE001 - the probe is a second opinion; the analysis stands
         return None
+    return _verdict(*seen) if seen is not None else None
+
+
+def _push_tangents(f, x: torch.Tensor, generator):
+    """Push one random tangent per bit of the row index and value of that bit through ``f``.
+
+    Returns:
+        ``(candidates, coupled, seen, sized)``: the output axes of size B along which
+        every tangent stays on its own rows; whether an entry moved for rows on both
+        sides of a bit; whether anything moved; whether the output has an axis of size
+        B. None when a tangent is not one finite tensor (``0 * inf`` somewhere).
+    """
+    B = x.shape[0]
+    rows = torch.arange(B, device=x.device)
+    candidates, coupled, seen, sized = None, False, False, False
+    with torch.no_grad():
+        for bit in range(max(1, math.ceil(math.log2(B)))):
+            hit = []
+            for side in (0, 1):
+                picked = ((rows >> bit) & 1) == side
+                mask = picked.reshape([B] + [1] * (x.dim() - 1)).to(x.dtype)
+                v = torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device) * mask
+                _, t = torch.func.jvp(f, (x,), (v,))
+                if not isinstance(t, torch.Tensor) or not t.isfinite().all():
+                    return None
+                if candidates is None:
+                    candidates = [a for a in range(t.dim()) if t.shape[a] == B]
+                    sized = bool(candidates)
+                nonzero = t != 0
+                hit.append(nonzero)
+                candidates = [a for a in candidates if not nonzero.movedim(a, 0)[~picked].any()]
+            # an output entry moved by rows on both sides of a bit depends on two rows
+            coupled = coupled or bool((hit[0] & hit[1]).any())
+            seen = seen or bool(hit[0].any() or hit[1].any())
+    return candidates, coupled, seen, sized
+
+
+def _verdict(candidates, coupled: bool, seen: bool, sized: bool) -> tuple[str, list[int]]:
+    """The probe's verdict from what the tangents moved (see :func:`probe_rows`)."""
     if not seen or candidates:  # nothing varies, or an axis keeps every row on its own
         return "independent", candidates or []
     if coupled or sized:  # an entry moved by two rows, or rows moved to other rows (a shift)

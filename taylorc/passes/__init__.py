@@ -16,7 +16,10 @@ import torch
 import torch.fx
 
 from .. import ir
+from ..ir.coupling import check_batch_independence
+from ..ir.stats import graph_stats
 from ..operators.plan import JetPlan
+from ..rules.table import elementwise
 
 
 class Pass(Protocol):
@@ -96,7 +99,7 @@ class PassContext:
         final: the pipeline's last graph (set by the pass manager).
         probe_inputs: real tensors for the source graph's placeholders (parameters,
             buffers, arguments), for the exact batch-coupling probe
-            (:func:`taylorc.ir.batch.probe_rows`); None: the graph analysis decides.
+            (:func:`taylorc.ir.probe.probe_rows`); None: the graph analysis decides.
         latency: seconds of the first call's stages (``"capture"``, ``"passes"``,
             ``"batch check"``, ``"compile"``), set by :class:`~taylorc.api.CompiledOperator`.
         batch: whether the graph serves every batch size, or why it is specialised to one.
@@ -116,6 +119,15 @@ class PassContext:
 
     def warn(self, message: str) -> None:
         warnings.warn(message, UserWarning, stacklevel=4)
+
+    def check_batch(self, gm: torch.fx.GraphModule) -> int | None:
+        """Raise if the captured ``gm`` couples batch rows; the output's batch axis.
+
+        :func:`taylorc.ir.coupling.check_batch_independence` with this context's
+        coordinates and probe inputs; the rule registry's elementwise ops count as
+        pointwise (:func:`taylorc.rules.table.elementwise`).
+        """
+        return check_batch_independence(gm, self.coord, self.probe_inputs, elementwise)
 
 
 def relink(order: list[torch.fx.Node]) -> None:
@@ -179,8 +191,6 @@ class PassManager:
         return gm
 
     def _record(self, gm, ctx, name, seconds):
-        from ..debug import graph_stats
-
         # later passes (unstack, cpu_tanh, cleanup) read the shapes of the nodes a pass made;
         # the FLOP and memory estimates only the dump (explain() estimates the final graph)
         ir.ensure_shapes(gm)

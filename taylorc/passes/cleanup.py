@@ -1,10 +1,11 @@
 """The cleanup pass: prune known-zero coefficients, hoist batch broadcasts out of matmuls, then CSE and DCE.
 
 Zeros come from the input jet (its coefficients of order >= 2 vanish: the
-input moves on a straight line) and from the collapsed seed. They are
-propagated through ops that are linear in the zero operand (products,
-matmuls, views, reductions), and sums with a zero operand become the other
-operand. Constants never carry coefficients (the taylor pass copies them).
+input moves on a straight line) and from the collapsed seed; the one known-zero
+analysis (:func:`taylorc.ir.zeros.known_zeros`) propagates them through ops that are
+linear in the zero operand (products, matmuls, views, reductions), and sums with a
+zero operand become the other operand. Constants never carry coefficients (the
+taylor pass copies them).
 """
 
 from __future__ import annotations
@@ -13,26 +14,16 @@ import torch
 import torch.fx
 
 from .. import ir
-from ..ir import annotate_shapes  # noqa: F401 - re-exported for the passes
-from ..ir.facts import having, valued
+from ..ir import annotate_shapes
+from ..ir.zeros import SUMS, ZERO_MAKERS, known_zeros
 from . import PassContext
 
 aten = torch.ops.aten
 
-ZERO_MAKERS = having("zero_maker")
-# zero if ANY tensor operand is zero / if the FIRST operand is zero / if ALL are zero
-_ZERO_IF = valued("zero_if")
-ABSORBING = {op for op, how in _ZERO_IF.items() if how == "any"}
-LINEAR_IN_FIRST = {op for op, how in _ZERO_IF.items() if how == "first"}
-ALL_ZERO = {op for op, how in _ZERO_IF.items() if how == "all"}
-
-
-def _tensor_args(node):
-    return [a for a in node.all_input_nodes]
-
 
 def prune_zeros(gm: torch.fx.GraphModule, functional: bool = True) -> int:
-    """Propagate known zeros; returns how many nodes were replaced.
+    """Replace the known zeros (:func:`taylorc.ir.zeros.known_zeros`) by ``zeros`` and a
+    sum with one zero operand by the other operand; returns how many nodes were replaced.
 
     taylorc's graphs are functional. An ATen graph with in-place ops (a ``make_fx``
     trace) passes ``functional=False``: the nodes an in-place op may write
@@ -46,58 +37,41 @@ def prune_zeros(gm: torch.fx.GraphModule, functional: bool = True) -> int:
     A product or quotient with non-finite entries in the other operand gives 0 here,
     NaN eagerly (that point's result is non-finite anyway).
     """
-    graph = gm.graph
-    keep = frozenset() if functional else ir.written(graph)
-    zero: set[torch.fx.Node] = set()
+    keep = frozenset() if functional else ir.written(gm.graph)
+    zero = known_zeros(gm.graph, exclude=keep)
     replaced = 0
-
-    def make_zero(n):
-        v = n.meta["val"]
-        with graph.inserting_before(n):
-            z = graph.call_function(
-                aten.zeros.default, (list(v.shape),), {"dtype": v.dtype, "device": v.device}
-            )
-        z.meta.update(n.meta)
-        ir.replace(gm, n, z)
-        zero.add(z)
-
-    for n in list(graph.nodes):
-        if n.op != "call_function" or n in keep:
+    for n in list(gm.graph.nodes):
+        if n.op != "call_function" or n in keep or n.target in ZERO_MAKERS:
             continue
-        t = n.target
-        if t in ZERO_MAKERS:
-            zero.add(n)
-            continue
-        ins = _tensor_args(n)
-        first = n.args[0] if n.args else None
-        if (
-            t in ABSORBING
-            and any(a in zero for a in ins)
-            or t in LINEAR_IN_FIRST
-            and first in zero
-            or t in ALL_ZERO
-            and ins
-            and all(a in zero for a in ins)
-        ):
-            make_zero(n)
-            replaced += 1
+        if n in zero:
+            zero.add(_make_zero(gm, n))
         elif (
-            t in (aten.add.Tensor, aten.sub.Tensor)
+            functional
+            and n.target in SUMS
             and len(n.args) >= 2
             and (n.args[0] in zero or n.args[1] in zero)
         ):
             a, b = n.args[0], n.args[1]
-            alpha = n.kwargs.get("alpha", 1) * (-1 if t is aten.sub.Tensor else 1)
-            if a in zero and b in zero:
-                make_zero(n)
-            elif functional:
-                other, factor = (b, alpha) if a in zero else (a, 1)
-                _replace_by(gm, n, other, factor)
-            else:
-                continue
-            replaced += 1
+            alpha = n.kwargs.get("alpha", 1) * (-1 if n.target is aten.sub.Tensor else 1)
+            other, factor = (b, alpha) if a in zero else (a, 1)
+            _replace_by(gm, n, other, factor)
+        else:
+            continue
+        replaced += 1
     ir.dce(gm)
     return replaced
+
+
+def _make_zero(gm: torch.fx.GraphModule, n: torch.fx.Node) -> torch.fx.Node:
+    """Replace ``n`` by a fresh ``zeros`` of its shape; returns the new node."""
+    v = n.meta["val"]
+    with gm.graph.inserting_before(n):
+        z = gm.graph.call_function(
+            aten.zeros.default, (list(v.shape),), {"dtype": v.dtype, "device": v.device}
+        )
+    z.meta.update(n.meta)
+    ir.replace(gm, n, z)
+    return z
 
 
 def _replace_by(gm, n, keep, factor):

@@ -12,9 +12,9 @@ in dead-code elimination.
 
 Graphs without that metadata (hand-written Taylor code, Dynamo's graphs in the
 ``torch.compile`` backend) are matched structurally instead
-(:func:`lower_structural`): the collapsed order-2 step of each activation in its
-canonical ATen form, the one :func:`~taylorc.kernels.jet_activation_reference`
-traces to (``t = tanh(x0); d1 = 1 - t*t; y1 = d1*x1;
+(:func:`lower_structural`, by :mod:`taylorc.passes.patterns`): the collapsed order-2
+step of each activation in its canonical ATen form, the one
+:func:`~taylorc.kernels.jet_activation.jet_activation_reference` traces to (``t = tanh(x0); d1 = 1 - t*t; y1 = d1*x1;
 ytop = d1*top + sum(-2*t*d1*x1*x1, 0)``). Algebraically equal but differently
 written steps are not recognised and stay as they are.
 
@@ -25,57 +25,17 @@ is how the tests check the rewrite on the CPU.
 
 from __future__ import annotations
 
-import functools
 import operator
 
 import torch
 import torch.fx
-from torch.fx.experimental.proxy_tensor import make_fx
-from torch.fx.passes.utils.matcher_utils import SubgraphMatcher
 
 from .. import ir
-from ..ir.facts import valued
-from ..kernels.jet_activation import ACTIVATIONS, MAX_ORDER, jet_activation_reference
+from ..kernels.jet_activation import ACTIVATIONS, MAX_ORDER
 from . import PassContext, PassResult, relink
-from .sites import linear_use
+from .patterns import activation_of, activation_steps, linear_of
 
 aten = torch.ops.aten
-
-ACTIVATION_TARGETS = valued("activation")
-
-
-def activation_of(node: torch.fx.Node) -> tuple[str, torch.fx.Node] | None:
-    """``(name, input)`` when a source node is a lowerable activation, else None."""
-    if node.op != "call_function":
-        return None
-    if node.target in ACTIVATION_TARGETS:
-        if node.target is aten.gelu.default and node.kwargs.get("approximate", "none") != "none":
-            return None
-        return ACTIVATION_TARGETS[node.target], node.args[0]
-    if node.target is aten.mul.Tensor and len(node.args) == 2:  # silu: x * sigmoid(x)
-        a, b = node.args
-        for x, s in ((a, b), (b, a)):
-            if isinstance(s, torch.fx.Node) and s.target is aten.sigmoid.default and s.args[0] is x:
-                return "silu", x
-    return None
-
-
-def linear_of(node: torch.fx.Node, coord: str, params: dict):
-    """``(x, weight, bias)`` when a source node is ``addmm(bias, x, permute(weight, [1, 0]))``.
-
-    The one linear-layer matcher (:func:`taylorc.passes.sites.linear_use`) with ``params`` the
-    parameter placeholders; None for other nodes, a bias that is not a parameter, and
-    when x is the coordinates (or another placeholder).
-    """
-    if node.op != "call_function" or node.target is not aten.addmm.default:
-        return None
-    use = linear_use(node, params)
-    if use is None or use[2] is None:
-        return None
-    x = use[0]
-    if x.name == coord or x.op == "placeholder":
-        return None
-    return use
 
 
 class LowerPass:
@@ -251,36 +211,17 @@ def stable_toposort(graph: torch.fx.Graph) -> None:
     relink(order)
 
 
-@functools.cache
-def step_pattern(act: str) -> torch.fx.GraphModule:
-    """ATen graph ``(x0, x1, top) -> (y0, y1, ytop)`` of act's collapsed order-2 step (canonical form)."""
-
-    def step(x0, x1, top):
-        y0, (y1,), ytop = jet_activation_reference(x0, [x1], top, None, act)
-        return y0, y1, ytop
-
-    gm = make_fx(step)(torch.randn(4), torch.randn(2, 4), torch.randn(4))
-    gm.graph.eliminate_dead_code()  # derivatives() computes orders 3, 4 too
-    gm.recompile()
-    return gm
-
-
 def lower_structural(gm: torch.fx.GraphModule) -> int:
     """Replace every canonical collapsed order-2 activation step in an ATen graph by the kernel.
 
-    Matches :func:`step_pattern` of each activation with torch.fx's
-    ``SubgraphMatcher`` (same ops, same literals, no intermediate read outside
-    the step); a match becomes ``taylorc::jet_activation(x0, [x1], top, None, act)``
-    with the coefficients flattened as the op expects. Returns the number of steps
-    replaced.
+    The steps are :func:`~taylorc.passes.patterns.activation_steps` of each activation
+    (its canonical :func:`~taylorc.passes.patterns.step_pattern`); a match becomes
+    ``taylorc::jet_activation(x0, [x1], top, None, act)`` with the coefficients
+    flattened as the op expects. Returns the number of steps replaced.
     """
     graph, replaced = gm.graph, 0
     for act in ACTIVATIONS:
-        matcher = SubgraphMatcher(
-            step_pattern(act).graph, match_output=False, match_placeholder=False
-        )
-        for match in matcher.match(graph):
-            (x0, x1, top), outs = match.placeholder_nodes, match.returning_nodes
+        for (x0, x1, top), outs in activation_steps(graph, act):
             with graph.inserting_before(next(iter(reversed(graph.nodes)))):
                 # shape-free reshapes: the sizes may be symbolic in Dynamo's graphs
                 flat = [

@@ -2,9 +2,9 @@
 is the full Laplacian becomes ONE ``taylorc::mlp_laplacian`` call.
 
 The match is structural on the captured ATen graph (so any module that traces to
-this chain matches, not only ``nn.Sequential``): the output is
-``addmm(b, h, permute(W, [1, 0]))`` of parameter placeholders, and every ``h`` is
-one activation (the same everywhere) of such an addmm, down to the coordinates.
+this chain matches, not only ``nn.Sequential``; :func:`taylorc.passes.patterns.match_mlp`):
+the output is ``addmm(b, h, permute(W, [1, 0]))`` of parameter placeholders, and every
+``h`` is one activation (the same everywhere) of such an addmm, down to the coordinates.
 It applies where the kernel does (D <= 16, <= 8 layers, widths <= 128, float32 or
 float64, the plan being the collapsed Laplacian over every coordinate with unit
 weights); everywhere else :meth:`MLPPass.match` returns None and the layered
@@ -14,37 +14,15 @@ it acts on CUDA graphs unless forced (the tests force it on the CPU).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.fx
 
 from .. import ir
-from ..kernels.jet_activation import ACTIVATIONS
 from ..kernels.mlp_laplacian import collapsed_laplacian, fits
 from . import PassContext, PassResult
-from .lower import activation_of
-from .sites import linear_use
+from .patterns import MLPMatch, match_mlp
 
 aten = torch.ops.aten
-
-
-@dataclass
-class MLPMatch:
-    """The matched network: parameter placeholders (nodes of the captured graph) per linear
-    layer, in forward order."""
-
-    weights: list[torch.fx.Node]
-    biases: list[torch.fx.Node | None]
-    activation: str
-
-
-def _addmm_layer(node, params: dict):
-    """``(input, weight, bias)`` placeholders of ``addmm(b, h, permute(W, [1, 0]))``, else None."""
-    if not (isinstance(node, torch.fx.Node) and node.target is aten.addmm.default):
-        return None
-    use = linear_use(node, params)
-    return use if use is not None and use[2] is not None else None
 
 
 def _is_unit_laplacian(plan, D: int) -> bool:
@@ -94,29 +72,10 @@ class MLPPass:
         if not _is_unit_laplacian(ctx.plan, D):
             return None
         params = {n: n.name for n in placeholders if n.name.startswith("p_")}
-        out = next(n for n in gm.graph.nodes if n.op == "output").args[0]
-        layers, acts, node = [], set(), out
-        while True:
-            layer = _addmm_layer(node, params)
-            if layer is None:
-                return None
-            h, w, b = layer
-            layers.append((w, b))
-            if h is coord:
-                break
-            found = activation_of(h)
-            if found is None or found[0] not in ACTIVATIONS:
-                return None
-            acts.add(found[0])
-            node = found[1]
-        if len(acts) != 1 or any(
-            len(n.users) != 1 for n in gm.graph.nodes if n.op == "call_function"
-        ):
-            return None  # mixed activations, or intermediate values read elsewhere
-        layers.reverse()
-        if not fits(D, [w.meta["val"].shape[0] for w, _ in layers]):
+        m = match_mlp(gm, coord, params)
+        if m is None or not fits(D, [w.meta["val"].shape[0] for w in m.weights]):
             return None
-        return MLPMatch([w for w, _ in layers], [b for _, b in layers], acts.pop())
+        return m
 
     def __call__(self, gm: torch.fx.GraphModule, ctx: PassContext) -> PassResult:
         m = self.match(gm, ctx)

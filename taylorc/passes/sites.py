@@ -29,9 +29,15 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.fx
+from torch._subclasses.fake_tensor import FakeTensorMode
 
 from .. import ir
+from ..ir import annotate_shapes
+from ..ir.zeros import known_zero, known_zeros  # noqa: F401 - known_zero: read from here too
+from .cleanup import hoist_broadcast_matmuls
 from .factored import Factored, factor_inputs, factor_outputs
+from .patterns import linear_use
+from .propagate import depends_on
 
 aten = torch.ops.aten
 
@@ -144,43 +150,9 @@ class LinearSite:
             f.Q = fn(f.Q) if f.Q is not None else None
 
 
-def linear_use(node: torch.fx.Node, params: dict[torch.fx.Node, str]):
-    """``(input, weight node, bias node or None)`` of ``addmm(b, h, permute(W))`` / ``mm(h, permute(W))``.
-
-    ``params`` maps the parameter placeholders of the captured graph to their names;
-    W must be one of them (``t(W)`` is accepted for ``permute(W, [1, 0])``). None otherwise.
-    """
-    if node.op != "call_function" or node.target not in (aten.addmm.default, aten.mm.default):
-        return None
-    if node.kwargs.get("beta", 1) != 1 or node.kwargs.get("alpha", 1) != 1:
-        return None
-    bias, h, wt = (None, *node.args[:2]) if node.target is aten.mm.default else node.args[:3]
-    if not isinstance(wt, torch.fx.Node) or not isinstance(h, torch.fx.Node):
-        return None
-    transposed = wt.target is aten.permute.default and list(wt.args[1]) == [1, 0]
-    if not (transposed or wt.target is aten.t.default) or wt.args[0] not in params:
-        return None
-    return h, wt.args[0], bias if bias in params else None
-
-
-def known_zero(node: torch.fx.Node | None) -> bool:
-    """Whether a node is zero by construction: a zero maker, a view/reduction of one, or a
-    product with one (the input's higher orders and what the collapse makes of them)."""
-    from .cleanup import ABSORBING, LINEAR_IN_FIRST, ZERO_MAKERS
-
-    if node is None:
-        return True
-    if node.op != "call_function":
-        return False
-    if node.target in ZERO_MAKERS:
-        return True
-    if node.target in LINEAR_IN_FIRST:
-        return isinstance(node.args[0], torch.fx.Node) and known_zero(node.args[0])
-    return node.target in ABSORBING and any(known_zero(a) for a in node.all_input_nodes)
-
-
-def _columns(h_jet, z_jet, K: int, R: int, G: int, collapsed: bool) -> list[Column]:
-    """The columns of one site from the jets of its input and output."""
+def _columns(h_jet, z_jet, K: int, R: int, G: int, collapsed: bool, zeros: set) -> list[Column]:
+    """The columns of one site from the jets of its input and output (``zeros``: the
+    graph's :func:`~taylorc.ir.zeros.known_zeros`)."""
 
     def at(jet, k):
         return jet[k] if k < len(jet) else None
@@ -188,11 +160,12 @@ def _columns(h_jet, z_jet, K: int, R: int, G: int, collapsed: bool) -> list[Colu
     cols = [Column("value", 0, None, at(h_jet, 0), at(z_jet, 0))]
     for k in range(1, K + 1):
         x, z = at(h_jet, k), at(z_jet, k)
+        zero = x is None or x in zeros
         if k == K and collapsed:
             rows = [None] if G == 1 else list(range(G))
-            cols += [Column("top", k, g, x, z, zero_input=known_zero(x)) for g in rows]
+            cols += [Column("top", k, g, x, z, zero_input=zero) for g in rows]
         else:
-            cols += [Column("direction", k, r, x, z, zero_input=known_zero(x)) for r in range(R)]
+            cols += [Column("direction", k, r, x, z, zero_input=zero) for r in range(R)]
     return cols
 
 
@@ -219,9 +192,7 @@ def find_sites(
     weights = (
         torch.tensor([[float(w) for w in row] for row in plan.top_weights]) if collapsed else None
     )
-    from .taylor import depends_on
-
-    varying = depends_on(info.source.graph, coord)
+    varying, zeros = depends_on(info.source.graph, coord), known_zeros(gm.graph)
     points = next(p for p in placeholders if p.name == coord).meta["val"].shape[0]
     sites, uses = [], {}
     for node in info.source.graph.nodes:
@@ -232,7 +203,7 @@ def find_sites(
         weight = params[w]
         module = weight.rsplit(".", 1)[0] if weight.endswith(".weight") else weight
         i = uses[weight] = uses.get(weight, -1) + 1
-        cols = _columns(info.jet(h), info.jet(node), info.K, info.R, info.G, collapsed)
+        cols = _columns(info.jet(h), info.jet(node), info.K, info.R, info.G, collapsed, zeros)
         site = LinearSite(
             module + (f"#{i}" if i else ""), module, weight, params.get(b), node, cols
         )
@@ -274,11 +245,6 @@ class SitesPass:
         self.param_names, self.taps = param_names, taps
 
     def __call__(self, gm: torch.fx.GraphModule, ctx) -> torch.fx.GraphModule:
-        from torch._subclasses.fake_tensor import FakeTensorMode
-
-        from ..ir import annotate_shapes
-        from .cleanup import hoist_broadcast_matmuls
-
         annotate_shapes(gm)
         if hoist_broadcast_matmuls(gm):  # per-sample outputs stay: the expand is the column
             annotate_shapes(gm)

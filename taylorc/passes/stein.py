@@ -29,7 +29,6 @@ from torch._decomp import core_aten_decompositions
 from torch.fx.experimental.proxy_tensor import make_fx
 
 from .. import ir
-from ..ir.batch import check_batch_independence
 from ..methods.assembly import assemble_terms
 from ..operators.spec import LinearOperator, is_constant, resolve_dim
 from . import PassContext
@@ -118,7 +117,7 @@ class SteinPass:
         self.sigma, self.vr, self.B = sigma, variance_reduction, batch
 
     def __call__(self, gm: torch.fx.GraphModule, ctx: PassContext) -> torch.fx.GraphModule:
-        check_batch_independence(gm, ctx.coord, ctx.probe_inputs)
+        ctx.check_batch(gm)
         placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
         ix = next(i for i, n in enumerate(placeholders) if n.name == ctx.coord)
         in_shape = tuple(placeholders[ix].meta["val"].shape[1:])

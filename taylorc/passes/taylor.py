@@ -21,7 +21,7 @@ import torch.fx
 
 from .. import ir
 from ..errors import UnsupportedOperatorError
-from ..ir.batch import check_batch_independence, lost_batch_axis
+from ..ir.batch import lost_batch_axis
 from ..rules.jet import Jet, RuleContext, add, scale
 from ..rules.table import CONSTANT_OPS, lower_sympy
 from . import PassContext
@@ -78,7 +78,7 @@ class TaylorPass:
     ``jets`` map each source node to its coefficient nodes.
 
     Raises:
-        BatchCouplingError: the model mixes batch rows (see :mod:`taylorc.ir.batch`).
+        BatchCouplingError: the model mixes batch rows (see :mod:`taylorc.ir.coupling`).
         UnsupportedOperatorError: an op in the graph has no rule.
         ValueError: the model does not return a single tensor.
     """
@@ -90,7 +90,7 @@ class TaylorPass:
 
     def __call__(self, gm: torch.fx.GraphModule, ctx: PassContext) -> torch.fx.GraphModule:
         plan = ctx.plan
-        ctx.batch_axis = check_batch_independence(gm, ctx.coord, ctx.probe_inputs)
+        ctx.batch_axis = ctx.check_batch(gm)
         root = torch.nn.Module()
         graph = torch.fx.Graph()
         em = Emitter(graph, plan.R)

@@ -26,9 +26,9 @@ import torch
 import torch.fx
 
 from .. import ir
+from ..ir import annotate_shapes
 from ..ir.facts import having
 from . import PassContext
-from .cleanup import annotate_shapes
 
 aten = torch.ops.aten
 # Laplacians (every direction alike) gain nothing either way (within 5% for R = 2..8);

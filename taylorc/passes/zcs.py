@@ -30,7 +30,6 @@ from torch._decomp import core_aten_decompositions
 from torch.fx.experimental.proxy_tensor import make_fx
 
 from .. import ir
-from ..ir.batch import check_batch_independence
 from ..methods.assembly import MultiIndexCache, assemble_terms
 from . import PassContext
 
@@ -53,7 +52,7 @@ class ZCSPass:
         coords: coordinate names, or None.
 
     Raises:
-        BatchCouplingError: the model mixes the points (see :mod:`taylorc.ir.batch`).
+        BatchCouplingError: the model mixes the points (see :mod:`taylorc.ir.coupling`).
         ValueError: the output's point axis cannot be followed (x-dependent
             coefficients need it).
     """
@@ -68,7 +67,7 @@ class ZCSPass:
         self.coords = coords
 
     def __call__(self, gm: torch.fx.GraphModule, ctx: PassContext) -> torch.fx.GraphModule:
-        ctx.batch_axis = axis = check_batch_independence(gm, ctx.coord, ctx.probe_inputs)
+        ctx.batch_axis = axis = ctx.check_batch(gm)
         placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
         ix = next(i for i, n in enumerate(placeholders) if n.name == ctx.coord)
         x_val = placeholders[ix].meta["val"]

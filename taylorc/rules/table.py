@@ -106,6 +106,14 @@ def _register(ops, rule, kind, smooth=True, note=""):
         RULES[op] = RuleInfo(rule, kind, smooth, note)
 
 
+def elementwise(op) -> bool:
+    """Whether the registered rule of ``op`` is elementwise: the batch analysis follows such
+    an op exactly (the ``pointwise`` argument of
+    :func:`taylorc.ir.coupling.check_batch_independence`)."""
+    info = RULES.get(op)
+    return info is not None and info.kind == "elementwise"
+
+
 # -- linear ops ----------------------------------------------------------------------
 
 
