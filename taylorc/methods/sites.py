@@ -12,7 +12,6 @@ Zeinhofer, Walther, "Collapsing Taylor Mode AD", NeurIPS 2025).
 
 from __future__ import annotations
 
-import contextvars
 from dataclasses import dataclass, field
 
 import torch
@@ -20,10 +19,6 @@ import torch
 from .. import ir
 from ..passes.sites import LinearSite, column_groups
 from .taylor import Taylor
-
-# While set (by taylorc.optim's recording), CompiledOperator calls run their Taylor graph with
-# taps through the recorder instead of the fused graph, so KFAC sees every linear site.
-RECORDING: contextvars.ContextVar = contextvars.ContextVar("taylorc_recording", default=None)
 
 
 @dataclass

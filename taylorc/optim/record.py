@@ -1,12 +1,12 @@
 """Evaluate a PINN residual through the linear sites it reaches: ``linearize``.
 
-Residuals are plain callables of the points (``lambda x: -lap(x) - f(x)``). Inside
-:func:`recording`, every :class:`~taylorc.api.CompiledOperator` call runs the
-operator's Taylor graph of linear sites built without taps
-(``build_taylor_graph(op, args, taps=False).run(x)``: it also returns every
-column's input and output) instead of its fused graph, and a direct call of the
-model runs the value operator ``"u"`` the same way: the residual's value is
-unchanged, and one reverse pass of r to the output columns
+Residuals are plain callables of the points (``lambda x: -lap(x) - f(x)``).
+:func:`taylorc.optim.residual.run` evaluates one through a ``torch.fx`` trace in
+which every :class:`~taylorc.api.CompiledOperator` call runs the operator's graph
+that keeps its layers' columns, built without taps (``op.taylor_graph``: it also
+returns every column's input and output), and a direct call of the model runs the
+value operator ``"u"`` the same way: the residual's value is unchanged, and one
+reverse pass of r to the output columns
 (:func:`~taylorc.methods.sites.site_gradients`) gives ``g_ns = dr_n/dz_ns`` for every
 site and column (Dangel, Müller, Zeinhofer, "Kronecker-Factored Approximate
 Curvature for Physics-Informed Neural Networks", NeurIPS 2024, Sec. 3; Λ = 1 for
@@ -20,13 +20,13 @@ parameters are not in θ and get no columns.
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 
 from ..errors import KFACError
-from ..methods.sites import RECORDING, Columns, build_taylor_graph, site_gradients, take_columns
+from ..methods.sites import Columns, site_gradients, take_columns
+from . import residual as residual_graph
 
 
 @dataclass
@@ -146,62 +146,6 @@ class Linearization:
         return 0.5 * self.r.pow(2).sum(1).mean()
 
 
-class Recorder:
-    """Collects the Taylor-graph runs of one residual evaluation (see :func:`recording`)."""
-
-    def __init__(self, model: torch.nn.Module, value_op):
-        self.model, self.value_op, self.runs = model, value_op, []
-
-    def call(self, op, args: tuple):
-        """Run ``op`` at ``args`` through its Taylor graph without taps; returns what ``op(*args)`` would."""
-        if op.model is not self.model:
-            raise KFACError(
-                "a residual calls a compiled operator of another model: compile the operators "
-                "of the residuals from the model given to the optimiser"
-            )
-        if op.method not in ("collapsed", "taylor"):
-            raise KFACError(
-                f"a residual calls an operator compiled with method={op.method!r}, which "
-                "propagates no Taylor coefficients through the layers: use 'collapsed' or 'taylor'"
-            )
-        token = RECORDING.set(None)  # capture and the graph call the model: plain forward there
-        try:
-            tg = build_taylor_graph(op, args, taps=False)  # g from the outputs: no taps
-            run = tg.run(*args)
-        finally:
-            RECORDING.reset(token)
-        self.runs.append((tg, run))
-        return run.outputs
-
-
-@contextmanager
-def recording(model: torch.nn.Module, value_op):
-    """Within, compiled operators of ``model`` and ``model(x)`` itself run their sites graphs.
-
-    ``value_op`` is ``taylorc.compile(model, "u")``, the Taylor graph of a direct call.
-    Yields the :class:`Recorder`. Not thread-safe for one model (its ``forward`` is
-    patched on the instance for the duration).
-    """
-    rec = Recorder(model, value_op)
-    own = model.__dict__.get("forward")
-
-    def forward(*args, **kwargs):
-        if RECORDING.get() is not rec or kwargs:
-            return (own or type(model).forward.__get__(model))(*args, **kwargs)
-        return rec.call(value_op, args)
-
-    model.forward = forward
-    token = RECORDING.set(rec)
-    try:
-        yield rec
-    finally:
-        RECORDING.reset(token)
-        if own is None:
-            del model.forward
-        else:
-            model.forward = own
-
-
 def _per_row(sites, fact) -> list:
     """One entry per column of the uses ``sites`` concatenated, ``fact(site, s, column)``
     repeated for each of its n rows per point (the order of ``_flat`` and ``_group``)."""
@@ -299,10 +243,9 @@ def evaluate(
     Raises:
         KFACError: as :func:`linearize` (the coverage check aside).
     """
-    with recording(model, value_op) as rec:
-        r = residual(x)
+    r, runs = residual_graph.run(model, value_op, residual, x)
     r = r.reshape(x.shape[0], -1)
-    sites = [(tg, site, run) for tg, run in rec.runs for site in tg.sites]
+    sites = [(tg, site, run) for tg, run in runs for site in tg.sites]
     if not sites:
         raise KFACError("the residual reaches no linear site of the model's Taylor graph")
     # frozen weights are not in θ: no block, no factors, no update
