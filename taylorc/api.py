@@ -351,14 +351,11 @@ def compile(model: torch.nn.Module | Callable, operator="laplacian", **options) 
             Stein's identity, no back-propagation; He et al. 2023).
         debug_dir: write every pass's graph, node table, picture and a summary
             here (default: the ``TAYLORC_DEBUG_DIR`` environment variable).
-        backend: ``"auto"`` (default: the graph runs op by op for its first
-            ``config.auto_compile_after`` = 10 calls, then is compiled as with
-            ``"taylorc"``, its batch dim dynamic; on the CPU the allocator is tuned once,
-            :func:`taylorc.runtime.cpu.auto_tune`), ``"eager"`` (op by op, always), ``"inductor"``
-            (``torch.compile`` the rewritten graph at the first call), or ``"taylorc"``
-            (inductor after taylorc's CPU ``tanh`` rewrite; on CUDA the activation
-            steps lowered to fused kernels). Every choice is overridable per operator
-            through ``op.config`` (:class:`taylorc.runtime.config.Config`).
+        backend: ``"auto"`` (default: op by op for ``config.auto_compile_after`` calls,
+            then compiled as ``"taylorc"`` with a dynamic batch dim; the CPU allocator
+            tuned once, :func:`taylorc.runtime.cpu.auto_tune`), ``"eager"``, ``"inductor"``
+            (``torch.compile`` at the first call) or ``"taylorc"`` (inductor after the
+            CPU ``tanh`` rewrite; fused kernels on CUDA); per operator in ``op.config``.
         coords: names of the input columns, ``"x y t"`` or a list; needed by
             expressions such as ``"u_t - 0.01*u_xx"`` (see docs/operators.md).
         params: names usable in expression coefficients, e.g. ``{"nu": 0.01}``.
@@ -385,8 +382,7 @@ def compile(model: torch.nn.Module | Callable, operator="laplacian", **options) 
             order above 6 (the message names the term).
         TypeError: model not callable, operator of an unknown type.
 
-    Method: Dangel, Siebert, Zeinhofer, Walther, "Collapsing Taylor Mode
-    Automatic Differentiation" (NeurIPS 2025).
+    Method: Dangel, Siebert, Zeinhofer, Walther, "Collapsing Taylor Mode AD" (NeurIPS 2025).
     """
     return CompiledOperator(model, operator, **options)
 
