@@ -22,7 +22,10 @@ import time
 import torch
 
 import taylorc
-from taylorc.contrib.demos.common import mlp
+try:
+    from taylorc.contrib.demos.common import mlp
+except ImportError:  # a checkout from before the contrib package
+    from taylorc.demos.common import mlp
 
 CONFIGS = [("pinn", 5, [64] * 3, 4096, 15), ("paper", 50, [768, 768, 512, 512], 128, 5)]
 
