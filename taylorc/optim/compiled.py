@@ -7,9 +7,7 @@ chain of some hundred small elementwise ops, each a pass over memory. For a fixe
 input shape it is one static program: :class:`CompiledEvaluation` traces it once
 (``make_fx`` with fake tensors; the reverse pass is traced into the same graph, so
 there is no autograd at run time) and compiles it with inductor, which fuses the
-elementwise chains into a few loops. The 5-d Poisson net of the KFAC paper (449
-parameters, 3,000 points): forward and reverse 1.5 ms compiled against 5-6 ms eager
-(docs/kfac.md).
+elementwise chains into a few loops (figures: docs/kfac.md).
 
 A trace replays tensor operations only: Python values the residual reads (a global
 coefficient, a step counter) are those of the trace, as with ``torch.func`` and

@@ -1,9 +1,11 @@
 """The graph cache of :class:`~taylorc.api.CompiledOperator`: build, key, share, compile.
 
 A graph is built per (method, per-sample input shape, dtype, device) and serves every
-batch size ``B >= 2`` when :func:`taylorc.runtime.batch_size.generalize` proves it
-(issue 17); otherwise per full input shape. Graphs are shared by every compiled
-operator of the same model and spec (a module-level ``WeakKeyDictionary``).
+batch size ``B >= 2`` when :func:`taylorc.runtime.batch_size.generalize` proves it;
+otherwise per full input shape. Graphs are shared by every compiled operator of the
+same model and spec (a module-level ``WeakKeyDictionary``). Every method's graph goes
+through here, the layer-keeping variant KFAC reads included
+(:class:`~taylorc.methods.taylor.LayerVariant`).
 """
 
 from __future__ import annotations

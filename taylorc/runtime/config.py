@@ -43,7 +43,7 @@ class Config:
         whole_mlp: lower a matching MLP's Laplacian to one kernel call (``passes.mlp``).
         dynamic_batch: one graph for every batch size where
             :func:`taylorc.runtime.batch_size.generalize` proves it; False keys every graph
-            on the full input shape (the behaviour before issue 17; benchmarks). Default:
+            on the full input shape (for benchmarks). Default:
             on, unless the environment variable ``TAYLORC_DYNAMIC_BATCH=0``.
         dynamic_compile: compile a graph that serves every batch size once, its batch
             dim dynamic (inductor's dynamic-shape compile costs about 2-3x a static one,
