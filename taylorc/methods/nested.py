@@ -18,6 +18,7 @@ import torch
 from torch.func import hessian, jacfwd, jacrev
 from torch.func import vmap as _vmap
 
+from ..operators.assembly import MultiIndexCache, assemble_terms
 from ..operators.spec import (
     Biharmonic,
     Gradient,
@@ -27,7 +28,6 @@ from ..operators.spec import (
     coefficient_values,
     resolve_dim,
 )
-from .assembly import MultiIndexCache, assemble_terms
 
 
 def vmap(g: Callable) -> Callable:

@@ -29,7 +29,7 @@ from torch._decomp import core_aten_decompositions
 from torch.fx.experimental.proxy_tensor import make_fx
 
 from .. import ir
-from ..methods.assembly import assemble_terms
+from ..operators.assembly import assemble_terms
 from ..operators.spec import LinearOperator, is_constant, resolve_dim
 from . import PassContext
 

@@ -13,7 +13,7 @@ single scalar root ``omega = sum(a * u)`` (``a = 1`` a dummy of u's shape):
 since ``d^alpha omega / dz^alpha = sum a * d^alpha u``. Every derivative of
 omega w.r.t. z is a scalar, one reverse pass gives all D children of a
 multi-index, and higher orders reuse the lower ones
-(:class:`~taylorc.methods.assembly.MultiIndexCache`, the caching of DeepXDE's ``LazyGrad``).
+(:class:`~taylorc.operators.assembly.MultiIndexCache`, the caching of DeepXDE's ``LazyGrad``).
 
 The pass traces this computation itself (``make_fx`` through
 ``torch.autograd.grad``) into an explicit fx graph of forward and backward ATen
@@ -30,7 +30,7 @@ from torch._decomp import core_aten_decompositions
 from torch.fx.experimental.proxy_tensor import make_fx
 
 from .. import ir
-from ..methods.assembly import MultiIndexCache, assemble_terms
+from ..operators.assembly import MultiIndexCache, assemble_terms
 from . import PassContext
 
 
