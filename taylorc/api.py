@@ -14,6 +14,7 @@ from . import operators as _ops
 from .capture import Captured, output_structure
 from .debug import format_records, graph_stats
 from .methods import AUTO_ZCS_MIN_FUNCTIONS, auto_method
+from .methods.sites import build_taylor_graph
 from .runtime.backend import AutoGraph
 from .runtime.cache import GraphCache
 from .runtime.config import BUILD_COUNT, CONFIG
@@ -204,8 +205,6 @@ class CompiledOperator(GraphCache, torch.nn.Module):
         and ``"taylor"`` only (ValueError otherwise). Sites: Dangel, Müller,
         Zeinhofer, "KFAC for PINNs" (NeurIPS 2024).
         """
-        from .methods.sites import build_taylor_graph
-
         return build_taylor_graph(self, args)
 
     @property

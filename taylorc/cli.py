@@ -15,6 +15,9 @@ from pathlib import Path
 
 import torch
 
+from .api import compile as compile_operator
+from .contrib.demos import poisson
+
 
 def load_factory(spec: str):
     """``MODULE:FACTORY`` -> the object FACTORY names (module path or a ``.py`` file).
@@ -44,15 +47,13 @@ def load_factory(spec: str):
 
 
 def _dump(args) -> int:
-    import taylorc
-
     obj = load_factory(args.model)
     model = obj() if callable(obj) and not isinstance(obj, torch.nn.Module) else obj
     dtype = getattr(torch, args.dtype)
     if isinstance(model, torch.nn.Module):
         model = model.to(dtype)
     shape = tuple(int(s) for s in args.input_shape.split(","))
-    op = taylorc.compile(model, args.operator, method=args.method, debug_dir=args.out)
+    op = compile_operator(model, args.operator, method=args.method, debug_dir=args.out)
     out = op(torch.randn(*shape, dtype=dtype))
     shapes = (
         {k: tuple(v.shape) for k, v in out.items()} if isinstance(out, dict) else tuple(out.shape)
@@ -67,8 +68,6 @@ def _demo(args, rest) -> int:
     if args.name != "poisson":
         print(f"unknown demo {args.name!r}; available: poisson", file=sys.stderr)
         return 2
-    from .contrib.demos import poisson
-
     poisson.main(rest)
     return 0
 

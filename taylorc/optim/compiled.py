@@ -28,6 +28,7 @@ from torch.fx.experimental.proxy_tensor import make_fx
 from ..errors import KFACError
 from ..passes.cleanup import prune_zeros
 from ..runtime.backend import TRACING
+from .factors import jvp, layer_factors, layer_gradient
 from .record import Linearization, _group, evaluate
 
 
@@ -129,8 +130,6 @@ class CompiledEvaluation:
     def _statistics(self, model, r, uses, trainable) -> list[torch.Tensor]:
         """Per layer ``A, B, [∇W | ∇b]`` (with ``approx``), then the count of entries
         where a column taken as shared differs from its first point's."""
-        from .factors import layer_factors, layer_gradient
-
         layers = _group(model, uses, trainable, self.shared)
         out = []
         for layer in layers.values() if self.approx is not None else ():
@@ -190,8 +189,6 @@ class CompiledEvaluation:
             return None
 
     def _compile_jvps(self, columns: list, k: int, blocks: list):
-        from .factors import jvp
-
         count, weights = self._count, self._weights
 
         def products(*args):
