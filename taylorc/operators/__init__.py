@@ -17,10 +17,8 @@ from .spec import (
     Value,
     Wave,
     WeightedLaplacian,
-    multi_index_weights,
-    partial_weights,
-    verify_expansion,
 )
+from .weights import multi_index_weights, partial_weights, verify_expansion
 
 __all__ = [
     "Advection",

@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 import sympy
 import torch
 
-from .spec import Coefficient, Direction, Operator
+from .spec import Coefficient, Operator
+from .weights import Direction
 
 
 @dataclass
@@ -166,6 +167,26 @@ def build_plan(ops: dict[str, Operator], D: int, coords: Sequence[str] | None = 
         )
     parts = {name: op.parts(D, coords) for name, op in ops.items()}
     K = max((p.order for ps in parts.values() for p in ps), default=0)
+    index = _direction_index(parts, K)
+    top_rows: list[list[sympy.Rational]] = []
+    plans, needs_full_top = [], False
+    for name, op in ops.items():
+        t = TermPlan(name, op.kind)
+        if op.kind == "gradient":
+            t.grad_rows = [index[v] for v, _ in parts[name][0].weights]
+            needs_full_top |= K == 1
+        elif op.kind != "value":
+            t.parts = [_part_plan(p, K, index, top_rows) for p in parts[name]]
+        plans.append(t)
+    collapsible = K > 0 and not needs_full_top and 0 < len(top_rows) < len(index)
+    return JetPlan(
+        D, K, list(index), top_rows, plans, collapsible, list(coords) if coords else None
+    )
+
+
+def _direction_index(parts: dict, K: int) -> dict[Direction, int]:
+    """Every direction of the parts -> its index: the top order's first, each group in a
+    canonical order (equal specs give equal plans)."""
     index: dict[Direction, int] = {}
     for top_first in (True, False):
         group = {
@@ -175,42 +196,23 @@ def build_plan(ops: dict[str, Operator], D: int, coords: Sequence[str] | None = 
             if p.order > 0 and (p.order == K) == top_first
             for v, _ in p.weights
         }
-        for v in sorted(
-            group - set(index), reverse=True
-        ):  # canonical: equal specs give equal plans
+        for v in sorted(group - set(index), reverse=True):
             index[v] = len(index)
-    R = len(index)
+    return index
 
-    def vector(weights):
-        w = [sympy.Integer(0)] * R
-        for v, c in weights:
-            w[index[v]] += c
-        return w
 
-    top_rows: list[list[sympy.Rational]] = []
-    plans, needs_full_top = [], False
-    for name, op in ops.items():
-        t = TermPlan(name, op.kind)
-        if op.kind == "gradient":
-            t.grad_rows = [index[v] for v, _ in parts[name][0].weights]
-            needs_full_top |= K == 1
-        elif op.kind == "value":
-            pass
-        else:
-            for p in parts[name]:
-                if p.order == 0:
-                    t.parts.append(PartPlan(0, p.coef, weights=[sum(c for _, c in p.weights)]))
-                elif p.order < K:
-                    t.parts.append(PartPlan(p.order, p.coef, weights=vector(p.weights)))
-                else:
-                    w = vector(p.weights)
-                    s = next(x for x in w if x != 0)
-                    row = [x / s for x in w]
-                    if row not in top_rows:
-                        top_rows.append(row)
-                    t.parts.append(PartPlan(K, p.coef, top=(top_rows.index(row), s)))
-        plans.append(t)
-    collapsible = K > 0 and not needs_full_top and 0 < len(top_rows) < R
-    return JetPlan(
-        D, K, list(index), top_rows, plans, collapsible, list(coords) if coords else None
-    )
+def _part_plan(p, K: int, index: dict[Direction, int], top_rows: list) -> PartPlan:
+    """The plan of one part: a weighted read of its order's coefficients; at the top order,
+    a scale of the collapsed row of its weights up to scale (added to ``top_rows`` if new)."""
+    if p.order == 0:
+        return PartPlan(0, p.coef, weights=[sum(c for _, c in p.weights)])
+    w = [sympy.Integer(0)] * len(index)
+    for v, c in p.weights:
+        w[index[v]] += c
+    if p.order < K:
+        return PartPlan(p.order, p.coef, weights=w)
+    s = next(x for x in w if x != 0)
+    row = [x / s for x in w]
+    if row not in top_rows:
+        top_rows.append(row)
+    return PartPlan(K, p.coef, top=(top_rows.index(row), s))

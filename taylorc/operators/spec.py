@@ -6,18 +6,19 @@ of order k is a combination of k-th directional derivatives
 Utke, Walther 2000, "Evaluating higher derivative tensors by forward
 propagation of univariate Taylor series"; weights solved exactly with sympy
 and cached). An operator yields :class:`Part` objects: an order, weights over
-integer directions, and a coefficient (constant parts are merged per order).
+integer directions, and a coefficient (constant parts are merged per order). The
+weights themselves, and their exact check, live in :mod:`taylorc.operators.weights`.
 """
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import sympy
+import torch
 
-from .weights import Direction, Weights, multi_index_weights, partial_weights  # noqa: F401
+from .weights import Direction, Weights, biharmonic_expansion, multi_index_weights
 
 Expansion = dict[int, Weights]  # order -> direction -> weight
 
@@ -60,8 +61,6 @@ def coefficient_values(c, points, coords=None):
     Used by the nested-autograd reference and the discretization, not by the
     Taylor graphs (which lower coefficients into the graph).
     """
-    import torch
-
     if isinstance(c, Coefficient) and c.fn is not None:
         v = c.fn(points)
         for i in c.index:
@@ -247,28 +246,6 @@ class Laplacian(Operator):
         return {(i, i): 1 for i in _dims(self.dims, D, coords, self.name)}
 
 
-@functools.cache
-def biharmonic_expansion(D: int, dims: tuple[int, ...]) -> Weights:
-    """Directions and exact weights of ``sum_{i,j in dims} d^4u/dx_i^2 dx_j^2``.
-
-    With d = len(dims), ``D^4u[e_i + e_j] + D^4u[e_i - e_j] = 2u_iiii + 12u_iijj + 2u_jjjj``,
-    so ``Delta^2 u = (4 - d)/3 sum_i D^4u[e_i] + 1/6 sum_{i<j} (D^4u[e_i+e_j] + D^4u[e_i-e_j])``:
-    d^2 directions, fewer than the d(3d - 1)/2 of the nonnegative lattice.
-    """
-    d = len(dims)
-    out: Weights = {}
-    for a, i in enumerate(dims):
-        ei = [0] * D
-        ei[i] = 1
-        out[tuple(ei)] = sympy.Rational(4 - d, 3)
-        for j in dims[a + 1 :]:
-            for s in (1, -1):
-                v = list(ei)
-                v[j] = s
-                out[tuple(v)] = sympy.Rational(1, 6)
-    return {v: w for v, w in out.items() if w != 0}
-
-
 class Biharmonic(Operator):
     """``Delta^2 u = sum_{i,j in dims} d^4u / dx_i^2 dx_j^2`` (exact, order 4, d^2 directions)."""
 
@@ -419,18 +396,3 @@ NAMED: dict[str, Callable[[], Operator]] = {
     "wave": Wave,
     "helmholtz": Helmholtz,
 }
-
-
-def verify_expansion(
-    op: Operator, D: int, target: sympy.Expr, z: Sequence[sympy.Symbol], coords=None
-) -> bool:
-    """Check ``sum_{k,v} w (v . z)^k == target(z)`` exactly, the symbol ``z_i`` standing for d/dx_i.
-
-    A directional derivative ``D^k u[v]`` is the polynomial ``(v . d)^k``
-    applied to u, so the identity of polynomials is the identity of operators.
-    """
-    total = sympy.Integer(0)
-    for k, terms in op.expansion(D, coords).items():
-        for v, w in terms.items():
-            total += w * sum(vi * zi for vi, zi in zip(v, z)) ** k
-    return sympy.expand(total - target) == 0

@@ -2,7 +2,9 @@
 
 ``d^alpha u = sum_v w_v D^k u[v]`` over the lattice directions ``|v| = k`` of
 Griewank, Utke, Walther, "Evaluating higher derivative tensors by forward propagation
-of univariate Taylor series" (Math. Comp. 2000), with the weights in closed form.
+of univariate Taylor series" (Math. Comp. 2000), with the weights in closed form; the
+biharmonic's shorter expansion over ``e_i ± e_j`` (:func:`biharmonic_expansion`); the
+exact check of an operator's expansion as a polynomial identity (:func:`verify_expansion`).
 """
 
 from __future__ import annotations
@@ -101,3 +103,43 @@ def multi_index_weights(alpha: Sequence[int]) -> Weights:
             full[d] = vd
         out[tuple(full)] = w
     return out
+
+
+@functools.cache
+def biharmonic_expansion(D: int, dims: tuple[int, ...]) -> Weights:
+    """Directions and exact weights of ``sum_{i,j in dims} d^4u/dx_i^2 dx_j^2``.
+
+    With d = len(dims), ``D^4u[e_i + e_j] + D^4u[e_i - e_j] = 2u_iiii + 12u_iijj + 2u_jjjj``,
+    so ``Delta^2 u = (4 - d)/3 sum_i D^4u[e_i] + 1/6 sum_{i<j} (D^4u[e_i+e_j] + D^4u[e_i-e_j])``:
+    d^2 directions, fewer than the d(3d - 1)/2 of the nonnegative lattice.
+    """
+    d = len(dims)
+    out: Weights = {}
+    for a, i in enumerate(dims):
+        ei = [0] * D
+        ei[i] = 1
+        out[tuple(ei)] = sympy.Rational(4 - d, 3)
+        for j in dims[a + 1 :]:
+            for s in (1, -1):
+                v = list(ei)
+                v[j] = s
+                out[tuple(v)] = sympy.Rational(1, 6)
+    return {v: w for v, w in out.items() if w != 0}
+
+
+def verify_expansion(
+    op, D: int, target: sympy.Expr, z: Sequence[sympy.Symbol], coords=None
+) -> bool:
+    """Check ``sum_{k,v} w (v . z)^k == target(z)`` exactly, the symbol ``z_i`` standing for d/dx_i.
+
+    ``op`` is a :class:`~taylorc.operators.spec.Operator` (its constant expansion
+    ``op.expansion(D, coords)`` is checked).
+
+    A directional derivative ``D^k u[v]`` is the polynomial ``(v . d)^k``
+    applied to u, so the identity of polynomials is the identity of operators.
+    """
+    total = sympy.Integer(0)
+    for k, terms in op.expansion(D, coords).items():
+        for v, w in terms.items():
+            total += w * sum(vi * zi for vi, zi in zip(v, z)) ** k
+    return sympy.expand(total - target) == 0

@@ -35,8 +35,7 @@ class CollapsePass:
     ensures = ("collapsed",)
 
     def __call__(self, gm: torch.fx.GraphModule, ctx: PassContext) -> torch.fx.GraphModule:
-        plan = ctx.plan
-        info = ir.info(gm)
+        plan, info = ctx.plan, ir.info(gm)
         contract = next(
             (
                 n
@@ -47,56 +46,18 @@ class CollapsePass:
         )
         if not plan.collapsible or contract is None:
             return gm
-        K = plan.K
         em = Emitter(gm.graph, plan.R)
-        jets = info.jets
         before = set(gm.graph.nodes)
+        env: dict[torch.fx.Node, Jet] = {}
         with gm.graph.inserting_before(contract):
-            weights = None
-            if plan.top_weight_tensor(ctx.dtype, ctx.device) is not None:
-                weights = em.proxy(contract.args[1][0])  # the top_weights buffer
-                if plan.R_top < plan.R:
-                    weights = torch.ops.aten.slice.Tensor(weights, -1, 0, plan.R_top)
-                    ir.set_tag(weights.node, ir.Tag(None, K, "top", plan.R, role="top_weights"))
-            env: dict[torch.fx.Node, Jet] = {}
+            weights = _top_weights(em, contract, ctx)
             for node in ctx.source.graph.nodes:
-                if node.op == "output":
-                    continue
-                names = jets[node]
-                coeffs = [em.proxy(m) if m is not None else None for m in names[:K]]
-                env[node] = Jet(coeffs, shape_of(node) if "val" in node.meta else ())
-                if len(names) <= K:
-                    continue  # constants carry the value only
-                marker = contract.prev
-                rctx = RuleContext(
-                    node,
-                    K,
-                    plan.R,
-                    collapsed=True,
-                    G=plan.G,
-                    weights=weights,
-                    warn=ctx.warn,
-                    composite=propagate_composite,
-                    R_top=plan.R_top,
-                    weight_values=[float(w) for w in plan.top_weights[0][: plan.R_top]]
-                    if plan.G == 1
-                    else None,
-                )
-                if node.op == "placeholder":
-                    seed = names[K] and em.proxy(names[K])
-                    if seed is not None and plan.R_top < plan.R:
-                        seed = torch.ops.aten.slice.Tensor(seed, 0, 0, plan.R_top)
-                    top = rctx.contract(seed) if seed is not None else None
-                else:
-                    rctx.value = coeffs[0]
-                    top = emit_coefficient(rctx, node, env, K)
-                env[node].coeffs.append(top)
-                em.tag_since(marker, node, K, "top", stop=contract, coefficient=True)
-                jets[node] = names[:K] + [top.node if isinstance(top, torch.fx.Proxy) else None]
+                if node.op != "output":
+                    _collapse_node(node, env, em, contract, weights, info.jets, ctx)
         (result,) = [a for a in ctx.source.graph.nodes if a.op == "output"][0].args
         if isinstance(result, (tuple, list)):
             result = result[0]
-        top = env[result][K]
+        top = env[result][plan.K]
         if top is None:
             raise AssertionError(
                 "collapsed top coefficient vanished while the standard one did not"
@@ -108,6 +69,56 @@ class CollapsePass:
         info.method = "collapsed"
         schedule_early(gm.graph, emitted)
         return gm
+
+
+def _top_weights(em: Emitter, contract: torch.fx.Node, ctx: PassContext):
+    """The collapse weights the output's ``contract_top`` reads (its first R_top columns),
+    or None for unit weights."""
+    plan = ctx.plan
+    if plan.top_weight_tensor(ctx.dtype, ctx.device) is None:
+        return None
+    weights = em.proxy(contract.args[1][0])  # the top_weights buffer
+    if plan.R_top < plan.R:
+        weights = torch.ops.aten.slice.Tensor(weights, -1, 0, plan.R_top)
+        ir.set_tag(weights.node, ir.Tag(None, plan.K, "top", plan.R, role="top_weights"))
+    return weights
+
+
+def _collapse_node(node, env: dict, em: Emitter, contract, weights, jets: dict, ctx) -> None:
+    """Emit the collapsed top coefficient of one source node (before ``contract``), taking
+    its lower orders from the standard graph; ``jets[node]`` then names it."""
+    plan, K = ctx.plan, ctx.plan.K
+    names = jets[node]
+    coeffs = [em.proxy(m) if m is not None else None for m in names[:K]]
+    env[node] = Jet(coeffs, shape_of(node) if "val" in node.meta else ())
+    if len(names) <= K:
+        return  # constants carry the value only
+    marker = contract.prev
+    rctx = RuleContext(
+        node,
+        K,
+        plan.R,
+        collapsed=True,
+        G=plan.G,
+        weights=weights,
+        warn=ctx.warn,
+        composite=propagate_composite,
+        R_top=plan.R_top,
+        weight_values=[float(w) for w in plan.top_weights[0][: plan.R_top]]
+        if plan.G == 1
+        else None,
+    )
+    if node.op == "placeholder":
+        seed = names[K] and em.proxy(names[K])
+        if seed is not None and plan.R_top < plan.R:
+            seed = torch.ops.aten.slice.Tensor(seed, 0, 0, plan.R_top)
+        top = rctx.contract(seed) if seed is not None else None
+    else:
+        rctx.value = coeffs[0]
+        top = emit_coefficient(rctx, node, env, K)
+    env[node].coeffs.append(top)
+    em.tag_since(marker, node, K, "top", stop=contract, coefficient=True)
+    jets[node] = names[:K] + [top.node if isinstance(top, torch.fx.Proxy) else None]
 
 
 def schedule_early(graph: torch.fx.Graph, new: set[torch.fx.Node]) -> None:

@@ -11,6 +11,7 @@ import dataclasses
 
 import torch
 import torch.fx
+from torch._decomp import core_aten_decompositions
 from torch.fx.experimental.proxy_tensor import make_fx
 
 from .. import ir
@@ -134,34 +135,9 @@ def propagate_composite(ctx: RuleContext, k: int, identity, args, kwargs):
     argument shapes; the sub-jets of orders below k are kept in ``ctx.cache``
     between the calls for successive orders.
     """
-    from torch._decomp import core_aten_decompositions
-
     state = ctx.cache.get("composite")
     if state is None:
-        val = ctx.node.meta["val"]
-        val = (
-            val if isinstance(val, torch.Tensor) else val[0]
-        )  # several outputs: same dtype and device
-        tensors = [a for a in args if isinstance(a, Jet)]
-        # the trace depends on which arguments are tensors, their shapes, and the other values
-        signature = tuple(
-            ("tensor", a.shape) if isinstance(a, Jet) else ("value", repr(a)) for a in args
-        )
-        dtypes = _argument_dtypes(ctx.node, len(tensors), val.dtype)
-        key = (identity, signature, repr(sorted(kwargs.items())), dtypes, val.device.type)
-        sub = _COMPOSITES.get(key)
-        if sub is None:
-
-            def fn(*ts):
-                it = iter(ts)
-                real = [next(it) if isinstance(a, Jet) else a for a in args]
-                return identity(*real, **kwargs)
-
-            fake = [torch.empty(t.shape, dtype=d, device="meta") for t, d in zip(tensors, dtypes)]
-            sub = make_fx(fn, decomposition_table=core_aten_decompositions(), tracing_mode="fake")(
-                *fake
-            )
-            _COMPOSITES[key] = sub
+        sub = _composite_trace(ctx, identity, args, kwargs)
         env, it = {}, iter(a for a in args if isinstance(a, Jet))
         for n in sub.graph.nodes:
             if n.op == "placeholder":
@@ -179,22 +155,52 @@ def propagate_composite(ctx: RuleContext, k: int, identity, args, kwargs):
                 return None
             return coeffs if isinstance(n.args[0], (tuple, list)) and len(outs) > 1 else coeffs[0]
         if n not in state["ctx"]:
-            varying = any(
-                isinstance(env.get(a), Jet) and not env[a].is_constant for a in n.all_input_nodes
-            )
-            if n.op == "get_attr":
-                raise UnsupportedOperatorError(
-                    f"the composite rule of {ctx.node.target} creates a tensor constant"
-                )
-            sctx = None
-            if varying and n.target not in CONSTANT_OPS and n in state["reach"]:
-                sctx = dataclasses.replace(ctx, node=n, value=None, cache={})
-            value = emit_value(n, env)
-            if sctx is not None:
-                sctx.value = value
-            state["ctx"][n] = sctx
-            env[n] = Jet([value], shape_of(n))
+            state["ctx"][n] = _composite_value(ctx, n, env, state["reach"])
         sctx = state["ctx"][n]
         while sctx is not None and len(env[n].coeffs) <= k:
             env[n].coeffs.append(emit_coefficient(sctx, n, env, len(env[n].coeffs)))
     raise AssertionError("composite trace has no output")
+
+
+def _composite_trace(ctx: RuleContext, identity, args, kwargs) -> torch.fx.GraphModule:
+    """The ATen trace of ``identity`` on the composite op's arguments, made once per
+    identity, tensor shapes and dtypes, other argument values and device."""
+    val = ctx.node.meta["val"]
+    val = val if isinstance(val, torch.Tensor) else val[0]  # several outputs: same dtype, device
+    tensors = [a for a in args if isinstance(a, Jet)]
+    # the trace depends on which arguments are tensors, their shapes, and the other values
+    signature = tuple(
+        ("tensor", a.shape) if isinstance(a, Jet) else ("value", repr(a)) for a in args
+    )
+    dtypes = _argument_dtypes(ctx.node, len(tensors), val.dtype)
+    key = (identity, signature, repr(sorted(kwargs.items())), dtypes, val.device.type)
+    sub = _COMPOSITES.get(key)
+    if sub is None:
+
+        def fn(*ts):
+            it = iter(ts)
+            real = [next(it) if isinstance(a, Jet) else a for a in args]
+            return identity(*real, **kwargs)
+
+        fake = [torch.empty(t.shape, dtype=d, device="meta") for t, d in zip(tensors, dtypes)]
+        trace = make_fx(fn, decomposition_table=core_aten_decompositions(), tracing_mode="fake")
+        sub = _COMPOSITES[key] = trace(*fake)
+    return sub
+
+
+def _composite_value(ctx: RuleContext, n: torch.fx.Node, env: dict, reach: set):
+    """Emit the value of node ``n`` of a composite's trace into ``env``; returns the rule
+    context of its coefficients (None: it carries its value only)."""
+    varying = any(isinstance(env.get(a), Jet) and not env[a].is_constant for a in n.all_input_nodes)
+    if n.op == "get_attr":
+        raise UnsupportedOperatorError(
+            f"the composite rule of {ctx.node.target} creates a tensor constant"
+        )
+    sctx = None
+    if varying and n.target not in CONSTANT_OPS and n in reach:
+        sctx = dataclasses.replace(ctx, node=n, value=None, cache={})
+    value = emit_value(n, env)
+    if sctx is not None:
+        sctx.value = value
+    env[n] = Jet([value], shape_of(n))
+    return sctx

@@ -154,9 +154,7 @@ def assemble(
     Returns:
         :class:`SparseSystem` (``grid_shape`` the nodes of the unknowns, ``periodic``
         the grid's flags; ``coarsen`` re-assembles the same spec on every other node,
-        for multigrid, when every non-periodic axis has an odd number >= 9 of nodes,
-        every periodic axis an even number >= 10, and the derivatives are of order
-        <= 2 on non-periodic axes).
+        for multigrid, where the grid and the orders allow it: :func:`_coarsener`).
 
     Raises:
         ValueError: a bad spec or grid (see ``discretize``), an unknown form, a
@@ -166,8 +164,19 @@ def assemble(
     if form not in FORMS:
         raise ValueError(f"form must be one of {FORMS}, got {form!r}")
     coefficients = dict(coefficients or {})
-    names = split_coords(coords)
     dtype, device = _infer_dtype(coefficients, dtype, device)
+    rebuild = functools.partial(
+        assemble, spec, coords=coords, params=params, form=form, dtype=dtype, device=device
+    )
+    full, st = _full_system(spec, grid, coords, coefficients, params, dtype, device, rebuild)
+    return full if form == "full" else interior_block(full, st.boundary, st.interior_shape())
+
+
+def _full_system(spec, grid, coords, coefficients: dict, params, dtype, device, rebuild):
+    """The full-form system of :func:`assemble` (every node, identity rows at the Dirichlet
+    boundary) and the stencils it is built from; ``rebuild(grid, coefficients=...)``
+    assembles the same spec on another grid (multigrid's coarsening)."""
+    names = split_coords(coords)
     st, pattern, terms, bnd_pos = _structure(
         spec,
         _grid_key(grid),
@@ -188,18 +197,18 @@ def assemble(
     values = values.index_add(
         0, bnd_pos.to(device), torch.ones(len(bnd_pos), dtype=dtype, device=device)
     )
-    rebuild = functools.partial(
-        assemble, spec, coords=coords, params=params, form=form, dtype=dtype, device=device
-    )
     # multigrid's transfers assume one Dirichlet layer (orders <= 2)
     coarsen = None if st.width > 1 else _coarsener(rebuild, grid, coefficients, st)
     full = SparseSystem(pattern.to(device), values, tuple(st.shape), coarsen, periodic=st.periodic)
-    return full if form == "full" else interior_block(full, st.boundary, st.interior_shape())
+    return full, st
 
 
 def _coarsener(rebuild: Callable, grid, coefficients, st) -> Callable | None:
     """``() -> SparseSystem`` on every other node, or None when an axis cannot be halved
-    (``2m + 1 -> m + 1`` nodes on a Dirichlet axis, ``2m -> m`` on a periodic one, m >= 5)."""
+    (``2m + 1 -> m + 1`` nodes on a Dirichlet axis, ``2m -> m`` on a periodic one, m >= 5:
+    an odd number >= 9 of nodes on every non-periodic axis, an even number >= 10 on every
+    periodic one). Derivatives of order > 2 on a non-periodic axis have no coarsening
+    (:func:`assemble` passes none: multigrid's transfers assume one Dirichlet layer)."""
     shape = st.shape
     if any(n % 2 != (0 if p else 1) or (n + 1) // 2 < 5 for n, p in zip(shape, st.periodic)):
         return None

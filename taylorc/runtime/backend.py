@@ -22,6 +22,8 @@ import torch.fx
 from torch.fx.experimental.proxy_tensor import make_fx
 from torch.fx.passes.dialect.common.cse_pass import CSEPass
 
+from ..passes.cpu_tanh import rewrite_tanh
+from ..passes.lower import lower_structural
 from .config import CONFIG
 
 log = logging.getLogger(__name__)
@@ -43,8 +45,6 @@ def cleanup(gm: torch.fx.GraphModule) -> torch.fx.GraphModule:
 
 def lower_foreign(gm: torch.fx.GraphModule, example_inputs) -> torch.fx.GraphModule:
     """The ATen trace of ``gm`` with its Taylor steps lowered, or ``gm`` when none matched."""
-    from ..passes.lower import lower_structural
-
     aten_gm = make_fx(gm, tracing_mode="fake")(*example_inputs)
     n = lower_structural(aten_gm)
     log.info("taylorc backend: %d Taylor step(s) lowered structurally", n)
@@ -60,6 +60,8 @@ def taylorc_backend(gm: torch.fx.GraphModule, example_inputs):
     Returns:
         the compiled callable from inductor.
     """
+    # imported here: torch._inductor takes a second or more to import, and only this
+    # backend's calls need it (not `import taylorc`)
     from torch._inductor.compile_fx import compile_fx
 
     gm = cleanup(gm)
@@ -207,8 +209,6 @@ class AutoGraph:
         try:
             with TRACING:
                 if self.rewrite_tanh:
-                    from ..passes.cpu_tanh import rewrite_tanh
-
                     rewrite_tanh(gm)
                 compiled = CompiledGraph(gm, self.dynamic, self.latency)
                 # both grad modes (Dynamo guards on it: a training loop that also evaluates
