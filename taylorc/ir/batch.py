@@ -289,15 +289,6 @@ def _batch_dim_of(node: torch.fx.Node, axes: dict, B: int):
     return _aligned_axis(node, ins)
 
 
-def lost_batch_axis() -> ValueError:
-    """The error for a coordinate-dependent coefficient when the points' output axis is unknown."""
-    return ValueError(
-        "a coordinate-dependent coefficient needs to know which output axis holds the "
-        "collocation points, and the batch analysis lost track of it (a reshape merged it): "
-        "keep the points' axis separate in the model's output"
-    )
-
-
 def analyse_batch_axis(
     gm: torch.fx.GraphModule, coord: str, lost: list | None = None
 ) -> int | None:

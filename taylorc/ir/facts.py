@@ -259,7 +259,7 @@ _add(
     ],
     pointwise=True,
 )
-# -- ops supported since issue 29 --
+# -- indexing, diagonals, pooling, triangles; binary pointwise ops --
 _add(
     [
         aten.index.Tensor,

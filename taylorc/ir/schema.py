@@ -65,7 +65,7 @@ class Tag:
         return self.layout == "top"
 
     def get(self, key: str, default=None):
-        """Read a field like a dict (``tag.get("role")``): kept for readers of the old dict tags."""
+        """Read a field like a dict (``tag.get("role")``; ``default`` for an unknown key)."""
         return getattr(self, key, default) if key in _FIELDS or key == "collapsed" else default
 
     def replace(self, **changes) -> Tag:

@@ -4,7 +4,9 @@ Given any way to get the derivative ``d^alpha u`` of a value u by multi-index al
 (reverse mode through shift leaves in ZCS, Stein's identity, per-function autograd in
 FuncLoop), :func:`assemble_terms` sums each linear operator's terms with its
 coefficients; :class:`MultiIndexCache` computes each multi-index once from its closest
-cached parent (the caching of DeepXDE's ``LazyGrad``, Leng et al. 2024).
+cached parent (the caching of DeepXDE's ``LazyGrad``, Leng et al. 2024);
+:func:`lost_batch_axis` is the error where a coordinate-dependent coefficient needs the
+points' output axis and the batch analysis lost it.
 """
 
 from __future__ import annotations
@@ -13,8 +15,16 @@ from collections.abc import Callable
 
 import torch
 
-from ..ir.batch import lost_batch_axis
 from ..operators.spec import Gradient, Value, coefficient_values, is_constant, resolve_dim
+
+
+def lost_batch_axis() -> ValueError:
+    """The error for a coordinate-dependent coefficient when the points' output axis is unknown."""
+    return ValueError(
+        "a coordinate-dependent coefficient needs to know which output axis holds the "
+        "collocation points, and the batch analysis lost track of it (a reshape merged it): "
+        "keep the points' axis separate in the model's output"
+    )
 
 
 class MultiIndexCache:

@@ -72,8 +72,7 @@ def partial_weights(exponents: tuple[int, ...]) -> dict[tuple[int, ...], sympy.R
     ``D^k u[i] = sum_beta k!/beta! i^beta d^beta u``, the weights are the functional
     ``p -> alpha!/k! [x^alpha] p`` applied to the Lagrange basis of homogeneous degree-k
     polynomials on the lattice, ``w_i = alpha!/k! [x^alpha] L_i`` (closed form, exact
-    integers and rationals, no linear solve: a sixth-order mixed partial in six
-    coordinates plans in well under a second). They satisfy
+    integers and rationals, no linear solve). They satisfy
     ``sum_i w_i i^beta = delta_{alpha beta} alpha!/k!`` for every ``|beta| = k`` (tested as
     an exact identity). Parallel directions are merged into their primitive vector
     (``D^k u[g v] = g^k D^k u[v]``).

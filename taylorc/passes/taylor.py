@@ -21,7 +21,7 @@ import torch.fx
 
 from .. import ir
 from ..errors import UnsupportedOperatorError
-from ..ir.batch import lost_batch_axis
+from ..operators.assembly import lost_batch_axis
 from ..rules.jet import Jet, RuleContext, add, scale
 from ..rules.table import CONSTANT_OPS, lower_sympy
 from . import PassContext

@@ -3,13 +3,11 @@
 
 Why: the taylor pass stacks the R directions of every coefficient on a leading axis
 (one GEMM and one elementwise call per op instead of R). On a GPU that is what one
-wants. On the 2-core CPU of ``bench/results``, inside a Taylor graph, the stacked
-blocks of a few directions cost more than their size: for a tanh MLP of width 32
-at B = 8192, a ``(B, W) * (2, B, W)`` product takes 220 us against 75 us for one
-direction, and a ``(2B, 32) @ (32, 32)`` GEMM 555 us against 220 us (in isolation both
-scale linearly; in the graph the larger blocks fall out of the caches). Computing the
-directions separately makes the dict ``{u, u_t, u_x, u_xx}`` 8-20% faster: 1.13-1.21x
-the cost of ``u_xx`` alone instead of 1.21-1.51x (``bench/operators.py``).
+wants. On a CPU, inside a Taylor graph, the stacked blocks of a few directions cost
+more than their size (in isolation both layouts scale linearly; in the graph the
+larger blocks fall out of the caches), so a dict of terms whose directions play
+different roles (``{u, u_t, u_x, u_xx}``) runs faster with the directions computed
+separately (measurements: ``bench/notes.md``).
 
 Every stacked value derives from the ``directions`` buffer (the input jet's first
 coefficient), so the pass follows the data flow from there: each op whose stacked
@@ -31,9 +29,9 @@ from ..ir.facts import having
 from . import PassContext
 
 aten = torch.ops.aten
-# Laplacians (every direction alike) gain nothing either way (within 5% for R = 2..8);
-# dicts whose directions play different roles gain 8-20% at R = 2. Kept small: above
-# a few directions the per-direction calls add up and the stacked GEMMs are efficient.
+# Laplacians (every direction alike) gain nothing either way; dicts whose directions play
+# different roles gain at R = 2 (bench/notes.md). Kept small: above a few directions the
+# per-direction calls add up and the stacked GEMMs are efficient.
 MAX_DIRECTIONS = 4
 _SHAPE_OPS = having("shape_arg")
 

@@ -267,7 +267,7 @@ for _op in (aten.cummax.default, aten.cummin.default):
     )
 
 
-# -- ops supported since issue 29 --------------------------------------------------------
+# -- advanced indexing, logcumsumexp ------------------------------------------------------
 
 
 def _index_rule(ctx, k, x, indices):

@@ -171,7 +171,7 @@ _register(
 _register(aten._linalg_det.default, _det_rule, "composite", note="det = sign exp(log|det|)")
 
 
-# -- Cholesky (since issue 29) -------------------------------------------------------------
+# -- Cholesky --------------------------------------------------------------------------------
 #
 # Differentiating A = L L^T k times: sum_j C(k, j) L_j L_(k-j)^T = A_k, so
 #     L_k L_0^T + L_0 L_k^T = S := A_k - sum_{j=1..k-1} C(k, j) L_j L_(k-j)^T,

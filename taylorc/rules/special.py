@@ -68,7 +68,7 @@ for _op, _round in (
     )
 
 
-# -- ops supported since issue 29 --------------------------------------------------------
+# -- polygamma, atan2, hypot ---------------------------------------------------------------
 
 # d/dx polygamma(n, x) = polygamma(n + 1, x) (DLMF 5.15.1); the tensor is the second argument
 def_deriv(

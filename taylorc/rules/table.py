@@ -881,7 +881,7 @@ def_comp(
 )
 
 
-# -- ops supported since issue 29 --------------------------------------------------------
+# -- piecewise ops, pooling, group norm, products and variances, distances -------------
 
 
 def _nonsmooth_comp(identity: Callable, how: str) -> Rule:

@@ -60,8 +60,8 @@ def taylorc_backend(gm: torch.fx.GraphModule, example_inputs):
     Returns:
         the compiled callable from inductor.
     """
-    # imported here: torch._inductor takes a second or more to import, and only this
-    # backend's calls need it (not `import taylorc`)
+    # imported here: torch._inductor is heavy to import, and only this backend's calls
+    # need it (not `import taylorc`)
     from torch._inductor.compile_fx import compile_fx
 
     gm = cleanup(gm)
