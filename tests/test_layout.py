@@ -4,8 +4,6 @@
 import ast
 import pathlib
 
-import pytest
-
 ROOT = pathlib.Path(__file__).resolve().parents[1] / "taylorc"
 MODULES = sorted(ROOT.rglob("*.py"))
 
@@ -26,11 +24,6 @@ def test_package_root_is_small():
     assert len(root) <= MAX_ROOT_MODULES, root
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 31, to split: ir/batch.py (432), operators/spec.py (436), "
-    "optim/record.py (413), passes/sites.py (429)",
-)
 def test_modules_are_short():
     """No module grows past about 400 lines (the rule table excepted): split it by topic."""
     long = {
@@ -41,13 +34,6 @@ def test_modules_are_short():
     assert not long, "modules over {} lines:\n{}".format(MAX_MODULE_LINES, "\n".join(sorted(long)))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 31, to split: api.py:333 compile, capture.py:292 capture, "
-    "ir/probe.py:36 probe_rows, operators/plan.py:153 build_plan, passes/cleanup.py:34 "
-    "prune_zeros, passes/collapse.py:37 __call__, passes/propagate.py:130 "
-    "propagate_composite, prdp/assemble.py:118 assemble",
-)
 def test_functions_are_short():
     """No function outside kernels/ is over 60 lines (counted from its def line to its end)."""
     long = [
@@ -61,11 +47,6 @@ def test_functions_are_short():
     assert not long, "functions over {} lines:\n{}".format(MAX_FUNCTION_LINES, "\n".join(long))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 31, to remove: RECORDING in methods/sites.py:26, api.py:220-222, "
-    "optim/record.py:29-198; model.forward = ... at optim/record.py:193,202",
-)
 def test_no_recording_context_and_no_patched_forward():
     """Models are not changed in place: no RECORDING context variable (grep) and no
     assignment to ``<something>.forward`` (or ``setattr(..., "forward", ...)``) in taylorc."""
