@@ -13,7 +13,7 @@ import warnings
 
 from . import errors, methods, operators, optim, prdp
 from .api import CompiledOperator, compile
-from .methods.losses import unbiased_squared_residual
+from .methods.stochastic import unbiased_squared_residual
 from .rules.table import register_rule
 from .runtime import config, cpu
 
@@ -39,7 +39,7 @@ MOVED = {
     "taylorc.cpu": "taylorc.runtime.cpu",
     "taylorc.backend": "taylorc.runtime.backend",
     "taylorc.models": "taylorc.contrib.models",
-    "taylorc.losses": "taylorc.methods.losses",
+    "taylorc.losses": "taylorc.methods.stochastic",
     "taylorc.demos": "taylorc.contrib.demos",
     "taylorc.demos.poisson": "taylorc.contrib.demos.poisson",
     "taylorc.demos.common": "taylorc.contrib.demos.common",

@@ -1,0 +1,1 @@
+"""Demos and model architectures of the field: examples built on taylorc, outside its core."""
