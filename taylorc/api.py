@@ -193,19 +193,24 @@ class CompiledOperator(GraphCache, torch.nn.Module):
         """The name of the method a call runs: ``method``, or for ``"auto"`` :func:`auto_method`'s."""
         return self.method_obj.resolve(self, args, i).name
 
-    def taylor_graph(self, *args: torch.Tensor):
-        """The Taylor graph at inputs like ``args``, with its linear sites (for KFAC).
+    def taylor_graph(self, *args: torch.Tensor, taps: bool = True):
+        """The graph of this operator that keeps its linear layers' columns (what KFAC reads).
 
-        Built by the sites pipeline (taylor, collapse, then the sites pass: batch
-        broadcasts hoisted out of matmuls, a CSE that never merges an output column,
-        DCE; no zero pruning, no fusing: every column's input and output stays its
-        own per-sample node), cached per input shape. Returns a
+        The method's :class:`~taylorc.methods.taylor.LayerVariant` (taylor, pin, collapse,
+        sites: no zero pruning, no fusing: every column's input and output stays its own
+        per-point node), built and cached like the operator's own graph. Returns a
         :class:`taylorc.methods.sites.TaylorGraph`: ``.gm``, ``.sites``, and
-        ``.run(*args)`` with zero taps on the sites' outputs. Methods ``"collapsed"``
-        and ``"taylor"`` only (ValueError otherwise). Sites: Dangel, Müller,
-        Zeinhofer, "KFAC for PINNs" (NeurIPS 2024).
+        ``.run(*args)``: with ``taps`` zero perturbations on the layers' outputs whose
+        gradients are g, without them the output columns returned instead (one reverse
+        pass reads g from them: ``site_gradients``).
+
+        Raises:
+            ValueError: a method other than ``"collapsed"`` and ``"taylor"``; bad inputs.
+
+        Method: Dangel, Müller, Zeinhofer, "Kronecker-Factored Approximate Curvature for
+        Physics-Informed Neural Networks" (NeurIPS 2024), Sec. 3.
         """
-        return build_taylor_graph(self, args)
+        return build_taylor_graph(self, args, taps)
 
     @property
     def plan(self) -> _ops.JetPlan | None:

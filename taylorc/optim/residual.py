@@ -23,7 +23,6 @@ from torch.fx.node import map_arg
 
 from ..api import CompiledOperator
 from ..errors import KFACError
-from ..methods.sites import build_taylor_graph
 
 
 class _Value(torch.fx.Proxy):
@@ -124,7 +123,7 @@ class _Tracer(torch.fx.Tracer):
                 "propagates no Taylor coefficients through the layers: use 'collapsed' or "
                 "'taylor'"
             )
-        graph = build_taylor_graph(module, args, taps=False)  # g from the outputs: no taps
+        graph = module.taylor_graph(*args, taps=False)  # g from the output columns: no taps
         result = graph.run(*args)
         self.runs.append((graph, result))
         return result.outputs
