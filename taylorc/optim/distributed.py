@@ -1,15 +1,19 @@
 """Data-parallel curvature: the collectives of :class:`~taylorc.optim.KFAC` and ENGD.
 
 Every curvature quantity of a PINN loss is a mean over the points of each term:
-the loss, the gradient, KFAC's factors A and B (Dangel, Müller, Zeinhofer, NeurIPS
-2024, Sec. 3.2), the Gramian and its products. With the points of term t split over
-R ranks (N_t = Σ_r N_t,r, shards of any sizes), rank r computes its local mean and
-weighs it by N_t,r / N_t; one ``all_reduce`` (sum) of all weighted quantities then
-gives the mean over all N_t points, up to rounding, on every rank. Inversion work is
-split as in KFAC libraries for deep learning (Osawa et al., "Large-Scale Distributed
-Second-Order Optimization Using Kronecker-Factored Approximate Curvature", CVPR 2019;
-Pauloski et al., "KAISA", SC 2021): each layer's factorization is computed by one
-rank and broadcast. Only ``torch.distributed`` collectives are used.
+the loss, the gradient, KFAC's Kronecker factors (input covariance A, gradient
+covariance B; Dangel, Müller, Zeinhofer, NeurIPS 2024, Sec. 3.2), the Gramian and its
+products. With the points of term t split over R ranks (N_t = Σ_r N_t,r, shards of any
+sizes), rank r computes its local mean and weighs it by N_t,r / N_t; one ``all_reduce``
+(sum) of all weighted quantities then gives the mean over all N_t points, up to
+rounding, on every rank. Inversion work is split as in KFAC libraries for deep learning
+(Osawa et al., "Large-Scale Distributed Second-Order Optimization Using
+Kronecker-Factored Approximate Curvature", CVPR 2019; Pauloski et al., "KAISA", SC
+2021): each layer's factorization is computed by one rank and broadcast. Only
+``torch.distributed`` collectives are used.
+
+The optimisers hold a reducer in one process too: :class:`LocalReducer`, whose
+collectives are the identity, so that a step reads the same in one and many processes.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from .kronecker import KroneckerSum
 
 
 def resolve(process_group, model: torch.nn.Module):
-    """The process group to reduce over, or ``None`` for the single-process path.
+    """The process group to reduce over, or ``None`` for a single process.
 
     Args:
         process_group: ``None`` (the default group when ``torch.distributed`` is
@@ -47,15 +51,62 @@ def resolve(process_group, model: torch.nn.Module):
     return process_group if dist.get_world_size(process_group) > 1 else None
 
 
-def model_reducer(group, model: torch.nn.Module) -> Reducer | None:
-    """The :class:`Reducer` of an optimiser of ``model`` over ``group`` (from :func:`resolve`;
-    ``None``: single-process, returns ``None``), on the model's device, after giving every
-    rank rank 0's parameters (the ranks start from one initialisation)."""
-    if group is None:
-        return None
-    reducer = Reducer(group, next(model.parameters()).device)
+def model_reducer(group, model: torch.nn.Module) -> Reducer | LocalReducer:
+    """The reducer of an optimiser of ``model`` over ``group`` (from :func:`resolve`):
+    a :class:`LocalReducer` for ``None`` (one process), else a :class:`Reducer` on the
+    model's device, after giving every rank rank 0's parameters (the ranks start from
+    one initialisation)."""
+    device = next(model.parameters()).device
+    reducer = LocalReducer(device) if group is None else Reducer(group, device)
     reducer.broadcast_(model.parameters())
     return reducer
+
+
+def factorise(pairs: dict[str, list]) -> dict[str, KroneckerSum]:
+    """One :class:`KroneckerSum` per layer of ``pairs`` (name -> damped ``[(A_t, B_t)]``),
+    all factorised in this process."""
+    return {name: KroneckerSum(p) for name, p in pairs.items()}
+
+
+def _point_counts(points: dict) -> dict[str, int]:
+    """``{term: N_t,r}`` of this rank's ``points`` (a term without an entry: 0)."""
+    return {t: 0 if points[t] is None else points[t].shape[0] for t in sorted(points)}
+
+
+class LocalReducer:
+    """:class:`Reducer`'s methods for one process, with no collective: sums and broadcasts
+    leave their tensors as they are, a term's share of its mean is the whole, and every
+    layer is factorised here. ``device``: the model's, as :class:`Reducer`'s."""
+
+    rank, world = 0, 1
+
+    def __init__(self, device: torch.device | str = "cpu"):
+        self.device = torch.device(device)
+
+    def sum_(self, tensors: list[torch.Tensor]) -> None:
+        """The sum over one process: ``tensors`` unchanged."""
+
+    def sum_values(self, values: list[float]) -> list[float]:
+        """The sum over one process: ``values`` themselves."""
+        return values
+
+    def shares(self, points: dict) -> tuple[dict[str, float], dict[str, int]]:
+        """``({term: 1.0}, {term: N_t})``: this process holds every point."""
+        counts = _point_counts(points)
+        return dict.fromkeys(counts, 1.0), counts
+
+    def weighting(self, points: dict):
+        """``(weigh, counts)`` as :meth:`Reducer.weighting`: ``weigh`` is the identity (a
+        local mean is the global one), ``counts`` the local N_t."""
+        return (lambda term, x: x), _point_counts(points)
+
+    def broadcast_(self, tensors) -> None:
+        """Rank 0's values in one process: ``tensors`` unchanged."""
+
+    @staticmethod
+    def solvers(pairs: dict[str, list]) -> dict[str, KroneckerSum]:
+        """Every layer's :class:`KroneckerSum`, factorised here (:func:`factorise`)."""
+        return factorise(pairs)
 
 
 class Reducer:
@@ -74,6 +125,12 @@ class Reducer:
     def sum_(self, tensors: list[torch.Tensor]) -> None:
         """All-reduce (sum) ``tensors`` in place: one collective per (dtype, device)."""
         self._packed(tensors, lambda flat: dist.all_reduce(flat, group=self.group))
+
+    def sum_values(self, values: list[float]) -> list[float]:
+        """``values`` summed over the ranks (one collective, in float64)."""
+        summed = torch.tensor(values, dtype=torch.float64, device=self.device)
+        self.sum_([summed])
+        return summed.tolist()
 
     @staticmethod
     @torch.no_grad()
@@ -101,8 +158,8 @@ class Reducer:
         Raises:
             ValueError: (on every rank alike) some rank holds no points of a term.
         """
-        terms = sorted(points)
-        n = {t: 0 if points[t] is None else points[t].shape[0] for t in terms}
+        n = _point_counts(points)
+        terms = list(n)
         local = torch.tensor(
             [[n[t], n[t] == 0] for t in terms], dtype=torch.int64, device=self.device
         )
@@ -115,6 +172,13 @@ class Reducer:
             )
         totals = {t: int(n) for t, (n, _) in zip(terms, local.tolist())}
         return {t: n[t] / totals[t] for t in terms}, totals
+
+    def weighting(self, points: dict):
+        """``(weigh, counts)`` for this rank's ``points``: ``weigh(term, x)`` turns this
+        rank's mean ``x`` of a term into its share N_t,r / N_t of the global mean (the
+        ranks' shares sum to it), ``counts`` is ``{term: N_t}`` (see :meth:`shares`)."""
+        share, counts = self.shares(points)
+        return (lambda term, x: x * share[term]), counts
 
     def broadcast_(self, tensors) -> None:
         """Give every rank rank 0's values of ``tensors`` (in place; e.g. parameters, or a
@@ -132,19 +196,16 @@ class Reducer:
     def solvers(self, pairs: dict[str, list]) -> dict[str, KroneckerSum]:
         """One :class:`KroneckerSum` per layer, each factorised by one rank and broadcast.
 
-        Layers go to ranks greedily by cost (Σ d³ of their factors, largest first);
-        each rank packs its layers' factorizations into one buffer and broadcasts it:
-        one ``broadcast`` per rank. Every rank must pass the same (reduced) ``pairs``.
-        The owner, too, solves with the views of its broadcast buffer: MKL's products
-        depend on the operands' memory alignment (a (64, 64) by (64, 1) product differs
-        in the last bits between offsets), so every rank solves with the same layout.
+        Layers go to ranks greedily by cost (Σ d³ of their Kronecker factors, largest
+        first); each rank packs its layers' factorizations into one buffer and
+        broadcasts it: one ``broadcast`` per rank. Every rank must pass the same
+        (reduced) ``pairs``. The owner, too, solves with the views of its broadcast
+        buffer: MKL's products depend on the operands' memory alignment (a (64, 64) by
+        (64, 1) product differs in the last bits between offsets), so every rank solves
+        with the same layout.
         """
-        cost = {n: p[0][0].shape[0] ** 3 + p[0][1].shape[0] ** 3 for n, p in pairs.items()}
-        load, owner = [0] * self.world, {}
-        for n in sorted(pairs, key=lambda n: -cost[n]):  # stable: ties in dict order
-            r = min(range(self.world), key=load.__getitem__)
-            owner[n], load[r] = r, load[r] + cost[n]
-        out = {n: KroneckerSum(p) for n, p in pairs.items() if owner[n] == self.rank}
+        owner = self._owners(pairs)
+        out = factorise({n: p for n, p in pairs.items() if owner[n] == self.rank})
         device = next(iter(pairs.values()))[0][0].device
         for r in range(self.world):
             mine = [n for n in pairs if owner[n] == r]  # dict order: the same on every rank
@@ -165,3 +226,12 @@ class Reducer:
                     i += a * b
                 out[n] = KroneckerSum(pairs[n], prepared=got)
         return out
+
+    def _owners(self, pairs: dict[str, list]) -> dict[str, int]:
+        """``{layer: rank}``: greedily by cost (Σ d³ of the factors), largest first."""
+        cost = {n: p[0][0].shape[0] ** 3 + p[0][1].shape[0] ** 3 for n, p in pairs.items()}
+        load, owner = [0] * self.world, {}
+        for n in sorted(pairs, key=lambda n: -cost[n]):  # stable: ties in dict order
+            r = min(range(self.world), key=load.__getitem__)
+            owner[n], load[r] = r, load[r] + cost[n]
+        return owner

@@ -8,13 +8,15 @@ as KFAC (Dangel, Müller, Zeinhofer, NeurIPS 2024, use it as their baseline). Co
 O(P²) memory and O(P³) time per step: a reference for nets of a few thousand parameters.
 ``solve="woodbury"`` solves the same system in sample space instead, O(R² P + R³) for R
 residual rows (Guzmán-Cordero, Dangel, Goldshlager, Zeinhofer, NeurIPS 2025; the kernel
-from the linear sites, :mod:`taylorc.optim.woodbury`).
+matrix K = J Jᵀ from the layer inputs and pre-activation gradients,
+:mod:`taylorc.optim.woodbury`).
 """
 
 from __future__ import annotations
 
 import torch
 
+from ..api import compile as _compile
 from .distributed import model_reducer, resolve
 from .factors import from_vector, layer_gradient, to_vector
 from .gramian import dense_gramian, layout, size
@@ -54,9 +56,9 @@ class ENGD(torch.optim.Optimizer):
     Raises:
         ValueError: unknown ``lr``, ``backend`` or ``solve``; ``damping`` not finite and
             >= 0 or ``ema`` outside [0, 1); ``ema`` > 0 or a process group with
-            ``solve="woodbury"`` (single-process for now); (at ``step``) no points for a term; (distributed, at
-            ``step``) a rank without points of a term.
-        taylorc.errors.KFACError: a parameter used outside the linear sites; ``model``
+            ``solve="woodbury"`` or ``"auto"`` (a single-process solve); (at ``step``) no
+            points for a term; (distributed, at ``step``) a rank without points of a term.
+        taylorc.errors.KFACError: a parameter used outside the linear layers; ``model``
             wrapped in ``DistributedDataParallel``; with ``backend="inductor"``, a term
             whose linearisation cannot be compiled (single-process; distributed, that
             rank warns and runs it eagerly).
@@ -83,27 +85,23 @@ class ENGD(torch.optim.Optimizer):
             raise ValueError(
                 f"solve={solve!r} has no Gramian to average: ema must be 0, got {ema!r}"
             )
-        if solve != "dense" and resolve(process_group, model) is not None:
+        group = resolve(process_group, model)
+        if solve != "dense" and group is not None:
             raise ValueError(f"solve={solve!r} runs in one process: no torch.distributed group")
         self.solve = solve
-        from ..api import compile as _compile
-
-        group = resolve(process_group, model)
         params = [p for p in model.parameters() if p.requires_grad]
         super().__init__(params, dict(lr=lr, damping=damping, ema=ema, step=0))
         self.model, self.residuals = model, dict(residuals)
         self._value_op = _compile(model, "u")
-        self._reducer = model_reducer(group, model)
-        self._linearizer = Linearizer(model, self._value_op, backend, strict=self._reducer is None)
+        self._reducer = model_reducer(group, model)  # one process: a LocalReducer
+        strict = self._reducer.world == 1  # distributed: a rank's compile failure warns
+        self._linearizer = Linearizer(model, self._value_op, backend, strict=strict)
 
     def step(self, points: dict) -> dict[str, float]:
         """One ENGD step on ``points``; returns term name -> ½ mean ||r||² before it."""
-        group, rd, terms = self.param_groups[0], self._reducer, list(self.residuals)
-        if rd is not None:  # this rank's shares N_t,r / N_t of the global means
-            share, counts = rd.shares({t: points.get(t) for t in terms})
-            weigh = lambda t, x: x * share[t]  # noqa: E731
-        else:
-            counts, weigh = None, lambda t, x: x  # noqa: E731
+        group, reducer, terms = self.param_groups[0], self._reducer, list(self.residuals)
+        # this rank's shares N_t,r / N_t of the global means, and the global N_t
+        weigh, counts = reducer.weighting({t: points.get(t) for t in terms})
         missing = set(terms) - set(points)
         if missing:
             raise ValueError(f"no points for the terms {sorted(missing)}")
@@ -113,7 +111,24 @@ class ENGD(torch.optim.Optimizer):
         if self._woodbury(lins, layers):
             phi = sample_space_step(lins, group["damping"])
             return self._update({n: -b for n, b in phi.items()}, layers, points, counts, loss)
-        grad = torch.cat(
+        grad = self._gradient(lins, layers, weigh)
+        G = dense_gramian(lins, layers, lambda i, G_t: weigh(terms[i], G_t))
+        reducer.sum_([*loss, grad, G])  # one all-reduce (sum) of every mean over points
+        G = self._average(G.double(), group["ema"])
+        G = G + group["damping"] * torch.eye(len(G), dtype=G.dtype, device=G.device)
+        d = torch.linalg.lstsq(G, -grad.double()[:, None], driver="gelsd").solution[:, 0]
+        reducer.broadcast_([d])  # rank 0's direction: the ranks stay bitwise in lockstep
+        blocks, i = {}, 0
+        for ref in layers:
+            blocks[ref.weight] = from_vector(d[i : i + size(ref)].to(grad.dtype), ref)
+            i += size(ref)
+        return self._update(blocks, layers, points, counts, loss)
+
+    def _gradient(self, lins, layers, weigh) -> torch.Tensor:
+        """∇L as one vector in the order of :func:`~taylorc.optim.gramian.jacobian`, each
+        term's part ``weigh``'d (this rank's share of the global mean)."""
+        terms = list(self.residuals)
+        return torch.cat(
             [
                 to_vector(
                     sum(
@@ -126,21 +141,6 @@ class ENGD(torch.optim.Optimizer):
                 for ref in layers
             ]
         )
-        if rd is None:
-            G = dense_gramian(lins, layers)
-        else:
-            G = sum(weigh(t, dense_gramian([lin], layers)) for t, lin in zip(terms, lins))
-            rd.sum_([*loss, grad, G])
-        G = self._average(G.double(), group["ema"])
-        G = G + group["damping"] * torch.eye(len(G), dtype=G.dtype, device=G.device)
-        d = torch.linalg.lstsq(G, -grad.double()[:, None], driver="gelsd").solution[:, 0]
-        if rd is not None:  # rank 0's direction: the ranks stay bitwise in lockstep
-            rd.broadcast_([d])
-        blocks, i = {}, 0
-        for ref in layers:
-            blocks[ref.weight] = from_vector(d[i : i + size(ref)].to(grad.dtype), ref)
-            i += size(ref)
-        return self._update(blocks, layers, points, counts, loss)
 
     def _woodbury(self, lins, layers) -> bool:
         """Whether this step solves in sample space (``solve``; "auto": rows < parameters)."""
@@ -150,7 +150,7 @@ class ENGD(torch.optim.Optimizer):
 
     def _update(self, blocks, layers, points, counts, loss) -> dict[str, float]:
         """θ ← θ + α d (line search) or + lr d; returns the losses before the step."""
-        group, rd = self.param_groups[0], self._reducer
+        group = self.param_groups[0]
         losses = {t: v.item() for t, v in zip(self.residuals, loss)}
         by_name = {ref.weight: ref for ref in layers}
         if group["lr"] == "line_search":
@@ -160,7 +160,7 @@ class ENGD(torch.optim.Optimizer):
                 blocks,
                 lambda: total_loss(self.residuals, points, counts),
                 sum(losses.values()),
-                reducer=rd,
+                reducer=self._reducer,
             )
         else:
             add_(self.model, by_name, blocks, float(group["lr"]))

@@ -1,10 +1,13 @@
-"""Kronecker factors, gradients and Jacobian products of a PINN loss term, from the taps.
+"""Kronecker factors, gradients and Jacobian products of a PINN loss term, from the
+layer inputs and pre-activation gradients.
 
 For one weight W (bias b appended as the last input column) and one loss term
-L = 1/(2N) Σ_n ||r_n||², with Z̃_ns the augmented input of column s of point n and
-g_mns = ∂r_nm/∂z_ns (:mod:`taylorc.optim.record`), the per-point Jacobian is
-J_nm = Σ_s g_mns Z̃_nsᵀ and (Dangel, Müller, Zeinhofer, "Kronecker-Factored
-Approximate Curvature for Physics-Informed Neural Networks", NeurIPS 2024, Sec. 3.2):
+L = 1/(2N) Σ_n ||r_n||², with Z̃_ns the augmented layer input of column s of point n and
+g_mns = ∂r_nm/∂z_ns the pre-activation gradient (:mod:`taylorc.optim.record`), the
+per-point Jacobian is J_nm = Σ_s g_mns Z̃_nsᵀ and the Kronecker factors, input
+covariance A and gradient covariance B, are (Dangel, Müller, Zeinhofer,
+"Kronecker-Factored Approximate Curvature for Physics-Informed Neural Networks",
+NeurIPS 2024, Sec. 3.2):
 
 - KFAC-expand: A = 1/(N S) Σ_n,s Z̃ Z̃ᵀ,   B = 1/N Σ_m,n,s g gᵀ;
 - KFAC-reduce: A = 1/N Σ_n z̄ z̄ᵀ (z̄_n = mean_s Z̃_ns),   B = 1/N Σ_m,n (Σ_s g)(Σ_s g)ᵀ.
@@ -19,17 +22,18 @@ import functools
 
 import torch
 
+from ..api import compile as _compile
 from ..methods.sites import Columns
 from .record import Layer, Linearization, linearize
 
 APPROX = ("expand", "reduce")
-SYRK_MIN = 1 << 20  # m·k² multiply-adds: below, the thread limit's ~20 µs eats ?syrk's saving
+SYRK_MIN = 1 << 20  # m·k² multiply-adds: below, the thread limit's cost eats ?syrk's saving
 
 
 @functools.cache
 def _syrk_backend() -> tuple[dict, object]:
     """``({dtype: ?syrk}, threadpoolctl controller)``, loaded at the first large CPU Gram:
-    SciPy's BLAS and the controller cost about 45 ms that ``import taylorc`` need not pay.
+    ``import taylorc`` need not pay for loading SciPy's BLAS and the controller.
     The controller is built after SciPy's BLAS is loaded, so that it sees its OpenBLAS."""
     from scipy.linalg import blas
     from threadpoolctl import ThreadpoolController
@@ -46,8 +50,8 @@ def gram(F: torch.Tensor) -> torch.Tensor:
     half the multiply-adds of a general matmul, whose result it equals up to rounding,
     and exactly symmetric. Otherwise (several threads, CUDA, other dtypes, an ``F`` that
     requires grad, small or empty ``F``) ``F.T @ F``: OpenBLAS's two-thread ``?syrk`` beside
-    torch's threads was slower than its one-thread one (docs/kfac.md), and the thread
-    limit costs about 20 µs a call. The limit is process-wide while it lasts (numpy's
+    torch's threads is slower than its one-thread one, and the thread limit has a fixed
+    cost a call (figures: bench/notes.md). The limit is process-wide while it lasts (numpy's
     OpenBLAS in other Python threads runs on one thread meanwhile). The large CPU case
     goes through the ``torch.library`` op ``taylorc::gram``, so that a traced graph
     (:mod:`taylorc.optim.compiled`) calls it too; the thread count is read when it runs.
@@ -67,8 +71,8 @@ def gram(F: torch.Tensor) -> torch.Tensor:
 def _gram_op(F: torch.Tensor) -> torch.Tensor:
     """``taylorc::gram``: ``FᵀF`` of a large 2-D CPU float32/float64 ``F`` (see :func:`gram`).
 
-    A ``custom_op`` (it survives the module being imported again, which a bare
-    ``torch.library.Library`` definition does not); its dispatch costs ~40 µs a call."""
+    A ``custom_op``: it survives the module being imported again, which a bare
+    ``torch.library.Library`` definition does not."""
     if torch.get_num_threads() != 1:
         return F.T @ F
     syrk, blas_threads = _syrk_backend()
@@ -84,9 +88,10 @@ def _(F):
 
 
 def layer_factors(layer: Layer, approx: str = "expand") -> tuple[torch.Tensor, torch.Tensor]:
-    """``(A (d_in+1, d_in+1), B (d_out, d_out))`` of one layer in one term (formulas above).
+    """The Kronecker factors of one layer in one term (formulas above): input covariance
+    ``A (d_in+1, d_in+1)`` and gradient covariance ``B (d_out, d_out)``.
 
-    The bias row and column of A come from sums of the inputs (Z̃ is never built):
+    The bias row and column of A come from sums of the layer inputs (Z̃ is never built):
     Σ_n,s Z̃ Z̃ᵀ = [[Σ X Xᵀ, Σ_s e_s Σ_n X_ns], [·, N Σ_s e_s²]]. Under expand, columns
     held as products ``P_n ⊙ Q_j`` (:class:`~taylorc.passes.factored.Factored`) add
     ``(Σ_n P_n P_nᵀ) ⊙ (Σ_j Q_j Q_jᵀ)`` to the sums of outer products, never built per point.
@@ -158,7 +163,7 @@ def _with_bias(A: torch.Tensor, a: torch.Tensor | None, c: torch.Tensor | None) 
 
 
 def layer_gradient(layer: Layer, r: torch.Tensor) -> torch.Tensor:
-    """``Ĝ = [∇W | ∇b]`` of ½ mean ||r||²: 1/N Σ_n,m r_nm Σ_s g_mns Z̃_nsᵀ, ``(d_out, d_in+1)``.
+    """``[∇W | ∇b]`` of ½ mean ||r||²: 1/N Σ_n,m r_nm Σ_s g_mns Z̃_nsᵀ, ``(d_out, d_in+1)``.
 
     Columns whose g is zero by construction are skipped; a column whose input is the
     same for every point enters as ``(Σ_n G_ns) X_0sᵀ``, one pass over its g, with
@@ -303,7 +308,8 @@ def from_vector(vec: torch.Tensor, layer: Layer) -> torch.Tensor:
 
 
 def kfac_factors(model, residuals: dict, points: dict, approx: str = "expand") -> dict:
-    """The Kronecker factors of every loss term at the current parameters.
+    """The Kronecker factors (input covariance A, gradient covariance B) of every loss
+    term at the current parameters.
 
     Args:
         model: the ``nn.Module`` whose compiled operators the residuals call.
@@ -320,8 +326,6 @@ def kfac_factors(model, residuals: dict, points: dict, approx: str = "expand") -
     Raises:
         taylorc.errors.KFACError: as :func:`taylorc.optim.record.linearize`.
     """
-    from ..api import compile as _compile
-
     value_op = _compile(model, "u")
     out = {}
     for term, residual in residuals.items():

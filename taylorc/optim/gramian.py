@@ -1,8 +1,8 @@
-"""The dense Gramian (Gauss-Newton matrix) of a PINN loss, from the taps: ``gramian``.
+"""The dense Gramian (Gauss-Newton matrix) of a PINN loss: ``gramian``.
 
 G = Σ_terms 1/N_t Σ_n J_nᵀ J_n with J_n = ∂r_n/∂θ the per-point Jacobian of the
-residual, read exactly from the linear sites (J_n = Σ_s g_ns Z̃_nsᵀ per layer;
-Dangel, Müller, Zeinhofer, NeurIPS 2024, Sec. 3.2). This is the curvature of energy
+residual, read exactly from each linear layer's inputs Z̃ and pre-activation gradients
+g (J_n = Σ_s g_ns Z̃_nsᵀ per layer; Dangel, Müller, Zeinhofer, NeurIPS 2024, Sec. 3.2). This is the curvature of energy
 natural gradient descent (Müller & Zeinhofer, "Achieving High Accuracy with PINNs via
 Energy Natural Gradient Descent", ICML 2023); P x P memory: small nets only.
 """
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import torch
 
+from ..api import compile as _compile
 from .factors import gram, to_vector
 from .record import Layer, Linearization, linearize
 
@@ -50,12 +51,21 @@ def jacobian(lin: Linearization, layers: list[Layer]) -> torch.Tensor:
     return torch.cat(blocks, -1).reshape(N * M, -1)
 
 
-def dense_gramian(lins: list[Linearization], layers: list[Layer]) -> torch.Tensor:
-    """``Σ_t 1/N_t J_tᵀ J_t``, ``(P, P)`` (see :func:`jacobian` for the order)."""
+def _unweighted(i: int, G_t: torch.Tensor) -> torch.Tensor:
+    return G_t
+
+
+def dense_gramian(
+    lins: list[Linearization], layers: list[Layer], weigh=_unweighted
+) -> torch.Tensor:
+    """``Σ_t 1/N_t J_tᵀ J_t``, ``(P, P)`` (see :func:`jacobian` for the order).
+
+    ``weigh(t, G_t)``: term t's part ``G_t = 1/N_t J_tᵀ J_t`` as it enters the sum (e.g.
+    this rank's share of the global mean, :mod:`taylorc.optim.distributed`)."""
     G = 0
-    for lin in lins:
+    for t, lin in enumerate(lins):
         J = jacobian(lin, layers)
-        G = G + gram(J) / lin.r.shape[0]
+        G = G + weigh(t, gram(J) / lin.r.shape[0])
     return G
 
 
@@ -72,10 +82,8 @@ def gramian(model, residuals: dict, points: dict) -> torch.Tensor:
         its bias (``parameters_to_vector`` order for an ``nn.Sequential`` MLP).
 
     Raises:
-        taylorc.errors.KFACError: a parameter used outside the linear sites (named).
+        taylorc.errors.KFACError: a parameter used outside the linear layers (named).
     """
-    from ..api import compile as _compile
-
     value_op = _compile(model, "u")
     lins = [linearize(model, value_op, f, points[t], check=True) for t, f in residuals.items()]
     return dense_gramian(lins, layout(lins, model))

@@ -2,9 +2,10 @@
 
 Dangel, Müller, Zeinhofer, "Kronecker-Factored Approximate Curvature for
 Physics-Informed Neural Networks" (NeurIPS 2024). Per loss term t and linear layer,
-Kronecker factors A_t ⊗ B_t of the Gauss-Newton block (:mod:`taylorc.optim.factors`),
-averaged over steps Â ← βÂ + (1 − β)A (from identity), damped Ā = Â + λI, and the
-terms' sum solved exactly per layer (:mod:`taylorc.optim.kronecker`):
+Kronecker factors A_t ⊗ B_t of the Gauss-Newton block (input covariance A, gradient
+covariance B; :mod:`taylorc.optim.factors`), averaged over steps Â ← βÂ + (1 − β)A (from
+identity), damped Ā = Â + λI, and the terms' sum solved exactly per layer
+(:mod:`taylorc.optim.kronecker`):
 Δ = −(Σ_t Ā_t ⊗ B̄_t)⁻¹ ∇L. Step rules: ``lr="auto"`` (KFAC*: Martens & Grosse,
 "Optimizing Neural Networks with Kronecker-factored Approximate Curvature", ICML 2015,
 Sec. 7), ``"line_search"`` (momentum, then a grid line search), or a float.
@@ -14,10 +15,10 @@ from __future__ import annotations
 
 import torch
 
-from .distributed import model_reducer, resolve
+from ..api import compile as _compile
+from .distributed import factorise, model_reducer, resolve
 from .factors import APPROX, layer_factors, layer_gradient
 from .gramian import layout
-from .kronecker import KroneckerSum
 from .linearizer import Linearizer
 from .steps import add_, check_damping_ema, kfac_star, line_search, total_loss
 
@@ -57,7 +58,7 @@ class KFAC(torch.optim.Optimizer):
         update_every: recompute the factors every k steps.
         invert_every: re-factor the solves every k steps. With ``lr="auto"`` and a
             small fixed damping, stale factors (k > 1) can make KFAC* diverge
-            (measured in docs/kfac.md, "Options"); the defaults refresh every step.
+            (docs/kfac.md, "Options"); the defaults refresh every step.
         initial_lr: α of KFAC*'s first step (no previous direction yet).
         process_group: data parallelism over ``torch.distributed`` (docs/distributed.md).
             ``None``: the default group when ``torch.distributed`` is initialized with
@@ -71,13 +72,13 @@ class KFAC(torch.optim.Optimizer):
         split_inversion: distributed, factorise each layer's Kronecker sum on one rank
             and broadcast it (``None``: on when distributed); off: every rank
             factorises every layer. Same result either way.
-        backend: how each term's linearisation (the residual through the sites graphs,
-            the reverse pass for g, the factors, the gradient and KFAC*'s JVPs) runs
-            after its first, checked call: ``"eager"`` (the default), ``"auto"`` (eager
-            for ``taylorc.runtime.config.CONFIG.auto_compile_after`` = 10 calls per points
-            shape, then traced and compiled with inductor: about 2x faster steps at
-            449 parameters, docs/kfac.md) or ``"inductor"`` (compiled from the second
-            call); :class:`~taylorc.optim.linearizer.Linearizer`. Compile only a residual
+        backend: how each term's linearisation (the residual with its layers' inputs,
+            the reverse pass for the pre-activation gradients, the Kronecker factors, the
+            gradient and KFAC*'s JVPs) runs after its first, checked call: ``"eager"``
+            (the default), ``"auto"`` (eager for
+            ``taylorc.runtime.config.CONFIG.auto_compile_after`` = 10 calls per points
+            shape, then traced and compiled with inductor; docs/kfac.md) or
+            ``"inductor"`` (compiled from the second call); :class:`~taylorc.optim.linearizer.Linearizer`. Compile only a residual
             that is a function of its points and the model's parameters: a compiled
             residual is a trace, and Python values it reads are those of the trace
             (names it reads that are rebound are caught and send the term back to
@@ -88,7 +89,7 @@ class KFAC(torch.optim.Optimizer):
             ``damping`` not finite and >= 0 or ``ema`` outside [0, 1); (distributed,
             at ``step``, on every rank) a rank without points of a term.
         taylorc.errors.KFACError: (at the first step of each term) a parameter used
-            outside the linear sites of the Taylor graph, named; ``model`` wrapped in
+            outside the linear layers of the Taylor graph, named; ``model`` wrapped in
             ``DistributedDataParallel`` (pass ``ddp.module``: KFAC reduces by itself);
             with ``backend="inductor"``, a term whose linearisation cannot be compiled
             (single-process; distributed, that rank warns and runs the term eagerly:
@@ -120,8 +121,6 @@ class KFAC(torch.optim.Optimizer):
         check_damping_ema(damping, ema)
         if not residuals:
             raise ValueError("residuals is empty: give at least one loss term")
-        from ..api import compile as _compile
-
         group = resolve(process_group, model)
         defaults = dict(
             lr=lr,
@@ -137,12 +136,13 @@ class KFAC(torch.optim.Optimizer):
         super().__init__([p for p in model.parameters() if p.requires_grad], defaults)
         self.model, self.residuals = model, dict(residuals)
         self._value_op = _compile(model, "u")
-        self._reducer = model_reducer(group, model)
-        strict = self._reducer is None  # distributed: a rank's compile failure warns
+        self._reducer = model_reducer(group, model)  # one process: a LocalReducer
+        strict = self._reducer.world == 1  # distributed: a rank's compile failure warns
         self._linearizer = Linearizer(model, self._value_op, backend, approx, strict)
         self._solvers: dict | None = None
         self.last: dict = {}  # the last step's vectors (for tests and diagnostics)
-        self._split = self._reducer is not None and split_inversion is not False
+        # the split inversion factorises each layer on one rank (in one process: here)
+        self._factorise = self._reducer.solvers if split_inversion is not False else factorise
 
     # -- one step -------------------------------------------------------------------
 
@@ -159,13 +159,9 @@ class KFAC(torch.optim.Optimizer):
         Returns:
             term name -> ½ mean ||r||² at the parameters before the step.
         """
-        group = self.param_groups[0]
-        rd = self._reducer
-        if rd is not None:  # this rank's shares N_t,r / N_t of the global means
-            share, counts = rd.shares({t: points.get(t) for t in self.residuals})
-            weigh = lambda t, x: x * share[t]  # noqa: E731
-        else:
-            counts, weigh = None, lambda t, x: x  # noqa: E731
+        group, reducer = self.param_groups[0], self._reducer
+        # this rank's shares N_t,r / N_t of the global means, and the global N_t
+        weigh, counts = reducer.weighting({t: points.get(t) for t in self.residuals})
         self._names = dict(self.model.named_parameters())  # for _param, this step
         lins = self.linearize(points)
         layers = {layer.weight: layer for layer in layout(list(lins.values()), self.model)}
@@ -177,8 +173,8 @@ class KFAC(torch.optim.Optimizer):
             w: sum(weigh(t, _gradient(lin, w)) for t, lin in lins.items() if w in lin.layers)
             for w in layers
         }
-        if rd is not None:  # one all-reduce (sum) of every mean over points
-            rd.sum_([*loss.values(), *grad.values(), *(F for AB in factors.values() for F in AB)])
+        # one all-reduce (sum) of every mean over points
+        reducer.sum_([*loss.values(), *grad.values(), *(F for AB in factors.values() for F in AB)])
         losses = {t: v.item() for t, v in loss.items()}
         if refresh:
             self._average(factors, group)
@@ -200,7 +196,7 @@ class KFAC(torch.optim.Optimizer):
     def _direction(self, group, lins, layers, grad, Delta, current, points, counts) -> dict:
         """Apply the step rule; returns the update's momentum state (δ or δ̂).
 
-        ``counts``: term -> global N_t when distributed, else None."""
+        ``counts``: term -> N_t over all ranks."""
         prev = {w: self.state[self._param(w)].get("delta") for w in layers}
         lr = group["lr"]
         if lr == "auto":
@@ -213,17 +209,17 @@ class KFAC(torch.optim.Optimizer):
                     Delta,
                     prev,
                     group["damping"],
-                    counts=None if counts is None else [counts[t] for t in lins],
+                    counts=[counts[t] for t in lins],
                     reducer=self._reducer,
                 )
             delta = {w: alpha * Delta[w] + (mu * prev[w] if w in prev else 0) for w in Delta}
-            self._same_on_all_ranks(delta)
+            self._reducer.broadcast_(delta.values())  # rank 0's: the ranks stay bitwise equal
             add_(self.model, layers, delta)
             self.last.update(alpha=alpha, mu=mu)
             return delta
         mu = group["momentum"]
         delta = {w: Delta[w] + (mu * prev[w] if prev[w] is not None else 0) for w in Delta}
-        self._same_on_all_ranks(delta)
+        self._reducer.broadcast_(delta.values())  # (see Reducer.broadcast_)
         if lr == "line_search":
 
             def loss_fn():
@@ -236,25 +232,19 @@ class KFAC(torch.optim.Optimizer):
         self.last.update(alpha=alpha, mu=mu)
         return delta
 
-    def _same_on_all_ranks(self, delta: dict) -> None:
-        """Distributed: replace ``delta`` by rank 0's (in place), so that parameters and
-        momentum stay bitwise equal on all ranks (see ``Reducer.broadcast_``)."""
-        if self._reducer is not None:
-            self._reducer.broadcast_(delta.values())
-
     # -- curvature ------------------------------------------------------------------
 
     def _param(self, weight: str) -> torch.Tensor:
         """The parameter named ``weight``, from the name dict made at the start of the
-        step (built per call, it cost ~0.4 ms a step at 449 parameters)."""
+        step (not built per call: a measurable part of a small net's step, bench/notes.md)."""
         names = self.__dict__.get("_names")
         if names is None or weight not in names:
             names = self._names = dict(self.model.named_parameters())
         return names[weight]
 
     def _factors(self, lins: dict, group, weigh) -> dict:
-        """``{(term, weight): (A, B)}`` of this batch, each ``weigh(term, ·)``'d
-        (distributed: this rank's shares of the global means, summed by the caller)."""
+        """``{(term, weight): (A, B)}``, the Kronecker factors of this batch, each
+        ``weigh(term, ·)``'d (this rank's shares of the global means, summed by the caller)."""
         out = {}
         for term, lin in lins.items():
             for w in lin.layers:
@@ -274,28 +264,22 @@ class KFAC(torch.optim.Optimizer):
                 st[key][term] = beta * old + (1 - beta) * F
 
     def _invert(self, group, stored: bool = False) -> None:
-        """Damp the averaged factors and prepare one Kronecker-sum solver per layer.
+        """Damp the averaged Kronecker factors and prepare one Kronecker-sum solver per layer.
 
         Damping is added in float64 (in a float32 factor, λ below its rounding would
         vanish). The factors inverted are kept in the state (``"inverted"``):
         ``stored`` rebuilds the solvers from them, so a restored optimiser solves with
         the factors of the last inversion until the next one, as the uninterrupted run
         does."""
-        lam, pairs = group["damping"], {}
+        damping, pairs = group["damping"], {}
         for name, p in self.model.named_parameters():
             st = self.state.get(p, {})
             if "A" not in st:
                 continue
             if not (stored and "inverted" in st):
                 st["inverted"] = [(st["A"][term], st["B"][term]) for term in st["A"]]
-            pairs[name] = []
-            for A, B in st["inverted"]:
-                eye = lambda M: torch.eye(M.shape[0], dtype=torch.float64, device=M.device)
-                pairs[name].append((A.double() + lam * eye(A), B.double() + lam * eye(B)))
-        if self._split:
-            self._solvers = self._reducer.solvers(pairs)
-        else:
-            self._solvers = {name: KroneckerSum(p) for name, p in pairs.items()}
+            pairs[name] = [(_damped(A, damping), _damped(B, damping)) for A, B in st["inverted"]]
+        self._solvers = self._factorise(pairs)
 
     # -- state ----------------------------------------------------------------------
 
@@ -305,6 +289,12 @@ class KFAC(torch.optim.Optimizer):
         uninterrupted run)."""
         super().load_state_dict(state_dict)
         self._solvers = None
+
+
+def _damped(F: torch.Tensor, damping: float) -> torch.Tensor:
+    """``F + λI`` in float64, for a Kronecker factor F and damping λ."""
+    eye = torch.eye(F.shape[0], dtype=torch.float64, device=F.device)
+    return F.double() + damping * eye
 
 
 def _gradient(lin, w: str) -> torch.Tensor:

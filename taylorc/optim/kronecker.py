@@ -1,7 +1,8 @@
 """Exact solves with sums of Kronecker products: ``(Σ_t A_t ⊗ B_t) vec X = vec G``.
 
-With column-major vec, ``(A ⊗ B) vec X = vec(B X A)`` for X of shape (d_out, d_in),
-A (d_in, d_in) and B (d_out, d_out) symmetric positive definite.
+With column-major vec, ``(A ⊗ B) vec X = vec(B X A)`` for X of shape (d_out, d_in) and
+the damped Kronecker factors of a layer, input covariance A (d_in, d_in) and gradient
+covariance B (d_out, d_out), symmetric positive definite.
 
 - one term: X = B⁻¹ G A⁻¹;
 - two terms (Dangel, Müller, Zeinhofer, NeurIPS 2024, Sec. 3.4, "invert Kronecker sum"):

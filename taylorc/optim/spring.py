@@ -5,7 +5,8 @@ of neural network wavefunctions" (J. Comput. Phys. 2024), adapted to PINNs by Gu
 Dangel, Goldshlager, Zeinhofer, "Improving Energy Natural Gradient Descent through Woodbury,
 Momentum, and Randomization" (NeurIPS 2025, Sec. 4):
 ``φ_k = μ φ_(k-1) + Ĵᵀ (Ĵ Ĵᵀ + λI)⁻¹ (r̂ − μ Ĵ φ_(k-1))``, ``θ ← θ − η φ_k``, with the
-kernel ``Ĵ Ĵᵀ`` read from the Taylor graph's linear sites (:mod:`taylorc.optim.woodbury`).
+kernel matrix ``K = Ĵ Ĵᵀ`` read from the layer inputs and pre-activation gradients of the
+Taylor graph's linear layers (:mod:`taylorc.optim.woodbury`).
 The step size η: a grid line search (as ENGD and KFAC here) or a fixed number.
 """
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import torch
 
+from ..api import compile as _compile
 from .distributed import resolve
 from .gramian import layout
 from .linearizer import Linearizer
@@ -31,7 +33,7 @@ class SPRING(torch.optim.Optimizer):
         model: the ``nn.Module``.
         residuals: term name -> residual callable.
         lr: ``"line_search"`` (η ∈ {2⁻³⁰..2⁰}) or a float.
-        damping: λ > 0 added to the kernel's diagonal (λ = 0 solves by least squares).
+        damping: λ > 0 added to the kernel matrix's diagonal (λ = 0 solves by least squares).
         momentum: μ in [0, 1).
         backend: how the linearisations run after the first, as :class:`taylorc.optim.KFAC`'s.
 
@@ -39,7 +41,7 @@ class SPRING(torch.optim.Optimizer):
         ValueError: unknown ``lr`` or ``backend``; ``damping`` not finite and >= 0;
             ``momentum`` outside [0, 1); a ``torch.distributed`` process group (SPRING runs
             in one process); (at ``step``) no points for a term.
-        taylorc.errors.KFACError: a parameter used outside the linear sites.
+        taylorc.errors.KFACError: a parameter used outside the linear layers.
     """
 
     def __init__(
@@ -57,8 +59,6 @@ class SPRING(torch.optim.Optimizer):
         check_damping_ema(damping, momentum, "momentum")
         if resolve(process_group, model) is not None:
             raise ValueError("SPRING runs in one process: no torch.distributed process group")
-        from ..api import compile as _compile
-
         params = [p for p in model.parameters() if p.requires_grad]
         super().__init__(params, dict(lr=lr, damping=damping, momentum=momentum, step=0))
         self.model, self.residuals = model, dict(residuals)

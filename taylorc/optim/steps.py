@@ -11,11 +11,13 @@ import numbers
 
 import torch
 
+from .distributed import LocalReducer
 from .factors import jvp
 from .record import Layer
 
 # Dangel, Müller, Zeinhofer, NeurIPS 2024, App. (line search): α ∈ {2^-30, ..., 2^0}
 GRID = tuple(2.0**-k for k in range(30, -1, -1))
+LOCAL = LocalReducer()  # the reducer of a single-process caller: no collective
 
 
 def check_damping_ema(damping, ema, name: str = "ema") -> None:
@@ -54,17 +56,19 @@ def dot(u: dict, v: dict) -> torch.Tensor:
 
 
 def total_loss(residuals: dict, points: dict, counts: dict | None = None) -> float:
-    """Σ_t ½ mean_n ||r_t,n||² with the operators' fast graphs, no autograd.
+    """This rank's share Σ_t ½ Σ_n ||r_t,n||² / N_t of the loss, with the operators' fast
+    graphs, no autograd: the sum over ranks is the loss on all points.
 
-    With ``counts`` (term -> global N_t), this rank's share Σ_t ½ Σ_n ||r_t,n||² / N_t
-    instead: the sum over ranks is the loss on all points.
+    ``counts``: term -> N_t over all ranks (None: this rank's points are all of them,
+    Σ_t ½ mean_n ||r_t,n||²).
     """
     total = 0.0
     with torch.no_grad():
         for term, f in residuals.items():
             x = points[term]
+            n = x.shape[0] if counts is None else counts[term]
             r2 = f(x).reshape(x.shape[0], -1).pow(2).sum(1)
-            total += 0.5 * (r2.mean() if counts is None else r2.sum() / counts[term]).item()
+            total += 0.5 * (r2.mean() if n == x.shape[0] else r2.sum() / n).item()
     return total
 
 
@@ -90,12 +94,12 @@ def add_(model, layers: dict[str, Layer], blocks: dict, scale: float = 1.0) -> N
 
 @torch.no_grad()
 def line_search(
-    model, layers, blocks: dict, loss_fn, current: float, grid=GRID, reducer=None
+    model, layers, blocks: dict, loss_fn, current: float, grid=GRID, reducer=LOCAL
 ) -> float:
     """Grid line search: θ ← θ + α d with the α of ``grid`` of least loss; α = 0 when
-    none improves on ``current``. Returns α. ``loss_fn()`` evaluates at the live θ;
-    with a :class:`~taylorc.optim.distributed.Reducer`, it gives this rank's share of
-    the loss, and the grid's values are summed over ranks in one collective."""
+    none improves on ``current``. Returns α. ``loss_fn()`` evaluates at the live θ and
+    gives this rank's share of the loss; ``reducer`` sums the grid's values over the
+    ranks in one collective (:mod:`taylorc.optim.distributed`)."""
     pairs = _param_deltas(model, layers, blocks)
     start = [p.detach().clone() for p, _ in pairs]
     losses = []
@@ -103,10 +107,7 @@ def line_search(
         for (p, d), p0 in zip(pairs, start):
             p.copy_(p0 + a * d.to(p.dtype))
         losses.append(loss_fn())
-    if reducer is not None:
-        summed = torch.tensor(losses, dtype=torch.float64, device=start[0].device)
-        reducer.sum_([summed])
-        losses = summed.tolist()
+    losses = reducer.sum_values(losses)
     best, alpha = current, 0.0
     for a, loss in zip(grid, losses):
         if loss < best:
@@ -122,19 +123,20 @@ def _gram_jvps(ju: list, jv: list | None, counts: list) -> torch.Tensor:
     return sum((a * b).sum() / n for a, b, n in zip(ju, jv, counts))
 
 
-def kfac_star(lins, grad: dict, Delta: dict, prev: dict, damping: float, counts=None, reducer=None):
+def kfac_star(
+    lins, grad: dict, Delta: dict, prev: dict, damping: float, counts=None, reducer=LOCAL
+):
     """(α, μ) of Martens & Grosse 2015, Sec. 7 ("KFAC*"): minimise the damped quadratic
     model m(αΔ + μδ) = gᵀ(αΔ + μδ) + ½ (αΔ + μδ)ᵀ(G + λI)(αΔ + μδ), i.e. solve
     [[ΔᵀGΔ + λΔᵀΔ, ΔᵀGδ + λΔᵀδ], [·, δᵀGδ + λδᵀδ]] (α, μ) = −(gᵀΔ, gᵀδ).
 
-    Distributed (``counts``: each term's global N_t, ``reducer``): the three Gramian
-    products are summed over ranks; g, Δ, δ are the same on every rank already."""
+    ``counts``: each term's N_t over all ranks (None: this process's); ``reducer`` sums
+    the three Gramian products over the ranks (g, Δ, δ are the same on every rank)."""
     both = [jvp(lin, Delta, prev) for lin in lins]  # two JVPs per term, one matmul
     jD, jP = [b[0] for b in both], [b[1] for b in both]
     counts = [lin.r.shape[0] for lin in lins] if counts is None else counts
     grams = [_gram_jvps(jD, None, counts), _gram_jvps(jD, jP, counts), _gram_jvps(jP, None, counts)]
-    if reducer is not None:
-        reducer.sum_(grams)
+    reducer.sum_(grams)
     a = grams[0] + damping * dot(Delta, Delta)
     b = grams[1] + damping * dot(Delta, prev)
     c = grams[2] + damping * dot(prev, prev)
@@ -151,9 +153,9 @@ def solve_2x2(a: float, b: float, c: float, r1: float, r2: float) -> tuple[float
     """``(x, y)`` with ``[[a, b], [b, c]] (x, y) = (r1, r2)``, a symmetric positive
     semidefinite system (a, c ≥ 0), in float64 by Cramer's rule on the Jacobi-scaled
     system (unit diagonal, off-diagonal b / √(ac) = the cosine of the two directions in the
-    Gramian's metric): the same bits in every process. LAPACK's least squares, which
-    MKL runs on alignment-dependent code paths, gave last-bit differences that KFAC*
-    amplifies, so one seed's runs differed. The scaling makes the singularity test
+    Gramian's metric): the same bits in every process (not LAPACK's least squares,
+    which MKL runs on alignment-dependent code paths: KFAC* amplifies last-bit
+    differences). The scaling makes the singularity test
     independent of the directions' lengths (KFAC*'s second step has ‖δ‖ ≈ 1e-6 ‖Δ‖).
     Singular (δ ∥ Δ: 1 − cos² ≤ 64 ε) or a zero direction: the least-squares solution
     of least norm in the scaled coordinates (the best step along the common direction).

@@ -1,19 +1,20 @@
-"""Natural gradient in sample space: the kernel ``K = Ĵ Ĵᵀ`` from the linear sites, the
-Woodbury solve of ENGD and SPRING's momentum.
+"""Natural gradient in sample space: the kernel matrix ``K = Ĵ Ĵᵀ`` from the layer inputs
+and pre-activation gradients, the Woodbury solve of ENGD and SPRING's momentum.
 
 The PINN loss ``L = Σ_t 1/(2N_t) Σ_n ||r_t,n||²`` has the Gauss-Newton Gramian
 ``G = Ĵᵀ Ĵ`` and gradient ``∇L = Ĵᵀ r̂`` with the rows of every term stacked and scaled,
 ``Ĵ_t = J_t / √N_t``, ``r̂_t = r_t / √N_t``. The push-through identity
 ``(Ĵᵀ Ĵ + λI)⁻¹ Ĵᵀ = Ĵᵀ (Ĵ Ĵᵀ + λI)⁻¹`` moves ENGD's solve from the P x P Gramian to the
-R x R kernel (R = rows), O(R² P + R³) instead of O(P³) (Guzmán-Cordero, Dangel,
+R x R kernel matrix (R = rows), O(R² P + R³) instead of O(P³) (Guzmán-Cordero, Dangel,
 Goldshlager, Zeinhofer, "Improving Energy Natural Gradient Descent through Woodbury,
 Momentum, and Randomization", NeurIPS 2025, Sec. 3). SPRING (Goldshlager, Abrahamsen,
 Lin 2024; Sec. 4 of the same paper) adds momentum in sample space:
 ``φ_k = μ φ_(k-1) + Ĵᵀ (K + λI)⁻¹ (r̂ − μ Ĵ φ_(k-1))``, ``θ ← θ − η φ_k``; μ = 0 is the
 Woodbury step of ENGD.
 
-The kernel needs no Jacobian: row n's weight gradient of a linear layer is
-``J_n = Σ_s g_ns Z̃_nsᵀ`` over the Taylor graph's columns s (Dangel, Müller, Zeinhofer,
+The kernel matrix needs no Jacobian: row n's weight gradient of a linear layer is
+``J_n = Σ_s g_ns Z̃_nsᵀ`` (pre-activation gradients g, augmented layer inputs Z̃) over
+the Taylor graph's columns s (Dangel, Müller, Zeinhofer,
 NeurIPS 2024, Sec. 3.2), so ``J_n · J_n' = Σ_s,s' (g_ns · g_n's') (Z̃_ns · Z̃_n's')``:
 per layer, either that sum of Gram products (cheap for wide layers) or the per-point
 Jacobian block and its Gram matrix (cheap for narrow ones), whichever costs fewer
@@ -32,7 +33,8 @@ from .record import Layer, Linearization
 
 
 def _layer_kernel(a: Layer, b: Layer) -> torch.Tensor:
-    """``(N_a M_a, N_b M_b)``: ``J_a J_bᵀ`` of one layer's rows (point-major, then output)."""
+    """``(N_a M_a, N_b M_b)``: one layer's part ``J_a J_bᵀ`` of the kernel matrix, rows
+    point-major, then output."""
     Sa, Sb, d_out, d_in = a.S, b.S, a.d_out, a.d_in
     if Sa * Sb * (d_out + d_in) < d_out * d_in:  # wide layer: Gram products of the columns
         ga, Za, gb, Zb = a.g, a.Z, b.g, b.Z  # (M, N, S, d_out), (N, S, d_in [+ 1])
@@ -49,7 +51,7 @@ def _layer_kernel(a: Layer, b: Layer) -> torch.Tensor:
 
 
 def kernel(lins: list[Linearization]) -> torch.Tensor:
-    """The kernel ``K = Ĵ Ĵᵀ`` of the stacked, scaled residual rows, ``(R, R)``.
+    """The kernel matrix ``K = Ĵ Ĵᵀ`` of the stacked, scaled residual rows, ``(R, R)``.
 
     Args:
         lins: one linearisation per loss term (:func:`taylorc.optim.record.linearize`),

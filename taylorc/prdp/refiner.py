@@ -79,11 +79,10 @@ class Refiner:
         ``tau_step = 0.95``, ``ema_window = 3``, ``window = 2``; keyword arguments override.
 
         Why: K_0 and dK in units of K_eps make the schedule independent of the solver's
-        contraction (Jacobi's K_eps of 200 or multigrid's 10); K_0 = K_eps/5 keeps the
-        first truncated solves accurate enough that the network does not learn to
-        compensate them (at K_eps/10 it did, and needed many epochs to unlearn it), and
-        the short EMA/window react within 2-3 epochs, so about 4 refinements reach ~K_eps/2
-        in a 20-epoch budget. Measured on the 64^2 heat emulator (docs/prdp.md).
+        contraction (Jacobi's or multigrid's); K_0 = K_eps/5 keeps the first truncated
+        solves accurate enough that the network does not learn to compensate them, and
+        the short EMA/window react within a few epochs (measurements: docs/prdp.md,
+        bench/notes.md).
         """
         k_eps = max(int(k_eps), 1)
         base = dict(k0=max(1, math.ceil(k_eps / 5)), dk=max(1, math.ceil(k_eps / 10)))
