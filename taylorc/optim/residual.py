@@ -54,6 +54,17 @@ class _Tracer(torch.fx.Tracer):
         self.model, self.value_op, self.x = model, value_op, x
         self.values: dict = {}
         self.runs: list = []
+        self.evaluating = False  # inside a node's evaluation: modules run as themselves
+
+    def call_module(self, m, forward, args, kwargs):
+        if self.evaluating:  # the tracer patches Module.__call__: not this code's calls
+            return forward(*args, **kwargs)
+        return super().call_module(m, forward, args, kwargs)
+
+    def getattr(self, attr, attr_val, parameter_proxy_cache):
+        if self.evaluating:  # ... nor its attribute reads
+            return attr_val
+        return super().getattr(attr, attr_val, parameter_proxy_cache)
 
     def is_leaf_module(self, m: torch.nn.Module, qualname: str) -> bool:
         return m is self.model or isinstance(m, CompiledOperator)
@@ -87,7 +98,11 @@ class _Tracer(torch.fx.Tracer):
     def value(self, node: torch.fx.Node):
         """The value of ``node``, evaluated once."""
         if node not in self.values:
-            self.values[node] = self._evaluate(node)
+            outer, self.evaluating = self.evaluating, True
+            try:
+                self.values[node] = self._evaluate(node)
+            finally:
+                self.evaluating = outer
         return self.values[node]
 
     def _evaluate(self, node: torch.fx.Node):
