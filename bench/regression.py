@@ -22,6 +22,7 @@ import time
 import torch
 
 import taylorc
+
 try:
     from taylorc.contrib.demos.common import mlp
 except ImportError:  # a checkout from before the contrib package

@@ -49,7 +49,7 @@ MOVED = {
 class _MovedModules(importlib.abc.MetaPathFinder, importlib.abc.Loader):
     """Resolves the old paths in :data:`MOVED` to the modules' new homes."""
 
-    _specs: dict = {}
+    specs: dict = {}  # new module name -> its own spec
 
     def find_spec(self, name, path=None, target=None):
         return importlib.util.spec_from_loader(name, self) if name in MOVED else None
@@ -61,11 +61,11 @@ class _MovedModules(importlib.abc.MetaPathFinder, importlib.abc.Loader):
             stacklevel=2,
         )
         module = importlib.import_module(MOVED[spec.name])
-        self._specs[spec.name] = module.__spec__
+        self.specs[module.__name__] = module.__spec__
         return module
 
     def exec_module(self, module):
-        module.__spec__ = self._specs.pop(module.__spec__.name)  # the import set the old one
+        module.__spec__ = self.specs[module.__name__]  # the import set the old path's spec
 
 
 if not any(isinstance(f, _MovedModules) for f in sys.meta_path):
