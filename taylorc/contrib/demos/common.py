@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import time
 from collections.abc import Callable
 from contextlib import contextmanager
 
 import torch
 from torch import nn
+
+from ...optim import ENGD, KFAC, SPRING
 
 
 def mlp(
@@ -187,8 +190,6 @@ def make_optimizer(args, model: nn.Module, residuals: dict):
     """``taylorc.optim.KFAC`` (``"kfac*"``: lr="auto"; ``"kfac"``: line search), ``ENGD``
     (dense, or ``"engd-woodbury"``) or ``SPRING``,
     with ``args.backend`` (the flag's default ``"auto"``: the demos' residuals are pure)."""
-    from ...optim import ENGD, KFAC, SPRING
-
     opts = {
         k: getattr(args, k) if getattr(args, k) is not None else v
         for k, v in SECOND_ORDER_DEFAULTS[args.optimizer].items()
@@ -216,8 +217,6 @@ def train_second_order(
 ) -> float:
     """``opt.step(points)`` for ``steps`` steps (or ``seconds``), new points from ``sample()``
     every ``resample`` steps (the paper's data regime); returns the last loss. tqdm shows it."""
-    import time
-
     from tqdm import tqdm
 
     bar = tqdm(range(steps), desc=type(opt).__name__, disable=quiet)
