@@ -122,11 +122,6 @@ def test_no_module_imports_from_a_layer_above():
     assert not upward, "imports from a layer above:\n" + "\n".join(upward)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 31, to hoist: contrib/demos/common.py:190 (taylorc.optim), 219 (time); "
-    "optim/engd.py:89, factors.py:323, gramian.py:77, kfac.py:123, spring.py:60 (taylorc.api)",
-)
 def test_function_level_imports_are_listed():
     """An import inside a function body hides a dependency (and often a cycle): only optional
     or heavy third-party modules are imported there, each listed in LAZY_IMPORTS."""
