@@ -12,9 +12,8 @@ See docs/kfac.md.
 """
 
 from .engd import ENGD
-from .factors import kfac_factors
 from .gramian import gramian
-from .kfac import KFAC
+from .kfac import KFAC, kfac_factors
 from .kronecker import KroneckerSum
 from .spring import SPRING
 

@@ -1,5 +1,6 @@
-"""A loss term's linearisation compiled: :class:`CompiledEvaluation` (the per-term cache
-and its guard are :class:`taylorc.optim.linearizer.Linearizer`).
+"""A loss term's linearisation compiled: :class:`CompiledEvaluation`, the compiled
+backend beside the eager :func:`~taylorc.optim.record.linearize` (the per-term cache
+that picks one, and its guard, are :class:`taylorc.optim.linearizer.Linearizer`).
 
 The tensor work of :func:`~taylorc.optim.record.linearize` (the residual through the
 sites graphs, then one reverse pass per residual output for every ``g_ns``) is an eager
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import functools
 import warnings
+from dataclasses import dataclass
 from operator import attrgetter
 
 import torch
@@ -28,7 +30,7 @@ from torch.fx.experimental.proxy_tensor import make_fx
 from ..errors import KFACError
 from ..passes.cleanup import prune_zeros
 from ..runtime.backend import TRACING
-from .factors import jvp, layer_factors, layer_gradient
+from .factors import eager_jvp, layer_factors, layer_gradient
 from .record import Linearization, _group, evaluate
 
 
@@ -80,11 +82,10 @@ class CompiledEvaluation:
 
     The columns found shared over the points at ``x`` (:attr:`Layer.shared`, compared
     on the values) are taken as shared by the graph, which counts the points where
-    they differ at every call. Calling it with points ``x`` returns ``(r, uses,
-    extra)``: what ``evaluate(..., x, trainable)`` returns (``r`` detached) at the
-    model's current parameters (graph inputs, not constants), and ``extra`` for
-    :func:`~taylorc.optim.record.linearize` (``shared``, ``factors``, ``gradients``,
-    ``approx``).
+    they differ at every call. Calling it with points ``x`` returns the
+    :class:`CompiledLinearization` at the model's current parameters (graph inputs, not
+    constants): the eager backend's :func:`~taylorc.optim.record.linearize` and this
+    compiled one are siblings behind :class:`~taylorc.optim.record.Linearization`.
 
     Raises:
         Exception: (at construction) whatever the trace (``make_fx``, fake tensors: e.g.
@@ -145,7 +146,7 @@ class CompiledEvaluation:
         """The model's parameters and buffers now (looked up by name: a rebound one too)."""
         return [attrgetter(n)(model).detach() for model, n in self._state]
 
-    def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, list, dict]:
+    def __call__(self, x: torch.Tensor) -> CompiledLinearization:
         out = self._fn(*self._inputs(), x.contiguous())
         if out[-1].item():
             raise StaleColumns(
@@ -154,15 +155,14 @@ class CompiledEvaluation:
             )
         columns = out[: self._count]
         r, uses = self._rebuild(columns)
-        extra = dict(shared=self.shared, factors=None, gradients=None, approx=self.approx)
-        extra["jvps"] = functools.partial(self.jvps, columns)
+        layers = _group(self._model, uses, self._trainable, self.shared)
+        lin = CompiledLinearization(r, layers, approx=self.approx)
+        lin.jvps = functools.partial(self.jvps, columns)
         if self.approx is not None:
             stats = out[self._count : -1]
-            extra["factors"] = {
-                w: tuple(stats[3 * i : 3 * i + 2]) for i, w in enumerate(self._weights)
-            }
-            extra["gradients"] = {w: stats[3 * i + 2] for i, w in enumerate(self._weights)}
-        return r, uses, extra
+            lin.factors = {w: tuple(stats[3 * i : 3 * i + 2]) for i, w in enumerate(self._weights)}
+            lin.gradients = {w: stats[3 * i + 2] for i, w in enumerate(self._weights)}
+        return lin
 
     def _rebuild(self, columns: list) -> tuple[torch.Tensor, list]:
         """``(r, uses)`` from the flat column tensors of one call."""
@@ -195,11 +195,46 @@ class CompiledEvaluation:
             r, uses = self._rebuild(args[:count])
             lin = Linearization(r, _group(self._model, uses, self._trainable, self.shared))
             dirs, n = args[count:], len(weights)  # direction by direction
-            return jvp(lin, *[dict(zip(weights, dirs[i * n : (i + 1) * n])) for i in range(k)])
+            return eager_jvp(
+                lin, *[dict(zip(weights, dirs[i * n : (i + 1) * n])) for i in range(k)]
+            )
 
         fn = _trace_and_compile(products, [*columns, *blocks])
         _same(products(*columns, *blocks), fn(*columns, *blocks), columns[0].dtype)
         return fn
+
+
+@dataclass
+class CompiledLinearization(Linearization):
+    """A :class:`~taylorc.optim.record.Linearization` whose gradients, Kronecker factors and
+    Jacobian-vector products come from the compiled evaluation that made its columns.
+
+    Attributes:
+        approx: the KFAC approximation of ``factors`` (None: none computed, ENGD).
+        factors: weight name -> ``(A, B)`` of ``approx``, or None.
+        gradients: weight name -> ``[∇W | ∇b]``, or None.
+        jvps: ``(*directions) -> [J v, ...]`` compiled, or None where compiling failed.
+    """
+
+    approx: str | None = None
+    factors: dict | None = None
+    gradients: dict | None = None
+    jvps: object = None
+
+    def gradient(self, weight: str) -> torch.Tensor:
+        if self.gradients is not None:
+            return self.gradients[weight]
+        return super().gradient(weight)
+
+    def kronecker_factors(self, weight: str, approx: str) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.factors is not None and self.approx == approx:
+            return self.factors[weight]
+        return super().kronecker_factors(weight, approx)
+
+    def jvp(self, *directions: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+        whole = all(w in d for d in directions for w in self.layers)
+        out = self.jvps(*directions) if whole and self.jvps is not None else None
+        return super().jvp(*directions) if out is None else out  # None: computed eagerly
 
 
 class StaleColumns(KFACError):

@@ -18,7 +18,7 @@ import torch
 
 from ..api import compile as _compile
 from .distributed import model_reducer, resolve
-from .factors import from_vector, layer_gradient, to_vector
+from .factors import from_vector, to_vector
 from .gramian import dense_gramian, layout, size
 from .linearizer import Linearizer
 from .steps import add_, check_damping_ema, line_search, total_loss
@@ -132,7 +132,7 @@ class ENGD(torch.optim.Optimizer):
             [
                 to_vector(
                     sum(
-                        weigh(t, layer_gradient(lin.layers[ref.weight], lin.r))
+                        weigh(t, lin.gradient(ref.weight))
                         for t, lin in zip(terms, lins)
                         if ref.weight in lin.layers
                     ),

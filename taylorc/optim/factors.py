@@ -22,9 +22,8 @@ import functools
 
 import torch
 
-from ..api import compile as _compile
 from ..methods.sites import Columns
-from .record import Layer, Linearization, linearize
+from .layer import Layer
 
 APPROX = ("expand", "reduce")
 SYRK_MIN = 1 << 20  # m·k² multiply-adds: below, the thread limit's cost eats ?syrk's saving
@@ -212,7 +211,16 @@ def _point_sums(gc: Columns, r: torch.Tensor, cols: list[int]) -> torch.Tensor:
     return out
 
 
-def jvp(lin: Linearization, *directions: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+def jvp(lin, *directions: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+    """``[J v, ...]`` of the residual of ``lin``, a
+    :class:`~taylorc.optim.record.Linearization`: its :meth:`jvp` (computed from the
+    columns, or by a compiled linearisation's compiled products)."""
+    return lin.jvp(*directions)
+
+
+def eager_jvp(
+    r: torch.Tensor, layers: dict[str, Layer], *directions: dict[str, torch.Tensor]
+) -> list[torch.Tensor]:
     """``[J v, ...]`` of the residual, each ``(M, N)``: Σ_layers Σ_s g_mns · (V Z̃_ns), exact.
 
     Each direction maps weight names to blocks ``V (d_out, d_in+1)`` (missing: zero).
@@ -220,17 +228,11 @@ def jvp(lin: Linearization, *directions: dict[str, torch.Tensor]) -> list[torch.
     matmul per layer over the per-point columns, on the narrower side of the layer
     (``(V X)·g`` or ``X·(Vᵀ g)``; the bias column enters through ``e``): the
     elementwise product is then the smaller one. A column whose input is the same for
-    every point takes ``g_ns · (V Z̃_0s)``, one product with its g. A linearisation from
-    a compiled evaluation runs these products compiled (``lin.jvps``) when every
-    direction holds a block of each of its weights.
+    every point takes ``g_ns · (V Z̃_0s)``, one product with its g.
     """
-    if lin.jvps is not None and all(w in d for d in directions for w in lin.layers):
-        out = lin.jvps(*directions)
-        if out is not None:  # None: not compiled, computed here
-            return out
-    M, N = lin.r.shape[1], lin.r.shape[0]
-    out = [lin.r.new_zeros(M, N) for _ in directions]
-    for name, layer in lin.layers.items():
+    M, N = r.shape[1], r.shape[0]
+    out = [r.new_zeros(M, N) for _ in directions]
+    for name, layer in layers.items():
         Vs = [(i, d[name]) for i, d in enumerate(directions) if name in d]
         if not Vs:
             continue
@@ -305,30 +307,3 @@ def from_vector(vec: torch.Tensor, layer: Layer) -> torch.Tensor:
         return vec.reshape(d_out, d_in)
     k = d_out * (d_in - 1)
     return torch.cat([vec[:k].reshape(d_out, d_in - 1), vec[k:, None]], 1)
-
-
-def kfac_factors(model, residuals: dict, points: dict, approx: str = "expand") -> dict:
-    """The Kronecker factors (input covariance A, gradient covariance B) of every loss
-    term at the current parameters.
-
-    Args:
-        model: the ``nn.Module`` whose compiled operators the residuals call.
-        residuals: term name -> callable ``x (N, *in) -> r (N,) or (N, M)``; the
-            residual may call :func:`taylorc.compile`'d operators of ``model`` (method
-            ``"collapsed"`` or ``"taylor"``) and ``model`` itself.
-        points: term name -> points ``(N, *in)``.
-        approx: ``"expand"`` (the paper's) or ``"reduce"``.
-
-    Returns:
-        ``{term: {weight name: (A, B)}}``, A ``(d_in+1, d_in+1)`` (``d_in`` without a
-        bias), B ``(d_out, d_out)``, in the points' dtype (formulas: module docstring).
-
-    Raises:
-        taylorc.errors.KFACError: as :func:`taylorc.optim.record.linearize`.
-    """
-    value_op = _compile(model, "u")
-    out = {}
-    for term, residual in residuals.items():
-        lin = linearize(model, value_op, residual, points[term], check=True)
-        out[term] = {w: layer_factors(layer, approx) for w, layer in lin.layers.items()}
-    return out

@@ -13,7 +13,8 @@ import torch
 
 from ..api import compile as _compile
 from .factors import gram, to_vector
-from .record import Layer, Linearization, linearize
+from .layer import Layer
+from .record import Linearization, linearize
 
 
 def layout(lins: list[Linearization], model) -> list[Layer]:

@@ -17,9 +17,10 @@ import torch
 
 from ..api import compile as _compile
 from .distributed import factorise, model_reducer, resolve
-from .factors import APPROX, layer_factors, layer_gradient
+from .factors import APPROX, layer_factors
 from .gramian import layout
 from .linearizer import Linearizer
+from .record import linearize
 from .steps import add_, check_damping_ema, kfac_star, line_search, total_loss
 
 RULES = ("auto", "line_search")
@@ -170,7 +171,7 @@ class KFAC(torch.optim.Optimizer):
         factors = self._factors(lins, group, weigh) if refresh else {}
         loss = {t: weigh(t, lin.loss) for t, lin in lins.items()}
         grad = {
-            w: sum(weigh(t, _gradient(lin, w)) for t, lin in lins.items() if w in lin.layers)
+            w: sum(weigh(t, lin.gradient(w)) for t, lin in lins.items() if w in lin.layers)
             for w in layers
         }
         # one all-reduce (sum) of every mean over points
@@ -248,7 +249,7 @@ class KFAC(torch.optim.Optimizer):
         out = {}
         for term, lin in lins.items():
             for w in lin.layers:
-                A, B = _layer_factors(lin, w, group["approx"])
+                A, B = lin.kronecker_factors(w, group["approx"])
                 out[term, w] = (weigh(term, A), weigh(term, B))
         return out
 
@@ -297,16 +298,28 @@ def _damped(F: torch.Tensor, damping: float) -> torch.Tensor:
     return F.double() + damping * eye
 
 
-def _gradient(lin, w: str) -> torch.Tensor:
-    """``[∇W | ∇b]`` of weight ``w`` in one term: the compiled evaluation's, or computed."""
-    if lin.gradients is not None:
-        return lin.gradients[w]
-    return layer_gradient(lin.layers[w], lin.r)
+def kfac_factors(model, residuals: dict, points: dict, approx: str = "expand") -> dict:
+    """The Kronecker factors (input covariance A, gradient covariance B) of every loss
+    term at the current parameters.
 
+    Args:
+        model: the ``nn.Module`` whose compiled operators the residuals call.
+        residuals: term name -> callable ``x (N, *in) -> r (N,) or (N, M)``; the
+            residual may call :func:`taylorc.compile`'d operators of ``model`` (method
+            ``"collapsed"`` or ``"taylor"``) and ``model`` itself.
+        points: term name -> points ``(N, *in)``.
+        approx: ``"expand"`` (the paper's) or ``"reduce"``.
 
-def _layer_factors(lin, w: str, approx: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(A, B)`` of weight ``w`` in one term: the compiled evaluation's when it used
-    ``approx``, else computed."""
-    if lin.factors is not None and lin.approx == approx:
-        return lin.factors[w]
-    return layer_factors(lin.layers[w], approx)
+    Returns:
+        ``{term: {weight name: (A, B)}}``, A ``(d_in+1, d_in+1)`` (``d_in`` without a
+        bias), B ``(d_out, d_out)``, in the points' dtype (formulas: module docstring).
+
+    Raises:
+        taylorc.errors.KFACError: as :func:`taylorc.optim.record.linearize`.
+    """
+    value_op = _compile(model, "u")
+    out = {}
+    for term, residual in residuals.items():
+        lin = linearize(model, value_op, residual, points[term], check=True)
+        out[term] = {w: layer_factors(layer, approx) for w, layer in lin.layers.items()}
+    return out

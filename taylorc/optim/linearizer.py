@@ -157,7 +157,9 @@ class Linearizer:
                 stacklevel=2,
             )
         try:
-            return linearize(self.model, self.value_op, residual, x, evaluator=ev)
+            if ev is not None:
+                return ev(x)
+            return linearize(self.model, self.value_op, residual, x)
         except Exception as e:  # StaleColumns, or a compiled graph failing: eager is exact
             if ev is None:
                 raise

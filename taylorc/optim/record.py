@@ -26,124 +26,47 @@ import torch
 
 from ..errors import KFACError
 from ..methods.sites import Columns, site_gradients, take_columns
+from . import factors
 from . import residual as residual_graph
-
-
-@dataclass
-class Layer:
-    """One weight's columns in one loss term, with their output gradients.
-
-    Attributes:
-        weight, bias: qualified parameter names (bias None: no bias in the sites).
-        x_columns: the input columns ``X (N, S, d_in)``, detached (without the bias
-            entry), as :class:`~taylorc.methods.sites.Columns` (a tensor given here is
-            wrapped): some may be held as products ``P ⊙ Q`` (:class:`~taylorc.passes.factored.Factored`).
-        g_columns: ``g (M, N, S, d_out)``, ``dr_nm / dz_ns`` for each of the M residual
-            outputs, the same way.
-        e: ``(S,)`` the bias entry of each column (1 on value columns of a use with
-            the bias, else 0); None when the layer has no bias.
-        bias_columns: the s with ``e_s = 1`` (e is 0/1).
-        live: the s that can add to the Jacobian: the others' outputs do not reach the
-            operator's result (:attr:`taylorc.passes.sites.Column.output` is None and no
-            :class:`~taylorc.passes.factored.Factored` output holds them: g = 0 by construction), or
-            their Z̃ is zero by construction (a derivative column with a known-zero input,
-            e.g. the first layer's top). None: every column.
-        shared: the s whose input is the same for every point (``X[n, s] = X[0, s]``,
-            checked on the values: the first layer's direction and known-zero columns).
-
-    ``live``, ``shared`` and the factored columns only let sums over points skip work
-    (:mod:`taylorc.optim.factors`); every formula still sums over all S columns, and
-    :attr:`X` and :attr:`g` are the whole tensors.
-    """
-
-    weight: str
-    bias: str | None
-    x_columns: Columns
-    g_columns: Columns
-    e: torch.Tensor | None = None
-    bias_columns: tuple[int, ...] = ()
-    live: tuple[int, ...] | None = None
-    shared: tuple[int, ...] = ()
-
-    @property
-    def X(self) -> torch.Tensor:
-        """``(N, S, d_in)`` input columns (factored ones multiplied out, cached)."""
-        return self.x_columns.full()
-
-    @property
-    def g(self) -> torch.Tensor:
-        """``(M, N, S, d_out)`` output gradients (factored ones multiplied out, cached)."""
-        return self.g_columns.full()
-
-    @property
-    def N(self) -> int:
-        """Points."""
-        return self.x_columns.dense.shape[0]
-
-    @property
-    def S(self) -> int:
-        """Columns."""
-        return self.x_columns.S
-
-    @property
-    def d_in(self) -> int:
-        """Columns of the block ``[W | b]``: ``d_in + 1`` with a bias."""
-        return self.x_columns.dense.shape[-1] + (self.bias is not None)
-
-    @property
-    def d_out(self) -> int:
-        """Rows of W."""
-        return self.g_columns.dense.shape[-1]
-
-    def __post_init__(self):
-        if isinstance(self.x_columns, torch.Tensor):
-            self.x_columns = Columns.of(self.x_columns)
-        if isinstance(self.g_columns, torch.Tensor):
-            self.g_columns = Columns.of(self.g_columns)
-        if self.e is not None and not self.bias_columns:  # built by hand: read them from e
-            self.bias_columns = tuple(i for i, v in enumerate(self.e.tolist()) if v)
-
-    def split_columns(self) -> tuple[list[int], list[int]]:
-        """``(per_point, shared)``: the live columns whose input varies over points, and
-        the live columns of :attr:`shared`."""
-        live = range(self.S) if self.live is None else self.live
-        shared = set(self.shared)
-        return [s for s in live if s not in shared], [s for s in live if s in shared]
-
-    @property
-    def Z(self) -> torch.Tensor:
-        """``(N, S, d_in[+1])`` augmented inputs Z̃ (bias entry last; built on each read)."""
-        if self.e is None:
-            return self.X
-        return torch.cat([self.X, self.e.expand(*self.X.shape[:2])[..., None]], -1)
+from .layer import Layer
 
 
 @dataclass
 class Linearization:
-    """A loss term at the current parameters: residual and per-weight columns.
+    """A loss term linearised at the current parameters: the residual and, per weight, its
+    layer inputs and pre-activation gradients (:class:`Layer`).
+
+    The one interface KFAC, ENGD and SPRING read; :meth:`gradient`, :meth:`kronecker_factors` and
+    :meth:`jvp` compute from the columns. A compiled evaluation's linearisation
+    (:class:`~taylorc.optim.compiled.CompiledLinearization`) answers them from its
+    compiled graph instead.
 
     Attributes:
         r: ``(N, M)`` residual (detached).
         layers: weight name -> :class:`Layer`, in the model's parameter order.
-        factors: weight name -> ``(A, B)`` of KFAC-``approx``, when a compiled
-            evaluation computed them with the columns (else None).
-        gradients: weight name -> ``[∇W | ∇b]``, likewise.
-        approx: the approximation of ``factors``.
-        jvps: ``(*directions) -> [J v, ...]``, the compiled evaluation's compiled
-            :func:`~taylorc.optim.factors.jvp` of these columns (else None).
     """
 
     r: torch.Tensor
     layers: dict[str, Layer]
-    factors: dict | None = None
-    gradients: dict | None = None
-    approx: str | None = None
-    jvps: object = None
+    # what a compiled evaluation precomputed (CompiledLinearization's fields): none here
+    approx = factors = gradients = jvps = None
 
     @property
     def loss(self) -> torch.Tensor:
         """½ mean over points of ||r_n||² (the PINN loss of this term)."""
         return 0.5 * self.r.pow(2).sum(1).mean()
+
+    def gradient(self, weight: str) -> torch.Tensor:
+        """``[∇W | ∇b] (d_out, d_in[+1])`` of this term's loss (:func:`~.factors.layer_gradient`)."""
+        return factors.layer_gradient(self.layers[weight], self.r)
+
+    def kronecker_factors(self, weight: str, approx: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """The Kronecker factors ``(A, B)`` of KFAC-``approx`` (:func:`~.factors.layer_factors`)."""
+        return factors.layer_factors(self.layers[weight], approx)
+
+    def jvp(self, *directions: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+        """``[J v, ...]`` of the residual, each ``(M, N)`` (:func:`~.factors.eager_jvp`)."""
+        return factors.eager_jvp(self.r, self.layers, *directions)
 
 
 def _per_row(sites, fact) -> list:
@@ -177,9 +100,7 @@ def _flat(t: torch.Tensor, lead: int) -> torch.Tensor:
     return t.reshape(*t.shape[:lead], -1, t.shape[-1])
 
 
-def linearize(
-    model, value_op, residual, x: torch.Tensor, check: bool = False, evaluator=None
-) -> Linearization:
+def linearize(model, value_op, residual, x: torch.Tensor, check: bool = False) -> Linearization:
     """Evaluate ``residual(x)`` through the sites graphs and read every trainable site's X, e and g.
 
     Args:
@@ -189,11 +110,6 @@ def linearize(
         x: the points ``(N, *in)``.
         check: also verify that every parameter the residual depends on is covered
             by linear sites and that their gradient equals Σ g Z̃ᵀ (one more backward).
-        evaluator: a replacement of :func:`evaluate` for these points, ``x -> (r, uses,
-            extra)`` (a compiled one: :class:`~taylorc.optim.compiled.CompiledEvaluation`;
-            ``extra``: the layers' ``shared`` columns, and their ``factors``,
-            ``gradients``, ``approx`` and ``jvps`` or None); ignored with ``check`` (the check
-            needs r's autograd graph).
 
     Returns:
         a :class:`Linearization` over the trainable parameters θ: a frozen weight
@@ -205,11 +121,6 @@ def linearize(
             operators of another model or of a method without Taylor graph.
     """
     trainable = trainable_names(model)
-    if evaluator is not None and not check:
-        r, uses, extra = evaluator(x)
-        layers = _group(model, uses, trainable, extra["shared"])
-        stats = {k: extra[k] for k in ("factors", "gradients", "approx", "jvps")}
-        return Linearization(r, layers, **stats)
     r, uses = evaluate(model, value_op, residual, x, trainable, keep_graph=check)
     layers = _group(model, uses, trainable)
     if check:

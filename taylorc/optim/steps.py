@@ -12,7 +12,6 @@ import numbers
 import torch
 
 from .distributed import LocalReducer
-from .factors import jvp
 from .record import Layer
 
 # Dangel, Müller, Zeinhofer, NeurIPS 2024, App. (line search): α ∈ {2^-30, ..., 2^0}
@@ -132,7 +131,7 @@ def kfac_star(
 
     ``counts``: each term's N_t over all ranks (None: this process's); ``reducer`` sums
     the three Gramian products over the ranks (g, Δ, δ are the same on every rank)."""
-    both = [jvp(lin, Delta, prev) for lin in lins]  # two JVPs per term, one matmul
+    both = [lin.jvp(Delta, prev) for lin in lins]  # two JVPs per term, one matmul
     jD, jP = [b[0] for b in both], [b[1] for b in both]
     counts = [lin.r.shape[0] for lin in lins] if counts is None else counts
     grams = [_gram_jvps(jD, None, counts), _gram_jvps(jD, jP, counts), _gram_jvps(jP, None, counts)]

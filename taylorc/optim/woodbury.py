@@ -27,9 +27,10 @@ import math
 
 import torch
 
-from .factors import jvp, layer_gradient
+from .factors import layer_gradient
 from .gramian import layer_jacobian
-from .record import Layer, Linearization
+from .layer import Layer
+from .record import Linearization
 
 
 def _layer_kernel(a: Layer, b: Layer) -> torch.Tensor:
@@ -103,7 +104,7 @@ def jacobian_product(lins: list[Linearization], blocks: dict[str, torch.Tensor])
     """``Ĵ φ`` for ``φ`` given as blocks per weight name, ``(R,)`` (the order of :func:`kernel`)."""
     parts = []
     for lin in lins:
-        (jv,) = jvp(lin, blocks)  # (M, N)
+        (jv,) = lin.jvp(blocks)  # (M, N)
         parts.append(jv.T.reshape(-1) / math.sqrt(lin.r.shape[0]))
     return torch.cat(parts)
 

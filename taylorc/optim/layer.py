@@ -1,0 +1,100 @@
+"""The record of one layer in one loss term: :class:`Layer`, its layer inputs and
+pre-activation gradients, column by column (what the Kronecker factors, gradients and
+Jacobian products of :mod:`taylorc.optim.factors` read)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..methods.sites import Columns
+
+
+@dataclass
+class Layer:
+    """One weight's columns in one loss term, with their output gradients.
+
+    Attributes:
+        weight, bias: qualified parameter names (bias None: no bias in the sites).
+        x_columns: the input columns ``X (N, S, d_in)``, detached (without the bias
+            entry), as :class:`~taylorc.methods.sites.Columns` (a tensor given here is
+            wrapped): some may be held as products ``P ⊙ Q`` (:class:`~taylorc.passes.factored.Factored`).
+        g_columns: ``g (M, N, S, d_out)``, ``dr_nm / dz_ns`` for each of the M residual
+            outputs, the same way.
+        e: ``(S,)`` the bias entry of each column (1 on value columns of a use with
+            the bias, else 0); None when the layer has no bias.
+        bias_columns: the s with ``e_s = 1`` (e is 0/1).
+        live: the s that can add to the Jacobian: the others' outputs do not reach the
+            operator's result (:attr:`taylorc.passes.sites.Column.output` is None and no
+            :class:`~taylorc.passes.factored.Factored` output holds them: g = 0 by construction), or
+            their Z̃ is zero by construction (a derivative column with a known-zero input,
+            e.g. the first layer's top). None: every column.
+        shared: the s whose input is the same for every point (``X[n, s] = X[0, s]``,
+            checked on the values: the first layer's direction and known-zero columns).
+
+    ``live``, ``shared`` and the factored columns only let sums over points skip work
+    (:mod:`taylorc.optim.factors`); every formula still sums over all S columns, and
+    :attr:`X` and :attr:`g` are the whole tensors.
+    """
+
+    weight: str
+    bias: str | None
+    x_columns: Columns
+    g_columns: Columns
+    e: torch.Tensor | None = None
+    bias_columns: tuple[int, ...] = ()
+    live: tuple[int, ...] | None = None
+    shared: tuple[int, ...] = ()
+
+    @property
+    def X(self) -> torch.Tensor:
+        """``(N, S, d_in)`` input columns (factored ones multiplied out, cached)."""
+        return self.x_columns.full()
+
+    @property
+    def g(self) -> torch.Tensor:
+        """``(M, N, S, d_out)`` output gradients (factored ones multiplied out, cached)."""
+        return self.g_columns.full()
+
+    @property
+    def N(self) -> int:
+        """Points."""
+        return self.x_columns.dense.shape[0]
+
+    @property
+    def S(self) -> int:
+        """Columns."""
+        return self.x_columns.S
+
+    @property
+    def d_in(self) -> int:
+        """Columns of the block ``[W | b]``: ``d_in + 1`` with a bias."""
+        return self.x_columns.dense.shape[-1] + (self.bias is not None)
+
+    @property
+    def d_out(self) -> int:
+        """Rows of W."""
+        return self.g_columns.dense.shape[-1]
+
+    def __post_init__(self):
+        if isinstance(self.x_columns, torch.Tensor):
+            self.x_columns = Columns.of(self.x_columns)
+        if isinstance(self.g_columns, torch.Tensor):
+            self.g_columns = Columns.of(self.g_columns)
+        if self.e is not None and not self.bias_columns:  # built by hand: read them from e
+            self.bias_columns = tuple(i for i, v in enumerate(self.e.tolist()) if v)
+
+    def split_columns(self) -> tuple[list[int], list[int]]:
+        """``(per_point, shared)``: the live columns whose input varies over points, and
+        the live columns of :attr:`shared`."""
+        live = range(self.S) if self.live is None else self.live
+        shared = set(self.shared)
+        return [s for s in live if s not in shared], [s for s in live if s in shared]
+
+    @property
+    def Z(self) -> torch.Tensor:
+        """``(N, S, d_in[+1])`` augmented inputs Z̃ (bias entry last; built on each read)."""
+        if self.e is None:
+            return self.X
+        return torch.cat([self.X, self.e.expand(*self.X.shape[:2])[..., None]], -1)
