@@ -43,8 +43,8 @@ from pathlib import Path
 import torch
 from kfac import RESULTS, merge, problem
 
-from taylorc.contrib.demos.common import SECOND_ORDER_DEFAULTS
-from taylorc.contrib.demos.poisson import source
+from taylorc_contrib.demos.common import SECOND_ORDER_DEFAULTS
+from taylorc_contrib.demos.poisson import source
 
 # The stand-ins for the anchor's imports that its KFAC runs never call.
 STUBS = {

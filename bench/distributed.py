@@ -42,8 +42,8 @@ def worker(args) -> None:
     import torch.distributed as dist
 
     import taylorc
-    from taylorc.contrib.demos.common import boundary_points, mlp
-    from taylorc.contrib.demos.poisson import exact, interior_points, source
+    from taylorc_contrib.demos.common import boundary_points, mlp
+    from taylorc_contrib.demos.poisson import exact, interior_points, source
 
     distributed = "RANK" in os.environ
     if distributed:

@@ -53,7 +53,7 @@ def make(name):
     torch.manual_seed(0)
     cfg = MODELS[name]
     if name == "deeponet":
-        from taylorc.contrib.models import DeepONet
+        from taylorc_contrib.models import DeepONet
 
         net = DeepONet(50, 2, width=64, depth=3, basis=64)
         f = torch.randn(cfg["M"], 50)

@@ -54,9 +54,9 @@ from pathlib import Path
 import torch
 from timing import round_robin
 
-from taylorc.contrib.demos.common import SECOND_ORDER_DEFAULTS, boundary_points, mlp, relative_l2
-from taylorc.contrib.demos.poisson import exact as poisson_exact
-from taylorc.contrib.demos.poisson import interior_points, source
+from taylorc_contrib.demos.common import SECOND_ORDER_DEFAULTS, boundary_points, mlp, relative_l2
+from taylorc_contrib.demos.poisson import exact as poisson_exact
+from taylorc_contrib.demos.poisson import interior_points, source
 
 ROOT = Path(__file__).parent
 DEVICE = f"cpu-{platform.machine()}"

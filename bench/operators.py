@@ -23,7 +23,7 @@ import torch
 from timing import round_robin, wall_time
 
 import taylorc
-from taylorc.contrib.demos.common import mlp
+from taylorc_contrib.demos.common import mlp
 
 ENTRIES = {"u": "u", "u_t": "u_t", "u_x": "u_x", "u_xx": "u_xx"}
 

@@ -1,6 +1,6 @@
 """PRDP against fixed iteration counts: cumulative solver iterations, wall time, final validation error.
 
-Trains the neural-hybrid heat emulator of ``taylorc.contrib.demos.heat_emulator`` (a conv net
+Trains the neural-hybrid heat emulator of ``taylorc_contrib.demos.heat_emulator`` (a conv net
 learning the forcing of backward-Euler heat steps, trained through taylorc.prdp's solver)
 with three schedules -- PRDP (``Refiner.scaled(K_eps)``), fixed K_eps, fixed K_eps/2 -- in
 unrolled and implicit mode, for several seeds, on
@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from taylorc.contrib.demos.heat_emulator import Config, make_data, train
+from taylorc_contrib.demos.heat_emulator import Config, make_data, train
 
 PROBLEMS = {
     "2d": dict(dim=2, n=64, method="jacobi", channels=8),

@@ -24,7 +24,7 @@ import torch
 import taylorc
 
 try:
-    from taylorc.contrib.demos.common import mlp
+    from taylorc_contrib.demos.common import mlp
 except ImportError:  # a checkout from before the contrib package
     from taylorc.demos.common import mlp
 

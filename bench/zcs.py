@@ -5,7 +5,7 @@ physics-informed DeepONet, the ways of getting the PDE terms of u (M functions x
 N points): FuncLoop (a loop over the functions, coordinates as leaves), DataVect
 (the aligned (M*N, D) points as one leaf), and ZCS (one scalar leaf per
 dimension). This benchmark runs them side by side on the same cartesian
-DeepONet (taylorc.contrib.models.DeepONet, tanh, width 64, depth 3, p = 64, 50 sensors,
+DeepONet (taylorc_contrib.models.DeepONet, tanh, width 64, depth 3, p = 64, 50 sensors,
 coordinates (x, t)), plus taylorc's forward route on the shifted graph (the
 collapsed Taylor method with wrt) and DeepXDE's own ``LazyGrad`` (PyTorch
 backend) when deepxde imports.
@@ -45,7 +45,7 @@ SENSORS = 50
 def build(M, N, device, dtype):
     import torch
 
-    from taylorc.contrib.models import DeepONet
+    from taylorc_contrib.models import DeepONet
 
     torch.manual_seed(0)
     net = DeepONet(SENSORS, 2, width=64, depth=3, basis=64).to(device=device, dtype=dtype)

@@ -22,7 +22,7 @@ import time
 import torch
 
 import taylorc
-from taylorc.contrib.demos.common import agg_figure, mlp, pinn_arguments, relative_l2, train
+from taylorc_contrib.demos.common import agg_figure, mlp, pinn_arguments, relative_l2, train
 
 NU = 0.01 / math.pi
 

@@ -28,8 +28,8 @@ import torch
 from tqdm import tqdm
 
 import taylorc
-from taylorc.contrib.demos.common import agg_figure, relative_l2
-from taylorc.contrib.models import DeepONet
+from taylorc_contrib.demos.common import agg_figure, relative_l2
+from taylorc_contrib.models import DeepONet
 
 DIFFUSION, REACTION = 0.01, 0.01
 

@@ -20,7 +20,7 @@ import time
 import torch
 
 import taylorc
-from taylorc.contrib.demos import common
+from taylorc_contrib.demos import common
 
 PROBLEMS = {  # coordinates (time last), operator, kappa
     "2+1": ("x y t", "u_t - kappa*(u_xx + u_yy)"),

@@ -28,7 +28,7 @@ import time
 import torch
 
 import taylorc
-from taylorc.contrib.demos.common import agg_figure, mlp, relative_l2
+from taylorc_contrib.demos.common import agg_figure, mlp, relative_l2
 
 RUNS = {
     "collapsed": dict(method="collapsed"),

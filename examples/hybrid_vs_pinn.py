@@ -27,10 +27,10 @@ import time
 import torch
 
 import taylorc
-from taylorc.contrib.demos.common import agg_figure, boundary_points, mlp, relative_l2, save_figure
-from taylorc.contrib.demos.heat_emulator import Config, Corrector
 from taylorc.operators import grid_nodes
 from taylorc.prdp import Refiner, Solver, TimeStepper, estimate_k_eps
+from taylorc_contrib.demos.common import agg_figure, boundary_points, mlp, relative_l2, save_figure
+from taylorc_contrib.demos.heat_emulator import Config, Corrector
 
 SPEC = "u_t - kappa*(u_xx + u_yy)"
 KAPPA, N, DT, STEPS = 0.05, 17, 0.25, 4

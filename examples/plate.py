@@ -17,7 +17,7 @@ import time
 import torch
 
 import taylorc
-from taylorc.contrib.demos.common import (
+from taylorc_contrib.demos.common import (
     agg_figure,
     boundary_points,
     mlp,

@@ -3,7 +3,7 @@
 python examples/poisson.py [--adam-steps N --lbfgs-steps N --figure poisson.png ...]
 """
 
-from taylorc.contrib.demos.poisson import main
+from taylorc_contrib.demos.poisson import main
 
 if __name__ == "__main__":
     main()

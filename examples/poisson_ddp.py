@@ -38,8 +38,8 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 import taylorc
-from taylorc.contrib.demos import poisson
-from taylorc.contrib.demos.common import (
+from taylorc_contrib.demos import poisson
+from taylorc_contrib.demos.common import (
     SECOND_ORDER_DEFAULTS,
     boundary_points,
     make_optimizer,
@@ -47,7 +47,7 @@ from taylorc.contrib.demos.common import (
     relative_l2,
     train_second_order,
 )
-from taylorc.contrib.demos.poisson import exact, interior_points, source
+from taylorc_contrib.demos.poisson import exact, interior_points, source
 
 
 class PoissonLoss(nn.Module):

@@ -19,8 +19,8 @@ import math
 
 import torch
 
-from taylorc.contrib.demos.common import agg_figure, save_figure
-from taylorc.contrib.demos.heat_emulator import Config, make_data, train
+from taylorc_contrib.demos.common import agg_figure, save_figure
+from taylorc_contrib.demos.heat_emulator import Config, make_data, train
 
 
 def main(argv=None) -> float:

@@ -24,9 +24,9 @@ import scipy.sparse.linalg as sla
 import torch
 from torch import nn
 
-from taylorc.contrib.demos.common import agg_figure, mlp, save_figure
 from taylorc.operators import grid_nodes
 from taylorc.prdp import Refiner, Solver, assemble, estimate_k_eps
+from taylorc_contrib.demos.common import agg_figure, mlp, save_figure
 
 SPEC = "u - kappa*(u_xx + u_yy)"
 

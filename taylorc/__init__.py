@@ -38,11 +38,11 @@ MOVED = {
     "taylorc.config": "taylorc.runtime.config",
     "taylorc.cpu": "taylorc.runtime.cpu",
     "taylorc.backend": "taylorc.runtime.backend",
-    "taylorc.models": "taylorc.contrib.models",
+    "taylorc.models": "taylorc_contrib.models",
     "taylorc.losses": "taylorc.methods.stochastic",
-    "taylorc.demos": "taylorc.contrib.demos",
-    "taylorc.demos.poisson": "taylorc.contrib.demos.poisson",
-    "taylorc.demos.common": "taylorc.contrib.demos.common",
+    "taylorc.demos": "taylorc_contrib.demos",
+    "taylorc.demos.poisson": "taylorc_contrib.demos.poisson",
+    "taylorc.demos.common": "taylorc_contrib.demos.common",
 }
 
 

@@ -2,7 +2,7 @@
 
 ``taylorc dump MODULE:FACTORY --operator laplacian --input-shape 8,5 --out DIR``
 compiles a user's model and writes the debug dump (see :mod:`taylorc.debug`);
-``taylorc demo poisson`` runs the 5-d Poisson PINN (:mod:`taylorc.contrib.demos.poisson`).
+``taylorc demo poisson`` runs the 5-d Poisson PINN (:mod:`taylorc_contrib.demos.poisson`).
 """
 
 from __future__ import annotations
@@ -15,8 +15,9 @@ from pathlib import Path
 
 import torch
 
+from taylorc_contrib.demos import poisson
+
 from .api import compile as compile_operator
-from .contrib.demos import poisson
 
 
 def load_factory(spec: str):

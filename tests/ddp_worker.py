@@ -49,7 +49,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 import taylorc
-from taylorc.contrib.models import DeepONet
+from taylorc_contrib.models import DeepONet
 
 D, NI, NB, STEPS, LR = 3, 16, 8, 3, 1e-2
 

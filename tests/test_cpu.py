@@ -10,7 +10,7 @@ import taylorc
 PROBE = """
 import resource, sys, torch
 import taylorc
-from taylorc.contrib.demos.common import mlp
+from taylorc_contrib.demos.common import mlp
 torch.set_num_threads(1)
 if sys.argv[1] == "tuned":
     assert taylorc.runtime.cpu.tune_allocator()

@@ -11,8 +11,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import taylorc
-from taylorc.contrib.demos.common import mlp
 from taylorc.passes.cpu_tanh import tanh_by_expm1, tanh_expm1
+from taylorc_contrib.demos.common import mlp
 
 aten = torch.ops.aten
 

@@ -11,9 +11,9 @@ from torch import nn
 
 import taylorc
 from taylorc import api
-from taylorc.contrib.models import DeepONet
 from taylorc.errors import BatchCouplingError
 from taylorc.runtime.batch_size import generalize
+from taylorc_contrib.models import DeepONet
 
 SIZES = (7, 64, 1000)
 

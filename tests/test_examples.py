@@ -77,7 +77,7 @@ def test_example_runs(name, args, tmp_path, capsys):
     if (
         name == "poisson"
     ):  # examples/poisson.py runs the packaged demo (also `taylorc demo poisson`)
-        from taylorc.contrib.demos.poisson import main
+        from taylorc_contrib.demos.poisson import main
     else:
         main = _load(name).main
     figure = tmp_path / f"{name}.png"

@@ -27,8 +27,7 @@ LAYERS = [
     ("api",),  # taylorc.compile, CompiledOperator
     ("optim", "prdp"),  # the consumers: KFAC, ENGD, SPRING; differentiable solvers
     ("__init__",),  # the package re-exports the api and the consumers
-    ("contrib",),  # demos and the DeepONet model
-    ("cli",),  # the command, which also runs the demos
+    ("cli",),  # the command, which also runs the demos (taylorc_contrib, outside the package)
 ]
 
 # Function-level imports, each with its reason: optional or heavy third-party dependencies only.
@@ -39,10 +38,6 @@ LAZY_IMPORTS = {
     ("taylorc.optim.compiled", "torch._inductor.compile_fx"): "heavy: Inductor",
     ("taylorc.optim.factors", "scipy.linalg"): "heavy: SciPy's BLAS, at the first large CPU Gram",
     ("taylorc.optim.factors", "threadpoolctl"): "heavy: loaded after SciPy's BLAS, to see it",
-    ("taylorc.contrib.demos.common", "tqdm"): "optional: examples extra",
-    ("taylorc.contrib.demos.common", "matplotlib"): "optional: examples extra",
-    ("taylorc.contrib.demos.common", "matplotlib.pyplot"): "optional: examples extra",
-    ("taylorc.contrib.demos.heat_emulator", "tqdm"): "optional: examples extra",
 }
 
 

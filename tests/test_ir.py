@@ -10,8 +10,8 @@ from test_architectures import ARCHITECTURES
 
 import taylorc
 from taylorc import ir
-from taylorc.contrib.models import DeepONet
 from taylorc.passes import checking
+from taylorc_contrib.models import DeepONet
 
 X = torch.randn(5, 3, dtype=torch.float64)
 X5 = torch.randn(4, 5, dtype=torch.float64)

@@ -8,9 +8,9 @@ from helpers import two_tiers
 from hypothesis import strategies as st
 
 import taylorc
-from taylorc.contrib.models import DeepONet
 from taylorc.errors import BatchCouplingError
 from taylorc.methods.nested import func_loop, point_leaf_terms
+from taylorc_contrib.models import DeepONet
 
 DT = torch.float64
 

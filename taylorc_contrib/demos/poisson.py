@@ -6,7 +6,7 @@ Sec. 4): ``-Delta u = pi^2 sum_i cos(pi x_i)`` on ``[0, 1]^5`` with
 ``u*(x) = sum_i cos(pi x_i)``. The paper's tanh MLP 5 -> 64 -> 1 is trained with
 KFAC* (``taylorc.optim.KFAC(lr="auto")``, the curvature read from the collapsed
 Taylor graph) with the hyperparameters of the paper's first sweep (KFAC* lambda = 2.7e-9,
-beta = 0.937; ``taylorc.contrib.demos.common.SECOND_ORDER_DEFAULTS``) on N = 1500 interior and 250 boundary
+beta = 0.937; ``taylorc_contrib.demos.common.SECOND_ORDER_DEFAULTS``) on N = 1500 interior and 250 boundary
 points redrawn every 100 steps (half the paper's 3000/500: twice the steps in the
 time budget), for 10,000 steps or 270 s of training, whichever comes first;
 ``--optimizer kfac | engd | adam-lbfgs`` picks KFAC with line search, energy natural
@@ -26,8 +26,7 @@ import torch
 from torch import nn
 
 import taylorc
-
-from .common import (
+from taylorc_contrib.demos.common import (
     agg_figure,
     boundary_points,
     make_optimizer,

@@ -10,7 +10,7 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from ...optim import ENGD, KFAC, SPRING
+from taylorc.optim import ENGD, KFAC, SPRING
 
 
 def mlp(

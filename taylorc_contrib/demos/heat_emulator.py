@@ -26,7 +26,7 @@ import scipy.sparse.linalg as sla
 import torch
 from torch import nn
 
-from ...prdp import Refiner, Solver, assemble, estimate_k_eps
+from taylorc.prdp import Refiner, Solver, assemble, estimate_k_eps
 
 
 @dataclass
