@@ -13,15 +13,20 @@ from ..methods.sites import Columns
 
 @dataclass
 class Layer:
-    """One weight's columns in one loss term, with their output gradients.
+    """One weight in one loss term: its layer inputs and pre-activation gradients.
+
+    The Taylor graph applies the weight to S coefficient columns per point (the value,
+    the directions of each order, the collapsed top): a layer with weight sharing, whose
+    Kronecker factors are the input covariance A (from ``Z``) and the gradient
+    covariance B (from ``g``) (Dangel, Müller, Zeinhofer, NeurIPS 2024, Sec. 3).
 
     Attributes:
         weight, bias: qualified parameter names (bias None: no bias in the sites).
-        x_columns: the input columns ``X (N, S, d_in)``, detached (without the bias
+        x_columns: the layer inputs ``X (N, S, d_in)``, detached (without the bias
             entry), as :class:`~taylorc.methods.sites.Columns` (a tensor given here is
             wrapped): some may be held as products ``P ⊙ Q`` (:class:`~taylorc.passes.factored.Factored`).
-        g_columns: ``g (M, N, S, d_out)``, ``dr_nm / dz_ns`` for each of the M residual
-            outputs, the same way.
+        g_columns: the pre-activation gradients ``g (M, N, S, d_out)``, ``dr_nm / dz_ns``
+            for each of the M residual outputs, the same way.
         e: ``(S,)`` the bias entry of each column (1 on value columns of a use with
             the bias, else 0); None when the layer has no bias.
         bias_columns: the s with ``e_s = 1`` (e is 0/1).
