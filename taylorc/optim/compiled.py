@@ -193,11 +193,10 @@ class CompiledEvaluation:
 
         def products(*args):
             r, uses = self._rebuild(args[:count])
-            lin = Linearization(r, _group(self._model, uses, self._trainable, self.shared))
+            layers = _group(self._model, uses, self._trainable, self.shared)
             dirs, n = args[count:], len(weights)  # direction by direction
-            return eager_jvp(
-                lin, *[dict(zip(weights, dirs[i * n : (i + 1) * n])) for i in range(k)]
-            )
+            split = [dict(zip(weights, dirs[i * n : (i + 1) * n])) for i in range(k)]
+            return eager_jvp(r, layers, *split)
 
         fn = _trace_and_compile(products, [*columns, *blocks])
         _same(products(*columns, *blocks), fn(*columns, *blocks), columns[0].dtype)
