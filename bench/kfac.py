@@ -356,7 +356,7 @@ def _split_one(widths, repeats):
     from taylorc.optim import KFAC
     from taylorc.optim.factors import layer_factors, layer_gradient
     from taylorc.optim.gramian import layout
-    from taylorc.optim.steps import kfac_star
+    from taylorc.optim.step_rules import kfac_star
 
     def best(fn):
         fn()

@@ -43,6 +43,11 @@ MOVED = {
     "taylorc.demos": "taylorc_contrib.demos",
     "taylorc.demos.poisson": "taylorc_contrib.demos.poisson",
     "taylorc.demos.common": "taylorc_contrib.demos.common",
+    "taylorc.reference": "taylorc.methods.nested",
+    "taylorc.sites": "taylorc.passes.sites",
+    "taylorc.taylor_graph": "taylorc.methods.layer_graph",
+    "taylorc.optim.record": "taylorc.optim.linearization",
+    "taylorc.optim.steps": "taylorc.optim.step_rules",
 }
 
 

@@ -14,7 +14,7 @@ from . import operators as _ops
 from .capture import Captured, output_structure
 from .debug import format_records, graph_stats
 from .methods import AUTO_ZCS_MIN_FUNCTIONS, auto_method
-from .methods.sites import build_taylor_graph
+from .methods.layer_graph import build_taylor_graph
 from .runtime.backend import AutoGraph
 from .runtime.cache import GraphCache
 from .runtime.config import BUILD_COUNT, CONFIG
@@ -199,7 +199,7 @@ class CompiledOperator(GraphCache, torch.nn.Module):
         The method's :class:`~taylorc.methods.taylor.LayerVariant` (taylor, pin, collapse,
         sites: no zero pruning, no fusing: every column's input and output stays its own
         per-point node), built and cached like the operator's own graph. Returns a
-        :class:`taylorc.methods.sites.TaylorGraph`: ``.gm``, ``.sites``, and
+        :class:`taylorc.methods.layer_graph.TaylorGraph`: ``.gm``, ``.sites``, and
         ``.run(*args)``: with ``taps`` zero perturbations on the layers' outputs whose
         gradients are g, without them the output columns returned instead (one reverse
         pass reads g from them: ``site_gradients``).

@@ -20,7 +20,7 @@ from taylorc.errors import KFACError
 from taylorc.operators import WeightedLaplacian
 from taylorc.optim import ENGD, KFAC, KroneckerSum, factors, gramian, kfac_factors
 from taylorc.optim.factors import gram, jvp, layer_gradient, to_vector
-from taylorc.optim.record import linearize
+from taylorc.optim.linearization import linearize
 
 DT = torch.float64
 C = [[2.0, 0.5, 0.0], [0.5, 1.0, 0.2], [0.0, 0.2, 1.5]]
@@ -146,7 +146,7 @@ def _random_sizes(seed, N, S):
 
 def _check_gradient_and_jvp(layer, g, M, gen):
     """layer_gradient and jvp against einsums of Ĝ = 1/N Σ r g Z̃ᵀ and J v = Σ g · (V Z̃)."""
-    from taylorc.optim.record import Linearization
+    from taylorc.optim.linearization import Linearization
 
     Z, dt, N = layer.Z, g.dtype, g.shape[1]
     r = torch.randn(N, M, generator=gen, dtype=dt)
@@ -165,7 +165,7 @@ def test_column_shortcuts_equal_the_formula(seed):
     """layer_gradient and jvp on hand-built layers with random dead columns (g = 0), columns
     shared by all points (zero or not, bias entry or not), M = 1 or 2, float32 and float64,
     against einsums of Ĝ = 1/N Σ r g Z̃ᵀ and J v = Σ g · (V Z̃)."""
-    from taylorc.optim.record import Layer
+    from taylorc.optim.linearization import Layer
 
     gen, dt, (N, S, d_in, d_out, M) = _random_sizes(seed, 1 + seed % 5, 2 + seed % 4)
     X = torch.randn(N, S, d_in, generator=gen, dtype=dt)
@@ -188,7 +188,7 @@ def test_column_shortcuts_equal_the_formula(seed):
 def _factor_some(t, cols, gen, lead):
     """``t (*lead, S, d)`` with the columns ``cols`` replaced by products ``P ⊙ Q[j]``, and
     its :class:`Columns` holding them factored."""
-    from taylorc.methods.sites import Columns
+    from taylorc.methods.layer_graph import Columns
 
     d, S = t.shape[-1], t.shape[-2]
     P = torch.randn(*t.shape[:lead], d, generator=gen, dtype=t.dtype)
@@ -205,7 +205,7 @@ def test_factored_columns_equal_the_formula(seed):
     """Layers whose X and g hold some columns as products P ⊙ Q (the sites' Factored
     columns): A, B (expand and reduce), the gradient and J v equal the einsum formulas on
     the multiplied-out tensors, with shared, dead and bias columns, M = 1 or 2."""
-    from taylorc.optim.record import Layer
+    from taylorc.optim.linearization import Layer
 
     gen, dt, (N, S, d_in, d_out, M) = _random_sizes(100 + seed, 2 + seed % 4, 3 + seed % 3)
     pick = lambda p: [s for s in range(S) if torch.rand(1, generator=gen) < p]  # noqa: E731
@@ -441,7 +441,7 @@ def test_solve_2x2_equals_dense_solves():
     exact rationals (KFAC*'s second step, ‖δ‖ ≈ 1e-6 ‖Δ‖ and nearly parallel, once took
     a rank-truncated fallback; extreme magnitudes must not overflow); singular ones
     (δ ∥ Δ, a zero direction) must still solve a consistent system."""
-    from taylorc.optim.steps import solve_2x2
+    from taylorc.optim.step_rules import solve_2x2
 
     def solve(M, r):
         return torch.tensor(solve_2x2(M[0][0], M[0][1], M[1][1], *r), dtype=DT)

@@ -1,6 +1,6 @@
 """The compiled linearisation (taylorc.optim.compiled) against the eager one, float64.
 
-Oracle: :func:`taylorc.optim.record.linearize` run eagerly at the same parameters and
+Oracle: :func:`taylorc.optim.linearization.linearize` run eagerly at the same parameters and
 points (itself checked against torch.func in test_kfac.py). Each case compiles with
 inductor (a few seconds), so the cases are few and each covers several structures.
 """
@@ -16,8 +16,8 @@ import taylorc
 from taylorc.errors import KFACError
 from taylorc.optim import KFAC
 from taylorc.optim.factors import jvp, layer_factors, layer_gradient
+from taylorc.optim.linearization import linearize
 from taylorc.optim.linearizer import Linearizer
-from taylorc.optim.record import linearize
 
 DT = torch.float64
 

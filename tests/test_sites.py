@@ -22,7 +22,7 @@ from torch import nn
 
 import taylorc
 from taylorc import ir
-from taylorc.methods.sites import build_taylor_graph, site_gradients
+from taylorc.methods.layer_graph import build_taylor_graph, site_gradients
 
 
 class Residual(nn.Module):

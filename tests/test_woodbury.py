@@ -9,7 +9,7 @@ from helpers import mlp
 from test_kfac import oracle_jacobian, residual, value_op
 
 from taylorc.optim import ENGD, SPRING
-from taylorc.optim.record import linearize
+from taylorc.optim.linearization import linearize
 from taylorc.optim.woodbury import jacobian_product, kernel, sample_space_step
 
 DT = torch.float64

@@ -1,8 +1,8 @@
 """A loss term's linearisation compiled: :class:`CompiledEvaluation`, the compiled
-backend beside the eager :func:`~taylorc.optim.record.linearize` (the per-term cache
+backend beside the eager :func:`~taylorc.optim.linearization.linearize` (the per-term cache
 that picks one, and its guard, are :class:`taylorc.optim.linearizer.Linearizer`).
 
-The tensor work of :func:`~taylorc.optim.record.linearize` (the residual through the
+The tensor work of :func:`~taylorc.optim.linearization.linearize` (the residual through the
 sites graphs, then one reverse pass per residual output for every ``g_ns``) is an eager
 chain of some hundred small elementwise ops, each a pass over memory. For a fixed
 input shape it is one static program: :class:`CompiledEvaluation` traces it once
@@ -31,7 +31,7 @@ from ..errors import KFACError
 from ..passes.cleanup import prune_zeros
 from ..runtime.backend import TRACING
 from .factors import eager_jvp, layer_factors, layer_gradient
-from .record import Linearization, _group, evaluate
+from .linearization import Linearization, _group, evaluate
 
 
 class _Holder(torch.nn.Module):
@@ -67,14 +67,14 @@ def _flatten(r: torch.Tensor, uses: list) -> list[torch.Tensor]:
 
 
 class CompiledEvaluation:
-    """:func:`~taylorc.optim.record.evaluate` at one input shape, traced and compiled,
+    """:func:`~taylorc.optim.linearization.evaluate` at one input shape, traced and compiled,
     with the layers' Kronecker factors and gradients when ``approx`` is given.
 
     Args:
-        model, value_op, residual: as for :func:`~taylorc.optim.record.linearize`.
+        model, value_op, residual: as for :func:`~taylorc.optim.linearization.linearize`.
         x: example points ``(N, *in)``; the replay takes points of this shape, dtype and
             device only.
-        trainable: the names of θ (:func:`~taylorc.optim.record.trainable_names`).
+        trainable: the names of θ (:func:`~taylorc.optim.linearization.trainable_names`).
         approx: ``"expand"`` or ``"reduce"``: also compute every layer's ``(A, B)``
             (:func:`~taylorc.optim.factors.layer_factors`) and gradient
             (:func:`~taylorc.optim.factors.layer_gradient`) in the compiled graph, where
@@ -84,8 +84,8 @@ class CompiledEvaluation:
     on the values) are taken as shared by the graph, which counts the points where
     they differ at every call. Calling it with points ``x`` returns the
     :class:`CompiledLinearization` at the model's current parameters (graph inputs, not
-    constants): the eager backend's :func:`~taylorc.optim.record.linearize` and this
-    compiled one are siblings behind :class:`~taylorc.optim.record.Linearization`.
+    constants): the eager backend's :func:`~taylorc.optim.linearization.linearize` and this
+    compiled one are siblings behind :class:`~taylorc.optim.linearization.Linearization`.
 
     Raises:
         Exception: (at construction) whatever the trace (``make_fx``, fake tensors: e.g.
@@ -205,7 +205,7 @@ class CompiledEvaluation:
 
 @dataclass
 class CompiledLinearization(Linearization):
-    """A :class:`~taylorc.optim.record.Linearization` whose gradients, Kronecker factors and
+    """A :class:`~taylorc.optim.linearization.Linearization` whose gradients, Kronecker factors and
     Jacobian-vector products come from the compiled evaluation that made its columns.
 
     Attributes:

@@ -21,7 +21,7 @@ from .distributed import model_reducer, resolve
 from .factors import from_vector, to_vector
 from .gramian import dense_gramian, layout, size
 from .linearizer import Linearizer
-from .steps import add_, check_damping_ema, line_search, total_loss
+from .step_rules import add_, check_damping_ema, line_search, total_loss
 from .woodbury import sample_space_step
 
 SOLVES = ("dense", "woodbury", "auto")

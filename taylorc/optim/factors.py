@@ -3,7 +3,7 @@ layer inputs and pre-activation gradients.
 
 For one weight W (bias b appended as the last input column) and one loss term
 L = 1/(2N) Σ_n ||r_n||², with Z̃_ns the augmented layer input of column s of point n and
-g_mns = ∂r_nm/∂z_ns the pre-activation gradient (:mod:`taylorc.optim.record`), the
+g_mns = ∂r_nm/∂z_ns the pre-activation gradient (:mod:`taylorc.optim.linearization`), the
 per-point Jacobian is J_nm = Σ_s g_mns Z̃_nsᵀ and the Kronecker factors, input
 covariance A and gradient covariance B, are (Dangel, Müller, Zeinhofer,
 "Kronecker-Factored Approximate Curvature for Physics-Informed Neural Networks",
@@ -22,7 +22,7 @@ import functools
 
 import torch
 
-from ..methods.sites import Columns
+from ..methods.layer_graph import Columns
 from .layer import Layer
 
 APPROX = ("expand", "reduce")
@@ -213,7 +213,7 @@ def _point_sums(gc: Columns, r: torch.Tensor, cols: list[int]) -> torch.Tensor:
 
 def jvp(lin, *directions: dict[str, torch.Tensor]) -> list[torch.Tensor]:
     """``[J v, ...]`` of the residual of ``lin``, a
-    :class:`~taylorc.optim.record.Linearization`: its :meth:`jvp` (computed from the
+    :class:`~taylorc.optim.linearization.Linearization`: its :meth:`jvp` (computed from the
     columns, or by a compiled linearisation's compiled products)."""
     return lin.jvp(*directions)
 

@@ -14,7 +14,7 @@ import torch
 from ..api import compile as _compile
 from .factors import gram, to_vector
 from .layer import Layer
-from .record import Linearization, linearize
+from .linearization import Linearization, linearize
 
 
 def layout(lins: list[Linearization], model) -> list[Layer]:

@@ -19,9 +19,9 @@ from ..api import compile as _compile
 from .distributed import factorise, model_reducer, resolve
 from .factors import APPROX, layer_factors
 from .gramian import layout
+from .linearization import linearize
 from .linearizer import Linearizer
-from .record import linearize
-from .steps import add_, check_damping_ema, kfac_star, line_search, total_loss
+from .step_rules import add_, check_damping_ema, kfac_star, line_search, total_loss
 
 RULES = ("auto", "line_search")
 
@@ -148,7 +148,7 @@ class KFAC(torch.optim.Optimizer):
     # -- one step -------------------------------------------------------------------
 
     def linearize(self, points: dict) -> dict:
-        """Every term's :class:`~taylorc.optim.record.Linearization` at ``points``."""
+        """Every term's :class:`~taylorc.optim.linearization.Linearization` at ``points``."""
         missing = set(self.residuals) - set(points)
         if missing:
             raise ValueError(f"no points for the terms {sorted(missing)}")
@@ -315,7 +315,7 @@ def kfac_factors(model, residuals: dict, points: dict, approx: str = "expand") -
         bias), B ``(d_out, d_out)``, in the points' dtype (formulas: module docstring).
 
     Raises:
-        taylorc.errors.KFACError: as :func:`taylorc.optim.record.linearize`.
+        taylorc.errors.KFACError: as :func:`taylorc.optim.linearization.linearize`.
     """
     value_op = _compile(model, "u")
     out = {}

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..methods.sites import Columns
+from ..methods.layer_graph import Columns
 
 
 @dataclass
@@ -23,7 +23,7 @@ class Layer:
     Attributes:
         weight, bias: qualified parameter names (bias None: no bias in the sites).
         x_columns: the layer inputs ``X (N, S, d_in)``, detached (without the bias
-            entry), as :class:`~taylorc.methods.sites.Columns` (a tensor given here is
+            entry), as :class:`~taylorc.methods.layer_graph.Columns` (a tensor given here is
             wrapped): some may be held as products ``P ⊙ Q`` (:class:`~taylorc.passes.factored.Factored`).
         g_columns: the pre-activation gradients ``g (M, N, S, d_out)``, ``dr_nm / dz_ns``
             for each of the M residual outputs, the same way.

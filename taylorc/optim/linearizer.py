@@ -4,7 +4,7 @@ It decides when a loss term is compiled (:class:`~taylorc.optim.compiled.Compile
 and guards the trace: the names a residual reads are compared at every call with those
 at the trace (:func:`_snapshot`), and a term whose compiled graph fails or goes stale
 runs eagerly from then on, with a warning. The eager path
-(:func:`~taylorc.optim.record.linearize`) is exact; the compiled one equals it up to
+(:func:`~taylorc.optim.linearization.linearize`) is exact; the compiled one equals it up to
 rounding.
 """
 
@@ -18,7 +18,7 @@ import torch
 from ..errors import KFACError
 from ..runtime.config import CONFIG
 from .compiled import CompiledEvaluation, _why
-from .record import Linearization, linearize, trainable_names
+from .linearization import Linearization, linearize, trainable_names
 
 BACKENDS = ("auto", "eager", "inductor")
 
@@ -76,7 +76,7 @@ class Linearizer:
     """The linearisations of an optimiser's loss terms (KFAC, ENGD), eager or compiled.
 
     The first call at each (term, residual, shape, dtype, device, θ) runs eagerly with
-    the coverage check (:func:`~taylorc.optim.record.linearize`, ``check=True``). Later
+    the coverage check (:func:`~taylorc.optim.linearization.linearize`, ``check=True``). Later
     calls are eager until the backend compiles: ``"eager"`` (the default) never,
     ``"auto"`` after ``CONFIG.auto_compile_after`` calls (10 by default, as
     :func:`taylorc.compile`'s ``"auto"``; never when None), ``"inductor"`` from the second
@@ -128,10 +128,10 @@ class Linearizer:
         self._residuals: dict = {}  # key -> the residual (its id is in the key: kept alive)
 
     def __call__(self, term: str, residual, x: torch.Tensor) -> Linearization:
-        """The :class:`~taylorc.optim.record.Linearization` of ``residual`` at ``x``.
+        """The :class:`~taylorc.optim.linearization.Linearization` of ``residual`` at ``x``.
 
         Raises:
-            KFACError: as :func:`~taylorc.optim.record.linearize`; with ``"inductor"``
+            KFACError: as :func:`~taylorc.optim.linearization.linearize`; with ``"inductor"``
                 and ``strict``, a term that cannot be compiled (the cause named).
         """
         trainable = trainable_names(self.model)

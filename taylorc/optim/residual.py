@@ -166,7 +166,7 @@ def run(model, value_op, residual, x: torch.Tensor) -> tuple[torch.Tensor, list]
 
     Returns:
         ``(r, runs)``: the residual's value and, per leaf call in evaluation order,
-        ``(TaylorGraph, SiteRun)`` (:mod:`taylorc.methods.sites`).
+        ``(TaylorGraph, SiteRun)`` (:mod:`taylorc.methods.layer_graph`).
 
     Raises:
         KFACError: it calls an operator of another model, or of a method without

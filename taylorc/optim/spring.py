@@ -18,7 +18,7 @@ from ..api import compile as _compile
 from .distributed import resolve
 from .gramian import layout
 from .linearizer import Linearizer
-from .steps import add_, check_damping_ema, line_search, total_loss
+from .step_rules import add_, check_damping_ema, line_search, total_loss
 from .woodbury import sample_space_step
 
 

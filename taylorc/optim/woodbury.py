@@ -30,7 +30,7 @@ import torch
 from .factors import layer_gradient
 from .gramian import layer_jacobian
 from .layer import Layer
-from .record import Linearization
+from .linearization import Linearization
 
 
 def _layer_kernel(a: Layer, b: Layer) -> torch.Tensor:
@@ -55,7 +55,7 @@ def kernel(lins: list[Linearization]) -> torch.Tensor:
     """The kernel matrix ``K = Ĵ Ĵᵀ`` of the stacked, scaled residual rows, ``(R, R)``.
 
     Args:
-        lins: one linearisation per loss term (:func:`taylorc.optim.record.linearize`),
+        lins: one linearisation per loss term (:func:`taylorc.optim.linearization.linearize`),
             term t with residual ``r_t (N_t, M_t)``.
 
     Returns:

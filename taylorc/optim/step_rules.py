@@ -12,7 +12,7 @@ import numbers
 import torch
 
 from .distributed import LocalReducer
-from .record import Layer
+from .linearization import Layer
 
 # Dangel, Müller, Zeinhofer, NeurIPS 2024, App. (line search): α ∈ {2^-30, ..., 2^0}
 GRID = tuple(2.0**-k for k in range(30, -1, -1))

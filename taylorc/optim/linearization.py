@@ -7,7 +7,7 @@ that keeps its layers' columns, built without taps (``op.taylor_graph``: it also
 returns every column's input and output), and a direct call of the model runs the
 value operator ``"u"`` the same way: the residual's value is unchanged, and one
 reverse pass of r to the output columns
-(:func:`~taylorc.methods.sites.site_gradients`) gives ``g_ns = dr_n/dz_ns`` for every
+(:func:`~taylorc.methods.layer_graph.site_gradients`) gives ``g_ns = dr_n/dz_ns`` for every
 site and column (Dangel, Müller, Zeinhofer, "Kronecker-Factored Approximate
 Curvature for Physics-Informed Neural Networks", NeurIPS 2024, Sec. 3; Λ = 1 for
 the loss ½ r²).
@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import KFACError
-from ..methods.sites import Columns, site_gradients, take_columns
+from ..methods.layer_graph import Columns, site_gradients, take_columns
 from . import factors
 from . import residual as residual_graph
 from .layer import Layer
@@ -148,7 +148,7 @@ def evaluate(
         ``(r, uses)``: ``r (N, M)`` and, per use of a trainable weight in forward order,
         ``(site, X, g)`` with ``X`` the detached input columns ``(N, S', d_in)`` and ``g``
         the output gradients ``(M, N, S', d_out)`` as
-        :class:`~taylorc.methods.sites.Columns` (S' = S n: a point's n rows are more
+        :class:`~taylorc.methods.layer_graph.Columns` (S' = S n: a point's n rows are more
         columns). Only tensors and the sites' records: what a trace can replay.
 
     Raises:
