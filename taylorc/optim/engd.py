@@ -21,7 +21,7 @@ from .distributed import model_reducer, resolve
 from .factors import from_vector, to_vector
 from .gramian import dense_gramian, layout, size
 from .linearizer import Linearizer
-from .step_rules import add_, check_damping_ema, line_search, total_loss
+from .step_rules import check_damping_ema, check_lr, take_step, total_loss
 from .woodbury import sample_space_step
 
 SOLVES = ("dense", "woodbury", "auto")
@@ -35,7 +35,8 @@ class ENGD(torch.optim.Optimizer):
     Args:
         model: the ``nn.Module``.
         residuals: term name -> residual callable.
-        lr: ``"line_search"`` (α ∈ {2⁻³⁰..2⁰}) or a float.
+        lr: ``"line_search"`` (the grid α ∈ {2⁻³⁰..2⁰}, the paper's), ``"backtracking"``
+            (the first α of 1, 1/2, ... that lowers the loss) or a float.
         damping: λ added to the Gramian's diagonal.
         ema: β of the Gramian's moving average, started at the identity (the baselines of
             Dangel, Müller, Zeinhofer 2024 use 0.3: the identity regularises the first
@@ -75,8 +76,7 @@ class ENGD(torch.optim.Optimizer):
         backend: str = "eager",
         solve: str = "dense",
     ):
-        if not (lr == "line_search" or isinstance(lr, (int, float)) and not isinstance(lr, bool)):
-            raise ValueError(f"lr must be 'line_search' or a number, got {lr!r}")
+        check_lr(lr)
         if solve not in SOLVES:
             raise ValueError(f"solve must be one of {SOLVES}, got {solve!r}")
         ema = (0.3 if solve == "dense" else 0.0) if ema is None else ema
@@ -149,21 +149,13 @@ class ENGD(torch.optim.Optimizer):
         return sum(lin.r.numel() for lin in lins) < sum(size(ref) for ref in layers)
 
     def _update(self, blocks, layers, points, counts, loss) -> dict[str, float]:
-        """θ ← θ + α d (line search) or + lr d; returns the losses before the step."""
+        """θ ← θ + α d (the step rule ``lr`` names, or α = lr); returns the losses before it."""
         group = self.param_groups[0]
         losses = {t: v.item() for t, v in zip(self.residuals, loss)}
         by_name = {ref.weight: ref for ref in layers}
-        if group["lr"] == "line_search":
-            line_search(
-                self.model,
-                by_name,
-                blocks,
-                lambda: total_loss(self.residuals, points, counts),
-                sum(losses.values()),
-                reducer=self._reducer,
-            )
-        else:
-            add_(self.model, by_name, blocks, float(group["lr"]))
+        loss_fn = lambda: total_loss(self.residuals, points, counts)  # noqa: E731
+        current = sum(losses.values())
+        take_step(self.model, by_name, blocks, group["lr"], loss_fn, current, self._reducer)
         group["step"] += 1
         return losses
 

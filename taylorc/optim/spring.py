@@ -18,7 +18,7 @@ from ..api import compile as _compile
 from .distributed import resolve
 from .gramian import layout
 from .linearizer import Linearizer
-from .step_rules import add_, check_damping_ema, line_search, total_loss
+from .step_rules import check_damping_ema, check_lr, take_step, total_loss
 from .woodbury import sample_space_step
 
 
@@ -32,7 +32,8 @@ class SPRING(torch.optim.Optimizer):
     Args:
         model: the ``nn.Module``.
         residuals: term name -> residual callable.
-        lr: ``"line_search"`` (η ∈ {2⁻³⁰..2⁰}) or a float.
+        lr: ``"line_search"`` (the grid η ∈ {2⁻³⁰..2⁰}), ``"backtracking"`` (the first η
+            of 1, 1/2, ... that lowers the loss) or a float.
         damping: λ > 0 added to the kernel matrix's diagonal (λ = 0 solves by least squares).
         momentum: μ in [0, 1).
         backend: how the linearisations run after the first, as :class:`taylorc.optim.KFAC`'s.
@@ -54,8 +55,7 @@ class SPRING(torch.optim.Optimizer):
         process_group=None,
         backend: str = "eager",
     ):
-        if not (lr == "line_search" or isinstance(lr, (int, float)) and not isinstance(lr, bool)):
-            raise ValueError(f"lr must be 'line_search' or a number, got {lr!r}")
+        check_lr(lr)
         check_damping_ema(damping, momentum, "momentum")
         if resolve(process_group, model) is not None:
             raise ValueError("SPRING runs in one process: no torch.distributed process group")
@@ -77,15 +77,7 @@ class SPRING(torch.optim.Optimizer):
         state["phi"] = phi
         by_name = {ref.weight: ref for ref in layout(lins, self.model)}
         direction = {name: -block for name, block in phi.items()}
-        if group["lr"] == "line_search":
-            line_search(
-                self.model,
-                by_name,
-                direction,
-                lambda: total_loss(self.residuals, points),
-                sum(losses.values()),
-            )
-        else:
-            add_(self.model, by_name, direction, float(group["lr"]))
+        loss_fn = lambda: total_loss(self.residuals, points)  # noqa: E731
+        take_step(self.model, by_name, direction, group["lr"], loss_fn, sum(losses.values()))
         group["step"] += 1
         return losses
