@@ -179,7 +179,7 @@ class TaylorGraph:
     """
 
     def __init__(
-        self, gm: torch.fx.GraphModule, captured, ctx, operator, shape: tuple, taps=True, i=0
+        self, gm: torch.fx.GraphModule, captured, ctx, operator, shape: tuple, taps: bool = True
     ):
         self.gm, self.captured, self.ctx, self._op = gm, captured, ctx, operator
         self.taps = taps  # False: no tap inputs; the outputs' columns are returned instead
@@ -187,10 +187,6 @@ class TaylorGraph:
         self.plan = ctx.plan
         self.info = ir.info(gm)
         self.sites: list[LinearSite] = self.info.sites
-        xs = [n for n in gm.graph.nodes if n.op == "placeholder"]
-        coord = len(captured.param_names) + len(captured.buffer_names) + i
-        dynamic = ctx.batch.startswith("dynamic")
-        self._built = xs[coord].meta["val"].shape[0] if dynamic else None  # the build's N
 
     def site(self, name: str) -> LinearSite:
         """The site named ``name`` (KeyError if none)."""
@@ -248,7 +244,7 @@ class TaylorGraph:
         """The tap of ``site`` for ``n`` points (a graph for every batch size holds the
         build's count in the tap's first dim)."""
         shape = tuple(site.tap.meta["val"].shape)
-        built = self._built
+        built = self.ctx.built_batch
         return (n,) + shape[1:] if built is not None and shape[0] == built else shape
 
     def __call__(self, *args: torch.Tensor):
@@ -336,8 +332,7 @@ def build_taylor_graph(op, args: tuple, taps: bool = True) -> TaylorGraph:
             f"taylor_graph needs method='collapsed' or 'taylor', not {op.method!r}: "
             "the other methods propagate no Taylor coefficients through the layers"
         )
-    i = op.wrt_index(args)
-    x = args[i]
+    x = args[op.wrt_index(args)]
     op._check(x)
     gm, cap, ctx = op.graph_for(x, args, op.method_obj.with_layers(taps))
-    return TaylorGraph(gm, cap, ctx, op, tuple(x.shape), taps, i)
+    return TaylorGraph(gm, cap, ctx, op, tuple(x.shape), taps)

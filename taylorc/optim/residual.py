@@ -17,6 +17,8 @@ at every evaluation, so Python values the residual reads are those of the call.
 
 from __future__ import annotations
 
+from operator import attrgetter
+
 import torch
 import torch.fx
 from torch.fx.node import map_arg
@@ -111,14 +113,14 @@ class _Tracer(torch.fx.Tracer):
         if node.op == "placeholder":
             return self.x
         if node.op == "get_attr":
-            return _fetch(self.root, node.target)
+            return attrgetter(node.target)(self.root)
         if node.op == "call_function":
             return node.target(*args, **kwargs)
         if node.op == "call_method":
             self_, *rest = args
             return getattr(self_, node.target)(*rest, **kwargs)
         if node.op == "call_module":
-            return self._leaf(_fetch(self.root, node.target), args, kwargs)
+            return self._leaf(attrgetter(node.target)(self.root), args, kwargs)
         return args[0]  # output
 
     def _leaf(self, module, args: tuple, kwargs: dict):
@@ -177,10 +179,3 @@ def run(model, value_op, residual, x: torch.Tensor) -> tuple[torch.Tensor, list]
     graph = tracer.trace(_Residual(model, residual))
     out = next(n for n in graph.nodes if n.op == "output")
     return tracer.value(out), tracer.runs
-
-
-def _fetch(root: torch.nn.Module, target: str):
-    obj = root
-    for part in target.split("."):
-        obj = getattr(obj, part)
-    return obj

@@ -129,10 +129,10 @@ def backtracking(model, layers, blocks: dict, loss_fn, current: float, reducer=L
     """
     pairs = _param_deltas(model, layers, blocks)
     start = [p.detach().clone() for p, _ in pairs]
-    for k in range(len(GRID)):
-        _move(pairs, start, 2.0**-k)
+    for a in reversed(GRID):  # 1, 1/2, ..., the grid's smallest
+        _move(pairs, start, a)
         if reducer.sum_values([loss_fn()])[0] < current:
-            return 2.0**-k
+            return a
     _move(pairs, start, 0.0)
     return 0.0
 

@@ -103,6 +103,9 @@ class PassContext:
         latency: seconds of the first call's stages (``"capture"``, ``"passes"``,
             ``"batch check"``, ``"compile"``), set by :class:`~taylorc.api.CompiledOperator`.
         batch: whether the graph serves every batch size, or why it is specialised to one.
+        built_batch: the batch size the graph was built at, when it serves every batch
+            size (its shapes still hold that count, e.g. a placeholder's fake value); None
+            for a graph specialised to one.
     """
 
     plan: JetPlan
@@ -116,6 +119,7 @@ class PassContext:
     final: Any = None
     latency: dict[str, float] = field(default_factory=dict)
     batch: str = ""
+    built_batch: int | None = None
 
     def warn(self, message: str) -> None:
         warnings.warn(message, UserWarning, stacklevel=4)

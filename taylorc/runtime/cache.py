@@ -79,17 +79,16 @@ class GraphCache:
         if dynamic is not None:
             general, why = self._generalize(gm, method, x, args, i, coord, ctx)
             if general is not None:
-                gm, key = general, dynamic
+                gm, key, ctx.built_batch = general, dynamic, x.shape[0]
             else:
                 shared[prefix + ("refused", dynamic)] = self._refused[dynamic] = why
         else:
             ctx.batch = self._static_reason(method, x)
         dyn = coord if key is dynamic and self.config.dynamic_compile else None
-        if not method.compiled_by_backend:
-            pass
-        elif self.backend in ("inductor", "taylorc"):
+        backend = self.backend if method.compiled_by_backend else "eager"
+        if backend in ("inductor", "taylorc"):
             gm = CompiledGraph(gm, dyn, ctx.latency)
-        elif self.backend == "auto" and method.compilable:
+        elif backend == "auto" and method.compilable:
             cpu32 = x.device.type == "cpu" and x.dtype == torch.float32
             gm = AutoGraph(gm, dyn, ctx.latency, self.config, rewrite_tanh=cpu32)
         if self.backend == "auto" and x.device.type == "cpu" and self.config.tune_allocator:
