@@ -48,7 +48,12 @@ def _load(name):
         ),
         (
             "burgers",
-            ["--adam-steps", "3", "--lbfgs-steps", "2", "--interior", "64", "--boundary", "16"],
+            ["--steps", "3", "--widths", "8", "--interior", "64", "--boundary", "16"],
+        ),
+        (
+            "burgers",
+            ["--optimizer", "adam-lbfgs", "--adam-steps", "3", "--lbfgs-steps", "2"]
+            + ["--interior", "64", "--boundary", "16"],
         ),
         (
             "heat",

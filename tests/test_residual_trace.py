@@ -48,3 +48,33 @@ def test_graphs_built_inside_the_trace_do_not_reach_the_tracer():
             losses = opt.step({"i": x, "b": x[:5]})
         assert all(math.isfinite(v) for v in losses.values())
     assert torch.nn.Module.__call__ is torch.nn.Module.__dict__["__call__"]
+
+
+def test_the_trace_holds_the_tracing_lock():
+    """fx's tracing flag is process-wide: a background compile of an operator's graph
+    (backend="auto") that starts while a residual is traced fails ("Detected that you are
+    using FX to symbolically trace a dynamo-optimized function"), seen under torchrun. The
+    trace holds taylorc.runtime.backend.TRACING, which every compile takes first."""
+    import threading
+
+    from taylorc.runtime.backend import TRACING
+
+    torch.manual_seed(0)
+    model = mlp(3, [8, 8]).to(DT)
+    lap = taylorc.compile(model, "laplacian")
+    seen = []
+
+    def other_thread_can_trace():
+        got = TRACING.acquire(blocking=False)
+        if got:
+            TRACING.release()
+        seen.append(got)
+
+    def residual(x):
+        t = threading.Thread(target=other_thread_can_trace)
+        t.start()
+        t.join()
+        return -lap(x)
+
+    residual_trace.run(model, taylorc.compile(model, "u"), residual, torch.rand(4, 3, dtype=DT))
+    assert seen == [False]

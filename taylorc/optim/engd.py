@@ -22,7 +22,7 @@ from .factors import from_vector, to_vector
 from .gramian import dense_gramian, layout, size
 from .linearizer import Linearizer
 from .step_rules import check_damping_ema, check_lr, take_step, total_loss
-from .woodbury import sample_space_step
+from .woodbury import damped_solve, sample_space_step
 
 SOLVES = ("dense", "woodbury", "auto")
 
@@ -115,8 +115,7 @@ class ENGD(torch.optim.Optimizer):
         G = dense_gramian(lins, layers, lambda i, G_t: weigh(terms[i], G_t))
         reducer.sum_([*loss, grad, G])  # one all-reduce (sum) of every mean over points
         G = self._average(G.double(), group["ema"])
-        G = G + group["damping"] * torch.eye(len(G), dtype=G.dtype, device=G.device)
-        d = torch.linalg.lstsq(G, -grad.double()[:, None], driver="gelsd").solution[:, 0]
+        d = damped_solve(G, -grad.double(), group["damping"])
         reducer.broadcast_([d])  # rank 0's direction: the ranks stay bitwise in lockstep
         blocks, i = {}, 0
         for ref in layers:

@@ -25,6 +25,7 @@ from torch.fx.node import map_arg
 
 from ..api import CompiledOperator
 from ..errors import KFACError
+from ..runtime.backend import TRACING
 
 
 class _Value(torch.fx.Proxy):
@@ -176,6 +177,9 @@ def run(model, value_op, residual, x: torch.Tensor) -> tuple[torch.Tensor, list]
         Exception: what the residual itself raises.
     """
     tracer = _Tracer(model, value_op, x)
-    graph = tracer.trace(_Residual(model, residual))
-    out = next(n for n in graph.nodes if n.op == "output")
-    return tracer.value(out), tracer.runs
+    # fx's tracing flag and Module patches are process-wide: a background compile of an
+    # operator's graph (backend="auto") must not run inside this trace, nor it inside one
+    with TRACING:
+        graph = tracer.trace(_Residual(model, residual))
+        out = next(n for n in graph.nodes if n.op == "output")
+        return tracer.value(out), tracer.runs

@@ -109,6 +109,21 @@ def jacobian_product(lins: list[Linearization], blocks: dict[str, torch.Tensor])
     return torch.cat(parts)
 
 
+def damped_solve(A: torch.Tensor, rhs: torch.Tensor, damping: float) -> torch.Tensor:
+    """``(A + λI)⁻¹ rhs`` for a symmetric positive semi-definite ``A (n, n)``, ``rhs (n,)``.
+
+    Cholesky (n³/3 multiplications) when ``λ > 0`` and the factorisation succeeds; else the
+    minimum-norm least-squares solution by SVD (``gelsd``, about 10x the time at n = 3000,
+    and what a singular, undamped ``A`` needs). Returns ``(n,)`` in ``A``'s dtype.
+    """
+    A = A + damping * torch.eye(len(A), dtype=A.dtype, device=A.device)
+    if damping > 0:
+        L, info = torch.linalg.cholesky_ex(A)
+        if int(info) == 0:
+            return torch.cholesky_solve(rhs[:, None], L)[:, 0]
+    return torch.linalg.lstsq(A, rhs[:, None], driver="gelsd").solution[:, 0]
+
+
 def sample_space_step(
     lins: list[Linearization],
     damping: float,
@@ -135,12 +150,7 @@ def sample_space_step(
     rhs = scaled_residual(lins).double()
     if momentum and previous:
         rhs = rhs - momentum * jacobian_product(lins, previous).double()
-    A = K + damping * torch.eye(len(K), dtype=K.dtype, device=K.device)
-    L, info = torch.linalg.cholesky_ex(A)
-    if damping > 0 and int(info) == 0:
-        v = torch.cholesky_solve(rhs[:, None], L)[:, 0]
-    else:
-        v = torch.linalg.lstsq(A, rhs[:, None], driver="gelsd").solution[:, 0]
+    v = damped_solve(K, rhs, damping)
     phi = {name: block.to(dtype) for name, block in transpose_product(lins, v).items()}
     if momentum and previous:
         for name, block in previous.items():

@@ -117,6 +117,31 @@ def boundary_points(
     return x
 
 
+def residual_adaptive_points(
+    pool: torch.Tensor,
+    residual: Callable[[torch.Tensor], torch.Tensor],
+    n: int,
+    gen: torch.Generator | None = None,
+    k: float = 1.0,
+    c: float = 1.0,
+) -> torch.Tensor:
+    """``n`` of the candidate points ``pool (M, D)`` drawn without replacement with probability
+    ``∝ |r|^k / mean(|r|^k) + c`` (RAD: Wu, Zhu, Tan, Kartha, Lu, "A comprehensive study of
+    non-adaptive and residual-based adaptive sampling for physics-informed neural networks",
+    CMAME 2023, Eq. 2), ``r = residual(pool)`` of shape ``(M, 1)``. ``c = 1`` keeps half of the
+    draw near uniform; the other half gathers where the residual is large (Burgers' shock).
+
+    Raises:
+        ValueError: ``n`` > ``M``.
+    """
+    if n > len(pool):
+        raise ValueError(f"cannot draw {n} points from a pool of {len(pool)}")
+    with torch.no_grad():
+        r = residual(pool).abs().reshape(len(pool), -1).sum(1) ** k
+    weight = r / r.mean() + c
+    return pool[torch.multinomial(weight, n, replacement=False, generator=gen)]
+
+
 def relative_l2(pred: torch.Tensor, exact: torch.Tensor) -> float:
     """``||pred - exact||_2 / ||exact||_2`` over all entries."""
     return ((pred - exact).norm() / exact.norm()).item()
