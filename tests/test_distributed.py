@@ -113,8 +113,8 @@ def test_kronecker_sum_from_prepared_factorization(terms):
 @pytest.mark.slow  # one torchrun launch in the default tier: the DDP equality
 @needs_gloo
 def test_poisson_ddp_example_runs():
-    args = "--adam-steps 3 --interior 64 --boundary 32 --test-points 100".split()
-    out = torchrun(ROOT / "examples" / "poisson_ddp.py", *args)
+    args = "--optimizer adam --adam-steps 3 --interior 64 --boundary 32 --test-points 100"
+    out = torchrun(ROOT / "examples" / "poisson_ddp.py", *args.split())
     # rank 0 alone prints the main job's line
     assert len(re.findall(r"^relative L2 error: \S+", out.stdout, re.M)) == 1, out.stdout
 
@@ -124,5 +124,14 @@ def test_poisson_ddp_example_runs():
 def test_poisson_ddp_example_kfac_star_runs():
     # KFAC* over the default group, uneven boundary shards (16/15)
     args = "--optimizer kfac* --kfac-steps 3 --interior 64 --boundary 31 --test-points 100"
+    out = torchrun(ROOT / "examples" / "poisson_ddp.py", *args.split())
+    assert len(re.findall(r"^relative L2 error: \S+", out.stdout, re.M)) == 1, out.stdout
+
+
+@pytest.mark.slow  # one torchrun launch in the default tier: the DDP equality
+@needs_gloo
+def test_poisson_ddp_example_default_engd_runs():
+    # the example's default: dense ENGD over the default group, backtracking
+    args = "--kfac-steps 3 --interior 64 --boundary 31 --test-points 100"
     out = torchrun(ROOT / "examples" / "poisson_ddp.py", *args.split())
     assert len(re.findall(r"^relative L2 error: \S+", out.stdout, re.M)) == 1, out.stdout
