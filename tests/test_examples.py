@@ -61,14 +61,19 @@ def _load(name):
         ),
         (
             "heat",
-            ["--problem", "2+1", "--optimizer", "engd", "--steps", "2"]
+            ["--problem", "2+1", "--optimizer", "kfac*", "--steps", "2"]
             + ["--widths", "8", "--interior", "64", "--boundary", "32"],
         ),
         ("deeponet_diffusion_reaction", ["--steps", "3", "--train-functions", "30"]),
         ("high_dim", ["--dim", "6", "--seconds", "0.5", "--widths", "16", "--batch", "16"]),
         (
             "plate",
-            ["--adam-steps", "3", "--lbfgs-steps", "2", "--interior", "64", "--boundary", "32"],
+            ["--steps", "2", "--widths", "8", "--interior", "64", "--boundary", "32"],
+        ),
+        (
+            "plate",
+            ["--optimizer", "adam-lbfgs", "--adam-steps", "3", "--lbfgs-steps", "2"]
+            + ["--interior", "64", "--boundary", "32"],
         ),
         ("prdp_heat", ["--epochs", "2", "--n", "17", "--train", "2", "--small-k", "3"]),
         ("prdp_inverse", ["--epochs", "2", "--steps", "2", "--n", "17"]),

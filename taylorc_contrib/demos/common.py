@@ -179,8 +179,8 @@ SECOND_ORDER_DEFAULTS = {
     # (5-d Poisson, 270 s: 7.8e-8 against 2.9e-7, docs/kfac.md)
     "engd": dict(damping=1e-10, ema=0.3, momentum=0.0, step_rule="backtracking"),
     # sample-space solves (issue 32): not tuned yet; ema is unused there
-    "engd-woodbury": dict(damping=1e-8, ema=0.0, momentum=0.0),
-    "spring": dict(damping=1e-8, ema=0.0, momentum=0.9),
+    "engd-woodbury": dict(damping=1e-8, ema=0.0, momentum=0.0, step_rule="line_search"),
+    "spring": dict(damping=1e-8, ema=0.0, momentum=0.9, step_rule="line_search"),
 }
 
 
@@ -241,10 +241,22 @@ def make_optimizer(args, model: nn.Module, residuals: dict):
             backend=backend,
         )
     if args.optimizer == "engd-woodbury":
-        return ENGD(model, residuals, damping=opts["damping"], solve="woodbury", backend=backend)
+        return ENGD(
+            model,
+            residuals,
+            lr=opts["step_rule"],
+            damping=opts["damping"],
+            solve="woodbury",
+            backend=backend,
+        )
     if args.optimizer == "spring":
         return SPRING(
-            model, residuals, damping=opts["damping"], momentum=opts["momentum"], backend=backend
+            model,
+            residuals,
+            lr=opts["step_rule"],
+            damping=opts["damping"],
+            momentum=opts["momentum"],
+            backend=backend,
         )
     lr = "auto" if args.optimizer == "kfac*" else "line_search"
     return KFAC(model, residuals, lr=lr, backend=backend, **opts)

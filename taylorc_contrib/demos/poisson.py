@@ -5,10 +5,10 @@ Sec. 4): ``-Delta u = pi^2 sum_i cos(pi x_i)`` on ``[0, 1]^5`` with
 ``u = sum_i cos(pi x_i)`` on the boundary, whose exact solution is
 ``u*(x) = sum_i cos(pi x_i)``. The paper's tanh MLP 5 -> 64 -> 1 (449 parameters) is trained with energy natural
 gradient descent (``taylorc.optim.ENGD``: the dense Gramian read from the collapsed
-Taylor graph, the paper's λ = 1e-10, β = 0.3) with backtracking from α = 1, on the
+Taylor graph, solved by Cholesky, the paper's λ = 1e-10, β = 0.3) with backtracking from α = 1, on the
 paper's N = 3000 interior and 500 boundary points redrawn every 100 steps, for 10,000
 steps or 270 s of training, whichever comes first. Why ENGD: measured alone on the 2-core
-CPU, 270 s each (docs/kfac.md), it reaches 4.9e-8 against KFAC*'s 5.0e-5 (at 449
+CPU, 270 s each (docs/kfac.md), it reaches 2.3e-9 against KFAC*'s 5.0e-5 (at 449
 parameters the P x P Gramian is cheap); why backtracking: one loss evaluation a step
 instead of the paper's 31-point grid (2.9e-7 in the same time, on 1500/250 points). ``--optimizer kfac* | kfac | engd-woodbury |
 spring | adam-lbfgs`` picks the others (KFAC* with the paper's first sweep, λ = 2.7e-9,
