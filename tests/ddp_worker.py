@@ -37,6 +37,20 @@ by itself; UNEVEN shards, 33/31 interior and 17/15 boundary points of 64/32):
   term: KFAC and ENGD) raises ValueError on both ranks instead of leaving one waiting;
 - ``kfac_local`` (control): KFAC* on a group of one rank each (``dist.new_subgroups``):
   each rank trains on its shard alone, so it must differ from the union's run.
+
+Sample-space cases (the residual rows of all ranks gathered into one kernel matrix;
+UNEVEN shards, 17/16 interior and 5/4 boundary points of 33/9: R = 42 rows < P = 113):
+
+- ``engd_woodbury``: ENGD with ``solve="woodbury"`` and the line search;
+- ``engd_auto``: ENGD with ``solve="auto"`` on 110/20 interior and 5/5 boundary points:
+  R = 140 rows > P over all ranks (the dense branch), but rank 1 alone has 25 < P rows:
+  a rank deciding by its own rows would take the other branch and the collectives
+  would not match;
+- ``spring``: SPRING, momentum 0.5, lr 0.1; ``spring_bt``: the same with
+  ``lr="backtracking"``;
+- ``spring_local`` (control): ``spring`` on a group of one rank each;
+- (with ``spring``) a step where rank 1 has no entry for a term raises ValueError on
+  both ranks.
 """
 
 from __future__ import annotations
@@ -165,11 +179,11 @@ def train_zcs(net, data, distributed: bool) -> nn.Module:
 KFAC_SIZES = {"interior": (64, 33), "boundary": (32, 17), "anchor": (16, 9)}  # (N, rank 0's)
 
 
-def kfac_points(rank: int | None) -> dict:
+def kfac_points(rank: int | None, sizes: dict = KFAC_SIZES) -> dict:
     """The global points of each term (same on every rank), or rank ``rank``'s uneven shard."""
     gen = torch.Generator().manual_seed(3)
     out = {}
-    for term, (n, first) in KFAC_SIZES.items():
+    for term, (n, first) in sizes.items():
         x = torch.rand(n, D, generator=gen, dtype=torch.float64)
         out[term] = x if rank is None else (x[:first] if rank == 0 else x[first:])
     return out
@@ -217,6 +231,51 @@ def train_kfac(case: str, model, points: dict, group=None) -> nn.Module:
     return model
 
 
+SAMPLE_CASES = ("engd_woodbury", "engd_auto", "spring", "spring_bt", "spring_local")
+SAMPLE_SIZES = {"interior": (33, 17), "boundary": (9, 5)}  # (N, rank 0's)
+AUTO_SIZES = {"interior": (130, 110), "boundary": (10, 5)}
+
+
+def sample_space_optimizer(case: str, model, group=None):
+    """The sample-space optimiser of ``case`` on the Laplacian and boundary terms."""
+    lap = taylorc.compile(model, "laplacian")
+    residuals = {
+        "interior": lambda x: -lap(x)[:, 0] - torch.cos(x).sum(-1),
+        "boundary": lambda x: model(x)[:, 0] - torch.sin(x).sum(-1),
+    }
+    kw = dict(process_group=group, damping=1e-4)
+    if case in ("engd_woodbury", "engd_auto"):
+        solve = case.removeprefix("engd_")
+        return taylorc.optim.ENGD(model, residuals, lr="line_search", solve=solve, **kw)
+    lr = "backtracking" if case == "spring_bt" else 0.1
+    return taylorc.optim.SPRING(model, residuals, lr=lr, momentum=0.5, **kw)
+
+
+def train_sample_space(case: str, model, rank: int | None, group=None) -> nn.Module:
+    """3 steps of the sample-space optimiser of ``case`` on rank ``rank``'s shard (None:
+    all points); ``group`` as :func:`train_kfac`'s."""
+    points = kfac_points(rank, AUTO_SIZES if case == "engd_auto" else SAMPLE_SIZES)
+    opt = sample_space_optimizer(case, model, group)
+    for _ in range(STEPS):
+        opt.step(points)
+    return model
+
+
+def check_missing_term_spring(rank: int) -> None:
+    """A step where rank 1 has no entry for a term: ValueError on every rank."""
+    model = model_and_data()[0]
+    opt = taylorc.optim.SPRING(model, {"boundary": lambda x: model(x)[:, 0]})
+    points = {} if rank == 1 else kfac_points(rank, SAMPLE_SIZES)
+    try:
+        opt.step(points)
+    except ValueError as e:
+        assert "no points of the terms ['boundary']" in str(e), e
+        if rank == 0:
+            print("MISSING_TERM_REJECTED SPRING", flush=True)
+    else:
+        raise AssertionError("a missing term was not rejected")
+
+
 def spread(model: nn.Module) -> float:
     """Largest difference of this rank's parameters from rank 0's, over all ranks."""
     worst = torch.zeros((), dtype=torch.float64)
@@ -235,6 +294,12 @@ def run(case: str, rank: int, world: int, solo) -> tuple[nn.Module, nn.Module, n
         net = train_zcs(zcs_problem()[0], zcs_problem()[1], distributed=True)
         ref = train_zcs(*zcs_problem(), distributed=False) if rank == 0 else None
         return zcs_problem()[0], net, ref
+    if case in SAMPLE_CASES:
+        group = solo if case == "spring_local" else None
+        model = train_sample_space(case, model_and_data()[0], rank, group)
+        ref_case = "spring" if case == "spring_local" else case
+        ref = train_sample_space(ref_case, model_and_data()[0], None, solo) if rank == 0 else None
+        return model_and_data()[0], model, ref
     if case.startswith(("kfac", "engd")):
         group = solo if case == "kfac_local" else None
         model = train_kfac(case, model_and_data()[0], kfac_points(rank), group)
@@ -299,6 +364,8 @@ def main() -> None:
                     print(f"MISSING_TERM_REJECTED {make.__name__}", flush=True)
             else:
                 raise AssertionError("a missing term was not rejected")
+    if "spring" in sys.argv[1:]:
+        check_missing_term_spring(rank)
     for case in sys.argv[1:]:
         start, model, ref = run(case, rank, world, solo)
         gap = spread(model)

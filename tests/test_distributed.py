@@ -135,3 +135,21 @@ def test_poisson_ddp_example_default_engd_runs():
     args = "--kfac-steps 3 --interior 64 --boundary 31 --test-points 100"
     out = torchrun(ROOT / "examples" / "poisson_ddp.py", *args.split())
     assert len(re.findall(r"^relative L2 error: \S+", out.stdout, re.M)) == 1, out.stdout
+
+
+SAMPLE_CASES = ["engd_woodbury", "engd_auto", "spring", "spring_bt", "spring_local"]
+
+
+@pytest.mark.slow  # one torchrun launch: the sample-space solves' DDP equality
+@needs_gloo
+def test_sample_space_two_ranks_uneven_shards_equal_single_process():
+    """ENGD-Woodbury, ENGD "auto" and SPRING (fixed lr, backtracking) on 2 ranks with
+    uneven shards (tests/ddp_worker.py) take the single-process steps on the union."""
+    found, stdout = run_cases(SAMPLE_CASES)
+    for case in SAMPLE_CASES[:-1]:
+        assert found[case][0] <= 1e-10, (case, found[case])
+        # lockstep, bitwise: every step applies rank 0's φ (broadcast) on every rank
+        assert found[case][1] == 0, (case, found[case])
+    # the control gathered nothing (a group of one rank each): it must not match
+    assert found["spring_local"][0] > 1e-6 and found["spring_local"][1] > 1e-6, found
+    assert "MISSING_TERM_REJECTED SPRING" in stdout, stdout

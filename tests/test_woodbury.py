@@ -139,3 +139,60 @@ def test_spring_state_dict_resumes_the_momentum():
     restored.step(points)
     for a, b in zip(model.parameters(), twin.parameters()):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
+
+
+class _Spy:
+    """A two-rank reducer's ``gather`` in one process: records what this rank sends and
+    returns ``flats`` (both ranks' buffers, recorded before) or zeros of the lengths."""
+
+    world, rank = 2, 0
+
+    def __init__(self, flats=None):
+        self.flats, self.sent = flats, None
+
+    def gather(self, flat, lengths):
+        self.sent = flat
+        return self.flats or [flat.new_zeros(n) for n in lengths]
+
+
+def test_two_uneven_shards_put_together_equal_the_union():
+    """What each rank computes under torch.distributed (its rows of K against all rows,
+    its part of Ĵᵀv, its rows of Ĵφ, its packed linearisation), put together in the
+    order of ``Rows``, equals the one-process quantities on the union; a boundary term
+    with M = 2 outputs checks the point-major rows."""
+    from taylorc.optim.sample_space import Rows, gather_linearizations
+    from taylorc.optim.woodbury import scaled_residual, transpose_product
+
+    model, terms, points = problem([5, 4])
+    u = value_op(model)
+    terms["boundary"] = lambda x: torch.cat([u(x) - torch.sin(x[:, :1]), 2 * u(x)], 1)
+    cut = {"interior": 4, "boundary": 1}  # shards 4/2 and 1/3
+    shards = [
+        {t: x[: cut[t]] for t, x in points.items()},
+        {t: x[cut[t] :] for t, x in points.items()},
+    ]
+    union = lins_of(model, terms, points)
+    local = [lins_of(model, terms, s) for s in shards]
+    rows = Rows([[lin.r.shape[0] for lin in ls] for ls in local], [1, 2])
+    counts = rows.totals
+    K = kernel(union)
+    got = rows.to_global([kernel(ls, union, counts) for ls in local])
+    torch.testing.assert_close(got, K, rtol=1e-12, atol=1e-13 * K.abs().max().item())
+    v = torch.randn(len(K), dtype=DT, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(rows.to_global([rows.local(v, r) for r in range(2)]), v)
+    parts = [transpose_product(ls, rows.local(v, r), counts) for r, ls in enumerate(local)]
+    for name, want in transpose_product(union, v).items():
+        torch.testing.assert_close(parts[0][name] + parts[1][name], want, rtol=1e-12, atol=1e-13)
+    phi = {n: torch.randn(L.d_out, L.d_in, dtype=DT) for n, L in union[0].layers.items()}
+    jp = rows.to_global([jacobian_product(ls, phi, counts) for ls in local])
+    torch.testing.assert_close(jp, jacobian_product(union, phi), rtol=1e-12, atol=1e-13)
+    sent = []
+    for ls in local:
+        spy = _Spy()
+        gather_linearizations(ls, rows, spy)
+        sent.append(spy.sent)
+    cols = gather_linearizations(local[0], rows, _Spy(sent))
+    torch.testing.assert_close(
+        scaled_residual(cols), scaled_residual(union), rtol=1e-13, atol=1e-15
+    )
+    torch.testing.assert_close(kernel(cols), K, rtol=1e-12, atol=1e-13 * K.abs().max().item())

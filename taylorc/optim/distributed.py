@@ -1,4 +1,4 @@
-"""Data-parallel curvature: the collectives of :class:`~taylorc.optim.KFAC` and ENGD.
+"""Data-parallel curvature: the collectives of :class:`~taylorc.optim.KFAC`, ENGD and SPRING.
 
 Every curvature quantity of a PINN loss is a mean over the points of each term:
 the loss, the gradient, KFAC's Kronecker factors (input covariance A, gradient
@@ -6,7 +6,9 @@ covariance B; Dangel, Müller, Zeinhofer, NeurIPS 2024, Sec. 3.2), the Gramian a
 products. With the points of term t split over R ranks (N_t = Σ_r N_t,r, shards of any
 sizes), rank r computes its local mean and weighs it by N_t,r / N_t; one ``all_reduce``
 (sum) of all weighted quantities then gives the mean over all N_t points, up to
-rounding, on every rank. Inversion work is split as in KFAC libraries for deep learning
+rounding, on every rank. The sample-space solves (ENGD-Woodbury, SPRING) need every
+rank's rows instead of a sum: :meth:`Reducer.gather` (:mod:`taylorc.optim.sample_space`).
+Inversion work is split as in KFAC libraries for deep learning
 (Osawa et al., "Large-Scale Distributed Second-Order Optimization Using
 Kronecker-Factored Approximate Curvature", CVPR 2019; Pauloski et al., "KAISA", SC
 2021): each layer's factorization is computed by one rank and broadcast. Only
@@ -103,6 +105,10 @@ class LocalReducer:
     def broadcast_(self, tensors) -> None:
         """Rank 0's values in one process: ``tensors`` unchanged."""
 
+    def gather(self, flat: torch.Tensor, lengths: list[int]) -> list[torch.Tensor]:
+        """Every rank's ``flat`` in one process: ``[flat]``."""
+        return [flat]
+
     @staticmethod
     def solvers(pairs: dict[str, list]) -> dict[str, KroneckerSum]:
         """Every layer's :class:`KroneckerSum`, factorised here (:func:`factorise`)."""
@@ -192,6 +198,17 @@ class Reducer:
             [t.data for t in tensors],
             lambda flat: dist.broadcast(flat, group=self.group, group_src=0),
         )
+
+    def gather(self, flat: torch.Tensor, lengths: list[int]) -> list[torch.Tensor]:
+        """Every rank's 1-D ``flat``, in rank order, on every rank (rank r's of length
+        ``lengths[r]``, which every rank passes alike): one ``all_gather`` of buffers
+        padded to the longest, so that shards of any sizes gather (the sample-space
+        solves, :mod:`taylorc.optim.sample_space`). Same dtype and device as ``flat``."""
+        buf = flat.new_zeros(max(lengths))
+        buf[: flat.numel()] = flat
+        out = [torch.empty_like(buf) for _ in range(self.world)]
+        dist.all_gather(out, buf, group=self.group)
+        return [o[:n] for o, n in zip(out, lengths)]
 
     def solvers(self, pairs: dict[str, list]) -> dict[str, KroneckerSum]:
         """One :class:`KroneckerSum` per layer, each factorised by one rank and broadcast.

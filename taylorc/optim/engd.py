@@ -9,7 +9,9 @@ O(P²) memory and O(P³) time per step: a reference for nets of a few thousand p
 ``solve="woodbury"`` solves the same system in sample space instead, O(R² P + R³) for R
 residual rows (Guzmán-Cordero, Dangel, Goldshlager, Zeinhofer, NeurIPS 2025; the kernel
 matrix K = J Jᵀ from the layer inputs and pre-activation gradients,
-:mod:`taylorc.optim.woodbury`).
+:mod:`taylorc.optim.woodbury`). Both run data-parallel under ``torch.distributed``
+(:mod:`taylorc.optim.distributed`; the Woodbury solve gathers the rows of all ranks,
+:mod:`taylorc.optim.sample_space`).
 """
 
 from __future__ import annotations
@@ -46,19 +48,22 @@ class ENGD(torch.optim.Optimizer):
         solve: ``"dense"`` (the default: the P x P Gramian), ``"woodbury"`` (the R x R
             kernel of the R residual rows; ``damping`` > 0 keeps it positive definite) or
             ``"auto"`` (Woodbury when R < P at a step, dense otherwise; ``ema`` is 0 then,
-            on the dense steps too).
+            on the dense steps too). R counts the rows of all ranks, so that every rank
+            takes the same branch.
         process_group: as :class:`taylorc.optim.KFAC`'s: under ``torch.distributed``,
-            the loss, gradient, Gramian and line-search losses are all-reduced, so a
-            step on R ranks with a shard each equals the step on the union of the shards
+            the loss, gradient, Gramian and line-search losses are all-reduced (Woodbury:
+            the residual rows of all ranks are all-gathered into one R x R kernel
+            matrix, :func:`~taylorc.optim.woodbury.sample_space_step`), so a step on
+            several ranks with a shard each equals the step on the union of the shards
             (up to rounding); rank 0's direction is broadcast at every step.
         backend: ``"eager"`` (the default), ``"auto"`` or ``"inductor"``: how the
             linearisations run after the first, as :class:`taylorc.optim.KFAC`'s.
 
     Raises:
         ValueError: unknown ``lr``, ``backend`` or ``solve``; ``damping`` not finite and
-            >= 0 or ``ema`` outside [0, 1); ``ema`` > 0 or a process group with
-            ``solve="woodbury"`` or ``"auto"`` (a single-process solve); (at ``step``) no
-            points for a term; (distributed, at ``step``) a rank without points of a term.
+            >= 0 or ``ema`` outside [0, 1); ``ema`` > 0 with ``solve="woodbury"`` or
+            ``"auto"``; (at ``step``) no points for a term; (distributed, at ``step``) a
+            rank without points of a term (on every rank).
         taylorc.errors.KFACError: a parameter used outside the linear layers; ``model``
             wrapped in ``DistributedDataParallel``; with ``backend="inductor"``, a term
             whose linearisation cannot be compiled (single-process; distributed, that
@@ -86,8 +91,6 @@ class ENGD(torch.optim.Optimizer):
                 f"solve={solve!r} has no Gramian to average: ema must be 0, got {ema!r}"
             )
         group = resolve(process_group, model)
-        if solve != "dense" and group is not None:
-            raise ValueError(f"solve={solve!r} runs in one process: no torch.distributed group")
         self.solve = solve
         params = [p for p in model.parameters() if p.requires_grad]
         super().__init__(params, dict(lr=lr, damping=damping, ema=ema, step=0))
@@ -108,8 +111,9 @@ class ENGD(torch.optim.Optimizer):
         lins = [self._linearizer(t, f, points[t]) for t, f in self.residuals.items()]
         loss = [weigh(t, lin.loss) for t, lin in zip(terms, lins)]
         layers = layout(lins, self.model)
-        if self._woodbury(lins, layers):
-            phi = sample_space_step(lins, group["damping"])
+        if self._woodbury(lins, layers, counts):
+            reducer.sum_(loss)
+            phi = sample_space_step(lins, group["damping"], reducer=reducer)
             return self._update({n: -b for n, b in phi.items()}, layers, points, counts, loss)
         grad = self._gradient(lins, layers, weigh)
         G = dense_gramian(lins, layers, lambda i, G_t: weigh(terms[i], G_t))
@@ -141,11 +145,13 @@ class ENGD(torch.optim.Optimizer):
             ]
         )
 
-    def _woodbury(self, lins, layers) -> bool:
-        """Whether this step solves in sample space (``solve``; "auto": rows < parameters)."""
+    def _woodbury(self, lins, layers, counts) -> bool:
+        """Whether this step solves in sample space (``solve``; "auto": rows < parameters,
+        the rows of all ranks, ``counts`` the global N_t: every rank decides alike)."""
         if self.solve != "auto":
             return self.solve == "woodbury"
-        return sum(lin.r.numel() for lin in lins) < sum(size(ref) for ref in layers)
+        rows = sum(counts[t] * lin.r.shape[1] for t, lin in zip(self.residuals, lins))
+        return rows < sum(size(ref) for ref in layers)
 
     def _update(self, blocks, layers, points, counts, loss) -> dict[str, float]:
         """θ ← θ + α d (the step rule ``lr`` names, or α = lr); returns the losses before it."""

@@ -7,7 +7,9 @@ Momentum, and Randomization" (NeurIPS 2025, Sec. 4):
 ``φ_k = μ φ_(k-1) + Ĵᵀ (Ĵ Ĵᵀ + λI)⁻¹ (r̂ − μ Ĵ φ_(k-1))``, ``θ ← θ − η φ_k``, with the
 kernel matrix ``K = Ĵ Ĵᵀ`` read from the layer inputs and pre-activation gradients of the
 Taylor graph's linear layers (:mod:`taylorc.optim.woodbury`).
-The step size η: a grid line search (as ENGD and KFAC here) or a fixed number.
+The step size η: a grid line search (as ENGD and KFAC here), backtracking or a fixed
+number. Data-parallel under ``torch.distributed``: the kernel matrix spans the residual
+rows of all ranks (:mod:`taylorc.optim.sample_space`).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from __future__ import annotations
 import torch
 
 from ..api import compile as _compile
-from .distributed import resolve
+from .distributed import model_reducer, resolve
 from .gramian import layout
 from .linearizer import Linearizer
 from .step_rules import check_damping_ema, check_lr, take_step, total_loss
@@ -36,13 +38,22 @@ class SPRING(torch.optim.Optimizer):
             of 1, 1/2, ... that lowers the loss) or a float.
         damping: λ > 0 added to the kernel matrix's diagonal (λ = 0 solves by least squares).
         momentum: μ in [0, 1).
+        process_group: as :class:`taylorc.optim.KFAC`'s: under ``torch.distributed`` each
+            rank passes its shard of the points (any sizes); the residual rows of all
+            ranks are all-gathered into one kernel matrix
+            (:func:`~taylorc.optim.woodbury.sample_space_step`), the losses and the step
+            rule's losses are all-reduced, and rank 0's φ is broadcast, so a step equals
+            the step on the union of the shards (up to rounding) on every rank alike.
         backend: how the linearisations run after the first, as :class:`taylorc.optim.KFAC`'s.
 
     Raises:
         ValueError: unknown ``lr`` or ``backend``; ``damping`` not finite and >= 0;
-            ``momentum`` outside [0, 1); a ``torch.distributed`` process group (SPRING runs
-            in one process); (at ``step``) no points for a term.
-        taylorc.errors.KFACError: a parameter used outside the linear layers.
+            ``momentum`` outside [0, 1); (at ``step``) no points for a term;
+            (distributed, at ``step``) a rank without points of a term (on every rank).
+        taylorc.errors.KFACError: a parameter used outside the linear layers; ``model``
+            wrapped in ``DistributedDataParallel``; with ``backend="inductor"``, a term
+            whose linearisation cannot be compiled (single-process; distributed, that
+            rank warns and runs it eagerly).
     """
 
     def __init__(
@@ -57,27 +68,35 @@ class SPRING(torch.optim.Optimizer):
     ):
         check_lr(lr)
         check_damping_ema(damping, momentum, "momentum")
-        if resolve(process_group, model) is not None:
-            raise ValueError("SPRING runs in one process: no torch.distributed process group")
+        group = resolve(process_group, model)
         params = [p for p in model.parameters() if p.requires_grad]
         super().__init__(params, dict(lr=lr, damping=damping, momentum=momentum, step=0))
         self.model, self.residuals = model, dict(residuals)
-        self._linearizer = Linearizer(model, _compile(model, "u"), backend)
+        self._reducer = model_reducer(group, model)  # one process: a LocalReducer
+        strict = self._reducer.world == 1  # distributed: a rank's compile failure warns
+        self._linearizer = Linearizer(model, _compile(model, "u"), backend, strict=strict)
 
     def step(self, points: dict) -> dict[str, float]:
         """One SPRING step on ``points``; returns term name -> ½ mean ||r||² before it."""
-        group = self.param_groups[0]
-        missing = set(self.residuals) - set(points)
+        group, reducer, terms = self.param_groups[0], self._reducer, list(self.residuals)
+        # this rank's shares N_t,r / N_t of the global means, and the global N_t
+        weigh, counts = reducer.weighting({t: points.get(t) for t in terms})
+        missing = set(terms) - set(points)
         if missing:
             raise ValueError(f"no points for the terms {sorted(missing)}")
         lins = [self._linearizer(t, f, points[t]) for t, f in self.residuals.items()]
-        losses = {t: lin.loss.item() for t, lin in zip(self.residuals, lins)}
+        loss = [weigh(t, lin.loss) for t, lin in zip(terms, lins)]
+        reducer.sum_(loss)
+        losses = {t: v.item() for t, v in zip(terms, loss)}
         state = self.state[group["params"][0]]
-        phi = sample_space_step(lins, group["damping"], group["momentum"], state.get("phi"))
+        phi = sample_space_step(
+            lins, group["damping"], group["momentum"], state.get("phi"), reducer
+        )
         state["phi"] = phi
         by_name = {ref.weight: ref for ref in layout(lins, self.model)}
         direction = {name: -block for name, block in phi.items()}
-        loss_fn = lambda: total_loss(self.residuals, points)  # noqa: E731
-        take_step(self.model, by_name, direction, group["lr"], loss_fn, sum(losses.values()))
+        loss_fn = lambda: total_loss(self.residuals, points, counts)  # noqa: E731
+        current = sum(losses.values())
+        take_step(self.model, by_name, direction, group["lr"], loss_fn, current, reducer)
         group["step"] += 1
         return losses

@@ -19,6 +19,10 @@ NeurIPS 2024, Sec. 3.2), so ``J_n · J_n' = Σ_s,s' (g_ns · g_n's') (Z̃_ns · 
 per layer, either that sum of Gram products (cheap for wide layers) or the per-point
 Jacobian block and its Gram matrix (cheap for narrow ones), whichever costs fewer
 multiplications.
+
+Under ``torch.distributed`` each rank holds the rows of its own points; K, r̂ and
+``Ĵ φ`` span the rows of all ranks, gathered by :mod:`taylorc.optim.sample_space`
+(:func:`sample_space_step`).
 """
 
 from __future__ import annotations
@@ -27,10 +31,12 @@ import math
 
 import torch
 
+from .distributed import LocalReducer
 from .factors import layer_gradient
 from .gramian import layer_jacobian
 from .layer import Layer
 from .linearization import Linearization
+from .sample_space import Rows, gather_linearizations, gather_rows
 
 
 def _layer_kernel(a: Layer, b: Layer) -> torch.Tensor:
@@ -51,28 +57,38 @@ def _layer_kernel(a: Layer, b: Layer) -> torch.Tensor:
     return Ja @ Jb.T
 
 
-def kernel(lins: list[Linearization]) -> torch.Tensor:
-    """The kernel matrix ``K = Ĵ Ĵᵀ`` of the stacked, scaled residual rows, ``(R, R)``.
+def kernel(
+    lins: list[Linearization],
+    cols: list[Linearization] | None = None,
+    counts: list[int] | None = None,
+) -> torch.Tensor:
+    """The kernel matrix ``K = Ĵ Ĵᵀ`` of the stacked, scaled residual rows, ``(R, R)``; with
+    ``cols``, its block ``Ĵ_lins Ĵ_colsᵀ`` (``(R_lins, R_cols)``: under
+    ``torch.distributed``, this rank's rows against those of all ranks,
+    :mod:`taylorc.optim.sample_space`).
 
     Args:
         lins: one linearisation per loss term (:func:`taylorc.optim.linearization.linearize`),
-            term t with residual ``r_t (N_t, M_t)``.
+            term t with residual ``r_t (N_t, M_t)``: the rows.
+        cols: the columns' linearisations, the same terms (None: ``lins``).
+        counts: N_t per term for the scaling (None: the points of ``cols``).
 
     Returns:
-        ``R = Σ_t N_t M_t`` rows and columns, term by term, each term point-major
-        (row ``n M_t + m``), in the linearisations' dtype; row blocks scaled by
-        ``1/√(N_t N_u)``.
+        rows and columns term by term, each term point-major (row ``n M_t + m``), in the
+        linearisations' dtype; block (t, u) scaled by ``1/√(N_t N_u)``.
     """
+    cols = lins if cols is None else cols
+    counts = [lin.r.shape[0] for lin in cols] if counts is None else counts
     rows = []
-    for la in lins:
+    for la, na in zip(lins, counts):
         row = []
-        for lb in lins:
+        for lb, nb in zip(cols, counts):
             K = la.r.new_zeros(la.r.numel(), lb.r.numel())
             for name, a in la.layers.items():
                 b = lb.layers.get(name)
                 if b is not None:
                     K += _layer_kernel(a, b)
-            row.append(K / math.sqrt(la.r.shape[0] * lb.r.shape[0]))
+            row.append(K / math.sqrt(na * nb))
         rows.append(torch.cat(row, 1))
     return torch.cat(rows, 0)
 
@@ -82,30 +98,42 @@ def scaled_residual(lins: list[Linearization]) -> torch.Tensor:
     return torch.cat([lin.r.reshape(-1) / math.sqrt(lin.r.shape[0]) for lin in lins])
 
 
-def transpose_product(lins: list[Linearization], v: torch.Tensor) -> dict[str, torch.Tensor]:
-    """``Ĵᵀ v`` as blocks ``[∇W | ∇b]`` per weight name, for ``v`` of shape ``(R,)``.
+def _counts(lins: list[Linearization], counts: list[int] | None) -> list[int]:
+    """N_t per term: ``counts``, or (None) the points of ``lins``."""
+    return [lin.r.shape[0] for lin in lins] if counts is None else counts
 
-    ``J_tᵀ v_t = N_t * layer_gradient(layer, v_t)`` (the gradient of ½ mean ``v·r``),
-    scaled by ``1/√N_t``.
+
+def transpose_product(
+    lins: list[Linearization], v: torch.Tensor, counts: list[int] | None = None
+) -> dict[str, torch.Tensor]:
+    """``Ĵᵀ v`` as blocks ``[∇W | ∇b]`` per weight name, for ``v`` of shape ``(R,)`` (the
+    rows of ``lins``, term by term), in the residuals' dtype.
+
+    ``J_tᵀ v_t = N * layer_gradient(layer, v_t)`` (the gradient of ½ mean ``v·r`` over
+    the N points here), scaled by ``1/√N_t``; ``counts``: N_t per term (None: N, the
+    points here; under ``torch.distributed`` the global N_t, this rank's share of the sum).
     """
     out: dict[str, torch.Tensor] = {}
     i = 0
-    for lin in lins:
+    for lin, n in zip(lins, _counts(lins, counts)):
         N, M = lin.r.shape
         vt = v[i : i + N * M].reshape(N, M).to(lin.r.dtype)
         i += N * M
         for name, layer in lin.layers.items():
-            block = layer_gradient(layer, vt) * math.sqrt(N)
+            block = layer_gradient(layer, vt) * (N / math.sqrt(n))
             out[name] = out[name] + block if name in out else block
     return out
 
 
-def jacobian_product(lins: list[Linearization], blocks: dict[str, torch.Tensor]) -> torch.Tensor:
-    """``Ĵ φ`` for ``φ`` given as blocks per weight name, ``(R,)`` (the order of :func:`kernel`)."""
+def jacobian_product(
+    lins: list[Linearization], blocks: dict[str, torch.Tensor], counts: list[int] | None = None
+) -> torch.Tensor:
+    """``Ĵ φ`` for ``φ`` given as blocks per weight name, ``(R,)`` (the order of
+    :func:`kernel`); rows scaled by ``1/√N_t``, ``counts`` as :func:`transpose_product`'s."""
     parts = []
-    for lin in lins:
+    for lin, n in zip(lins, _counts(lins, counts)):
         (jv,) = lin.jvp(blocks)  # (M, N)
-        parts.append(jv.T.reshape(-1) / math.sqrt(lin.r.shape[0]))
+        parts.append(jv.T.reshape(-1) / math.sqrt(n))
     return torch.cat(parts)
 
 
@@ -129,30 +157,46 @@ def sample_space_step(
     damping: float,
     momentum: float = 0.0,
     previous: dict[str, torch.Tensor] | None = None,
+    reducer=None,
 ) -> dict[str, torch.Tensor]:
     """SPRING's ``φ = μ φ_prev + Ĵᵀ (K + λI)⁻¹ (r̂ − μ Ĵ φ_prev)``; μ = 0: ENGD-Woodbury.
 
     The R x R system is solved in float64 by Cholesky (``K + λI`` is symmetric positive
-    definite for λ > 0; with λ = 0 a least-squares solve takes a singular K).
+    definite for λ > 0; with λ = 0 a least-squares solve takes a singular K). Under
+    ``torch.distributed`` Ĵ holds the rows of all ranks (:mod:`taylorc.optim.sample_space`):
+    every rank computes its rows of K against all rows, the row blocks, ``r̂`` and
+    ``Ĵ φ_prev`` are all-gathered, every rank solves the same system and uses rank 0's
+    solution v (broadcast), each rank's rows give its part of ``Ĵᵀ v`` (all-reduced),
+    and rank 0's φ is broadcast: the ranks stay bitwise in lockstep.
 
     Args:
-        lins: one linearisation per loss term.
+        lins: one linearisation per loss term (this rank's points).
         damping: λ >= 0.
         momentum: μ in [0, 1).
-        previous: ``φ_prev`` per weight name (None: zero).
+        previous: ``φ_prev`` per weight name (None: zero); the same on every rank.
+        reducer: :class:`~taylorc.optim.distributed.Reducer` of the process group, or
+            :class:`~taylorc.optim.distributed.LocalReducer` / None for one process.
 
     Returns:
-        ``φ`` per weight name, blocks ``[W | b]`` in the residuals' dtype; the update is
-        ``θ ← θ − η φ``.
+        ``φ`` per weight name, blocks ``[W | b]`` in the residuals' dtype, the same on
+        every rank; the update is ``θ ← θ − η φ``.
     """
-    dtype = lins[0].r.dtype
-    K = kernel(lins).double()
-    rhs = scaled_residual(lins).double()
+    reducer = LocalReducer(lins[0].r.device) if reducer is None else reducer
+    rows = Rows.of(lins, reducer)
+    cols = gather_linearizations(lins, rows, reducer)  # one process: lins
+    counts = rows.totals
+    K = gather_rows(kernel(lins, cols, counts), rows, reducer).double()
+    rhs = scaled_residual(cols).double()
     if momentum and previous:
-        rhs = rhs - momentum * jacobian_product(lins, previous).double()
+        jp = gather_rows(jacobian_product(lins, previous, counts), rows, reducer)
+        rhs = rhs - momentum * jp.double()
     v = damped_solve(K, rhs, damping)
-    phi = {name: block.to(dtype) for name, block in transpose_product(lins, v).items()}
+    reducer.broadcast_([v])
+    phi = transpose_product(lins, rows.local(v, reducer.rank), counts)
+    phi = {name: block.to(lins[0].r.dtype) for name, block in phi.items()}
+    reducer.sum_(list(phi.values()))
     if momentum and previous:
         for name, block in previous.items():
             phi[name] = phi[name] + momentum * block if name in phi else momentum * block
+    reducer.broadcast_(list(phi.values()))
     return phi
