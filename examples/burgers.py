@@ -41,8 +41,8 @@ from taylorc_contrib.demos.common import (
     pinn_arguments,
     relative_l2,
     residual_adaptive_points,
+    run_demo,
     second_order_arguments,
-    torch_threads,
     train,
     train_second_order,
 )
@@ -97,9 +97,7 @@ def parse_args(argv=None):
 
 def main(argv=None) -> float:
     """Train, print the relative L2 error against Cole-Hopf, save the figure; returns the error."""
-    args = parse_args(argv)
-    with torch_threads(args.threads):
-        return _run(args)
+    return run_demo(parse_args(argv), _run)
 
 
 def _run(args) -> float:

@@ -78,9 +78,7 @@ def parse_args(argv=None):
 
 
 def main(argv=None) -> float:
-    args = parse_args(argv)
-    with common.torch_threads(args.threads):
-        return _run(args)
+    return common.run_demo(parse_args(argv), _run)
 
 
 def _run(args) -> float:

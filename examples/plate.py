@@ -32,8 +32,8 @@ from taylorc_contrib.demos.common import (
     mlp,
     pinn_arguments,
     relative_l2,
+    run_demo,
     second_order_arguments,
-    torch_threads,
     train,
     train_second_order,
 )
@@ -63,9 +63,7 @@ def parse_args(argv=None):
 
 def main(argv=None) -> float:
     """Train, print the relative L2 error, save the figure; returns the error."""
-    args = parse_args(argv)
-    with torch_threads(args.threads):
-        return _run(args)
+    return run_demo(parse_args(argv), _run)
 
 
 def _run(args) -> float:

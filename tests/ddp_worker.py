@@ -264,14 +264,18 @@ def train_sample_space(case: str, model, rank: int | None, group=None) -> nn.Mod
 def check_missing_term_spring(rank: int) -> None:
     """A step where rank 1 has no entry for a term: ValueError on every rank."""
     model = model_and_data()[0]
-    opt = taylorc.optim.SPRING(model, {"boundary": lambda x: model(x)[:, 0]})
     points = {} if rank == 1 else kfac_points(rank, SAMPLE_SIZES)
+    reject_missing_term(taylorc.optim.SPRING, model, points, rank)
+
+
+def reject_missing_term(make, model: nn.Module, points: dict, rank: int) -> None:
+    """``make``'s step on ``points`` (a term missing on some rank) raises on every rank."""
     try:
-        opt.step(points)
+        make(model, {"boundary": lambda x: model(x)[:, 0]}).step(points)
     except ValueError as e:
         assert "no points of the terms ['boundary']" in str(e), e
         if rank == 0:
-            print("MISSING_TERM_REJECTED SPRING", flush=True)
+            print(f"MISSING_TERM_REJECTED {make.__name__}", flush=True)
     else:
         raise AssertionError("a missing term was not rejected")
 
@@ -356,14 +360,7 @@ def main() -> None:
         if rank == 1:  # no entry at all for a term on one rank: also raised on every rank
             del points["boundary"]
         for make in (taylorc.optim.KFAC, taylorc.optim.ENGD):
-            try:
-                make(model, {"boundary": lambda x: model(x)[:, 0]}).step(points)
-            except ValueError as e:
-                assert "no points of the terms ['boundary']" in str(e), e
-                if rank == 0:
-                    print(f"MISSING_TERM_REJECTED {make.__name__}", flush=True)
-            else:
-                raise AssertionError("a missing term was not rejected")
+            reject_missing_term(make, model, points, rank)
     if "spring" in sys.argv[1:]:
         check_missing_term_spring(rank)
     for case in sys.argv[1:]:

@@ -121,18 +121,17 @@ def test_poisson_ddp_example_runs():
 
 @pytest.mark.slow  # one torchrun launch in the default tier: the DDP equality
 @needs_gloo
-def test_poisson_ddp_example_kfac_star_runs():
-    # KFAC* over the default group, uneven boundary shards (16/15)
-    args = "--optimizer kfac* --kfac-steps 3 --interior 64 --boundary 31 --test-points 100"
-    out = torchrun(ROOT / "examples" / "poisson_ddp.py", *args.split())
-    assert len(re.findall(r"^relative L2 error: \S+", out.stdout, re.M)) == 1, out.stdout
-
-
-@pytest.mark.slow  # one torchrun launch in the default tier: the DDP equality
-@needs_gloo
-def test_poisson_ddp_example_default_engd_runs():
-    # the example's default: dense ENGD over the default group, backtracking
-    args = "--kfac-steps 3 --interior 64 --boundary 31 --test-points 100"
+@pytest.mark.parametrize(
+    "args",
+    [
+        # KFAC* over the default group, uneven boundary shards (16/15)
+        "--optimizer kfac* --kfac-steps 3 --interior 64 --boundary 31 --test-points 100",
+        # the example's default: dense ENGD over the default group, backtracking
+        "--kfac-steps 3 --interior 64 --boundary 31 --test-points 100",
+    ],
+    ids=["kfac*", "engd-default"],
+)
+def test_poisson_ddp_example_second_order_runs(args):
     out = torchrun(ROOT / "examples" / "poisson_ddp.py", *args.split())
     assert len(re.findall(r"^relative L2 error: \S+", out.stdout, re.M)) == 1, out.stdout
 

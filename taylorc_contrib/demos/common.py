@@ -231,22 +231,14 @@ def make_optimizer(args, model: nn.Module, residuals: dict):
         for k, v in SECOND_ORDER_DEFAULTS[args.optimizer].items()
     }
     backend = getattr(args, "backend", "eager")  # callers without the flag: eager
-    if args.optimizer == "engd":
+    if args.optimizer in ("engd", "engd-woodbury"):
         return ENGD(
             model,
             residuals,
             lr=opts["step_rule"],
             damping=opts["damping"],
             ema=opts["ema"],
-            backend=backend,
-        )
-    if args.optimizer == "engd-woodbury":
-        return ENGD(
-            model,
-            residuals,
-            lr=opts["step_rule"],
-            damping=opts["damping"],
-            solve="woodbury",
+            solve="woodbury" if args.optimizer == "engd-woodbury" else "dense",
             backend=backend,
         )
     if args.optimizer == "spring":
@@ -286,6 +278,12 @@ def train_second_order(
             break
     bar.close()
     return loss
+
+
+def run_demo(args, run: Callable):
+    """``run(args)`` with ``args.threads`` torch intra-op threads, restored after."""
+    with torch_threads(args.threads):
+        return run(args)
 
 
 @contextmanager

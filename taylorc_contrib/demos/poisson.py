@@ -35,8 +35,8 @@ from taylorc_contrib.demos.common import (
     mlp,
     pinn_arguments,
     relative_l2,
+    run_demo,
     second_order_arguments,
-    torch_threads,
     train,
     train_second_order,
 )
@@ -139,9 +139,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> float:
     """Train, print the relative L2 error, save the figure; returns the error."""
-    args = parse_args(argv)
-    with torch_threads(args.threads):
-        return _run(args)
+    return run_demo(parse_args(argv), _run)
 
 
 def _run(args) -> float:
