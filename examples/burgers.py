@@ -20,7 +20,7 @@ sampling (RAD, Wu et al. 2023: 4,000 of 20,000 scrambled Sobol candidates, proba
 ∝ |r| / mean |r| + 1): the shock at x = 0 is about 0.003 wide, much thinner than the
 spacing of 4,000 uniform points (about 0.02), and uniform draws leave the error
 wandering between 5e-5 and 3e-4. Why this optimiser: measured alone on the 2-core CPU
-(docs/kfac.md, "Burgers"), ENGD reaches a few 1e-6 where Adam + L-BFGS stopped at 2.6e-3
+(docs/kfac.md, "Every example on its optimiser"), ENGD reaches 2.6e-6 where Adam + L-BFGS stopped at 2.6e-3
 after 847 s; ``--optimizer kfac* | spring | engd-woodbury | adam-lbfgs`` runs the others.
 
     python examples/burgers.py [--seconds S --optimizer NAME --figure burgers.png]
