@@ -1,0 +1,106 @@
+"""The default path beside a busy neighbour (issue 33, item 3): quiet time against contended.
+
+``python bench/contention.py [--calls 40]`` times the default path's Laplacian
+(``taylorc.compile(model, "laplacian")``, tanh 64 x 3, D = 5, after warm-up and its
+background compile) for float32 and float64 at B = 333 and 4096: first on the quiet machine,
+then while a second Python process multiplies 1024 x 1024 float32 matrices in a loop with
+torch's default thread count (the issue's neighbour). Median of ``--calls`` calls each, and
+the contended / quiet ratio (the acceptance: <= 2.5x). Run it alone; an OpenMP policy to
+try goes in the environment (``OMP_NUM_THREADS=1 python bench/contention.py --tag
+one-thread``), and the file records it. Writes
+``bench/results/contention-cpu-<arch>.json``; results in docs/benchmarks.md, "Contention".
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+import taylorc
+
+ROOT = Path(__file__).resolve().parents[1]
+NEIGHBOUR = "import torch\na = torch.randn(1024, 1024)\nwhile True:\n    a = torch.tanh(a @ a)\n"
+
+
+def operators() -> dict:
+    """(dtype name, B) -> (compiled Laplacian, points), warmed up and compiled."""
+    torch.manual_seed(0)
+    out = {}
+    for dtype in (torch.float32, torch.float64):
+        layers, d = [], 5
+        for w in (64, 64, 64):
+            layers += [torch.nn.Linear(d, w), torch.nn.Tanh()]
+            d = w
+        model = torch.nn.Sequential(*layers, torch.nn.Linear(d, 1)).to(dtype)
+        for B in (333, 4096):
+            lap, x = taylorc.compile(model, operator="laplacian"), torch.rand(B, 5, dtype=dtype)
+            with torch.no_grad():
+                for _ in range(60):  # past backend="auto"'s warm-up
+                    lap(x)
+                lap.wait_for_compile()
+            out[(str(dtype).split(".")[1], B)] = (lap, x)
+    return out
+
+
+def median_call(lap, x, calls: int) -> float:
+    """Median seconds of one call, over ``calls`` calls after two more warm-ups."""
+    times = []
+    with torch.no_grad():
+        lap(x), lap(x)
+        for _ in range(calls):
+            t0 = time.perf_counter()
+            lap(x)
+            times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--calls", type=int, default=40)
+    p.add_argument("--tag", default="", help="suffix of the results file (e.g. the policy tried)")
+    args = p.parse_args(argv)
+    ops = operators()
+    quiet = {k: median_call(*v, args.calls) for k, v in ops.items()}
+    neighbour = subprocess.Popen([sys.executable, "-c", NEIGHBOUR])
+    try:
+        time.sleep(3)  # the neighbour at full speed
+        busy = {k: median_call(*v, args.calls) for k, v in ops.items()}
+    finally:
+        neighbour.kill()
+    rows = [
+        {
+            "dtype": k[0],
+            "B": k[1],
+            "quiet_ms": round(1e3 * quiet[k], 3),
+            "contended_ms": round(1e3 * busy[k], 3),
+            "ratio": round(busy[k] / quiet[k], 2),
+        }
+        for k in ops
+    ]
+    result = {
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+        # the OpenMP policy this process ran under (set before torch starts its threads)
+        "env": {
+            k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
+        },
+        "rows": rows,
+    }
+    print(json.dumps(result, indent=1))
+    tag = f"-{args.tag}" if args.tag else ""
+    out = ROOT / "bench" / "results" / f"contention-cpu-{platform.machine()}{tag}.json"
+    out.write_text(json.dumps(result, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
