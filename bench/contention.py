@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 import torch
+from timing import round_robin
 
 import taylorc
 
@@ -53,14 +54,8 @@ def operators() -> dict:
 
 def median_call(lap, x, calls: int) -> float:
     """Median seconds of one call, over ``calls`` calls after two more warm-ups."""
-    times = []
     with torch.no_grad():
-        lap(x), lap(x)
-        for _ in range(calls):
-            t0 = time.perf_counter()
-            lap(x)
-            times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+        return statistics.median(round_robin({"lap": lambda: lap(x)}, calls)["lap"])
 
 
 def main(argv=None) -> None:

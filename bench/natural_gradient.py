@@ -30,6 +30,7 @@ import time
 from pathlib import Path
 
 import torch
+from timing import round_robin
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "bench" / "results" / "natural-gradient.jsonl"
@@ -154,12 +155,7 @@ def step_cost(widths: list[int], rows: int, solve: str, repeats: int = 3) -> flo
         "boundary": boundary_points(rows - ni, 5, torch.float64, gen),
     }
     opt = ENGD(model, residuals, lr=1e-3, damping=1e-8, ema=0.0, solve=solve)
-    opt.step(points)
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        opt.step(points)
-        times.append(time.perf_counter() - t0)
+    times = round_robin({"step": lambda: opt.step(points)}, repeats, warmup=1)["step"]
     return statistics.median(times)
 
 

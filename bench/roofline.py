@@ -32,6 +32,7 @@ from pathlib import Path
 
 import torch
 import torch.utils.mkldnn
+from timing import round_robin
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = {
@@ -110,17 +111,6 @@ def fma_peak() -> dict:
     return out
 
 
-def best(fn, repeats: int) -> float:
-    """Best wall time of ``repeats`` calls (seconds) after two warm-up calls."""
-    fn(), fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
-
-
 def layer_shapes(cfg: dict) -> list[tuple[int, int, int]]:
     """(rows, d_in, d_out) of each linear layer's GEMM in the collapsed Laplacian."""
     rows, dims = cfg["B"] * (cfg["D"] + 2), [cfg["D"], *cfg["widths"], 1]
@@ -140,10 +130,16 @@ def gemm_rate(rows: int, k: int, n: int, repeats: int) -> dict:
     flops = 2 * rows * k * n
     row = {"shape": [rows, k, n], "gflop": flops / 1e9}
     with torch.no_grad():
-        row["mm"] = flops / best(lambda: torch.mm(x, wt), repeats) / 1e9
-        row["linear"] = flops / best(lambda: torch.nn.functional.linear(x, w, b), repeats) / 1e9
         packed, xm = torch.utils.mkldnn.to_mkldnn(lin), x.to_mkldnn()
-        row["onednn_prepacked"] = flops / best(lambda: packed(xm), repeats) / 1e9
+        times = round_robin(  # the providers in turn: load changes hit all alike
+            {
+                "mm": lambda: torch.mm(x, wt),
+                "linear": lambda: torch.nn.functional.linear(x, w, b),
+                "onednn_prepacked": lambda: packed(xm),
+            },
+            repeats,
+        )
+    row.update({name: flops / min(t) / 1e9 for name, t in times.items()})
     return {k_: round(v, 2) if isinstance(v, float) else v for k_, v in row.items()}
 
 
@@ -165,7 +161,7 @@ def method_rate(cfg: dict, repeats: int) -> dict:
         # its background compile would share the cores with every timing after this one
         lap.wait_for_compile()
         lap(x)
-        seconds = best(lambda: lap(x), repeats)
+        seconds = min(round_robin({"lap": lambda: lap(x)}, repeats)["lap"])
     flops = sum(2 * r * k * n for r, k, n in layer_shapes(cfg))
     return {"seconds": seconds, "gflop": flops / 1e9, "gflops": flops / seconds / 1e9}
 

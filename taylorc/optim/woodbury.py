@@ -78,7 +78,7 @@ def kernel(
         linearisations' dtype; block (t, u) scaled by ``1/√(N_t N_u)``.
     """
     cols = lins if cols is None else cols
-    counts = [lin.r.shape[0] for lin in cols] if counts is None else counts
+    counts = _counts(cols, counts)
     rows = []
     for la, na in zip(lins, counts):
         row = []

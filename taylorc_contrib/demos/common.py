@@ -231,25 +231,12 @@ def make_optimizer(args, model: nn.Module, residuals: dict):
         for k, v in SECOND_ORDER_DEFAULTS[args.optimizer].items()
     }
     backend = getattr(args, "backend", "eager")  # callers without the flag: eager
-    if args.optimizer in ("engd", "engd-woodbury"):
-        return ENGD(
-            model,
-            residuals,
-            lr=opts["step_rule"],
-            damping=opts["damping"],
-            ema=opts["ema"],
-            solve="woodbury" if args.optimizer == "engd-woodbury" else "dense",
-            backend=backend,
-        )
-    if args.optimizer == "spring":
-        return SPRING(
-            model,
-            residuals,
-            lr=opts["step_rule"],
-            damping=opts["damping"],
-            momentum=opts["momentum"],
-            backend=backend,
-        )
+    if args.optimizer in ("engd", "engd-woodbury", "spring"):
+        shared = dict(lr=opts["step_rule"], damping=opts["damping"], backend=backend)
+        if args.optimizer == "spring":
+            return SPRING(model, residuals, momentum=opts["momentum"], **shared)
+        solve = "woodbury" if args.optimizer == "engd-woodbury" else "dense"
+        return ENGD(model, residuals, ema=opts["ema"], solve=solve, **shared)
     lr = "auto" if args.optimizer == "kfac*" else "line_search"
     return KFAC(model, residuals, lr=lr, backend=backend, **opts)
 
