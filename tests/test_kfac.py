@@ -70,7 +70,7 @@ def value_op(model):
 def test_tap_jacobian_equals_nested_jacobian(name):
     model = mlp(3, [5, 4])
     x = torch.rand(4, 3, dtype=DT)
-    lin = linearize(model, value_op(model), residual(model, name), x, check=True)
+    lin = linearize(model, residual(model, name), x, check=True)
     J = torch.cat(
         [to_vector(torch.einsum("mnso,nsi->nmoi", L.g, L.Z), L) for L in lin.layers.values()], -1
     ).reshape(-1, sum(p.numel() for p in model.parameters()))
@@ -85,7 +85,7 @@ def test_tap_jacobian_two_outputs_and_shared_weight():
     x = torch.rand(4, 3, dtype=DT)
     f = lambda x: lap(x) * model(x) + model(x + 1)  # model called twice, one nonlinearity
     g = lambda x: nested(x) * model(x) + model(x + 1)
-    lin = linearize(model, value_op(model), f, x, check=True)
+    lin = linearize(model, f, x, check=True)
     assert lin.r.shape == (4, 2) and lin.layers["0.weight"].Z.shape[1] == 5 + 1 + 1
     J = torch.cat(
         [to_vector(torch.einsum("mnso,nsi->nmoi", L.g, L.Z), L) for L in lin.layers.values()], -1
@@ -108,7 +108,7 @@ def test_gradient_and_jvp_equal_oracle_jacobian(case):
         lap, nl = (taylorc.compile(model, "laplacian", method=m) for m in ("collapsed", "nested"))
         f = lambda x: lap(x) * model(x) + model(x + 1)
         nested = lambda x: nl(x) * model(x) + model(x + 1)
-    lin = linearize(model, value_op(model), f, x, check=True)
+    lin = linearize(model, f, x, check=True)
     if case in ("laplacian", "biharmonic"):  # the shortcuts are taken
         first, last = lin.layers["0.weight"], lin.layers["4.weight"]
         site = taylorc.compile(model, case).taylor_graph(x).sites[0]
@@ -602,7 +602,7 @@ def test_frozen_first_layer():
     model = mlp(3, [5, 4])
     model[0].requires_grad_(False)
     x = torch.rand(4, 3, dtype=DT)
-    lin = linearize(model, value_op(model), residual(model, "laplacian"), x, check=True)
+    lin = linearize(model, residual(model, "laplacian"), x, check=True)
     assert "0.weight" not in lin.layers  # frozen: not in θ
     trainable = list(lin.layers)
     J = torch.cat(
@@ -700,7 +700,7 @@ def test_tied_weights_jacobian_equals_nested_jacobian(name):
     torch.manual_seed(0)
     model = TiedTwice().double()
     x = torch.rand(3, 3, dtype=DT)
-    lin = linearize(model, value_op(model), residual(model, name), x, check=True)
+    lin = linearize(model, residual(model, name), x, check=True)
     J = torch.cat(
         [to_vector(torch.einsum("mnso,nsi->nmoi", L.g, L.Z), L) for L in lin.layers.values()], -1
     ).reshape(x.shape[0], -1)

@@ -10,7 +10,7 @@ import warnings
 import pytest
 import torch
 from helpers import mlp
-from test_kfac import OPERATORS, residual, value_op
+from test_kfac import OPERATORS, residual
 
 import taylorc
 from taylorc.errors import KFACError
@@ -91,11 +91,11 @@ def test_compiled_linearization_equals_eager(case):
     model = mlp(3, widths, act, out)
     f = residual(model, name)
     x = torch.rand(40, 3, dtype=DT, generator=gen)
-    lin = Linearizer(model, value_op(model), backend="inductor", approx=approx)
+    lin = Linearizer(model, backend="inductor", approx=approx)
     lin("interior", f, x)  # first call: eager, checked
     got = lin("interior", f, x)
     assert len(lin.compiled) == 1 and all(lin.compiled.values())
-    want = linearize(model, value_op(model), f, x)
+    want = linearize(model, f, x)
     assert_same_linearization(got, want)
     assert_same_statistics(got, want, approx)
     # the parameters are inputs of the compiled graph, not constants of the trace
@@ -103,7 +103,7 @@ def test_compiled_linearization_equals_eager(case):
         for p in model.parameters():
             p.add_(0.1 * torch.randn(p.shape, dtype=DT, generator=gen))
     x2 = torch.rand(40, 3, dtype=DT, generator=gen)
-    got, want = lin("interior", f, x2), linearize(model, value_op(model), f, x2)
+    got, want = lin("interior", f, x2), linearize(model, f, x2)
     assert_same_linearization(got, want)
     assert_same_statistics(got, want, approx)
 
@@ -114,14 +114,14 @@ def test_compiled_linearization_with_a_frozen_layer():
     first = next(model.parameters())
     f = residual(model, "laplacian")
     x = torch.rand(30, 3, dtype=DT)
-    lin = Linearizer(model, value_op(model), backend="inductor")
+    lin = Linearizer(model, backend="inductor")
     lin("interior", f, x)
     for p in list(model.parameters())[:2]:
         p.requires_grad_(False)
     lin("interior", f, x)  # another θ: a new key, checked eagerly first
     got = lin("interior", f, x)
     assert first.requires_grad is False and len(lin.compiled) == 1
-    want = linearize(model, value_op(model), f, x)
+    want = linearize(model, f, x)
     assert "0.weight" not in got.layers
     assert_same_linearization(got, want)
 
@@ -136,7 +136,7 @@ def test_a_shared_column_that_stops_being_shared_drops_the_compiled_graph():
         model[0].weight.zero_()
     f = residual(model, "laplacian")
     x = torch.rand(25, 2, dtype=DT)
-    lin = Linearizer(model, value_op(model), backend="inductor", approx="expand")
+    lin = Linearizer(model, backend="inductor", approx="expand")
     lin("interior", f, x)
     got = lin("interior", f, x)
     assert all(lin.compiled.values()) and got.layers["2.weight"].shared
@@ -144,7 +144,7 @@ def test_a_shared_column_that_stops_being_shared_drops_the_compiled_graph():
         model[0].weight.normal_()
     with pytest.warns(UserWarning, match="dropped"):
         got = lin("interior", f, x)
-    want = linearize(model, value_op(model), f, x)
+    want = linearize(model, f, x)
     assert not want.layers["2.weight"].shared and got.factors is None
     assert_same_linearization(got, want, tol=0)
     assert list(lin.compiled.values()) == [None]
@@ -188,23 +188,23 @@ def test_a_residual_that_branches_on_values_stays_eager():
     model = mlp(2, [5]).to(DT)
     f = _branching(model)
     x = torch.rand(20, 2, dtype=DT)
-    lin = Linearizer(model, value_op(model), backend="auto")
+    lin = Linearizer(model, backend="auto")
     lin.after = 1
     lin("interior", f, x)
     with pytest.warns(UserWarning, match="could not be compiled: .*; it runs eagerly"):
         got = lin("interior", f, x)
     assert lin.compiled[next(iter(lin.compiled))] is None
-    assert_same_linearization(got, linearize(model, value_op(model), f, x), tol=0)
-    strict = Linearizer(model, value_op(model), backend="inductor")
+    assert_same_linearization(got, linearize(model, f, x), tol=0)
+    strict = Linearizer(model, backend="inductor")
     strict("interior", f, x)
     with pytest.raises(KFACError, match="backend='eager'"):
         strict("interior", f, x)
     # distributed optimisers pass strict=False: a rank must not raise alone
-    lenient = Linearizer(model, value_op(model), backend="inductor", strict=False)
+    lenient = Linearizer(model, backend="inductor", strict=False)
     lenient("interior", f, x)
     with pytest.warns(UserWarning, match="could not be compiled: .*; it runs eagerly"):
         got = lenient("interior", f, x)
-    assert_same_linearization(got, linearize(model, value_op(model), f, x), tol=0)
+    assert_same_linearization(got, linearize(model, f, x), tol=0)
 
 
 def test_a_replay_that_differs_from_eager_is_refused(monkeypatch):
@@ -221,7 +221,7 @@ def test_a_replay_that_differs_from_eager_is_refused(monkeypatch):
     model = mlp(2, [5]).to(DT)
     f = residual(model, "laplacian")
     x = torch.rand(20, 2, dtype=DT)
-    lin = Linearizer(model, value_op(model), backend="inductor")
+    lin = Linearizer(model, backend="inductor")
     lin("interior", f, x)
     with pytest.raises(KFACError, match="differs from the eager evaluation"):
         lin("interior", f, x)
@@ -231,7 +231,7 @@ def test_backend_is_validated_and_eager_never_compiles():
     model = mlp(2, [4]).to(DT)
     with pytest.raises(ValueError, match="backend"):
         KFAC(model, {"u": lambda x: model(x)}, backend="jit")
-    lin = Linearizer(model, value_op(model), backend="eager")
+    lin = Linearizer(model, backend="eager")
     x = torch.rand(10, 2, dtype=DT)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
@@ -257,7 +257,7 @@ def test_a_rebound_name_the_residual_reads_sends_it_back_to_eager():
         return -lap(x) - sum([NU * x[:, i : i + 1] for i in range(1)])
 
     x = torch.rand(20, 2, dtype=DT)
-    lin = Linearizer(model, value_op(model), backend="inductor", approx="expand")
+    lin = Linearizer(model, backend="inductor", approx="expand")
     lin("interior", f, x)
     lin("interior", f, x)
     assert all(lin.compiled.values())
@@ -270,7 +270,7 @@ def test_a_rebound_name_the_residual_reads_sends_it_back_to_eager():
     assert list(lin.compiled.values()) == [None]
     NU = 3.0
     try:
-        want = linearize(model, value_op(model), f, x)
+        want = linearize(model, f, x)
     finally:
         NU = 1.0
     assert_same_linearization(got, want, tol=0)
@@ -364,10 +364,10 @@ def test_the_residual_is_part_of_the_key_and_odd_strides_work():
     lap = taylorc.compile(model, "laplacian")
     one, five = (lambda x: -lap(x) - 1.0), (lambda x: -lap(x) - 5.0)
     x = torch.rand(20, 3, dtype=DT)[:, :2]  # not contiguous
-    lin = Linearizer(model, value_op(model), backend="inductor", approx="expand")
+    lin = Linearizer(model, backend="inductor", approx="expand")
     for f in (one, one, five, five):
         got = lin("interior", f, x)
-        assert_same_linearization(got, linearize(model, value_op(model), f, x))
+        assert_same_linearization(got, linearize(model, f, x))
     assert len(lin.compiled) == 2 and all(lin.compiled.values())
 
 
@@ -376,7 +376,7 @@ def test_auto_compiles_after_the_configured_calls(monkeypatch):
     torch.manual_seed(9)
     model = mlp(2, [5])
     f, x = residual(model, "laplacian"), torch.rand(15, 2, dtype=DT)
-    lin = Linearizer(model, value_op(model), backend="auto")
+    lin = Linearizer(model, backend="auto")
     counts = []
     for _ in range(5):
         lin("interior", f, x)
@@ -396,14 +396,14 @@ def test_a_partial_whose_argument_is_rebound_is_watched():
         return -lap(x) - nu * x[:, :1]
 
     x = torch.rand(15, 2, dtype=DT)
-    lin = Linearizer(model, value_op(model), backend="inductor")
+    lin = Linearizer(model, backend="inductor")
     f = functools.partial(res, nu=1.0)
     lin("interior", f, x)
     lin("interior", f, x)
     f.keywords["nu"] = 2.0  # a partial's keywords are a dict: changed in place
     with pytest.warns(UserWarning, match="rebound since its trace"):
         got = lin("interior", f, x)
-    assert_same_linearization(got, linearize(model, value_op(model), f, x), tol=0)
+    assert_same_linearization(got, linearize(model, f, x), tol=0)
 
 
 @pytest.mark.slow  # inductor compiles
@@ -417,9 +417,9 @@ def test_a_failing_jvp_compile_falls_back_to_the_eager_products(monkeypatch):
     torch.manual_seed(11)
     model = mlp(2, [5])
     f, x = residual(model, "laplacian"), torch.rand(15, 2, dtype=DT)
-    lin = Linearizer(model, value_op(model), backend="inductor", approx="expand")
+    lin = Linearizer(model, backend="inductor", approx="expand")
     lin("interior", f, x)
-    got, want = lin("interior", f, x), linearize(model, value_op(model), f, x)
+    got, want = lin("interior", f, x), linearize(model, f, x)
     gen = torch.Generator().manual_seed(12)
     d = {w: torch.randn(L.d_out, L.d_in, dtype=DT, generator=gen) for w, L in want.layers.items()}
     with pytest.warns(UserWarning, match="run eagerly: RuntimeError: simulated"):

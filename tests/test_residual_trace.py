@@ -28,7 +28,7 @@ def test_python_control_flow_on_values_runs_as_called_directly():
         return out - float(x.mean()) * model(x) + math.sqrt(len(x))
 
     x = torch.rand(6, 3, dtype=DT)
-    r, runs = residual_trace.run(model, taylorc.compile(model, "u"), residual, x)
+    r, runs = residual_trace.run(model, residual, x)
     torch.testing.assert_close(r, residual(x), rtol=1e-12, atol=1e-12)
     assert len(runs) == 2  # the Laplacian and the direct model call
 
@@ -76,5 +76,35 @@ def test_the_trace_holds_the_tracing_lock():
         t.join()
         return -lap(x)
 
-    residual_trace.run(model, taylorc.compile(model, "u"), residual, torch.rand(4, 3, dtype=DT))
+    residual_trace.run(model, residual, torch.rand(4, 3, dtype=DT))
     assert seen == [False]
+
+
+def test_the_value_operator_is_built_from_the_model_and_the_old_form_warns():
+    """``linearize(model, residual, x)`` builds the value operator itself; the old form
+    with a value operator still works (a DeprecationWarning) and gives the same columns;
+    a compiled operator given as the residual itself is not mistaken for it."""
+    import pytest
+
+    from taylorc.optim.linearization import linearize
+    from taylorc.optim.linearizer import Linearizer
+
+    torch.manual_seed(1)
+    model = mlp(3, [5]).to(DT)
+    lap = taylorc.compile(model, "laplacian")
+    x = torch.rand(7, 3, dtype=DT)
+
+    def f(y):
+        return -lap(y) - model(y)
+
+    new = linearize(model, f, x, check=True)
+    with pytest.warns(DeprecationWarning, match="value operator"):
+        old = linearize(model, taylorc.compile(model, "u"), f, x, check=True)
+    torch.testing.assert_close(new.r, old.r, rtol=0, atol=0)
+    for w in new.layers:
+        torch.testing.assert_close(new.layers[w].g, old.layers[w].g, rtol=0, atol=0)
+    with pytest.warns(DeprecationWarning, match="value operator"):
+        lin = Linearizer(model, taylorc.compile(model, "u"), "eager")
+    assert lin.backend == "eager"
+    direct = linearize(model, lap, x)  # the operator is the residual here
+    torch.testing.assert_close(direct.r[:, 0], lap(x).reshape(-1), rtol=1e-12, atol=1e-12)

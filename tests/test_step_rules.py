@@ -24,7 +24,7 @@ def _problem():
 
 def _quadratic_setup(model, residuals, points):
     """The layers of the model and a loss whose minimum along the gradient is known."""
-    lin = linearize(model, taylorc.compile(model, "u"), residuals["b"], points["b"])
+    lin = linearize(model, residuals["b"], points["b"])
     layers = {ref.weight: ref for ref in layout([lin], model)}
     blocks = {w: -lin.gradient(w) for w in layers}
 

@@ -46,7 +46,7 @@ def scaled_jacobian(model, interior, points):
 
 
 def lins_of(model, terms, points):
-    return [linearize(model, value_op(model), f, points[t]) for t, f in terms.items()]
+    return [linearize(model, f, points[t]) for t, f in terms.items()]
 
 
 def blocks_to_vector(model, blocks):

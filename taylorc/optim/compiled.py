@@ -71,7 +71,7 @@ class CompiledEvaluation:
     with the layers' Kronecker factors and gradients when ``approx`` is given.
 
     Args:
-        model, value_op, residual: as for :func:`~taylorc.optim.linearization.linearize`.
+        model, residual: as for :func:`~taylorc.optim.linearization.linearize`.
         x: example points ``(N, *in)``; the replay takes points of this shape, dtype and
             device only.
         trainable: the names of θ (:func:`~taylorc.optim.linearization.trainable_names`).
@@ -95,9 +95,9 @@ class CompiledEvaluation:
         StaleColumns: (at a call) a column taken as shared differs between points.
     """
 
-    def __init__(self, model, value_op, residual, x, trainable: frozenset, approx=None):
+    def __init__(self, model, residual, x, trainable: frozenset, approx=None):
         x = x.contiguous()  # the compiled graph assumes its example's strides
-        r, uses = evaluate(model, value_op, residual, x, trainable)
+        r, uses = evaluate(model, residual, x, trainable)
         layers = _group(model, uses, trainable)
         self.shared = {w: layer.shared for w, layer in layers.items()}
         self.approx, self._weights = approx, list(layers)
@@ -106,7 +106,7 @@ class CompiledEvaluation:
         # parameters and buffers are graph inputs: read at every call, never constants
         state = [*model.named_parameters(), *model.named_buffers()]
         names = [n for n, _ in state]
-        holder = _Holder(model, lambda x: evaluate(model, value_op, residual, x, trainable))
+        holder = _Holder(model, lambda x: evaluate(model, residual, x, trainable))
         built = {}
 
         def flat(*args):

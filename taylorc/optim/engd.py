@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import torch
 
-from ..api import compile as _compile
 from .distributed import model_reducer, resolve
 from .factors import from_vector, to_vector
 from .gramian import dense_gramian, layout, size
@@ -95,10 +94,9 @@ class ENGD(torch.optim.Optimizer):
         params = [p for p in model.parameters() if p.requires_grad]
         super().__init__(params, dict(lr=lr, damping=damping, ema=ema, step=0))
         self.model, self.residuals = model, dict(residuals)
-        self._value_op = _compile(model, "u")
         self._reducer = model_reducer(group, model)  # one process: a LocalReducer
         strict = self._reducer.world == 1  # distributed: a rank's compile failure warns
-        self._linearizer = Linearizer(model, self._value_op, backend, strict=strict)
+        self._linearizer = Linearizer(model, backend=backend, strict=strict)
 
     def step(self, points: dict) -> dict[str, float]:
         """One ENGD step on ``points``; returns term name -> ½ mean ||r||² before it."""

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import torch
 
-from ..api import compile as _compile
 from .factors import gram, to_vector
 from .layer import Layer
 from .linearization import Linearization, linearize
@@ -85,6 +84,5 @@ def gramian(model, residuals: dict, points: dict) -> torch.Tensor:
     Raises:
         taylorc.errors.KFACError: a parameter used outside the linear layers (named).
     """
-    value_op = _compile(model, "u")
-    lins = [linearize(model, value_op, f, points[t], check=True) for t, f in residuals.items()]
+    lins = [linearize(model, f, points[t], check=True) for t, f in residuals.items()]
     return dense_gramian(lins, layout(lins, model))

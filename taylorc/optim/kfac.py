@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import torch
 
-from ..api import compile as _compile
 from .distributed import factorise, model_reducer, resolve
 from .factors import APPROX, layer_factors
 from .gramian import layout
@@ -136,10 +135,9 @@ class KFAC(torch.optim.Optimizer):
         )
         super().__init__([p for p in model.parameters() if p.requires_grad], defaults)
         self.model, self.residuals = model, dict(residuals)
-        self._value_op = _compile(model, "u")
         self._reducer = model_reducer(group, model)  # one process: a LocalReducer
         strict = self._reducer.world == 1  # distributed: a rank's compile failure warns
-        self._linearizer = Linearizer(model, self._value_op, backend, approx, strict)
+        self._linearizer = Linearizer(model, backend=backend, approx=approx, strict=strict)
         self._solvers: dict | None = None
         self.last: dict = {}  # the last step's vectors (for tests and diagnostics)
         # the split inversion factorises each layer on one rank (in one process: here)
@@ -317,9 +315,8 @@ def kfac_factors(model, residuals: dict, points: dict, approx: str = "expand") -
     Raises:
         taylorc.errors.KFACError: as :func:`taylorc.optim.linearization.linearize`.
     """
-    value_op = _compile(model, "u")
     out = {}
     for term, residual in residuals.items():
-        lin = linearize(model, value_op, residual, points[term], check=True)
+        lin = linearize(model, residual, points[term], check=True)
         out[term] = {w: layer_factors(layer, approx) for w, layer in lin.layers.items()}
     return out

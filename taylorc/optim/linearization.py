@@ -5,7 +5,7 @@ Residuals are plain callables of the points (``lambda x: -lap(x) - f(x)``).
 which every :class:`~taylorc.api.CompiledOperator` call runs the operator's graph
 that keeps its layers' columns, built without taps (``op.taylor_graph``: it also
 returns every column's input and output), and a direct call of the model runs the
-value operator ``"u"`` the same way: the residual's value is unchanged, and one
+value operator ``"u"`` (:func:`~taylorc.optim.residual.value_operator`) the same way: the residual's value is unchanged, and one
 reverse pass of r to the output columns
 (:func:`~taylorc.methods.layer_graph.site_gradients`) gives ``g_ns = dr_n/dz_ns`` for every
 site and column (Dangel, Müller, Zeinhofer, "Kronecker-Factored Approximate
@@ -29,6 +29,7 @@ from ..methods.layer_graph import Columns, site_gradients, take_columns
 from . import factors
 from . import residual as residual_graph
 from .layer import Layer
+from .residual import legacy_value_op
 
 
 @dataclass
@@ -100,14 +101,16 @@ def _flat(t: torch.Tensor, lead: int) -> torch.Tensor:
     return t.reshape(*t.shape[:lead], -1, t.shape[-1])
 
 
-def linearize(model, value_op, residual, x: torch.Tensor, check: bool = False) -> Linearization:
-    """Evaluate ``residual(x)`` through the sites graphs and read every trainable site's X, e and g.
+def linearize(model, *args, check: bool = False) -> Linearization:
+    """``linearize(model, residual, x)``: evaluate ``residual(x)`` through the sites graphs
+    and read every trainable site's X, e and g.
 
     Args:
         model: the ``nn.Module`` the residual's operators were compiled from.
-        value_op: ``taylorc.compile(model, "u")`` (direct model calls).
-        residual: callable ``x -> r``, ``r`` of shape ``(N,)`` or ``(N, M)``.
-        x: the points ``(N, *in)``.
+        args: ``residual, x[, check]``: ``residual`` a callable ``x -> r``, ``r`` of shape
+            ``(N,)`` or ``(N, M)``; ``x`` the points ``(N, *in)``. The old form
+            ``(value_op, residual, x)`` still works (deprecated: the value operator is
+            built from the model).
         check: also verify that every parameter the residual depends on is covered
             by linear sites and that their gradient equals Σ g Z̃ᵀ (one more backward).
 
@@ -120,8 +123,10 @@ def linearize(model, value_op, residual, x: torch.Tensor, check: bool = False) -
             linear sites (named); a trainable bias of a frozen weight (named);
             operators of another model or of a method without Taylor graph.
     """
+    residual, x, *rest = legacy_value_op(args, "linearize")
+    check = rest[0] if rest else check
     trainable = trainable_names(model)
-    r, uses = evaluate(model, value_op, residual, x, trainable, keep_graph=check)
+    r, uses = evaluate(model, residual, x, trainable, keep_graph=check)
     layers = _group(model, uses, trainable)
     if check:
         _check_coverage(model, r, layers)
@@ -134,13 +139,13 @@ def trainable_names(model) -> frozenset[str]:
 
 
 def evaluate(
-    model, value_op, residual, x: torch.Tensor, trainable: frozenset, keep_graph: bool = False
+    model, residual, x: torch.Tensor, trainable: frozenset, keep_graph: bool = False
 ) -> tuple[torch.Tensor, list]:
     """The tensor work of :func:`linearize`: ``residual(x)`` through the sites graphs and
     one reverse pass per residual output.
 
     Args:
-        model, value_op, residual, x: as for :func:`linearize`.
+        model, residual, x: as for :func:`linearize`.
         trainable: the names of θ (:func:`trainable_names`).
         keep_graph: keep r's autograd graph (for the coverage check).
 
@@ -154,7 +159,7 @@ def evaluate(
     Raises:
         KFACError: as :func:`linearize` (the coverage check aside).
     """
-    r, runs = residual_graph.run(model, value_op, residual, x)
+    r, runs = residual_graph.run(model, residual, x)
     r = r.reshape(x.shape[0], -1)
     sites = [(tg, site, run) for tg, run in runs for site in tg.sites]
     if not sites:

@@ -19,6 +19,7 @@ from ..errors import KFACError
 from ..runtime.config import CONFIG
 from .compiled import CompiledEvaluation, _why
 from .linearization import Linearization, linearize, trainable_names
+from .residual import legacy_value_op
 
 BACKENDS = ("auto", "eager", "inductor")
 
@@ -95,7 +96,8 @@ class Linearizer:
     whose coefficients change that way.
 
     Args:
-        model: the ``nn.Module``; value_op: ``taylorc.compile(model, "u")``.
+        model: the ``nn.Module``. (The old form ``Linearizer(model, value_op, ...)`` still
+            works, deprecated: the value operator is built from the model.)
         backend: ``"auto"``, ``"eager"`` or ``"inductor"``.
         approx: compiled evaluations also give the factors of this approximation and
             the gradients (:class:`CompiledEvaluation`); None: the columns only.
@@ -108,17 +110,13 @@ class Linearizer:
         ValueError: an unknown backend.
     """
 
-    def __init__(
-        self,
-        model: torch.nn.Module,
-        value_op,
-        backend: str = "eager",
-        approx=None,
-        strict: bool = True,
-    ):
+    def __init__(self, model: torch.nn.Module, *args, **kwargs):
+        self._setup(model, *legacy_value_op(args, "Linearizer"), **kwargs)
+
+    def _setup(self, model, backend: str = "eager", approx=None, strict: bool = True):
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-        self.model, self.value_op, self.backend, self.approx = model, value_op, backend, approx
+        self.model, self.backend, self.approx = model, backend, approx
         self.strict = strict
         after = {"auto": CONFIG.auto_compile_after, "inductor": 1, "eager": None}[backend]
         self.after = None if after is None else max(after, 1)
@@ -139,7 +137,7 @@ class Linearizer:
         self._residuals[key] = residual
         n = self._calls[key] = self._calls.get(key, 0) + 1
         if n == 1:
-            return linearize(self.model, self.value_op, residual, x, check=True)
+            return linearize(self.model, residual, x, check=True)
         if key not in self.compiled and self.after is not None and n > self.after:
             self._read[key] = _snapshot(residual)
             self.compiled[key] = self._compile(term, residual, x, trainable)
@@ -159,7 +157,7 @@ class Linearizer:
         try:
             if ev is not None:
                 return ev(x)
-            return linearize(self.model, self.value_op, residual, x)
+            return linearize(self.model, residual, x)
         except Exception as e:  # StaleColumns, or a compiled graph failing: eager is exact
             if ev is None:
                 raise
@@ -169,13 +167,11 @@ class Linearizer:
                 f"eagerly: {_why(e)}",
                 stacklevel=2,
             )
-            return linearize(self.model, self.value_op, residual, x)
+            return linearize(self.model, residual, x)
 
     def _compile(self, term, residual, x, trainable) -> CompiledEvaluation | None:
         try:
-            return CompiledEvaluation(
-                self.model, self.value_op, residual, x, trainable, self.approx
-            )
+            return CompiledEvaluation(self.model, residual, x, trainable, self.approx)
         except Exception as e:  # any trace or inductor failure: the eager path is exact
             msg = (
                 f"the linearisation of the term {term!r} (points {tuple(x.shape)}) could "

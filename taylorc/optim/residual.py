@@ -17,6 +17,8 @@ at every evaluation, so Python values the residual reads are those of the call.
 
 from __future__ import annotations
 
+import warnings
+import weakref
 from operator import attrgetter
 
 import torch
@@ -24,6 +26,7 @@ import torch.fx
 from torch.fx.node import map_arg
 
 from ..api import CompiledOperator
+from ..api import compile as _compile
 from ..errors import KFACError
 from ..runtime.backend import TRACING
 
@@ -52,9 +55,9 @@ class _Tracer(torch.fx.Tracer):
     residual reaches otherwise are traced through and registered on the root.
     """
 
-    def __init__(self, model: torch.nn.Module, value_op, x: torch.Tensor):
+    def __init__(self, model: torch.nn.Module, x: torch.Tensor):
         super().__init__()
-        self.model, self.value_op, self.x = model, value_op, x
+        self.model, self.x = model, x
         self.values: dict = {}
         self.runs: list = []
         self.evaluating = False  # inside a node's evaluation: modules run as themselves
@@ -129,7 +132,7 @@ class _Tracer(torch.fx.Tracer):
         if module is self.model:
             if kwargs:  # keyword calls are not the operator's: plain forward
                 return module(*args, **kwargs)
-            module = self.value_op
+            module = value_operator(self.model)
         if module.model is not self.model:
             raise KFACError(
                 "a residual calls a compiled operator of another model: compile the operators "
@@ -158,14 +161,47 @@ class _Residual(torch.nn.Module):
         return self.residual(x)
 
 
-def run(model, value_op, residual, x: torch.Tensor) -> tuple[torch.Tensor, list]:
+# the value operator "u" of each model, which answers the residual's direct model calls;
+# weak keys: it dies with the model
+_VALUE_OPS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def value_operator(model: torch.nn.Module) -> CompiledOperator:
+    """``taylorc.compile(model, "u")``, made once per model: the operator through which a
+    residual's direct call of the model runs (its layer-keeping graph)."""
+    op = _VALUE_OPS.get(model)
+    if op is None:
+        op = _VALUE_OPS[model] = _compile(model, "u")
+    return op
+
+
+def legacy_value_op(args: tuple, where: str) -> tuple:
+    """``args`` without a leading value operator (the old forms ``f(model, value_op, residual,
+    x, ...)`` and ``Linearizer(model, value_op, ...)``): the value operator was an argument
+    of ``where`` until the residual's trace built it (:func:`value_operator`); passing it
+    still works, with a ``DeprecationWarning``. A compiled operator given as the residual
+    itself is followed by the points, so it is kept."""
+    old = args and isinstance(args[0], CompiledOperator)
+    if old and (len(args) == 1 or not isinstance(args[1], torch.Tensor)):
+        warnings.warn(
+            f"{where} no longer takes the value operator (it is built from the model): "
+            "drop that argument",
+            DeprecationWarning,
+            stacklevel=3,
+        )
+        return args[1:]
+    return args
+
+
+def run(model, residual, x: torch.Tensor, *legacy) -> tuple[torch.Tensor, list]:
     """Evaluate ``residual(x)`` through the layer-keeping graphs of the calls it makes.
 
     Args:
-        model: the ``nn.Module`` the residual's operators were compiled from.
-        value_op: ``taylorc.compile(model, "u")``, which answers direct model calls.
+        model: the ``nn.Module`` the residual's operators were compiled from; a direct
+            call of it runs through :func:`value_operator`.
         residual: callable ``x -> r``.
         x: the points ``(N, *in)``.
+        legacy: the old form ``run(model, value_op, residual, x)`` (deprecated).
 
     Returns:
         ``(r, runs)``: the residual's value and, per leaf call in evaluation order,
@@ -176,7 +212,8 @@ def run(model, value_op, residual, x: torch.Tensor) -> tuple[torch.Tensor, list]
             Taylor coefficients.
         Exception: what the residual itself raises.
     """
-    tracer = _Tracer(model, value_op, x)
+    residual, x = legacy_value_op((residual, x, *legacy), "optim.residual.run")[:2]
+    tracer = _Tracer(model, x)
     # fx's tracing flag and Module patches are process-wide: a background compile of an
     # operator's graph (backend="auto") must not run inside this trace, nor it inside one
     with TRACING:

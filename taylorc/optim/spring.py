@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import torch
 
-from ..api import compile as _compile
 from .distributed import model_reducer, resolve
 from .gramian import layout
 from .linearizer import Linearizer
@@ -74,7 +73,7 @@ class SPRING(torch.optim.Optimizer):
         self.model, self.residuals = model, dict(residuals)
         self._reducer = model_reducer(group, model)  # one process: a LocalReducer
         strict = self._reducer.world == 1  # distributed: a rank's compile failure warns
-        self._linearizer = Linearizer(model, _compile(model, "u"), backend, strict=strict)
+        self._linearizer = Linearizer(model, backend=backend, strict=strict)
 
     def step(self, points: dict) -> dict[str, float]:
         """One SPRING step on ``points``; returns term name -> ½ mean ||r||² before it."""
