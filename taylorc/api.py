@@ -18,6 +18,7 @@ from .methods.layer_graph import build_taylor_graph
 from .runtime.backend import AutoGraph
 from .runtime.cache import GraphCache
 from .runtime.config import BUILD_COUNT, CONFIG
+from .runtime.threads import for_call
 
 METHODS = _methods.NAMES
 
@@ -229,7 +230,8 @@ class CompiledOperator(GraphCache, torch.nn.Module):
                 raise ValueError(f"argument {j} must be a tensor, got {type(a).__name__}")
         if self._in_shape is None:
             self._structure = self._output_structure(args)
-        outs = self.method_obj.resolve(self, args, i).run(self, args, i)
+        with for_call(x, self.config.contention):  # fewer threads beside busy neighbours
+            outs = self.method_obj.resolve(self, args, i).run(self, args, i)
         if self._in_shape is None:
             self._in_shape = tuple(x.shape[1:])
         if self._structure is not None:

@@ -3,7 +3,8 @@
 ``CONFIG.lower_everywhere`` lowers Taylor steps to the fused ``torch.library`` ops on the
 CPU too, where they run their PyTorch references (the kernel tests use it);
 ``CONFIG.whole_mlp`` lets a matching MLP's Laplacian become one ``mlp_laplacian`` call;
-``CONFIG.dynamic_batch`` lets one graph serve every batch size.
+``CONFIG.dynamic_batch`` lets one graph serve every batch size; ``CONFIG.contention`` runs
+CPU calls with fewer threads while other processes keep the cores busy.
 Each :class:`~taylorc.api.CompiledOperator` copies ``CONFIG`` when it is made and may be
 changed on its own (``op.config.lower_everywhere = True``). ``BUILD_COUNT`` counts the
 graphs built (cache misses of ``graph_for``).
@@ -32,6 +33,21 @@ def _compile_after() -> int | None:
     if not value.isdigit():
         raise ValueError(f"TAYLORC_AUTO_COMPILE_AFTER={value!r}: a number of calls or 'never'")
     return int(value)
+
+
+CONTENTION_MODES = ("auto", "off", "busy")
+
+
+def _contention() -> str:
+    """``TAYLORC_CONTENTION``: one of :data:`CONTENTION_MODES` (default ``auto``).
+
+    Raises:
+        ValueError: another value.
+    """
+    value = os.environ.get("TAYLORC_CONTENTION", "auto").strip().lower()
+    if value not in CONTENTION_MODES:
+        raise ValueError(f"TAYLORC_CONTENTION={value!r}: one of {CONTENTION_MODES}")
+    return value
 
 
 @dataclass
@@ -64,6 +80,12 @@ class Config:
             :func:`taylorc.runtime.cpu.auto_tune` (glibc ``mallopt`` once per process, skipped
             where the user configured the allocator). Default: on, unless
             ``TAYLORC_TUNE_ALLOCATOR=0``.
+        contention: a CPU call's thread count beside busy neighbours
+            (:mod:`taylorc.runtime.threads`): ``"auto"`` runs the call with fewer threads (one
+            on 2 cores) while other processes keep the cores busy (``/proc/stat``, Linux),
+            restoring the caller's count after it; ``"off"`` never changes the count;
+            ``"busy"`` always runs CPU calls on one thread. Default: ``"auto"``, or the
+            environment variable ``TAYLORC_CONTENTION``.
     """
 
     lower_everywhere: bool = False
@@ -73,6 +95,7 @@ class Config:
     auto_compile_after: int | None = field(default_factory=lambda: _compile_after())
     background_compile: bool = field(default_factory=lambda: _flag("TAYLORC_BACKGROUND_COMPILE"))
     tune_allocator: bool = field(default_factory=lambda: _flag("TAYLORC_TUNE_ALLOCATOR"))
+    contention: str = field(default_factory=lambda: _contention())
 
 
 CONFIG = Config()
