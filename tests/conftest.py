@@ -35,12 +35,17 @@ if os.environ.get("TAYLORC_TEST_DEVICE", "cpu") != "cpu":
 # tested); environment variables, so subprocesses (torchrun, probes) inherit them
 os.environ.setdefault("TAYLORC_AUTO_COMPILE_AFTER", "never")
 os.environ.setdefault("TAYLORC_TUNE_ALLOCATOR", "0")
+# no contention policy: the suite shares its cores (xdist workers, CI neighbours), and a
+# thread count that follows the load would make compile counts depend on it
+# (tests/test_threads.py sets the modes it tests)
+os.environ.setdefault("TAYLORC_CONTENTION", "off")
 import taylorc.runtime.config  # noqa: E402  (after TRITON_INTERPRET: taylorc imports triton)
 
 taylorc.runtime.config.CONFIG.auto_compile_after = taylorc.runtime.config._compile_after()
 taylorc.runtime.config.CONFIG.tune_allocator = taylorc.runtime.config._flag(
     "TAYLORC_TUNE_ALLOCATOR"
 )
+taylorc.runtime.config.CONFIG.contention = taylorc.runtime.config._contention()
 
 
 @pytest.fixture(autouse=True)

@@ -212,3 +212,44 @@ def test_laplacian_unchanged_on_one_thread(two_threads, dtype, rel):
     assert_close(out.double(), reference, rel)
     op.config.contention = "off"
     assert_close(op(x).double(), out.double(), rel)
+
+
+def test_auto_graph_runs_eagerly_while_a_thread_count_variant_compiles():
+    """A compiled ``backend="auto"`` graph called at a thread count it has no variant for
+    (Dynamo would recompile inside the call) runs eagerly while the variant is made in the
+    background, then compiled; inline when ``background_compile`` is off."""
+    import threading
+
+    from taylorc.runtime.backend import AutoGraph
+    from taylorc.runtime.config import Config
+
+    calls, gate = [], threading.Event()
+
+    def compiled(x):
+        gate.wait(10)  # the background variant waits until the eager call is checked
+        calls.append(torch.get_num_threads())
+        return x * 2.0
+
+    gm = torch.fx.symbolic_trace(lambda x: x * 2.0)
+    old = torch.get_num_threads()
+    try:
+        for background in (True, False):
+            config = Config()
+            config.background_compile = background
+            graph = AutoGraph(gm, None, {}, config, rewrite_tanh=False)
+            graph.compiled, graph.counts = compiled, {2}
+            calls.clear()
+            gate.clear() if background else gate.set()
+            torch.set_num_threads(1)
+            x = torch.ones(3)
+            assert torch.equal(graph(x), x * 2.0)
+            if background:
+                assert calls == []  # this call ran eagerly
+                gate.set()
+                graph._variant.join()
+            assert graph.counts == {1, 2} and calls[:2] == [1, 1]  # both grad modes, at 1
+            calls.clear()
+            graph(x)
+            assert calls == [1]  # the variant serves now
+    finally:
+        torch.set_num_threads(old)

@@ -150,7 +150,11 @@ class AutoGraph:
     Otherwise the call that starts the compile waits for it. No compile starts from a
     call under ``torch.inference_mode``. A compile that fails is reported once
     with a warning and the graph stays eager. ``config.auto_compile_after = None`` never
-    compiles; the value is read at every call until the compile starts.
+    compiles; the value is read at every call until the compile starts. A call at another
+    intra-op thread count than the compile's (the contention policy of
+    :mod:`taylorc.runtime.threads` lowers it while other processes keep the cores busy)
+    runs eagerly while a variant for that count compiles the same way (Dynamo guards on
+    the count: the compiled graph would otherwise recompile inside the call).
 
     Args:
         gm: the graph; dynamic, latency: as for :class:`CompiledGraph`; config: the
@@ -164,10 +168,15 @@ class AutoGraph:
         self.rewrite_tanh, self.calls, self.compiled, self.failed = rewrite_tanh, 0, None, None
         self._job: threading.Thread | None = None
         self._result: dict = {}
+        self.counts: set[int] = set()  # the thread counts the compiled graph has variants for
+        self._variant: threading.Thread | None = None
+        self.no_variant: set[int] = set()  # counts whose compile failed: eager there
 
     def __call__(self, *inputs):
         if self.compiled is not None:
-            return self.compiled(*inputs)
+            if torch.get_num_threads() in self.counts:
+                return self.compiled(*inputs)
+            return self._other_count(inputs)
         after = self.config.auto_compile_after
         self.calls += 1
         if self.failed is not None or (
@@ -211,16 +220,41 @@ class AutoGraph:
                 if self.rewrite_tanh:
                     rewrite_tanh(gm)
                 compiled = CompiledGraph(gm, self.dynamic, self.latency)
-                # both grad modes (Dynamo guards on it: a training loop that also evaluates
-                # under no_grad would recompile on its thread), the call's mode first
-                for mode in (grad, not grad):
-                    with torch.set_grad_enabled(mode):
-                        out = compiled(*example)
-                        if mode:
-                            _backward(out, example)
+                _warm(compiled, example, grad)
+            self.counts.add(threads)
             self._result["compiled"] = compiled
         except Exception as e:  # noqa: BLE001 - reported by wait(); the eager graph serves on
             self._result["error"] = e
+
+    def _other_count(self, inputs):
+        """A call at a thread count the compiled graph has no variant for (the contention
+        policy lowered it, :mod:`taylorc.runtime.threads`): Dynamo guards on the count, so
+        the compiled graph would recompile inside this call. It runs eagerly instead while
+        the variant compiles (in the background, as the first compile)."""
+        threads = torch.get_num_threads()
+        if threads in self.no_variant:
+            return self._orig_mod(*inputs)
+        if self._variant is None or not self._variant.is_alive():
+            example = [_twin(t) if isinstance(t, torch.Tensor) else t for t in inputs]
+            args = (example, torch.is_grad_enabled(), threads)
+            if not self.config.background_compile:
+                self._add_count(*args)
+                return self.compiled(*inputs)
+            self._variant = threading.Thread(
+                target=self._add_count, args=args, name="taylorc-compile-variant"
+            )
+            self._variant.start()
+        return self._orig_mod(*inputs)
+
+    def _add_count(self, example, grad: bool, threads: int) -> None:
+        torch.set_num_threads(threads)
+        try:
+            with TRACING:
+                _warm(self.compiled, example, grad)
+            self.counts.add(threads)
+        except Exception as e:  # noqa: BLE001 - this count stays eager; the others compiled
+            self.no_variant.add(threads)
+            log.info("taylorc: compiling the %d-thread variant failed (%s)", threads, e)
 
     def wait(self, timeout: float | None = None) -> bool:
         """Wait for a started compile and install it; True when the compiled graph serves."""
@@ -275,6 +309,16 @@ def _twin(t: torch.Tensor) -> torch.Tensor:
     if isinstance(t, torch.nn.Parameter):
         return torch.nn.Parameter(c, requires_grad=t.requires_grad)
     return c.requires_grad_(t.requires_grad)
+
+
+def _warm(compiled, example, grad: bool) -> None:
+    """Run ``compiled`` in both grad modes (Dynamo guards on it: a training loop that also
+    evaluates under no_grad would recompile on its thread), ``grad`` first, with a backward."""
+    for mode in (grad, not grad):
+        with torch.set_grad_enabled(mode):
+            out = compiled(*example)
+            if mode:
+                _backward(out, example)
 
 
 def _backward(out, example) -> None:

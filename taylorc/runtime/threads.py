@@ -32,9 +32,11 @@ that a thread adopts at its first torch op. Threads that have already run a torc
 their own count (a user's worker threads running torch concurrently are not slowed); a
 thread whose *first* torch op falls inside a lowered call keeps the lowered count; and the
 restore sets that process-wide default to the caller's count again. Dynamo guards on
-``torch.get_num_threads()``: the first lowered call of a compiled graph compiles a second
-variant (seconds, once per graph; then both are cached), and a compile that
-``backend="auto"`` starts from a lowered call is made for the lowered count.
+``torch.get_num_threads()``: with ``backend="auto"`` (the default) a call at a count the
+compiled graph has no variant for runs eagerly while that variant compiles in the
+background (:class:`taylorc.runtime.backend.AutoGraph`); with ``backend="taylorc"`` the
+first lowered call recompiles inside the call (seconds, once per graph; then both are
+cached).
 """
 
 from __future__ import annotations
