@@ -8,7 +8,9 @@ training budget, the relative L2 error the demo prints, the wall time, the machi
 anchor's published number for the same problem and optimiser (GPU, its own budget).
 
 ``--cost`` times one step of dense and Woodbury ENGD over P (449, 1,897, 10,065 parameters)
-and R (250, 1,000, 3,500 residual rows) instead: where each solve pays.
+and R (250, 1,000, 3,500 residual rows) instead: where each solve pays. ``--cost --nystrom
+L [L ...]`` adds one step of ENGD with the randomized Nyström solve of sketch size L at the
+same (P, R) (``solve="nystrom"``, ``nystrom_L_s`` in the record; L is clamped to R).
 
 Runs (``--list`` prints them): 5-d Poisson at 449 parameters (5 -> 64 -> 1) and at 10,065
 (5 -> 64 -> 64 -> 48 -> 48 -> 1), Burgers; optimisers KFAC* (the anchors' best
@@ -130,10 +132,13 @@ def run(name: str, seconds: float | None) -> dict:
     }
 
 
-def step_cost(widths: list[int], rows: int, solve: str, repeats: int = 3) -> float:
-    """Seconds per ENGD step (``solve`` "dense" or "woodbury", fixed lr, eager
-    linearisation) on the 5-d Poisson problem with ``rows`` = interior + boundary points
-    (85 % interior), median of ``repeats`` after one warm-up step."""
+def step_cost(
+    widths: list[int], rows: int, solve: str, repeats: int = 3, sketch: int | None = None
+) -> float:
+    """Seconds per ENGD step (``solve`` "dense", "woodbury" or "nystrom" with ``sketch``
+    columns, fixed lr, eager linearisation) on the 5-d Poisson problem with ``rows`` =
+    interior + boundary points (85 % interior), median of ``repeats`` after one warm-up
+    step."""
     import statistics
 
     import taylorc
@@ -154,19 +159,23 @@ def step_cost(widths: list[int], rows: int, solve: str, repeats: int = 3) -> flo
         "interior": poisson.interior_points(ni, 5, gen, torch.float64),
         "boundary": boundary_points(rows - ni, 5, torch.float64, gen),
     }
-    opt = ENGD(model, residuals, lr=1e-3, damping=1e-8, ema=0.0, solve=solve)
+    opt = ENGD(model, residuals, lr=1e-3, damping=1e-8, ema=0.0, solve=solve, sketch_size=sketch)
     times = round_robin({"step": lambda: opt.step(points)}, repeats, warmup=1)["step"]
     return statistics.median(times)
 
 
-def cost(out: Path) -> None:
-    """Per-step time of dense and Woodbury ENGD over parameters P and rows R (both threads)."""
+def cost(out: Path, sketches: list[int] = ()) -> None:
+    """Per-step time of dense and Woodbury ENGD over parameters P and rows R (both threads),
+    and of the Nyström solve at each sketch size of ``sketches`` (key ``nystrom_L_s``)."""
     nets = {449: [64], 1897: [24] * 4, 10065: [64, 64, 48, 48]}
     for P, widths in nets.items():
         for rows in (250, 1000, 3500):
             record = {"P": P, "R": rows, "threads": torch.get_num_threads()}
             for solve in ("dense", "woodbury"):
                 record[f"{solve}_s"] = round(step_cost(widths, rows, solve), 4)
+            for ell in sketches:
+                seconds = step_cost(widths, rows, "nystrom", sketch=ell)
+                record[f"nystrom_{ell}_s"] = round(seconds, 4)
             record["date"] = time.strftime("%Y-%m-%d %H:%M")
             print(json.dumps(record), flush=True)
             with out.open("a") as f:
@@ -179,10 +188,20 @@ def main(argv=None) -> None:
     p.add_argument("--seconds", type=float, default=None, help="training budget of each run")
     p.add_argument("--list", action="store_true")
     p.add_argument("--cost", action="store_true", help="per-step time of dense vs Woodbury ENGD")
+    p.add_argument(
+        "--nystrom",
+        type=int,
+        nargs="+",
+        default=[],
+        metavar="L",
+        help="with --cost: also time ENGD's Nyström solve at these sketch sizes",
+    )
     p.add_argument("--out", type=Path, default=OUT, help="the JSON-lines file appended to")
     args = p.parse_args(argv)
+    if args.nystrom and not args.cost:
+        p.error("--nystrom times the Nyström solve in the --cost mode: add --cost")
     if args.cost:
-        cost(args.out)
+        cost(args.out, args.nystrom)
         return
     if args.list or not args.runs:
         print("\n".join(RUNS))

@@ -11,7 +11,9 @@ residual rows (Guzmán-Cordero, Dangel, Goldshlager, Zeinhofer, NeurIPS 2025; th
 matrix K = J Jᵀ from the layer inputs and pre-activation gradients,
 :mod:`taylorc.optim.woodbury`). Both run data-parallel under ``torch.distributed``
 (:mod:`taylorc.optim.distributed`; the Woodbury solve gathers the rows of all ranks,
-:mod:`taylorc.optim.sample_space`).
+:mod:`taylorc.optim.sample_space`). ``solve="nystrom"`` replaces the kernel matrix by a
+rank-ℓ randomized Nyström approximation from the sketch K Ω, O(ℓ R P) instead of R² P
+(same paper; :mod:`taylorc.optim.nystrom`).
 """
 
 from __future__ import annotations
@@ -22,10 +24,11 @@ from .distributed import model_reducer, resolve
 from .factors import from_vector, to_vector
 from .gramian import dense_gramian, layout, size
 from .linearizer import Linearizer
+from .nystrom import make_solver
 from .step_rules import check_damping_ema, check_lr, take_step, total_loss
 from .woodbury import damped_solve, sample_space_step
 
-SOLVES = ("dense", "woodbury", "auto")
+SOLVES = ("dense", "woodbury", "auto", "nystrom")
 
 
 class ENGD(torch.optim.Optimizer):
@@ -47,8 +50,10 @@ class ENGD(torch.optim.Optimizer):
         solve: ``"dense"`` (the default: the P x P Gramian), ``"woodbury"`` (the R x R
             kernel of the R residual rows; ``damping`` > 0 keeps it positive definite) or
             ``"auto"`` (Woodbury when R < P at a step, dense otherwise; ``ema`` is 0 then,
-            on the dense steps too). R counts the rows of all ranks, so that every rank
-            takes the same branch.
+            on the dense steps too) or ``"nystrom"`` (the Woodbury step with K replaced by
+            its randomized rank-``sketch_size`` Nyström approximation,
+            :class:`~taylorc.optim.nystrom.NystromSolver`; needs ``damping`` > 0). R
+            counts the rows of all ranks, so that every rank takes the same branch.
         process_group: as :class:`taylorc.optim.KFAC`'s: under ``torch.distributed``,
             the loss, gradient, Gramian and line-search losses are all-reduced (Woodbury:
             the residual rows of all ranks are all-gathered into one R x R kernel
@@ -57,11 +62,16 @@ class ENGD(torch.optim.Optimizer):
             (up to rounding); rank 0's direction is broadcast at every step.
         backend: ``"eager"`` (the default), ``"auto"`` or ``"inductor"``: how the
             linearisations run after the first, as :class:`taylorc.optim.KFAC`'s.
+        sketch_size: ℓ, the sketch's columns (``solve="nystrom"`` only; clamped to R).
+        generator: the ``torch.Generator`` of the sketches (``solve="nystrom"`` only;
+            None: a CPU generator seeded with 0); its state is in ``state_dict``.
 
     Raises:
         ValueError: unknown ``lr``, ``backend`` or ``solve``; ``damping`` not finite and
-            >= 0 or ``ema`` outside [0, 1); ``ema`` > 0 with ``solve="woodbury"`` or
-            ``"auto"``; (at ``step``) no points for a term; (distributed, at ``step``) a
+            >= 0 or ``ema`` outside [0, 1); ``ema`` > 0 with ``solve="woodbury"``,
+            ``"auto"`` or ``"nystrom"``; ``solve="nystrom"`` without a positive integer
+            ``sketch_size`` or with ``damping`` = 0; ``sketch_size`` or ``generator``
+            with another solve; (at ``step``) no points for a term; (distributed, at ``step``) a
             rank without points of a term (on every rank).
         taylorc.errors.KFACError: a parameter used outside the linear layers; ``model``
             wrapped in ``DistributedDataParallel``; with ``backend="inductor"``, a term
@@ -79,6 +89,8 @@ class ENGD(torch.optim.Optimizer):
         process_group=None,
         backend: str = "eager",
         solve: str = "dense",
+        sketch_size: int | None = None,
+        generator: torch.Generator | None = None,
     ):
         check_lr(lr)
         if solve not in SOLVES:
@@ -89,6 +101,7 @@ class ENGD(torch.optim.Optimizer):
             raise ValueError(
                 f"solve={solve!r} has no Gramian to average: ema must be 0, got {ema!r}"
             )
+        self._nystrom = make_solver(solve, sketch_size, generator, damping)
         group = resolve(process_group, model)
         self.solve = solve
         params = [p for p in model.parameters() if p.requires_grad]
@@ -111,7 +124,7 @@ class ENGD(torch.optim.Optimizer):
         layers = layout(lins, self.model)
         if self._woodbury(lins, layers, counts):
             reducer.sum_(loss)
-            phi = sample_space_step(lins, group["damping"], reducer=reducer)
+            phi = self._sample_space(lins)
             return self._update({n: -b for n, b in phi.items()}, layers, points, counts, loss)
         grad = self._gradient(lins, layers, weigh)
         G = dense_gramian(lins, layers, lambda i, G_t: weigh(terms[i], G_t))
@@ -147,9 +160,21 @@ class ENGD(torch.optim.Optimizer):
         """Whether this step solves in sample space (``solve``; "auto": rows < parameters,
         the rows of all ranks, ``counts`` the global N_t: every rank decides alike)."""
         if self.solve != "auto":
-            return self.solve == "woodbury"
+            return self.solve in ("woodbury", "nystrom")
         rows = sum(counts[t] * lin.r.shape[1] for t, lin in zip(self.residuals, lins))
         return rows < sum(size(ref) for ref in layers)
+
+    def _sample_space(self, lins) -> dict:
+        """φ of the Woodbury step (exact, or Nyström with the sketch generator's state
+        kept in the optimiser's state)."""
+        state = self.state[self.param_groups[0]["params"][0]]
+        damping, solver = self.param_groups[0]["damping"], self._nystrom
+        if solver is None:
+            return sample_space_step(lins, damping, reducer=self._reducer)
+        solver.resume(state)
+        phi = sample_space_step(lins, damping, reducer=self._reducer, solver=solver)
+        solver.record(state)
+        return phi
 
     def _update(self, blocks, layers, points, counts, loss) -> dict[str, float]:
         """θ ← θ + α d (the step rule ``lr`` names, or α = lr); returns the losses before it."""

@@ -9,7 +9,8 @@ kernel matrix ``K = Ĵ Ĵᵀ`` read from the layer inputs and pre-activation gra
 Taylor graph's linear layers (:mod:`taylorc.optim.woodbury`).
 The step size η: a grid line search (as ENGD and KFAC here), backtracking or a fixed
 number. Data-parallel under ``torch.distributed``: the kernel matrix spans the residual
-rows of all ranks (:mod:`taylorc.optim.sample_space`).
+rows of all ranks (:mod:`taylorc.optim.sample_space`). ``solve="nystrom"`` replaces K by
+its randomized rank-ℓ Nyström approximation (same paper; :mod:`taylorc.optim.nystrom`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import torch
 from .distributed import model_reducer, resolve
 from .gramian import layout
 from .linearizer import Linearizer
+from .nystrom import make_solver
 from .step_rules import check_damping_ema, check_lr, take_step, total_loss
 from .woodbury import sample_space_step
 
@@ -44,10 +46,19 @@ class SPRING(torch.optim.Optimizer):
             rule's losses are all-reduced, and rank 0's φ is broadcast, so a step equals
             the step on the union of the shards (up to rounding) on every rank alike.
         backend: how the linearisations run after the first, as :class:`taylorc.optim.KFAC`'s.
+        solve: ``"woodbury"`` (the default: the exact R x R solve) or ``"nystrom"`` (K
+            replaced by its randomized rank-``sketch_size`` Nyström approximation,
+            :class:`~taylorc.optim.nystrom.NystromSolver`, O(ℓ R P) a step; needs
+            ``damping`` > 0).
+        sketch_size: ℓ, the sketch's columns (``solve="nystrom"`` only; clamped to R).
+        generator: the ``torch.Generator`` of the sketches (``solve="nystrom"`` only;
+            None: a CPU generator seeded with 0); its state is in ``state_dict``.
 
     Raises:
-        ValueError: unknown ``lr`` or ``backend``; ``damping`` not finite and >= 0;
-            ``momentum`` outside [0, 1); (at ``step``) no points for a term;
+        ValueError: unknown ``lr``, ``backend`` or ``solve``; ``damping`` not finite and
+            >= 0; ``momentum`` outside [0, 1); ``solve="nystrom"`` without a positive
+            integer ``sketch_size`` or with ``damping`` = 0; ``sketch_size`` or
+            ``generator`` with ``solve="woodbury"``; (at ``step``) no points for a term;
             (distributed, at ``step``) a rank without points of a term (on every rank).
         taylorc.errors.KFACError: a parameter used outside the linear layers; ``model``
             wrapped in ``DistributedDataParallel``; with ``backend="inductor"``, a term
@@ -64,9 +75,15 @@ class SPRING(torch.optim.Optimizer):
         momentum=0.9,
         process_group=None,
         backend: str = "eager",
+        solve: str = "woodbury",
+        sketch_size: int | None = None,
+        generator: torch.Generator | None = None,
     ):
         check_lr(lr)
         check_damping_ema(damping, momentum, "momentum")
+        if solve not in ("woodbury", "nystrom"):
+            raise ValueError(f"solve must be 'woodbury' or 'nystrom', got {solve!r}")
+        self._nystrom = make_solver(solve, sketch_size, generator, damping)
         group = resolve(process_group, model)
         params = [p for p in model.parameters() if p.requires_grad]
         super().__init__(params, dict(lr=lr, damping=damping, momentum=momentum, step=0))
@@ -87,11 +104,15 @@ class SPRING(torch.optim.Optimizer):
         loss = [weigh(t, lin.loss) for t, lin in zip(terms, lins)]
         reducer.sum_(loss)
         losses = {t: v.item() for t, v in zip(terms, loss)}
-        state = self.state[group["params"][0]]
+        state, solver = self.state[group["params"][0]], self._nystrom
+        if solver is not None:
+            solver.resume(state)  # the sketches of a restored state_dict
         phi = sample_space_step(
-            lins, group["damping"], group["momentum"], state.get("phi"), reducer
+            lins, group["damping"], group["momentum"], state.get("phi"), reducer, solver
         )
         state["phi"] = phi
+        if solver is not None:
+            solver.record(state)
         by_name = {ref.weight: ref for ref in layout(lins, self.model)}
         direction = {name: -block for name, block in phi.items()}
         loss_fn = lambda: total_loss(self.residuals, points, counts)  # noqa: E731

@@ -22,7 +22,9 @@ multiplications.
 
 Under ``torch.distributed`` each rank holds the rows of its own points; K, r̂ and
 ``Ĵ φ`` span the rows of all ranks, gathered by :mod:`taylorc.optim.sample_space`
-(:func:`sample_space_step`).
+(:func:`sample_space_step`). For many rows, :mod:`taylorc.optim.nystrom` stands in for
+the solve with ``(K̂ + λI)⁻¹``, K̂ a randomized Nyström approximation from ``Ĵ (Ĵᵀ Ω)``
+(the ``solver`` of :func:`sample_space_step`).
 """
 
 from __future__ import annotations
@@ -93,9 +95,12 @@ def kernel(
     return torch.cat(rows, 0)
 
 
-def scaled_residual(lins: list[Linearization]) -> torch.Tensor:
-    """``r̂ = [r_t / √N_t]`` flattened point-major, ``(R,)`` (the order of :func:`kernel`)."""
-    return torch.cat([lin.r.reshape(-1) / math.sqrt(lin.r.shape[0]) for lin in lins])
+def scaled_residual(lins: list[Linearization], counts: list[int] | None = None) -> torch.Tensor:
+    """``r̂ = [r_t / √N_t]`` flattened point-major, ``(R,)`` (the order of :func:`kernel`);
+    ``counts``: N_t per term (None: the points of ``lins``; under ``torch.distributed``
+    the global N_t, this rank's rows)."""
+    counts = _counts(lins, counts)
+    return torch.cat([lin.r.reshape(-1) / math.sqrt(n) for lin, n in zip(lins, counts)])
 
 
 def _counts(lins: list[Linearization], counts: list[int] | None) -> list[int]:
@@ -158,6 +163,7 @@ def sample_space_step(
     momentum: float = 0.0,
     previous: dict[str, torch.Tensor] | None = None,
     reducer=None,
+    solver=None,
 ) -> dict[str, torch.Tensor]:
     """SPRING's ``φ = μ φ_prev + Ĵᵀ (K + λI)⁻¹ (r̂ − μ Ĵ φ_prev)``; μ = 0: ENGD-Woodbury.
 
@@ -176,6 +182,10 @@ def sample_space_step(
         previous: ``φ_prev`` per weight name (None: zero); the same on every rank.
         reducer: :class:`~taylorc.optim.distributed.Reducer` of the process group, or
             :class:`~taylorc.optim.distributed.LocalReducer` / None for one process.
+        solver: None (the exact solve above) or ``solver(lins, rows, rhs, damping,
+            reducer) -> v (R,)`` float64 in place of ``(K + λI)⁻¹ rhs``, without K (the
+            Nyström solve, :class:`~taylorc.optim.nystrom.NystromSolver`); ``rhs`` is then
+            gathered from each rank's rows, and no linearisation is gathered.
 
     Returns:
         ``φ`` per weight name, blocks ``[W | b]`` in the residuals' dtype, the same on
@@ -183,14 +193,21 @@ def sample_space_step(
     """
     reducer = LocalReducer(lins[0].r.device) if reducer is None else reducer
     rows = Rows.of(lins, reducer)
-    cols = gather_linearizations(lins, rows, reducer)  # one process: lins
     counts = rows.totals
-    K = gather_rows(kernel(lins, cols, counts), rows, reducer).double()
-    rhs = scaled_residual(cols).double()
+    if solver is None:
+        cols = gather_linearizations(lins, rows, reducer)  # one process: lins
+        K = gather_rows(kernel(lins, cols, counts), rows, reducer).double()
+        rhs = scaled_residual(cols).double()
+    else:
+        rhs = gather_rows(scaled_residual(lins, counts), rows, reducer).double()
     if momentum and previous:
         jp = gather_rows(jacobian_product(lins, previous, counts), rows, reducer)
         rhs = rhs - momentum * jp.double()
-    v = damped_solve(K, rhs, damping)
+    v = (
+        damped_solve(K, rhs, damping)
+        if solver is None
+        else solver(lins, rows, rhs, damping, reducer)
+    )
     reducer.broadcast_([v])
     phi = transpose_product(lins, rows.local(v, reducer.rank), counts)
     phi = {name: block.to(lins[0].r.dtype) for name, block in phi.items()}
