@@ -335,7 +335,7 @@ def cost(args) -> dict:
 
 def split(args) -> dict:
     """Where a KFAC* step's time goes (thread CPU time, best of ``--repeats``), against an
-    Adam step on the same batch: linearisation (forward through the sites graph and the
+    Adam step on the same batch: linearisation (forward through the layer graph and the
     reverse pass for g), factors, gradient (one part with the linearisation once it is
     compiled: ``taylorc.optim.compiled``), solver set-up (4 eigh per layer), the solve,
     and KFAC*'s 2x2 system (two exact JVPs per term); "rest" is the step minus the parts

@@ -194,16 +194,16 @@ class CompiledOperator(GraphCache, torch.nn.Module):
         """The name of the method a call runs: ``method``, or for ``"auto"`` :func:`auto_method`'s."""
         return self.method_obj.resolve(self, args, i).name
 
-    def taylor_graph(self, *args: torch.Tensor, taps: bool = True):
+    def taylor_graph(self, *args: torch.Tensor, perturbations: bool = True, taps=None):
         """The graph of this operator that keeps its linear layers' columns (what KFAC reads).
 
-        The method's :class:`~taylorc.methods.taylor.LayerVariant` (taylor, pin, collapse,
-        sites: no zero pruning, no fusing: every column's input and output stays its own
-        per-point node), built and cached like the operator's own graph. Returns a
-        :class:`taylorc.methods.layer_graph.TaylorGraph`: ``.gm``, ``.sites``, and
-        ``.run(*args)``: with ``taps`` zero perturbations on the layers' outputs whose
-        gradients are g, without them the output columns returned instead (one reverse
-        pass reads g from them: ``site_gradients``).
+        The method's :class:`~taylorc.methods.taylor.LayerVariant` (no zero pruning, no
+        fusing: each column's input and output is its own per-point node), built and cached
+        like the operator's own graph: a :class:`taylorc.methods.layer_graph.TaylorGraph`
+        (``.gm``, ``.layers``, ``.run(*args)``): with ``perturbations``, zero tensors added
+        to the layers' outputs whose gradients are g; without, the output columns returned
+        (one reverse pass reads g from them: ``layer_output_gradients``). ``taps=``: the
+        old name of ``perturbations=`` (deprecated).
 
         Raises:
             ValueError: a method other than ``"collapsed"`` and ``"taylor"``; bad inputs.
@@ -211,7 +211,7 @@ class CompiledOperator(GraphCache, torch.nn.Module):
         Method: Dangel, Müller, Zeinhofer, "Kronecker-Factored Approximate Curvature for
         Physics-Informed Neural Networks" (NeurIPS 2024), Sec. 3.
         """
-        return build_taylor_graph(self, args, taps)
+        return build_taylor_graph(self, args, perturbations, taps)
 
     @property
     def plan(self) -> _ops.JetPlan | None:

@@ -19,6 +19,8 @@ from typing import Any
 import torch
 import torch.fx
 
+from ..errors import renamed
+
 # value: order 0 (shape S); block: (R, *S), one slice per direction; direction: one
 # direction r of a block (shape S); top: the collapsed top order (S, or (G, *S) by row)
 LAYOUTS = ("value", "block", "direction", "top")
@@ -124,8 +126,9 @@ class GraphInfo:
             Stein, MLP.
         inputs: named extra placeholders of the method (``"zcs_shift"``: the D shifts;
             ``"noise"``: Stein's samples).
-        sites: the linear sites (:class:`taylorc.passes.sites.LinearSite`), filled by
-            :func:`taylorc.passes.sites.find_sites` in the sites pipeline.
+        layers: the linear layers (:class:`taylorc.passes.layers.LinearLayer`), filled by
+            :func:`taylorc.passes.layers.find_layers` in the layer pipeline (``sites``:
+            the old name, deprecated).
         options: what else the method records (Stein's samples, the MLP match).
     """
 
@@ -136,8 +139,9 @@ class GraphInfo:
     G: int = 0
     jets: dict[torch.fx.Node, list[Any]] = field(default_factory=dict)
     inputs: dict[str, list[torch.fx.Node]] = field(default_factory=dict)
-    sites: list = field(default_factory=list)
+    layers: list = field(default_factory=list)
     options: dict[str, Any] = field(default_factory=dict)
+    sites = renamed("GraphInfo.sites", "layers")
 
     def jet(self, source: torch.fx.Node) -> list[Any]:
         """The coefficient nodes of a source node ([] when it has none)."""
@@ -153,8 +157,8 @@ class GraphInfo:
         for role, nodes in self.inputs.items():
             for n in nodes:
                 yield f"inputs[{role}]", n
-        for site in self.sites:
-            yield from site.references()
+        for layer in self.layers:
+            yield from layer.references()
 
     def remap(self, fn) -> None:
         """Replace every referenced node n by ``fn(n)`` (a node, or None for gone)."""
@@ -168,8 +172,8 @@ class GraphInfo:
             nodes[:] = [one(n) for n in nodes]
         for role, nodes in self.inputs.items():
             self.inputs[role] = [m for m in map(fn, nodes) if m is not None]
-        for site in self.sites:
-            site.remap(fn)
+        for layer in self.layers:
+            layer.remap(fn)
 
 
 def info(gm: torch.fx.GraphModule) -> GraphInfo | None:

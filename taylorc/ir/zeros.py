@@ -6,8 +6,8 @@ zero (``"first"``: views, reductions, ``neg``, quotients), a concatenation of ze
 zero (``"all"``); a sum or difference of two zeros is zero. The zeros come from the
 input jet (its coefficients of order >= 2 vanish: the input moves on a straight line)
 and from what the collapse makes of them. The cleanup pass prunes them
-(:func:`taylorc.passes.cleanup.prune_zeros`); the sites mark them as zero inputs
-(:func:`taylorc.passes.sites.find_sites`).
+(:func:`taylorc.passes.cleanup.prune_zeros`); the linear layers mark them as zero inputs
+(:func:`taylorc.passes.layers.find_layers`).
 """
 
 from __future__ import annotations

@@ -1,68 +1,77 @@
-"""The Taylor graph as a product: :class:`TaylorGraph`, its linear sites, and runs with taps.
+"""The Taylor graph as a product: :class:`TaylorGraph`, its linear layers, runs with perturbations.
 
 ``op.taylor_graph(x)`` (:meth:`taylorc.api.CompiledOperator.taylor_graph`) builds the
-graph of the operator through the sites pipeline (taylor, :class:`~taylorc.passes.sites.PinPass`,
-collapse, :class:`~taylorc.passes.sites.SitesPass`; no cleanup, unstack, lowering or
-whole-MLP kernel) and returns it with its :class:`~taylorc.passes.sites.LinearSite` records.
-:meth:`TaylorGraph.run` evaluates it with zero-valued taps on every site's outputs
-and returns every site's input columns: what Kronecker-factored curvature for PINN
-losses needs (Dangel, Müller, Zeinhofer, NeurIPS 2024; the graph: Dangel, Siebert,
-Zeinhofer, Walther, "Collapsing Taylor Mode AD", NeurIPS 2025).
+graph of the operator through the layer pipeline (taylor,
+:class:`~taylorc.passes.layers.KeepInputsPass`, collapse,
+:class:`~taylorc.passes.layers.LayerPass`; no cleanup, unstack, lowering or whole-MLP
+kernel) and returns it with its :class:`~taylorc.passes.layers.LinearLayer` records.
+:meth:`TaylorGraph.run` evaluates it with zero-valued perturbations added to every
+layer's outputs and returns every layer's input columns: what Kronecker-factored
+curvature for PINN losses needs (Dangel, Müller, Zeinhofer, NeurIPS 2024; the graph:
+Dangel, Siebert, Zeinhofer, Walther, "Collapsing Taylor Mode AD", NeurIPS 2025). The
+names before issue 31 (``SiteRun``, ``site_gradients``, ``TaylorGraph.sites``,
+``.site()``, ``LayerRun.taps``, ``taps=``) still work, with a ``DeprecationWarning``.
 """
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 
 import torch
 
 from .. import ir
-from ..passes.sites import LinearSite, column_groups
+from ..errors import renamed, renamed_keyword, renamed_names
+from ..passes.layers import LinearLayer, column_groups
 from .taylor import Taylor
 
 
 @dataclass
-class SiteRun:
-    """One evaluation of a :class:`TaylorGraph` with taps.
+class LayerRun:
+    """One evaluation of a :class:`TaylorGraph` with perturbations.
 
     Attributes:
         outputs: what the operator returns: a tensor ``(N, *out)``, or a dict of them.
-        inputs: site name -> ``Z (N, S, d_in)`` (``(N, S, n, d_in)`` for a layer applied
-            to ``(N, n, d)``), the input columns in the site's column order; known-zero
+        inputs: layer name -> ``Z (N, S, d_in)`` (``(N, S, n, d_in)`` for a layer applied
+            to ``(N, n, d)``), the input columns in the layer's column order; known-zero
             columns are zeros. Differentiable (call ``.detach()`` for curvature factors).
-        taps: site name -> the zero tap ``(N, S, d_out)`` (or ``(N, S, n, d_out)``), a
-            leaf with ``requires_grad``; after a backward pass of (a sum over points of)
-            the outputs, ``taps[name].grad[n, s] = dr_n / dz_ns``. Empty for a graph
-            built without taps.
-        columns: (graphs built without taps) site name -> its output tensors, one per
-            :func:`~taylorc.passes.sites.column_groups` entry; :func:`site_gradients` reads g
-            from them. Empty for a graph with taps.
-        factors: (graphs built without taps) site name -> ``[(Factored, P, Q), ...]``,
-            the values of the site's :class:`~taylorc.passes.factored.Factored` columns; their
-            inputs are not in ``inputs`` (which then holds the other columns, in order).
+        perturbations: layer name -> the zero perturbation ``(N, S, d_out)`` (or
+            ``(N, S, n, d_out)``) added to its outputs, a leaf with ``requires_grad``; after
+            a backward pass of (a sum over points of) the outputs,
+            ``perturbations[name].grad[n, s] = dr_n / dz_ns``. Empty for a graph built
+            without perturbations.
+        columns: (graphs built without perturbations) layer name -> its output tensors, one
+            per :func:`~taylorc.passes.layers.column_groups` entry;
+            :func:`layer_output_gradients` reads g from them. Empty for a graph with
+            perturbations.
+        factors: (graphs built without perturbations) layer name -> ``[(Factored, P, Q),
+            ...]``, the values of the layer's :class:`~taylorc.passes.factored.Factored`
+            columns; their inputs are not in ``inputs`` (which then holds the other
+            columns, in order).
     """
 
     outputs: torch.Tensor | dict[str, torch.Tensor]
     inputs: dict[str, torch.Tensor]
-    taps: dict[str, torch.Tensor]
+    perturbations: dict[str, torch.Tensor]
     columns: dict[str, list[torch.Tensor]] = field(default_factory=dict)
     factors: dict[str, list] = field(default_factory=dict)
+    taps = renamed("LayerRun.taps", "perturbations")
 
-    def input_columns(self, site: LinearSite) -> Columns:
-        """``Z`` of ``site`` as :class:`Columns` over its S columns (rows of a point, for
+    def input_columns(self, layer: LinearLayer) -> Columns:
+        """``Z`` of ``layer`` as :class:`Columns` over its S columns (rows of a point, for
         ``rows_per_point`` n > 1, stay a separate axis of ``dense``: ``(N, S, n, d_in)``)."""
-        z = self.inputs[site.name]
-        return _site_columns(site, "input", self.factors.get(site.name, ()), lambda _: z)
+        z = self.inputs[layer.name]
+        return _layer_columns(layer, "input", self.factors.get(layer.name, ()), lambda _: z)
 
 
-def _site_columns(site: LinearSite, side: str, values, dense_of) -> Columns:
-    """One side of ``site`` as :class:`Columns`: ``values`` the ``(Factored, P, Q)`` of its
+def _layer_columns(layer: LinearLayer, side: str, values, dense_of) -> Columns:
+    """One side of ``layer`` as :class:`Columns`: ``values`` the ``(Factored, P, Q)`` of its
     blocks (those of the other side are skipped), ``dense_of(cols)`` the stack of the
     columns no block of ``side`` holds."""
-    held = site.factored_columns(side)
-    cols = tuple(s for s in range(site.S) if s not in held)
+    held = layer.factored_columns(side)
+    cols = tuple(s for s in range(layer.S) if s not in held)
     blocks = tuple((f.cols, P, Q[list(f.rows)]) for f, P, Q in values if f.side == side)
-    return Columns(site.S, dense_of(cols), cols, blocks)
+    return Columns(layer.S, dense_of(cols), cols, blocks)
 
 
 def take_columns(t: torch.Tensor, cols: list[int], dim: int) -> torch.Tensor:
@@ -166,48 +175,62 @@ class Columns:
 
 
 class TaylorGraph:
-    """The compiled Taylor graph of one input shape, with its linear sites.
+    """The compiled Taylor graph of one input shape, with its linear layers.
 
     Attributes:
-        gm: the ``torch.fx.GraphModule``; ``gm(*params, *buffers, *args, *taps)``
-            returns ``(*terms, *Z)``, one term per requested operator, one ``Z`` per site
-            (built without taps: then the output columns and factored blocks, see
-            :class:`~taylorc.passes.sites.SitesPass`).
-        sites: the :class:`~taylorc.passes.sites.LinearSite` records, in forward order.
+        gm: the ``torch.fx.GraphModule``; ``gm(*params, *buffers, *args, *perturbations)``
+            returns ``(*terms, *Z)``, one term per requested operator, one ``Z`` per layer
+            (built without perturbations: then the output columns and factored blocks,
+            see :class:`~taylorc.passes.layers.LayerPass`).
+        layers: the :class:`~taylorc.passes.layers.LinearLayer` records, in forward order.
         plan: the :class:`~taylorc.operators.plan.JetPlan`.
         info: the graph's :class:`~taylorc.ir.GraphInfo`.
     """
 
     def __init__(
-        self, gm: torch.fx.GraphModule, captured, ctx, operator, shape: tuple, taps: bool = True
+        self,
+        gm: torch.fx.GraphModule,
+        captured,
+        ctx,
+        operator,
+        shape: tuple,
+        perturbations: bool = True,
     ):
         self.gm, self.captured, self.ctx, self._op = gm, captured, ctx, operator
-        self.taps = taps  # False: no tap inputs; the outputs' columns are returned instead
+        self.perturbations = perturbations  # False: none; the output columns are returned
         self.shape = shape  # of the coordinates it was built for
         self.plan = ctx.plan
         self.info = ir.info(gm)
-        self.sites: list[LinearSite] = self.info.sites
+        self.layers: list[LinearLayer] = self.info.layers
 
-    def site(self, name: str) -> LinearSite:
-        """The site named ``name`` (KeyError if none)."""
-        for s in self.sites:
-            if s.name == name:
-                return s
-        raise KeyError(f"no linear site {name!r}; sites: {[s.name for s in self.sites]}")
+    sites = renamed("TaylorGraph.sites", "layers")
+    taps = renamed("TaylorGraph.taps", "perturbations")
 
-    def parameters_of(self, site: LinearSite) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The live ``(W, b)`` of a site in the compiled model."""
-        return site.parameters(self._op.model)
+    def layer(self, name: str) -> LinearLayer:
+        """The layer named ``name`` (KeyError if none)."""
+        for layer in self.layers:
+            if layer.name == name:
+                return layer
+        raise KeyError(f"no linear layer {name!r}; layers: {[u.name for u in self.layers]}")
 
-    def run(self, *args: torch.Tensor) -> SiteRun:
-        """Evaluate at the call's arguments with zero taps on every site's outputs.
+    def site(self, name: str) -> LinearLayer:
+        """The old name of :meth:`layer` (deprecated)."""
+        warnings.warn("TaylorGraph.site is now layer", DeprecationWarning, stacklevel=2)
+        return self.layer(name)
+
+    def parameters_of(self, layer: LinearLayer) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The live ``(W, b)`` of a layer in the compiled model."""
+        return layer.parameters(self._op.model)
+
+    def run(self, *args: torch.Tensor) -> LayerRun:
+        """Evaluate at the call's arguments with zero perturbations on every layer's outputs.
 
         Args:
             args: the same arguments as the operator's call (``x (N, *in)``, or all of a
                 model of several arguments), of the shape this graph was built for.
 
         Returns:
-            a :class:`SiteRun`.
+            a :class:`LayerRun`.
 
         Raises:
             ValueError: arguments of another shape, dtype or device than the graph's.
@@ -218,32 +241,31 @@ class TaylorGraph:
                 f"this Taylor graph is for inputs of shape {self.shape}, "
                 f"got {tuple(x.shape)}: call op.taylor_graph on them"
             )
-        taps = {
-            s.name: torch.zeros(
-                self._tap_shape(s, x.shape[0]), dtype=x.dtype, device=x.device, requires_grad=True
-            )
-            for s in self.sites
-            if self.taps
+        n, like = x.shape[0], {"dtype": x.dtype, "device": x.device}
+        perturbations = {
+            u.name: torch.zeros(self._perturbation_shape(u, n), **like, requires_grad=True)
+            for u in self.layers
+            if self.perturbations
         }
-        outs = self.gm(*self.captured.inputs(self._op.model, *args), *taps.values())
-        T, S = len(self._op.ops), len(self.sites)
+        outs = self.gm(*self.captured.inputs(self._op.model, *args), *perturbations.values())
+        T, S = len(self._op.ops), len(self.layers)
         terms, zs, rest = outs[:T], outs[T : T + S], list(outs[T + S :])
         outputs = terms[0] if self._op.single else dict(zip(self._op.ops, terms))
         columns, factors = {}, {}
-        for s in self.sites if not self.taps else ():
-            k = len(column_groups(s))
-            columns[s.name], rest = rest[:k], rest[k:]
-        for s in self.sites if not self.taps else ():
-            k = 2 * len(s.factored)
+        for layer in self.layers if not self.perturbations else ():
+            k = len(column_groups(layer))
+            columns[layer.name], rest = rest[:k], rest[k:]
+        for layer in self.layers if not self.perturbations else ():
+            k = 2 * len(layer.factored)
             got, rest = rest[:k], rest[k:]
-            factors.update({s.name: list(zip(s.factored, got[::2], got[1::2]))})
-        inputs = {s.name: z for s, z in zip(self.sites, zs)}
-        return SiteRun(outputs, inputs, taps, columns, factors)
+            factors.update({layer.name: list(zip(layer.factored, got[::2], got[1::2]))})
+        inputs = {layer.name: z for layer, z in zip(self.layers, zs)}
+        return LayerRun(outputs, inputs, perturbations, columns, factors)
 
-    def _tap_shape(self, site: LinearSite, n: int) -> tuple:
-        """The tap of ``site`` for ``n`` points (a graph for every batch size holds the
-        build's count in the tap's first dim)."""
-        shape = tuple(site.tap.meta["val"].shape)
+    def _perturbation_shape(self, layer: LinearLayer, n: int) -> tuple:
+        """The perturbation of ``layer`` for ``n`` points (a graph for every batch size holds
+        the build's count in the perturbation's first dim)."""
+        shape = tuple(layer.perturbation.meta["val"].shape)
         built = self.ctx.built_batch
         return (n,) + shape[1:] if built is not None and shape[0] == built else shape
 
@@ -252,13 +274,13 @@ class TaylorGraph:
         return self.run(*args).outputs
 
 
-def site_gradients(
+def layer_output_gradients(
     pairs: list, scalar: torch.Tensor, retain_graph: bool = False, factored: bool = False
 ) -> list:
-    """``g = d scalar / dz`` of each ``(SiteRun, LinearSite)`` pair, in one reverse pass.
+    """``g = d scalar / dz`` of each ``(LayerRun, LinearLayer)`` pair, in one reverse pass.
 
     Args:
-        pairs: ``[(run, site), ...]``, runs of graphs with or without taps.
+        pairs: ``[(run, layer), ...]``, runs of graphs with or without perturbations.
         scalar: a 0-d tensor computed from the runs' outputs (e.g. a residual summed
             over points: then ``g[n, s] = dr_n / dz_ns``).
         retain_graph: keep the autograd graph for a further pass.
@@ -267,13 +289,14 @@ def site_gradients(
 
     Returns:
         per pair ``g (N, S, d_out)`` (``(N, S, n, d_out)`` with ``rows_per_point`` n),
-        the tap's layout; zero for columns that do not reach ``scalar`` and, in a graph
-        without taps, for outputs that need no gradient (a frozen layer on the data).
+        the perturbation's layout; zero for columns that do not reach ``scalar`` and, in a
+        graph without perturbations, for outputs that need no gradient (a frozen layer on
+        the data).
     """
     leaves, spans = [], []
-    for run, site in pairs:
-        got = [run.taps[site.name]] if run.taps else run.columns[site.name]
-        got = got + [P for f, P, _ in run.factors.get(site.name, ()) if f.side == "output"]
+    for run, layer in pairs:
+        got = [run.perturbations[layer.name]] if run.perturbations else run.columns[layer.name]
+        got = got + [P for f, P, _ in run.factors.get(layer.name, ()) if f.side == "output"]
         spans.append((len(leaves), len(got)))
         leaves += got
     live = [t for t in leaves if t.requires_grad]  # not: outputs of frozen layers on data
@@ -281,46 +304,49 @@ def site_gradients(
     grads = [next(got) if t.requires_grad else None for t in leaves]
     grads = [torch.zeros_like(t) if g is None else g for g, t in zip(grads, leaves)]
     out = []
-    for (run, site), (i, k) in zip(pairs, spans):
-        if run.taps:
-            out.append(Columns(site.S, grads[i], tuple(range(site.S))) if factored else grads[i])
+    for (run, layer), (i, k) in zip(pairs, spans):
+        if run.perturbations:
+            out.append(Columns(layer.S, grads[i], tuple(range(layer.S))) if factored else grads[i])
             continue
-        g = _assemble(site, run, leaves[i : i + k], grads[i : i + k])
+        g = _assemble(layer, run, leaves[i : i + k], grads[i : i + k])
         out.append(g if factored else g.full())
     return out
 
 
-def _assemble(site: LinearSite, run: SiteRun, tensors: list, grads: list) -> Columns:
-    """The per-column gradients of one site's output groups and factored outputs, in the
-    tap's layout."""
-    groups = column_groups(site)
+def _assemble(layer: LinearLayer, run: LayerRun, tensors: list, grads: list) -> Columns:
+    """The per-column gradients of one layer's output groups and factored outputs, in the
+    perturbation's layout."""
+    groups = column_groups(layer)
     at = {}
     for (_, cols), g in zip(groups, grads):
         for s in cols:
-            c = site.columns[s]
+            c = layer.columns[s]
             at[s] = g if c.index is None else g[c.index]
-    fs = [(f, Q) for f, _, Q in run.factors.get(site.name, ()) if f.side == "output"]
+    fs = [(f, Q) for f, _, Q in run.factors.get(layer.name, ()) if f.side == "output"]
     values = [(f, u, Q) for (f, Q), u in zip(fs, grads[len(groups) :])]
     M, d = tensors[0].shape[-2:]
     zero = tensors[0].new_zeros(M, d)
 
     def dense_of(cols):
         g = torch.stack([at.get(s, zero) for s in cols], 1)  # (N * n, S', d_out)
-        n = site.rows_per_point
+        n = layer.rows_per_point
         if n > 1:  # rows of one point are consecutive (never factored)
-            g = g.reshape(M // n, n, site.S, d).movedim(1, 2)
+            g = g.reshape(M // n, n, layer.S, d).movedim(1, 2)
         return g
 
-    return _site_columns(site, "output", values, dense_of)
+    return _layer_columns(layer, "output", values, dense_of)
 
 
-def build_taylor_graph(op, args: tuple, taps: bool = True) -> TaylorGraph:
+def build_taylor_graph(
+    op, args: tuple, perturbations: bool = True, taps: bool | None = None
+) -> TaylorGraph:
     """The graph of ``op``'s method that keeps its linear layers' columns, for ``args``.
 
     Built and cached by the operator's graph cache as the method's
     :class:`~taylorc.methods.taylor.LayerVariant` (one graph for every batch size where
-    the proof holds). ``taps=False`` builds the graph without tap inputs (its runs give g
-    through :func:`site_gradients` only), cached apart.
+    the proof holds). ``perturbations=False`` builds the graph without perturbation
+    inputs (its runs give g through :func:`layer_output_gradients` only), cached apart.
+    ``taps=``: the old name of ``perturbations=`` (deprecated).
 
     Raises:
         ValueError: ``op.method`` is not ``"collapsed"`` or ``"taylor"`` (the other
@@ -332,7 +358,19 @@ def build_taylor_graph(op, args: tuple, taps: bool = True) -> TaylorGraph:
             f"taylor_graph needs method='collapsed' or 'taylor', not {op.method!r}: "
             "the other methods propagate no Taylor coefficients through the layers"
         )
+    perturbations = renamed_keyword(perturbations, taps, "taps", "perturbations")
     x = args[op.wrt_index(args)]
     op._check(x)
-    gm, cap, ctx = op.graph_for(x, args, op.method_obj.with_layers(taps))
-    return TaylorGraph(gm, cap, ctx, op, tuple(x.shape), taps)
+    gm, cap, ctx = op.graph_for(x, args, op.method_obj.with_layers(perturbations))
+    return TaylorGraph(gm, cap, ctx, op, tuple(x.shape), perturbations)
+
+
+# the names before issue 31 (sites and taps) still work, with a DeprecationWarning
+__getattr__ = renamed_names(
+    globals(),
+    {
+        "SiteRun": "LayerRun",
+        "site_gradients": "layer_output_gradients",
+        "LinearSite": "LinearLayer",
+    },
+)

@@ -7,12 +7,13 @@ Differentiation" (NeurIPS 2025); standard Taylor mode after Griewank & Walther,
 
 from __future__ import annotations
 
+from ..errors import renamed, renamed_keyword
 from ..passes.cleanup import CleanupPass
 from ..passes.collapse import CollapsePass
 from ..passes.cpu_tanh import CPUTanhPass
+from ..passes.layers import KeepInputsPass, LayerPass
 from ..passes.lower import LowerPass
 from ..passes.mlp import MLPPass
-from ..passes.sites import PinPass, SitesPass
 from ..passes.taylor import TaylorPass
 from ..passes.unstack import UnstackPass
 from .base import Method
@@ -45,9 +46,10 @@ class Taylor(Method):
                 passes = [whole]  # one kernel for the whole network replaces the layered passes
         return finish(op, passes, unstack=True)
 
-    def with_layers(self, taps: bool = True) -> LayerVariant:
-        """This method's graph that keeps every linear layer's coefficient columns (KFAC's)."""
-        return LayerVariant(self, taps)
+    def with_layers(self, perturbations: bool = True, taps: bool | None = None) -> LayerVariant:
+        """This method's graph that keeps every linear layer's coefficient columns (KFAC's);
+        ``taps=``: the old name of ``perturbations=`` (deprecated)."""
+        return LayerVariant(self, renamed_keyword(perturbations, taps, "taps", "perturbations"))
 
 
 class Collapsed(Taylor):
@@ -60,8 +62,8 @@ class Collapsed(Taylor):
 class LayerVariant(Method):
     """The graph of a Taylor method with every linear layer's columns kept and returned.
 
-    The pipeline: taylor, :class:`~taylorc.passes.sites.PinPass`, collapse (for
-    ``collapsed``), :class:`~taylorc.passes.sites.SitesPass`; no cleanup, unstacking,
+    The pipeline: taylor, :class:`~taylorc.passes.layers.KeepInputsPass`, collapse (for
+    ``collapsed``), :class:`~taylorc.passes.layers.LayerPass`; no cleanup, unstacking,
     lowering or whole-MLP kernel, so every column's input and output stays its own
     per-point node: Kronecker-factored curvature reads them (Dangel, Müller, Zeinhofer,
     "Kronecker-Factored Approximate Curvature for Physics-Informed Neural Networks",
@@ -71,19 +73,20 @@ class LayerVariant(Method):
 
     Args:
         base: the :class:`Taylor` or :class:`Collapsed` method it varies.
-        taps: the graph takes one zero perturbation per layer use, added to its output
-            columns (True), or returns the output columns instead (False).
+        perturbations: the graph takes one zero perturbation per layer use, added to its
+            output columns (True), or returns the output columns instead (False).
     """
 
     compiled_by_backend = False
+    taps = renamed("LayerVariant.taps", "perturbations")
 
-    def __init__(self, base: Taylor, taps: bool = True):
-        self.base, self.taps, self.name = base, taps, base.name
+    def __init__(self, base: Taylor, perturbations: bool = True):
+        self.base, self.perturbations, self.name = base, perturbations, base.name
 
     def key(self) -> tuple:
-        return self.base.key() + (("layers", self.taps),)
+        return self.base.key() + (("layers", self.perturbations),)
 
     def passes(self, op, cap, ctx, x) -> list:
-        passes = [TaylorPass(), PinPass(cap.param_names, self.base.collapse)]
+        passes = [TaylorPass(), KeepInputsPass(cap.param_names, self.base.collapse)]
         passes += [CollapsePass()] if self.base.collapse else []
-        return passes + [SitesPass(cap.param_names, self.taps)]  # no cleanup: see SitesPass
+        return passes + [LayerPass(cap.param_names, self.perturbations)]  # no cleanup: see there

@@ -1,4 +1,4 @@
-"""Second-order optimisers for PINN losses that read the Taylor graph's linear sites.
+"""Second-order optimisers for PINN losses that read the Taylor graph's linear layers.
 
 - :class:`KFAC`: Kronecker-factored curvature for PINNs (Dangel, Müller, Zeinhofer,
   NeurIPS 2024), step rules KFAC* (Martens & Grosse 2015, Sec. 7), line search, or lr;

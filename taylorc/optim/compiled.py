@@ -3,7 +3,7 @@ backend beside the eager :func:`~taylorc.optim.linearization.linearize` (the per
 that picks one, and its guard, are :class:`taylorc.optim.linearizer.Linearizer`).
 
 The tensor work of :func:`~taylorc.optim.linearization.linearize` (the residual through the
-sites graphs, then one reverse pass per residual output for every ``g_ns``) is an eager
+layer graphs, then one reverse pass per residual output for every ``g_ns``) is an eager
 chain of some hundred small elementwise ops, each a pass over memory. For a fixed
 input shape it is one static program: :class:`CompiledEvaluation` traces it once
 (``make_fx`` with fake tensors; the reverse pass is traced into the same graph, so
@@ -27,7 +27,7 @@ from operator import attrgetter
 import torch
 from torch.fx.experimental.proxy_tensor import make_fx
 
-from ..errors import KFACError
+from ..errors import KFACError, renamed
 from ..passes.cleanup import prune_zeros
 from ..runtime.backend import TRACING
 from .factors import eager_jvp, layer_factors, layer_gradient
@@ -53,7 +53,7 @@ def _trace_and_compile(fn, inputs: list):
 
     with TRACING:  # no trace beside a background compile (taylorc.runtime.backend.TRACING)
         gm = make_fx(fn, tracing_mode="fake", _allow_non_fake_inputs=True)(*inputs)
-        # the sites graph keeps a known-zero input column as a column (the first layer's
+        # the layer graph keeps a known-zero input column as a column (the first layer's
         # top order, Column.zero_input): without this its (N, d_in) @ (d_in, d_out) on
         # zeros runs at every step
         prune_zeros(gm, functional=False)
@@ -80,9 +80,9 @@ class CompiledEvaluation:
             (:func:`~taylorc.optim.factors.layer_gradient`) in the compiled graph, where
             the columns are made; None: the columns only (ENGD).
 
-    The columns found shared over the points at ``x`` (:attr:`Layer.shared`, compared
-    on the values) are taken as shared by the graph, which counts the points where
-    they differ at every call. Calling it with points ``x`` returns the
+    The columns found constant over the points at ``x`` (:attr:`Layer.constant_columns`,
+    compared on the values) are taken as constant by the graph, which counts the points
+    where they differ at every call. Calling it with points ``x`` returns the
     :class:`CompiledLinearization` at the model's current parameters (graph inputs, not
     constants): the eager backend's :func:`~taylorc.optim.linearization.linearize` and this
     compiled one are siblings behind :class:`~taylorc.optim.linearization.Linearization`.
@@ -92,14 +92,16 @@ class CompiledEvaluation:
             a residual that branches on tensor values) or inductor raises.
         KFACError: (at construction) the replay at ``x`` differs from the eager
             evaluation (beyond 1e-9 relative in float64, 1e-4 in float32).
-        StaleColumns: (at a call) a column taken as shared differs between points.
+        StaleColumns: (at a call) a column taken as constant differs between points.
     """
+
+    shared = renamed("CompiledEvaluation.shared", "constant")
 
     def __init__(self, model, residual, x, trainable: frozenset, approx=None):
         x = x.contiguous()  # the compiled graph assumes its example's strides
         r, uses = evaluate(model, residual, x, trainable)
         layers = _group(model, uses, trainable)
-        self.shared = {w: layer.shared for w, layer in layers.items()}
+        self.constant = {w: layer.constant_columns for w, layer in layers.items()}
         self.approx, self._weights = approx, list(layers)
         self._model, self._trainable, self._jvps = model, trainable, {}
         self._count = len(_flatten(r, uses))
@@ -123,22 +125,22 @@ class CompiledEvaluation:
         example = [t.detach().requires_grad_(t.requires_grad) for _, t in state]
         self._fn = _trace_and_compile(flat, [*example, x])
         self._state = [(model, n) for n, _ in state]
-        self._uses = [(site, _blank(X), _blank(g)) for site, X, g in built["uses"]]
+        self._uses = [(use, _blank(X), _blank(g)) for use, X, g in built["uses"]]
         r = r.detach()
         want = _flatten(r, uses) + self._statistics(model, r, uses, trainable)
         _same(want, self._fn(*self._inputs(), x), x.dtype)
 
     def _statistics(self, model, r, uses, trainable) -> list[torch.Tensor]:
         """Per layer ``A, B, [∇W | ∇b]`` (with ``approx``), then the count of entries
-        where a column taken as shared differs from its first point's."""
-        layers = _group(model, uses, trainable, self.shared)
+        where a column taken as constant differs from its first point's."""
+        layers = _group(model, uses, trainable, self.constant)
         out = []
         for layer in layers.values() if self.approx is not None else ():
             out += [*layer_factors(layer, self.approx), layer_gradient(layer, r)]
         bad = r.new_zeros((), dtype=torch.int64)
         for layer in layers.values():
-            if layer.shared:
-                cols = layer.x_columns.take(list(layer.shared))
+            if layer.constant_columns:
+                cols = layer.x_columns.take(list(layer.constant_columns))
                 bad = bad + (cols != cols[:1]).sum()
         return out + [bad]
 
@@ -150,12 +152,12 @@ class CompiledEvaluation:
         out = self._fn(*self._inputs(), x.contiguous())
         if out[-1].item():
             raise StaleColumns(
-                "a column taken as the same for every point (Layer.shared) differs between "
-                "points now"
+                "a column taken as the same for every point (Layer.constant_columns) differs "
+                "between points now"
             )
         columns = out[: self._count]
         r, uses = self._rebuild(columns)
-        layers = _group(self._model, uses, self._trainable, self.shared)
+        layers = _group(self._model, uses, self._trainable, self.constant)
         lin = CompiledLinearization(r, layers, approx=self.approx)
         lin.jvps = functools.partial(self.jvps, columns)
         if self.approx is not None:
@@ -168,7 +170,7 @@ class CompiledEvaluation:
         """``(r, uses)`` from the flat column tensors of one call."""
         it = iter(columns)
         r = next(it)
-        return r, [(site, X.replace(it), g.replace(it)) for site, X, g in self._uses]
+        return r, [(use, X.replace(it), g.replace(it)) for use, X, g in self._uses]
 
     def jvps(self, columns: list, *directions: dict) -> list[torch.Tensor]:
         """:func:`~taylorc.optim.factors.jvp` of the linearisation whose flat column
@@ -193,7 +195,7 @@ class CompiledEvaluation:
 
         def products(*args):
             r, uses = self._rebuild(args[:count])
-            layers = _group(self._model, uses, self._trainable, self.shared)
+            layers = _group(self._model, uses, self._trainable, self.constant)
             dirs, n = args[count:], len(weights)  # direction by direction
             split = [dict(zip(weights, dirs[i * n : (i + 1) * n])) for i in range(k)]
             return eager_jvp(r, layers, *split)
@@ -237,7 +239,7 @@ class CompiledLinearization(Linearization):
 
 
 class StaleColumns(KFACError):
-    """A compiled evaluation's shared columns no longer hold (the caller goes eager)."""
+    """A compiled evaluation's constant columns no longer hold (the caller goes eager)."""
 
 
 def _why(e: Exception) -> str:

@@ -173,7 +173,7 @@ def layer_gradient(layer: Layer, r: torch.Tensor) -> torch.Tensor:
     """
     xc, gc, e = layer.x_columns, layer.g_columns, layer.e
     N, d_x, d_out = layer.N, xc.dense.shape[-1], layer.d_out
-    per_point, shared = layer.split_columns()
+    per_point, constant = layer.split_columns()
     GW = xc.dense.new_zeros(d_out, d_x)
     if per_point:
         Xp, gp = xc.take(per_point), gc.take(per_point)
@@ -184,11 +184,11 @@ def layer_gradient(layer: Layer, r: torch.Tensor) -> torch.Tensor:
         else:
             Gp, Xp = gp[0], Xp * r[:, :1, None]
         GW = GW + (Xp.reshape(-1, d_x).T @ Gp.reshape(-1, d_out)).T
-    sums = sorted(set(shared) | (set(layer.bias_columns) & set(per_point + shared)))
+    sums = sorted(set(constant) | (set(layer.bias_columns) & set(per_point + constant)))
     Q = dict(zip(sums, _point_sums(gc, r, sums))) if sums else {}
-    if shared:
-        GW = GW + torch.stack([Q[s] for s in shared]).T @ xc.take(shared)[0]
-    if e is not None:  # Σ_s e_s Σ_n w_n G_ns over the live bias columns (e is 0/1)
+    if constant:
+        GW = GW + torch.stack([Q[s] for s in constant]).T @ xc.take(constant)[0]
+    if e is not None:  # Σ_s e_s Σ_n w_n G_ns over the active bias columns (e is 0/1)
         b = sum((Q[s] for s in layer.bias_columns if s in Q), GW.new_zeros(d_out))
         GW = torch.cat([GW, b[:, None]], 1)
     return GW / N
@@ -237,12 +237,12 @@ def eager_jvp(
         if not Vs:
             continue
         V = torch.stack([v for _, v in Vs])  # (k, d_out, d_in[+1])
-        per_point, shared = layer.split_columns()
+        per_point, constant = layer.split_columns()
         pieces = []
         if per_point:
             pieces.append(_jvp_per_point(layer, V, per_point))
-        if shared:
-            pieces.append(_jvp_shared(layer, V, shared))
+        if constant:
+            pieces.append(_jvp_constant(layer, V, constant))
         for piece in pieces:
             for j, (i, _) in enumerate(Vs):
                 out[i] += piece[j]
@@ -272,7 +272,7 @@ def _jvp_per_point(layer: Layer, V: torch.Tensor, cols: list[int]) -> torch.Tens
     return torch.stack(pieces)
 
 
-def _jvp_shared(layer: Layer, V: torch.Tensor, cols: list[int]) -> torch.Tensor:
+def _jvp_constant(layer: Layer, V: torch.Tensor, cols: list[int]) -> torch.Tensor:
     """``(k, M, N)``: Σ_{s ∈ cols} g_mns · (V_j Z̃_0s), Z̃_0s the columns' common input;
     a factored g ``P_mn ⊙ Q_j`` as ``P_mn · Σ_j Q_j ⊙ (V Z̃_0s_j)``."""
     X0 = layer.x_columns.take(cols)[0]  # (C, d_x)

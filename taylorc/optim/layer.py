@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..errors import renamed
 from ..methods.layer_graph import Columns
 
 
@@ -21,7 +22,7 @@ class Layer:
     covariance B (from ``g``) (Dangel, Müller, Zeinhofer, NeurIPS 2024, Sec. 3).
 
     Attributes:
-        weight, bias: qualified parameter names (bias None: no bias in the sites).
+        weight, bias: qualified parameter names (bias None: no bias in the linear layers).
         x_columns: the layer inputs ``X (N, S, d_in)``, detached (without the bias
             entry), as :class:`~taylorc.methods.layer_graph.Columns` (a tensor given here is
             wrapped): some may be held as products ``P ⊙ Q`` (:class:`~taylorc.passes.factored.Factored`).
@@ -30,17 +31,19 @@ class Layer:
         e: ``(S,)`` the bias entry of each column (1 on value columns of a use with
             the bias, else 0); None when the layer has no bias.
         bias_columns: the s with ``e_s = 1`` (e is 0/1).
-        live: the s that can add to the Jacobian: the others' outputs do not reach the
-            operator's result (:attr:`taylorc.passes.sites.Column.output` is None and no
-            :class:`~taylorc.passes.factored.Factored` output holds them: g = 0 by construction), or
-            their Z̃ is zero by construction (a derivative column with a known-zero input,
-            e.g. the first layer's top). None: every column.
-        shared: the s whose input is the same for every point (``X[n, s] = X[0, s]``,
-            checked on the values: the first layer's direction and known-zero columns).
+        active_columns: the s that can add to the Jacobian: the others' outputs do not
+            reach the operator's result (:attr:`taylorc.passes.layers.Column.output` is
+            None and no :class:`~taylorc.passes.factored.Factored` output holds them: g = 0
+            by construction), or their Z̃ is zero by construction (a derivative column with
+            a known-zero input, e.g. the first layer's top). None: every column.
+        constant_columns: the s whose input is the same for every point
+            (``X[n, s] = X[0, s]``, checked on the values: the first layer's direction and
+            known-zero columns).
 
-    ``live``, ``shared`` and the factored columns only let sums over points skip work
-    (:mod:`taylorc.optim.factors`); every formula still sums over all S columns, and
-    :attr:`X` and :attr:`g` are the whole tensors.
+    ``active_columns``, ``constant_columns`` and the factored columns only let sums over
+    points skip work (:mod:`taylorc.optim.factors`); every formula still sums over all S
+    columns, and :attr:`X` and :attr:`g` are the whole tensors. ``live`` and ``shared``:
+    the old names of the two (deprecated).
     """
 
     weight: str
@@ -49,8 +52,10 @@ class Layer:
     g_columns: Columns
     e: torch.Tensor | None = None
     bias_columns: tuple[int, ...] = ()
-    live: tuple[int, ...] | None = None
-    shared: tuple[int, ...] = ()
+    active_columns: tuple[int, ...] | None = None
+    constant_columns: tuple[int, ...] = ()
+    live = renamed("Layer.live", "active_columns")
+    shared = renamed("Layer.shared", "constant_columns")
 
     @property
     def X(self) -> torch.Tensor:
@@ -91,11 +96,11 @@ class Layer:
             self.bias_columns = tuple(i for i, v in enumerate(self.e.tolist()) if v)
 
     def split_columns(self) -> tuple[list[int], list[int]]:
-        """``(per_point, shared)``: the live columns whose input varies over points, and
-        the live columns of :attr:`shared`."""
-        live = range(self.S) if self.live is None else self.live
-        shared = set(self.shared)
-        return [s for s in live if s not in shared], [s for s in live if s in shared]
+        """``(per_point, constant)``: the active columns whose input varies over points,
+        and the active columns of :attr:`constant_columns`."""
+        active = range(self.S) if self.active_columns is None else self.active_columns
+        constant = set(self.constant_columns)
+        return [s for s in active if s not in constant], [s for s in active if s in constant]
 
     @property
     def Z(self) -> torch.Tensor:

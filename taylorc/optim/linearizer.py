@@ -83,7 +83,7 @@ class Linearizer:
     :func:`taylorc.compile`'s ``"auto"``; never when None), ``"inductor"`` from the second
     call. A term that cannot be compiled stays eager: with ``"auto"`` a warning says
     why, with ``"inductor"`` it raises (unless ``strict=False``: warns, as ``"auto"``). A compiled graph that fails at a later call
-    (e.g. shared columns that stop holding) is dropped with a warning, and the term
+    (e.g. constant columns that stop holding) is dropped with a warning, and the term
     runs eagerly from then on.
 
     Compiling is for residuals that are functions of their points and the model's

@@ -144,7 +144,7 @@ class _Tracer(torch.fx.Tracer):
                 "propagates no Taylor coefficients through the layers: use 'collapsed' or "
                 "'taylor'"
             )
-        graph = module.taylor_graph(*args, taps=False)  # g from the output columns: no taps
+        graph = module.taylor_graph(*args, perturbations=False)  # g from the output columns
         result = graph.run(*args)
         self.runs.append((graph, result))
         return result.outputs
@@ -205,7 +205,7 @@ def run(model, residual, x: torch.Tensor, *legacy) -> tuple[torch.Tensor, list]:
 
     Returns:
         ``(r, runs)``: the residual's value and, per leaf call in evaluation order,
-        ``(TaylorGraph, SiteRun)`` (:mod:`taylorc.methods.layer_graph`).
+        ``(TaylorGraph, LayerRun)`` (:mod:`taylorc.methods.layer_graph`).
 
     Raises:
         KFACError: it calls an operator of another model, or of a method without

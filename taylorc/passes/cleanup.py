@@ -131,7 +131,7 @@ def hoist_broadcast_matmuls(gm: torch.fx.GraphModule) -> int:
 class CleanupPass:
     """Zero pruning, batch hoisting, CSE and DCE, in place; keeps constants, tags and the description.
 
-    The sites pipeline (:mod:`taylorc.methods.layer_graph`) does not run it: pruning and CSE
+    The layer pipeline (:mod:`taylorc.methods.layer_graph`) does not run it: pruning and CSE
     merge or drop columns that KFAC reads separately, hoisting loses per-sample inputs.
     """
 

@@ -1,16 +1,16 @@
-"""Direction blocks of linear sites held as products ``P ⊙ Q`` (:class:`Factored`).
+"""Direction blocks of linear layers held as products ``P ⊙ Q`` (:class:`Factored`).
 
 For one hidden layer under the collapsed Laplacian (the 5 -> 64 -> 1 net of Dangel,
 Müller, Zeinhofer, "Kronecker-Factored Approximate Curvature for Physics-Informed Neural
-Networks", NeurIPS 2024), two ``(R, N, d)`` blocks of the sites graph factor as
+Networks", NeurIPS 2024), two ``(R, N, d)`` blocks of the layer graph factor as
 (per-point vector) ⊙ (per-direction vector): the last layer's direction inputs
 ``σ'(a) ⊙ W e_r``, which reach nothing, and the g of the first layer's directions, read
-through ``Σ_r z_r²``. :class:`~taylorc.passes.sites.SitesPass` (without taps) calls
+through ``Σ_r z_r²``. :class:`~taylorc.passes.layers.LayerPass` (without perturbations) calls
 :func:`factor_inputs` and :func:`factor_outputs` so that neither block is built;
 Kronecker factors take their Gram as ``(PᵀP) ⊙ (QᵀQ)`` (:mod:`taylorc.optim.factors`).
 Anything that does not match the two patterns exactly keeps its dense columns. The
-``site`` arguments are :class:`~taylorc.passes.sites.LinearSite` records (not imported: sites
-imports this module).
+``layer`` arguments are :class:`~taylorc.passes.layers.LinearLayer` records (not imported:
+layers imports this module).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ aten = torch.ops.aten
 
 @dataclass
 class Factored:
-    """Columns of a site held as a product ``P[n] ⊙ Q[j]`` instead of one tensor per column.
+    """Columns of a layer held as a product ``P[n] ⊙ Q[j]`` instead of one tensor per column.
 
     ``side="input"``: column ``cols[j]``'s input is ``P (M, d_in) ⊙ Q[rows[j]]``; only for
     columns whose outputs do not reach the result (the last layer's directions under a
@@ -40,7 +40,7 @@ class Factored:
 
     Attributes:
         side: ``"input"`` or ``"output"``.
-        cols: the site's columns s held so.
+        cols: the layer's columns s held so.
         rows: for each of ``cols``, its row of Q.
         P, Q: nodes ``(M, d)`` and ``(R, d)``.
     """
@@ -79,58 +79,58 @@ def _product(node: torch.fx.Node, N: int):
     return None
 
 
-def _blocks(site, what: str) -> dict:
+def _blocks(layer, what: str) -> dict:
     """Direction columns by the ``(R, M, d)`` node holding their ``what`` (input/output)."""
     blocks: dict = {}
-    for s, c in enumerate(site.columns):
+    for s, c in enumerate(layer.columns):
         node = getattr(c, what)
         if c.kind == "direction" and node is not None:
             blocks.setdefault(node, []).append(s)
     return blocks
 
 
-def _rows_of(Q: torch.fx.Node, graph, site, cols: list[int]):
+def _rows_of(Q: torch.fx.Node, graph, layer, cols: list[int]):
     """``reshape(Q (R, 1, d), (R, d))`` and each column's row of it."""
     R, _, d = Q.meta["val"].shape
     with graph.inserting_after(Q):
         flat = graph.call_function(aten.reshape.default, (Q, [R, d]))
-    site.tag(flat, site.columns[cols[0]], "factor")
-    return flat, tuple(site.columns[s].index for s in cols)
+    layer.tag(flat, layer.columns[cols[0]], "factor")
+    return flat, tuple(layer.columns[s].index for s in cols)
 
 
-def factor_inputs(graph, site, N: int) -> list[Factored]:
+def factor_inputs(graph, layer, N: int) -> list[Factored]:
     """The input blocks ``mul(P, expand(Q))`` of columns whose outputs reach nothing, as
     :class:`Factored` inputs (their columns' ``input`` becomes None: they are not stacked).
 
     Args:
-        graph: the sites graph (gains one ``reshape`` of Q per block), shapes annotated.
-        site: a :class:`~taylorc.passes.sites.LinearSite` of it (its columns are changed).
+        graph: the layer graph (gains one ``reshape`` of Q per block), shapes annotated.
+        layer: a :class:`~taylorc.passes.layers.LinearLayer` of it (its columns are changed).
         N: the number of points; blocks are ``(R, N, d_in)``, P ``(N, d_in)``, Q ``(R, d_in)``.
 
     Returns:
         the blocks held so (none for ``rows_per_point`` > 1). Raises nothing: a block
         that does not match stays dense.
     """
-    if site.rows_per_point != 1:
+    if layer.rows_per_point != 1:
         return []
     out = []
-    for node, cols in _blocks(site, "input").items():
-        pq = None if any(site.columns[s].output is not None for s in cols) else _product(node, N)
+    for node, cols in _blocks(layer, "input").items():
+        pq = None if any(layer.columns[s].output is not None for s in cols) else _product(node, N)
         if pq is None:
             continue
-        Q, rows = _rows_of(pq[1], graph, site, cols)
+        Q, rows = _rows_of(pq[1], graph, layer, cols)
         out.append(Factored("input", tuple(cols), rows, pq[0], Q))
         for s in cols:
-            site.columns[s].input = None
+            layer.columns[s].input = None
     return out
 
 
 def _live_users(node: torch.fx.Node) -> list[torch.fx.Node]:
-    """Users that are read (a user nothing reads, such as a pin or an unstacked input, is not)."""
+    """Users that are read (a user nothing reads, such as a kept input or an unstacked input, is not)."""
     return [u for u in node.users if u.users or u.op == "output"]
 
 
-def factor_outputs(gm: torch.fx.GraphModule, site, N: int) -> list[Factored]:
+def factor_outputs(gm: torch.fx.GraphModule, layer, N: int) -> list[Factored]:
     """Output blocks ``O = expand(Q)`` that the result reads only as ``sum(O * O, 0)`` (the
     collapsed Laplacian's ``Σ_r z_r²``), rewritten ``expand(sum(Q * Q, 0))``: per point
     ``dr/dO_r = dr/dP ⊙ 2 Q_r``, read through the expand P (a :class:`Factored` output;
@@ -138,9 +138,9 @@ def factor_outputs(gm: torch.fx.GraphModule, site, N: int) -> list[Factored]:
     was of identical rows, and ``2 Q`` is what the product rule gives exactly.
 
     Args:
-        gm: the sites graph, shapes annotated, taps not added, pins removed from its
-            output (a pin would count as a use of the block).
-        site: a :class:`~taylorc.passes.sites.LinearSite` of it (its columns are changed).
+        gm: the layer graph, shapes annotated, perturbations not added, kept inputs
+            removed from its output (a kept input would count as a use of the block).
+        layer: a :class:`~taylorc.passes.layers.LinearLayer` of it (its columns are changed).
         N: the number of points; blocks are ``(R, N, d_out)``, P ``(N, d_out)``,
             Q ``(R, d_out)``.
 
@@ -148,10 +148,10 @@ def factor_outputs(gm: torch.fx.GraphModule, site, N: int) -> list[Factored]:
         the blocks held so (none for ``rows_per_point`` > 1). Raises nothing: a block
         read any other way stays dense.
     """
-    if site.rows_per_point != 1:
+    if layer.rows_per_point != 1:
         return []
     graph, out = gm.graph, []
-    for block, cols in _blocks(site, "output").items():
+    for block, cols in _blocks(layer, "output").items():
         Q = _broadcast_source(block, N)
         users = _live_users(block)
         if Q is None or len(users) != 1 or users[0].target is not aten.mul.Tensor:
@@ -170,12 +170,12 @@ def factor_outputs(gm: torch.fx.GraphModule, site, N: int) -> list[Factored]:
             small = graph.call_function(aten.sum.dim_IntList, (small, [0]))
             P = graph.call_function(aten.expand.default, (small, [N, d]))
         ir.tag_new((small.args[0], small, P), ir.tag_of(red))
-        flat, rows = _rows_of(Q, graph, site, cols)
+        flat, rows = _rows_of(Q, graph, layer, cols)
         with graph.inserting_after(flat):
             twice = graph.call_function(aten.mul.Tensor, (flat, 2))
-        site.tag(twice, site.columns[cols[0]], "factor")
+        layer.tag(twice, layer.columns[cols[0]], "factor")
         ir.replace(gm, red, P)
         out.append(Factored("output", tuple(cols), rows, P, twice))
         for s in cols:
-            site.columns[s].output = None
+            layer.columns[s].output = None
     return out

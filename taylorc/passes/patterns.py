@@ -1,7 +1,7 @@
 """The structural matchers: linear layers, activations, canonical activation steps, whole MLPs.
 
 Lowering (:mod:`taylorc.passes.lower`), the whole-MLP pass (:mod:`taylorc.passes.mlp`)
-and the linear sites (:mod:`taylorc.passes.sites`) recognise the same structures of
+and the linear layers' records (:mod:`taylorc.passes.layers`) recognise the same structures of
 the captured ATen graph, matched here once:
 
 * a linear layer: ``addmm(b, h, permute(W, [1, 0]))`` or ``mm(h, permute(W, [1, 0]))``
