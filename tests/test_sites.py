@@ -148,7 +148,11 @@ def check_untapped(op, tg, x):
     """The graph without taps (what KFAC runs): the same outputs and Z, and g read from
     the output columns equal to the taps' g, column by column (zeros where unused)."""
     fast = build_taylor_graph(op, (x,), taps=False)
-    assert not any(n.name.startswith("tap") for n in fast.gm.graph.nodes if n.op == "placeholder")
+    assert not any(
+        n.name.startswith(("tap", "perturbation"))
+        for n in fast.gm.graph.nodes
+        if n.op == "placeholder"
+    )
     run, quick = tg.run(x), fast.run(x)
     outs = run.outputs if isinstance(run.outputs, dict) else {"": run.outputs}
     quicks = quick.outputs if isinstance(quick.outputs, dict) else {"": quick.outputs}

@@ -168,7 +168,7 @@ class GraphCache:
         """Capture the model on ``args`` (``example`` at position i) and run the passes
         ``pipeline(cap, ctx)`` returns; ``(GraphModule, Captured, PassContext)``, not cached.
 
-        Shared by :meth:`graph_for` and the sites pipeline (:meth:`taylor_graph`).
+        Shared by :meth:`graph_for` and the layer-keeping pipeline (:meth:`taylor_graph`).
         ``ctx.latency`` gets the seconds of ``"capture"`` and ``"passes"``; ``dump=False``
         writes no debug dump (the second build of :meth:`graph_for`'s batch check).
         """
