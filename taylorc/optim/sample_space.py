@@ -118,7 +118,7 @@ def gather_linearizations(lins: list[Linearization], rows: Rows, reducer) -> lis
     One ``all_gather`` of each rank's residuals, layer inputs X and pre-activation
     gradients g (factored columns multiplied out). The gathered layers carry X, g and the
     bias entries e (the same on every rank): what :func:`~taylorc.optim.woodbury.kernel`
-    reads; not their :attr:`~Layer.shared` columns (all columns count as per point).
+    reads; not their :attr:`~Layer.constant_columns` (all columns count as per point).
     In one process (``reducer.world == 1``), ``lins`` themselves.
 
     Returns:
@@ -138,7 +138,7 @@ def gather_linearizations(lins: list[Linearization], rows: Rows, reducer) -> lis
         axes = [axis for _, axis in _pieces(lin, 0)]
         r, *columns = [torch.cat([p[t][k] for p in per_rank], ax) for k, ax in enumerate(axes)]
         layers = {
-            name: Layer(L.weight, L.bias, X, g, L.e, L.bias_columns, L.live)
+            name: Layer(L.weight, L.bias, X, g, L.e, L.bias_columns, L.active_columns)
             for (name, L), X, g in zip(lin.layers.items(), columns[::2], columns[1::2])
         }
         out.append(Linearization(r, layers))
