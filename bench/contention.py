@@ -59,6 +59,7 @@ def operators() -> dict:
                 lap.config.contention = "busy"  # the one-thread variant, compiled now
                 for _ in range(3):
                     lap(x)
+                lap.wait_for_compile()  # the variant compiles in the background
             out[(str(dtype).split(".")[1], B)] = (lap, x)
     return out
 
@@ -66,9 +67,9 @@ def operators() -> dict:
 VARIANTS = {"default": "off", "policy": "auto"}  # name -> op.config.contention
 
 
-def median_calls(lap, x, calls: int) -> dict:
+def median_calls(lap, x, calls: int, variants: dict) -> dict:
     """``{variant: (median seconds of one call, calls the policy lowered)}`` over ``calls``
-    rounds of the variants in turn, after two more warm-ups."""
+    rounds of the ``variants`` in turn, after two more warm-ups."""
 
     def call(mode):
         def run():
@@ -79,7 +80,7 @@ def median_calls(lap, x, calls: int) -> dict:
 
     lowered = threads.DETECTOR.lowered
     with torch.no_grad():
-        times = round_robin({k: call(mode) for k, mode in VARIANTS.items()}, calls)
+        times = round_robin({k: call(mode) for k, mode in variants.items()}, calls)
     lowered = threads.DETECTOR.lowered - lowered
     return {k: (statistics.median(v), lowered if k == "policy" else 0) for k, v in times.items()}
 
@@ -88,13 +89,13 @@ def row(key, quiet: dict, busy: dict) -> dict:
     """One results row: per variant quiet and contended ms, their ratio, and the contended
     time over the default's quiet time (the acceptance: <= 2.5x)."""
     out = {"dtype": key[0], "B": key[1]}
-    base = quiet["default"][0]
-    for k in VARIANTS:
+    base = quiet["default" if "default" in quiet else "policy"][0]  # the same when quiet
+    for k in quiet:
         prefix = "" if k == "default" else f"{k}_"
         out[f"{prefix}quiet_ms"] = round(1e3 * quiet[k][0], 3)
         out[f"{prefix}contended_ms"] = round(1e3 * busy[k][0], 3)
         out[f"{prefix}ratio"] = round(busy[k][0] / quiet[k][0], 2)
-        if k != "default":
+        if k != "default" or len(quiet) == 1:
             out[f"{prefix}vs_default_quiet"] = round(busy[k][0] / base, 2)
             out[f"{prefix}lowered_quiet_contended"] = [quiet[k][1], busy[k][1]]
     return out
@@ -104,19 +105,29 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--calls", type=int, default=40)
     p.add_argument("--tag", default="", help="suffix of the results file (e.g. the policy tried)")
+    p.add_argument(
+        "--variants",
+        nargs="+",
+        choices=list(VARIANTS),
+        default=list(VARIANTS),
+        help="time these (alone: a default call's spinning OpenMP threads then never share "
+        "the cores with a policy call)",
+    )
     args = p.parse_args(argv)
+    variants = {k: VARIANTS[k] for k in args.variants}
     ops = operators()
-    quiet = {k: median_calls(*v, args.calls) for k, v in ops.items()}
+    quiet = {k: median_calls(*v, args.calls, variants) for k, v in ops.items()}
     neighbour = subprocess.Popen([sys.executable, "-c", NEIGHBOUR])
     try:
         time.sleep(3)  # the neighbour at full speed
-        busy = {k: median_calls(*v, args.calls) for k, v in ops.items()}
+        busy = {k: median_calls(*v, args.calls, variants) for k, v in ops.items()}
     finally:
         neighbour.kill()
     rows = [row(k, quiet[k], busy[k]) for k in ops]
     result = {
         "threads": torch.get_num_threads(),
         "policy": {"interval_s": threads.INTERVAL, "margin_cores": threads.MARGIN},
+        "variants": args.variants,
         "torch": torch.__version__,
         "date": time.strftime("%Y-%m-%d %H:%M"),
         # the OpenMP policy this process ran under (set before torch starts its threads)

@@ -257,7 +257,10 @@ class AutoGraph:
             log.info("taylorc: compiling the %d-thread variant failed (%s)", threads, e)
 
     def wait(self, timeout: float | None = None) -> bool:
-        """Wait for a started compile and install it; True when the compiled graph serves."""
+        """Wait for a started compile (and a thread-count variant's) and install it; True
+        when the compiled graph serves."""
+        if self._variant is not None:
+            self._variant.join(timeout)
         if self._job is not None and self._job is not _INLINE:
             self._job.join(timeout)
             if self._job.is_alive():
