@@ -79,20 +79,28 @@ def train_spring(args, init_state, test_x, test_u):
         "boundary": lambda x: model(x) - exact(x),
     }
     opt = SPRING(model, residuals, lr=args.step_rule, damping=args.damping, momentum=args.momentum)
-    test_x, test_u = test_x.to(dtype), test_u.to(dtype)
-    history, spent, next_check, step = [], 0.0, 0.0, 0
-    while spent < args.seconds:
-        t0 = time.perf_counter()
+
+    def step():
         xi = torch.rand(args.spring_interior, args.dim, generator=gen, dtype=dtype) * 2 - 1
-        opt.step(
-            {"interior": xi, "boundary": boundary(args.spring_interior // 2, args.dim, gen, dtype)}
-        )
+        xb = boundary(args.spring_interior // 2, args.dim, gen, dtype)
+        opt.step({"interior": xi, "boundary": xb})
+
+    return timed(step, args.seconds, model, test_x.to(dtype), test_u.to(dtype))
+
+
+def timed(step, seconds: float, model, test_x, test_u) -> list:
+    """``step()`` until ``seconds`` of its own wall time are spent; the relative L2 error
+    at 8 checkpoints: [(seconds, step, relative L2 error)]."""
+    history, spent, next_check, steps = [], 0.0, 0.0, 0
+    while spent < seconds:
+        t0 = time.perf_counter()
+        step()
         spent += time.perf_counter() - t0
-        step += 1
-        if spent >= next_check or spent >= args.seconds:
+        steps += 1
+        if spent >= next_check or spent >= seconds:
             with torch.no_grad():
-                history.append((spent, step, relative_l2(model(test_x), test_u)))
-            next_check += args.seconds / 8
+                history.append((spent, steps, relative_l2(model(test_x), test_u)))
+            next_check += seconds / 8
     return history
 
 
@@ -111,9 +119,8 @@ def train(name, args, init_state, test_x, test_u):
         kw["sigma"] = args.sigma
     lap = taylorc.compile(model, "laplacian", **kw)
     opt = torch.optim.Adam(model.parameters(), lr=args.lr)
-    history, spent, next_check, step = [], 0.0, 0.0, 0
-    while spent < args.seconds:
-        t0 = time.perf_counter()
+
+    def step():
         xi = torch.rand(args.batch, args.dim, generator=gen, dtype=dtype) * 2 - 1
         xb = boundary(args.batch, args.dim, gen, dtype)
         f = (math.pi**2 / 4) * exact(xi)
@@ -129,13 +136,8 @@ def train(name, args, init_state, test_x, test_u):
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        spent += time.perf_counter() - t0
-        step += 1
-        if spent >= next_check or spent >= args.seconds:
-            with torch.no_grad():
-                history.append((spent, step, relative_l2(model(test_x), test_u)))
-            next_check += args.seconds / 8
-    return history
+
+    return timed(step, args.seconds, model, test_x, test_u)
 
 
 def main(argv=None) -> dict:
