@@ -177,7 +177,8 @@ def nystrom_solve(
     """``(U diag(Λ) Uᵀ + λI)⁻¹ rhs = U (Λ + λ)⁻¹ Uᵀ rhs + (rhs − U Uᵀ rhs) / λ``.
 
     Args:
-        U, lam: :func:`nystrom_approximation`'s ``(R, ℓ)`` and ``(ℓ,)``.
+        U: :func:`nystrom_approximation`'s ``(R, ℓ)`` orthonormal columns.
+        lam: its ``(ℓ,)`` eigenvalues Λ.
         rhs: ``(R,)`` (or ``(R, k)``).
         damping: λ > 0 (the complement of U's range is scaled by 1/λ).
 
