@@ -47,6 +47,11 @@ def _load(name):
             + ["--interior", "32", "--boundary", "16", "--test-points", "100"],
         ),
         (
+            "poisson",
+            ["--optimizer", "engd-woodbury", "--sketch-size", "12", "--steps", "2"]
+            + ["--widths", "8", "--interior", "32", "--boundary", "16", "--test-points", "100"],
+        ),
+        (
             "burgers",
             ["--steps", "3", "--widths", "8", "--interior", "64", "--boundary", "16"],
         ),

@@ -4,6 +4,7 @@ other processes keep the cores busy, the caller's count restored (taylorc/runtim
 import copy
 import os
 import sys
+import time
 
 import pytest
 import torch
@@ -227,6 +228,7 @@ def test_auto_graph_runs_eagerly_while_a_thread_count_variant_compiles():
 
     def compiled(x):
         gate.wait(10)  # the background variant waits until the eager call is checked
+        time.sleep(0.05)  # and then takes a while: wait() must join it
         calls.append(torch.get_num_threads())
         return x * 2.0
 
@@ -245,8 +247,11 @@ def test_auto_graph_runs_eagerly_while_a_thread_count_variant_compiles():
             assert torch.equal(graph(x), x * 2.0)
             if background:
                 assert calls == []  # this call ran eagerly
+                graph.wait(timeout=0.05)
+                assert graph._variant.is_alive() and graph.counts == {2}  # still gated
                 gate.set()
-                graph._variant.join()
+                graph.wait()  # waits for the variant's compile too
+                assert not graph._variant.is_alive()
             assert graph.counts == {1, 2} and calls[:2] == [1, 1]  # both grad modes, at 1
             calls.clear()
             graph(x)

@@ -188,7 +188,7 @@ def second_order_arguments(
     p: argparse.ArgumentParser, steps: int, seconds: float | None = None, optimizer="kfac*"
 ) -> None:
     """Add ``--optimizer`` (default ``optimizer``), ``--step-rule``, ``--steps``, ``--seconds``,
-    ``--resample``, ``--damping``, ``--ema``, ``--momentum`` (None: the optimiser's default in
+    ``--resample``, ``--damping``, ``--ema``, ``--momentum``, ``--sketch-size`` (None: the optimiser's default in
     ``SECOND_ORDER_DEFAULTS``), ``--backend`` (the optimiser's linearisation, compiled by
     default here), ``--threads``."""
     p.add_argument("--optimizer", choices=OPTIMIZERS, default=optimizer)
@@ -207,6 +207,13 @@ def second_order_arguments(
     for name in ("damping", "ema", "momentum"):
         p.add_argument(f"--{name}", type=float, default=None)
     p.add_argument(
+        "--sketch-size",
+        type=int,
+        default=None,
+        help="engd-woodbury / spring: solve with a rank-L randomized Nyström approximation of "
+        "the kernel matrix instead of the exact one (pays for many rows; docs/kfac.md)",
+    )
+    p.add_argument(
         "--backend",
         choices=["auto", "eager", "inductor"],
         default="auto",
@@ -224,19 +231,26 @@ def second_order_arguments(
 
 def make_optimizer(args, model: nn.Module, residuals: dict):
     """``taylorc.optim.KFAC`` (``"kfac*"``: lr="auto"; ``"kfac"``: line search), ``ENGD``
-    (dense, or ``"engd-woodbury"``) or ``SPRING``,
+    (dense, or ``"engd-woodbury"``) or ``SPRING`` (``args.sketch_size``: their Nyström solve),
     with ``args.backend`` (the flag's default ``"auto"``: the demos' residuals are pure)."""
     opts = {
         k: getattr(args, k, None) if getattr(args, k, None) is not None else v
         for k, v in SECOND_ORDER_DEFAULTS[args.optimizer].items()
     }
     backend = getattr(args, "backend", "eager")  # callers without the flag: eager
+    sketch = getattr(args, "sketch_size", None)
+    if sketch is not None and args.optimizer not in ("engd-woodbury", "spring"):
+        raise ValueError(
+            "--sketch-size is an option of the sample-space solves: engd-woodbury, spring"
+        )
     if args.optimizer in ("engd", "engd-woodbury", "spring"):
         shared = dict(lr=opts["step_rule"], damping=opts["damping"], backend=backend)
+        if sketch is not None:  # the randomized Nyström solve (taylorc.optim.nystrom)
+            shared.update(solve="nystrom", sketch_size=sketch)
         if args.optimizer == "spring":
             return SPRING(model, residuals, momentum=opts["momentum"], **shared)
-        solve = "woodbury" if args.optimizer == "engd-woodbury" else "dense"
-        return ENGD(model, residuals, ema=opts["ema"], solve=solve, **shared)
+        shared.setdefault("solve", "woodbury" if args.optimizer == "engd-woodbury" else "dense")
+        return ENGD(model, residuals, ema=opts["ema"], **shared)
     lr = "auto" if args.optimizer == "kfac*" else "line_search"
     return KFAC(model, residuals, lr=lr, backend=backend, **opts)
 
