@@ -168,13 +168,10 @@ class ENGD(torch.optim.Optimizer):
         """φ of the Woodbury step (exact, or Nyström with the sketch generator's state
         kept in the optimiser's state)."""
         state = self.state[self.param_groups[0]["params"][0]]
-        damping, solver = self.param_groups[0]["damping"], self._nystrom
-        if solver is None:
-            return sample_space_step(lins, damping, reducer=self._reducer)
-        solver.resume(state)
-        phi = sample_space_step(lins, damping, reducer=self._reducer, solver=solver)
-        solver.record(state)
-        return phi
+        damping = self.param_groups[0]["damping"]
+        return sample_space_step(
+            lins, damping, reducer=self._reducer, solver=self._nystrom, state=state
+        )
 
     def _update(self, blocks, layers, points, counts, loss) -> dict[str, float]:
         """θ ← θ + α d (the step rule ``lr`` names, or α = lr); returns the losses before it."""

@@ -222,12 +222,24 @@ class NystromSolver:
         self.generator = torch.Generator().manual_seed(0) if generator is None else generator
 
     def __call__(
-        self, lins: list[Linearization], rows: Rows, rhs: torch.Tensor, damping: float, reducer
+        self,
+        lins: list[Linearization],
+        rows: Rows,
+        rhs: torch.Tensor,
+        damping: float,
+        reducer,
+        state: dict | None = None,
     ) -> torch.Tensor:
-        """``(R,)`` float64 ``(K̂ + λI)⁻¹ rhs`` for the rows of all ranks (``rhs (R,)``)."""
+        """``(R,)`` float64 ``(K̂ + λI)⁻¹ rhs`` for the rows of all ranks (``rhs (R,)``);
+        ``state``: the optimiser's state, whose generator state (:meth:`resume`) the
+        sketch is drawn from and which receives the generator's next (:meth:`record`)."""
         if not (math.isfinite(damping) and damping > 0):
             raise ValueError(f"the Nyström solve needs damping λ > 0, got {damping!r}")
+        if state is not None:  # the sketches of a restored state_dict
+            self.resume(state)
         omega = sketch_matrix(len(rhs), self.sketch_size, self.generator, rhs.device)
+        if state is not None:
+            self.record(state)
         reducer.broadcast_([omega])  # rank 0's sketch on every rank
         local = rows.local(omega, reducer.rank)
         Y_r, core = kernel_sketch(lins, local, rows.totals, reducer)

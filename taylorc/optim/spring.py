@@ -104,15 +104,17 @@ class SPRING(torch.optim.Optimizer):
         loss = [weigh(t, lin.loss) for t, lin in zip(terms, lins)]
         reducer.sum_(loss)
         losses = {t: v.item() for t, v in zip(terms, loss)}
-        state, solver = self.state[group["params"][0]], self._nystrom
-        if solver is not None:
-            solver.resume(state)  # the sketches of a restored state_dict
+        state = self.state[group["params"][0]]
         phi = sample_space_step(
-            lins, group["damping"], group["momentum"], state.get("phi"), reducer, solver
+            lins,
+            group["damping"],
+            group["momentum"],
+            state.get("phi"),
+            reducer,
+            self._nystrom,
+            state,
         )
         state["phi"] = phi
-        if solver is not None:
-            solver.record(state)
         by_name = {ref.weight: ref for ref in layout(lins, self.model)}
         direction = {name: -block for name, block in phi.items()}
         loss_fn = lambda: total_loss(self.residuals, points, counts)  # noqa: E731

@@ -164,6 +164,7 @@ def sample_space_step(
     previous: dict[str, torch.Tensor] | None = None,
     reducer=None,
     solver=None,
+    state: dict | None = None,
 ) -> dict[str, torch.Tensor]:
     """SPRING's ``φ = μ φ_prev + Ĵᵀ (K + λI)⁻¹ (r̂ − μ Ĵ φ_prev)``; μ = 0: ENGD-Woodbury.
 
@@ -182,10 +183,10 @@ def sample_space_step(
         previous: ``φ_prev`` per weight name (None: zero); the same on every rank.
         reducer: :class:`~taylorc.optim.distributed.Reducer` of the process group, or
             :class:`~taylorc.optim.distributed.LocalReducer` / None for one process.
-        solver: None (the exact solve above) or ``solver(lins, rows, rhs, damping,
-            reducer) -> v (R,)`` float64 in place of ``(K + λI)⁻¹ rhs``, without K (the
-            Nyström solve, :class:`~taylorc.optim.nystrom.NystromSolver`); ``rhs`` is then
-            gathered from each rank's rows, and no linearisation is gathered.
+        solver: None (the exact solve above) or ``solver(lins, rows, rhs, damping, reducer,
+            state) -> v (R,)`` float64, ``(K + λI)⁻¹ rhs`` without K (the Nyström solve,
+            :class:`~taylorc.optim.nystrom.NystromSolver`; ``rhs`` from each rank's rows).
+        state: the optimiser's state, for ``solver``'s sketch generator (``state_dict``).
 
     Returns:
         ``φ`` per weight name, blocks ``[W | b]`` in the residuals' dtype, the same on
@@ -203,11 +204,10 @@ def sample_space_step(
     if momentum and previous:
         jp = gather_rows(jacobian_product(lins, previous, counts), rows, reducer)
         rhs = rhs - momentum * jp.double()
-    v = (
-        damped_solve(K, rhs, damping)
-        if solver is None
-        else solver(lins, rows, rhs, damping, reducer)
-    )
+    if solver is None:
+        v = damped_solve(K, rhs, damping)
+    else:
+        v = solver(lins, rows, rhs, damping, reducer, state)
     reducer.broadcast_([v])
     phi = transpose_product(lins, rows.local(v, reducer.rank), counts)
     phi = {name: block.to(lins[0].r.dtype) for name, block in phi.items()}
