@@ -198,7 +198,7 @@ class AutoGraph:
         self.latency["compile call"] = self.calls
         # copies (of the same type: Dynamo guards on it): the caller's optimiser may update
         # its tensors while the compile runs
-        example = [_twin(t) if isinstance(t, torch.Tensor) else t for t in inputs]
+        example = _twins(inputs)
         grad, threads = torch.is_grad_enabled(), torch.get_num_threads()
         gm = _copy(self._orig_mod)  # rewritten and compiled while the eager graph runs on
         if not self.config.background_compile:  # on this thread (it may hold TRACING)
@@ -235,7 +235,7 @@ class AutoGraph:
         if threads in self.no_variant:
             return self._orig_mod(*inputs)
         if self._variant is None or not self._variant.is_alive():
-            example = [_twin(t) if isinstance(t, torch.Tensor) else t for t in inputs]
+            example = _twins(inputs)
             args = (example, torch.is_grad_enabled(), threads)
             if not self.config.background_compile:
                 self._add_count(*args)
@@ -304,6 +304,11 @@ def _copy(gm: torch.fx.GraphModule) -> torch.fx.GraphModule:
     env: dict = {}
     graph.output(graph.graph_copy(gm.graph, env))
     return torch.fx.GraphModule(gm, graph, class_name=type(gm).__name__)
+
+
+def _twins(inputs) -> list:
+    """``inputs`` with every tensor replaced by :func:`_twin`."""
+    return [_twin(t) if isinstance(t, torch.Tensor) else t for t in inputs]
 
 
 def _twin(t: torch.Tensor) -> torch.Tensor:

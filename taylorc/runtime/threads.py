@@ -41,6 +41,7 @@ cached).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import threading
@@ -190,17 +191,7 @@ class _Lowered:
         return False
 
 
-class _Unchanged:
-    """The context of a call whose thread count stays as it is."""
-
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc) -> bool:
-        return False
-
-
-_UNCHANGED = _Unchanged()
+_UNCHANGED = contextlib.nullcontext()  # a call whose thread count stays as it is
 
 
 def for_call(x: torch.Tensor, mode: str = "auto"):
