@@ -17,7 +17,7 @@ ROOT = pathlib.Path(taylorc.__file__).parent
 # The layers, bottom to top (issue 31). A module may import its own group and the groups on
 # lower rows; groups on one row are peers and import neither each other nor anything above.
 LAYERS = [
-    ("errors",),  # the exception types
+    ("errors", "deprecation"),  # the exception types | old names that keep working
     ("ir", "operators"),  # graph schema, op facts, batch analyses | operator specs, plans, stencils
     ("rules",),  # the jet algebra and the rule table (reads ir's op facts)
     ("kernels", "capture", "debug"),  # Triton/torch.library ops | tracing into the ir | dumps

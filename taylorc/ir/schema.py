@@ -19,7 +19,7 @@ from typing import Any
 import torch
 import torch.fx
 
-from ..errors import renamed
+from ..deprecation import renamed
 
 # value: order 0 (shape S); block: (R, *S), one slice per direction; direction: one
 # direction r of a block (shape S); top: the collapsed top order (S, or (G, *S) by row)

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .. import ir
-from ..errors import renamed, renamed_keyword, renamed_names
+from ..deprecation import renamed, renamed_keyword, renamed_names
 from ..passes.layers import LinearLayer, column_groups
 from .taylor import Taylor
 

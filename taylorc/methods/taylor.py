@@ -7,7 +7,7 @@ Differentiation" (NeurIPS 2025); standard Taylor mode after Griewank & Walther,
 
 from __future__ import annotations
 
-from ..errors import renamed, renamed_keyword
+from ..deprecation import renamed, renamed_keyword
 from ..passes.cleanup import CleanupPass
 from ..passes.collapse import CollapsePass
 from ..passes.cpu_tanh import CPUTanhPass

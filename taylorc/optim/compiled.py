@@ -27,7 +27,8 @@ from operator import attrgetter
 import torch
 from torch.fx.experimental.proxy_tensor import make_fx
 
-from ..errors import KFACError, renamed
+from ..deprecation import renamed
+from ..errors import KFACError
 from ..passes.cleanup import prune_zeros
 from ..runtime.backend import TRACING
 from .factors import eager_jvp, layer_factors, layer_gradient

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..errors import renamed
+from ..deprecation import renamed
 from ..methods.layer_graph import Columns
 
 

@@ -32,7 +32,7 @@ import torch.fx
 from torch._subclasses.fake_tensor import FakeTensorMode
 
 from .. import ir
-from ..errors import renamed, renamed_names
+from ..deprecation import renamed, renamed_names
 from ..ir import annotate_shapes
 from ..ir.zeros import known_zero, known_zeros  # noqa: F401 - known_zero: read from here too
 from .cleanup import hoist_broadcast_matmuls
