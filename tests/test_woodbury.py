@@ -10,7 +10,7 @@ from test_kfac import oracle_jacobian, residual, value_op
 
 from taylorc.optim import ENGD, SPRING
 from taylorc.optim.linearization import linearize
-from taylorc.optim.woodbury import jacobian_product, kernel, sample_space_step
+from taylorc.optim.woodbury import gram, jacobian_product, kernel, sample_space_step
 
 DT = torch.float64
 
@@ -71,6 +71,29 @@ def test_kernel_equals_the_jacobian_gram(interior):
     phi = {n: torch.randn_like(L.g.new_zeros(L.d_out, L.d_in)) for n, L in lins[0].layers.items()}
     v = blocks_to_vector(model, phi)
     torch.testing.assert_close(jacobian_product(lins, phi), J @ v, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("n", [1, 7, 33, 64])
+def test_gram_mirrors_the_lower_blocks(n):
+    # leaf=4: three levels of row blocks at n = 33, odd splits included
+    J = torch.randn(n, 5, dtype=DT, generator=torch.Generator().manual_seed(n))
+    got = gram(J, leaf=4)
+    assert torch.equal(got, got.T)
+    torch.testing.assert_close(got, J @ J.T, rtol=1e-13, atol=1e-13)
+
+
+def test_the_square_kernel_with_split_and_mirrored_blocks_equals_the_jacobian_gram():
+    # 300 + 40 rows: the diagonal Jacobian blocks split (gram's leaf is 256), the
+    # boundary x interior block is the mirror of the one above it
+    model, terms, _ = problem([5, 4], "laplacian")
+    gen = torch.Generator().manual_seed(2)
+    points = {"interior": torch.rand(300, 3, dtype=DT, generator=gen)}
+    points["boundary"] = torch.rand(40, 3, dtype=DT, generator=gen)
+    lins = lins_of(model, terms, points)
+    K = kernel(lins)
+    assert torch.equal(K[:300, 300:], K[300:, :300].T)
+    J, _ = scaled_jacobian(model, "laplacian", points)
+    torch.testing.assert_close(K, J @ J.T, rtol=1e-12, atol=1e-12 * (J @ J.T).abs().max().item())
 
 
 def test_woodbury_equals_dense_and_spring_recurrence():

@@ -41,9 +41,10 @@ from .linearization import Linearization
 from .sample_space import Rows, gather_linearizations, gather_rows
 
 
-def _layer_kernel(a: Layer, b: Layer) -> torch.Tensor:
+def _layer_kernel(a: Layer, b: Layer, jacobians: dict | None = None) -> torch.Tensor:
     """``(N_a M_a, N_b M_b)``: one layer's part ``J_a J_bᵀ`` of the kernel matrix, rows
-    point-major, then output."""
+    point-major, then output. ``jacobians`` memoises the per-point Jacobian blocks by
+    record (one term's block serves every term pair)."""
     Sa, Sb, d_out, d_in = a.S, b.S, a.d_out, a.d_in
     if Sa * Sb * (d_out + d_in) < d_out * d_in:  # wide layer: Gram products of the columns
         ga, Za, gb, Zb = a.g, a.Z, b.g, b.Z  # (M, N, S, d_out), (N, S, d_in [+ 1])
@@ -54,9 +55,33 @@ def _layer_kernel(a: Layer, b: Layer) -> torch.Tensor:
                 gg = torch.einsum("mno,kpo->nmpk", ga[:, :, s], gb[:, :, t])
                 K += gg * (Za[:, s] @ Zb[:, t].T)[:, None, :, None]
         return K.reshape(Na * Ma, Nb * Mb)
-    Ja = layer_jacobian(a).flatten(0, 1)  # (N M, P_l)
-    Jb = Ja if b is a else layer_jacobian(b).flatten(0, 1)
-    return Ja @ Jb.T
+    jacobians = {} if jacobians is None else jacobians
+    Ja, Jb = (_jacobian_rows(layer, jacobians) for layer in (a, b))
+    return gram(Ja) if b is a else Ja @ Jb.T
+
+
+def _jacobian_rows(layer: Layer, memo: dict) -> torch.Tensor:
+    """``(N M, P_l)``: the layer's per-point Jacobian block, once per record."""
+    if id(layer) not in memo:
+        memo[id(layer)] = layer_jacobian(layer).flatten(0, 1)
+    return memo[id(layer)]
+
+
+def gram(J: torch.Tensor, leaf: int = 256) -> torch.Tensor:
+    """``J Jᵀ`` for ``J (n, p)``, ``(n, n)``, exactly symmetric: the row blocks' lower
+    triangle of products, mirrored (about half of ``J @ J.T``'s n² p multiply-adds for
+    n >> ``leaf``; blocks of at most ``leaf`` rows are one product)."""
+    n = J.shape[0]
+    if n <= leaf:  # BLAS's J @ J.T may differ from its transpose in the last bit
+        G = J @ J.T
+        return G.tril() + G.tril(-1).T
+    h = n // 2
+    out = J.new_empty(n, n)
+    out[:h, :h] = gram(J[:h], leaf)
+    out[h:, h:] = gram(J[h:], leaf)
+    out[h:, :h] = J[h:] @ J[:h].T
+    out[:h, h:] = out[h:, :h].T
+    return out
 
 
 def kernel(
@@ -72,26 +97,31 @@ def kernel(
     Args:
         lins: one linearisation per loss term (:func:`taylorc.optim.linearization.linearize`),
             term t with residual ``r_t (N_t, M_t)``: the rows.
-        cols: the columns' linearisations, the same terms (None: ``lins``).
+        cols: the columns' linearisations, the same terms (None or ``lins``: the square,
+            symmetric K, whose blocks below the diagonal are the mirror of those above).
         counts: N_t per term for the scaling (None: the points of ``cols``).
 
     Returns:
         rows and columns term by term, each term point-major (row ``n M_t + m``), in the
         linearisations' dtype; block (t, u) scaled by ``1/√(N_t N_u)``.
     """
+    square = cols is None or cols is lins
     cols = lins if cols is None else cols
     counts = _counts(cols, counts)
-    rows = []
-    for la, na in zip(lins, counts):
-        row = []
-        for lb, nb in zip(cols, counts):
+    jacobians: dict = {}
+    blocks: dict = {}
+    for t, (la, na) in enumerate(zip(lins, counts)):
+        for u, (lb, nb) in enumerate(zip(cols, counts)):
+            if square and u < t:  # K is symmetric: the mirror of block (u, t)
+                blocks[t, u] = blocks[u, t].T
+                continue
             K = la.r.new_zeros(la.r.numel(), lb.r.numel())
             for name, a in la.layers.items():
                 b = lb.layers.get(name)
                 if b is not None:
-                    K += _layer_kernel(a, b)
-            row.append(K / math.sqrt(na * nb))
-        rows.append(torch.cat(row, 1))
+                    K += _layer_kernel(a, b, jacobians)
+            blocks[t, u] = K / math.sqrt(na * nb)
+    rows = [torch.cat([blocks[t, u] for u in range(len(cols))], 1) for t in range(len(lins))]
     return torch.cat(rows, 0)
 
 
