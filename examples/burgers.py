@@ -126,7 +126,7 @@ def _run(args) -> float:
         def loss_fn():
             return sum(residuals[t](pts[t]).pow(2).mean() for t in residuals)
 
-        train(model, loss_fn, args.adam_steps, args.lbfgs_steps, args.lr, args.quiet)
+        train(model, loss_fn, args.adam_steps, args.lbfgs_steps, args.lr, args.quiet, args.seconds)
     else:
 
         def draw():

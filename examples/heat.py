@@ -102,7 +102,9 @@ def _run(args) -> float:
         def loss_fn():
             return sum(0.5 * f(points[k]).pow(2).mean() for k, f in residuals.items())
 
-        common.train(model, loss_fn, args.adam_steps, args.lbfgs_steps, args.lr, args.quiet)
+        common.train(
+            model, loss_fn, args.adam_steps, args.lbfgs_steps, args.lr, args.quiet, args.seconds
+        )
     else:
         opt = common.make_optimizer(args, model, residuals)
         common.train_second_order(opt, sample, args.steps, args.resample, args.seconds, args.quiet)

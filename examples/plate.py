@@ -96,7 +96,7 @@ def _run(args) -> float:
         def loss_fn():
             return sum(f(points[t]).pow(2).mean() for t, f in residuals.items())
 
-        train(model, loss_fn, args.adam_steps, args.lbfgs_steps, args.lr, args.quiet)
+        train(model, loss_fn, args.adam_steps, args.lbfgs_steps, args.lr, args.quiet, args.seconds)
     else:
         opt = make_optimizer(args, model, residuals)
         train_second_order(opt, sample, args.steps, args.resample, args.seconds, args.quiet)

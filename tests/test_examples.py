@@ -130,3 +130,36 @@ def test_diffusion_reaction_reference_converges():
     u2 = ex.solve_fd(ex.interpolate(f, fine, grid2), grid2, steps=2000, times=11)
     assert (u2[..., ::2] - u).norm() / u.norm() < 2e-3  # second order: h = 0.01 vs 0.005
     assert u[:, 0].abs().max() == 0 and u[..., [0, -1]].abs().max() == 0
+
+
+def test_the_adam_lbfgs_budget_stops_both_and_keeps_the_best_lbfgs_point():
+    """``train(seconds=...)``: Adam stops at the budget, L-BFGS is not started after it;
+    a budget spent inside L-BFGS leaves the parameters of its lowest evaluated loss."""
+    import torch
+
+    from taylorc_contrib.demos import common
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 1).double()
+    x, y = torch.randn(20, 3, dtype=torch.float64), torch.randn(20, 1, dtype=torch.float64)
+    calls = []
+
+    def loss_fn():
+        calls.append(1)
+        return (model(x) - y).pow(2).mean()
+
+    common.train(model, loss_fn, adam_steps=1000, lbfgs_steps=1000, quiet=True, seconds=0.0)
+    assert len(calls) == 1  # one Adam step, then the budget is spent; no L-BFGS, no final loss
+    seen = []
+
+    def recorded():
+        value = loss_fn()
+        seen.append((value.item(), [p.detach().clone() for p in model.parameters()]))
+        return value
+
+    budget = iter([False] * 4 + [True] * 100)  # over after four evaluations
+    common._lbfgs(model, recorded, 100, lambda: next(budget), quiet=True)
+    assert len(seen) == 4
+    best = min(seen, key=lambda s: s[0])
+    for p, v in zip(model.parameters(), best[1]):
+        assert torch.equal(p, v)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import time
 from collections.abc import Callable
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 
 import torch
 from torch import nn
@@ -57,14 +57,18 @@ def train(
     lbfgs_steps: int,
     lr: float = 1e-3,
     quiet: bool = False,
+    seconds: float | None = None,
 ) -> float:
     """Adam with cosine decay, then L-BFGS (strong Wolfe line search); returns the final loss.
 
     The usual PINN recipe (Raissi et al. 2019; the KFAC-for-PINNs baselines):
     Adam leaves the bad initial region, L-BFGS converges. Progress goes to tqdm.
+    ``seconds``: a training budget for both (None: the step counts alone); Adam stops
+    when it is spent, and L-BFGS stops at its first loss evaluation after it.
     """
     from tqdm import tqdm
 
+    over = _budget(seconds)
     adam = torch.optim.Adam(model.parameters(), lr=lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(adam, max(adam_steps, 1), eta_min=lr / 20)
     loss = torch.tensor(float("nan"))
@@ -77,30 +81,61 @@ def train(
         sched.step()
         if step % 100 == 0:
             bar.set_postfix(loss=f"{loss.item():.2e}")
-    if lbfgs_steps > 0:
-        lbfgs = torch.optim.LBFGS(
-            model.parameters(),
-            lr=1.0,
-            max_iter=lbfgs_steps,
-            history_size=50,
-            tolerance_grad=1e-12,
-            tolerance_change=1e-15,
-            line_search_fn="strong_wolfe",
-        )
-        bar = tqdm(total=lbfgs_steps, desc="lbfgs", disable=quiet)
-
-        def closure():
-            lbfgs.zero_grad()
-            value = loss_fn()
-            value.backward()
-            bar.update(1)
-            bar.set_postfix(loss=f"{value.item():.2e}")
-            return value
-
-        lbfgs.step(closure)
-        bar.close()
+        if over():
+            break
+    if lbfgs_steps > 0 and not over():
+        _lbfgs(model, loss_fn, lbfgs_steps, over, quiet)
         loss = loss_fn()
     return loss.item()
+
+
+def _lbfgs(model: nn.Module, loss_fn, steps: int, over: Callable[[], bool], quiet: bool):
+    """L-BFGS (strong Wolfe) for ``steps`` loss evaluations or until ``over()``; a stop
+    within a line search leaves the parameters of the lowest loss it evaluated."""
+    from tqdm import tqdm
+
+    lbfgs = torch.optim.LBFGS(
+        model.parameters(),
+        lr=1.0,
+        max_iter=steps,
+        history_size=50,
+        tolerance_grad=1e-12,
+        tolerance_change=1e-15,
+        line_search_fn="strong_wolfe",
+    )
+    bar = tqdm(total=steps, desc="lbfgs", disable=quiet)
+    best = [float("inf"), None]  # a stop mid line search leaves a trial point
+
+    def closure():
+        if over():  # L-BFGS has no time limit of its own
+            raise _BudgetSpent
+        lbfgs.zero_grad()
+        value = loss_fn()
+        value.backward()
+        if value.item() < best[0]:
+            best[:] = value.item(), [p.detach().clone() for p in model.parameters()]
+        bar.update(1)
+        bar.set_postfix(loss=f"{value.item():.2e}")
+        return value
+
+    with suppress(_BudgetSpent):
+        lbfgs.step(closure)
+        best[1] = None  # finished within the budget: keep where L-BFGS stopped
+    if best[1] is not None:
+        with torch.no_grad():
+            for p, v in zip(model.parameters(), best[1]):
+                p.copy_(v)
+    bar.close()
+
+
+class _BudgetSpent(Exception):
+    """Raised in L-BFGS's closure when the training budget is spent."""
+
+
+def _budget(seconds: float | None) -> Callable[[], bool]:
+    """``() -> True`` once ``seconds`` of wall time have passed (never for None)."""
+    t0 = time.perf_counter()
+    return lambda: seconds is not None and time.perf_counter() - t0 > seconds
 
 
 def boundary_points(
@@ -201,7 +236,10 @@ def second_order_arguments(
     )
     p.add_argument("--steps", type=int, default=steps, help="KFAC/ENGD steps")
     p.add_argument(
-        "--seconds", type=float, default=seconds, help="stop KFAC/ENGD after this training time"
+        "--seconds",
+        type=float,
+        default=seconds,
+        help="training budget in seconds, every optimiser (Adam + L-BFGS too)",
     )
     p.add_argument("--resample", type=int, default=100, help="new collocation points every k steps")
     for name in ("damping", "ema", "momentum"):

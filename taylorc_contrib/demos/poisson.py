@@ -74,7 +74,7 @@ def train_pinn(args) -> tuple[nn.Module, float]:
             residual = -laplacian(xi) - f
             return 0.5 * (residual**2).mean() + 0.5 * (model(xb) - g).pow(2).mean()
 
-        train(model, loss_fn, args.adam_steps, args.lbfgs_steps, args.lr, args.quiet)
+        train(model, loss_fn, args.adam_steps, args.lbfgs_steps, args.lr, args.quiet, args.seconds)
     else:
         residuals = {
             "interior": lambda x: -laplacian(x) - source(x),
