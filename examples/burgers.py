@@ -21,7 +21,9 @@ sampling (RAD, Wu et al. 2023: 4,000 of 20,000 scrambled Sobol candidates, proba
 spacing of 4,000 uniform points (about 0.02), and uniform draws leave the error
 wandering between 5e-5 and 3e-4. Why this optimiser: measured alone on the 2-core CPU
 (docs/kfac.md, "Every example on its optimiser"), ENGD reaches 2.6e-6 where Adam + L-BFGS stopped at 2.6e-3
-after 847 s; ``--optimizer kfac* | spring | engd-woodbury | adam-lbfgs`` runs the others.
+after 847 s; at this example's 240 s, ENGD 9.6e-7 against 1.1e-3 for Adam + L-BFGS
+("Every problem, every optimiser"; at 90 s the two are level, 9.2e-3 and 5.7e-3: RAD pays
+later); ``--optimizer kfac* | spring | engd-woodbury | adam-lbfgs`` runs the others.
 
     python examples/burgers.py [--seconds S --optimizer NAME --figure burgers.png]
 """
