@@ -16,6 +16,13 @@ held-out functions is a Crank-Nicolson finite-difference solver written here
 (the second-order u_xx matrix from ``taylorc.operators.discretize``). Prints the
 relative L2 error on the test functions and saves a figure.
 
+Optimiser: Adam with cosine decay, the one this model has. The natural-gradient
+optimisers (KFAC, ENGD, SPRING) read their curvature from the layers of the Taylor
+graph, and the branch MLP, applied to the M functions rather than the N points, is not
+one of them (they stop with a typed error naming ``net.branch.*``); at this batch the
+sample-space kernel would also cost R² P ≈ 3e12 multiply-adds a step (R = 10,000 rows,
+P = 28,417). docs/kfac.md, "Every example on its optimiser".
+
     python examples/deeponet_diffusion_reaction.py [--steps 8000 --functions 20 --points 500]
 """
 
