@@ -75,6 +75,16 @@ RUNS = {
         + ["--momentum", "0.063", "--step-rule", "backtracking"],
         "SPRING 1.1e-6 at 7,000 s, 2.2e-6 at 1,355 s (rla-pinns exp1 best run, GPU)",
     ),
+    "poisson5d-10065-adam": (
+        "poisson",
+        [*BIG, "--optimizer", "adam-lbfgs", "--lbfgs-steps", "1000000"],
+        "Adam: KFAC paper's 5-d Poisson tables (other nets) 1.1e-3 (449), 4.0e-3 (116,864)",
+    ),
+    "poisson5d-10065-engd": (
+        "poisson",
+        [*BIG, "--optimizer", "engd"],  # dense: a 10,065² Gramian and its Cholesky per step
+        "dense ENGD: OOM at 116,864 parameters in the KFAC paper",
+    ),
     "poisson5d-10065-engd-woodbury-2000": (
         "poisson",
         # the same with 1600/400 points a step: R = 2,000 rows, about 4x the kernel's cost
