@@ -306,14 +306,14 @@ def train_second_order(
     from tqdm import tqdm
 
     bar = tqdm(range(steps), desc=type(opt).__name__, disable=quiet)
-    t0, loss, points = time.perf_counter(), float("nan"), None
+    over, loss, points = _budget(seconds), float("nan"), None
     for step in bar:
         if step % resample == 0:
             points = sample()
         loss = sum(opt.step(points).values())
         if step % 10 == 0:
             bar.set_postfix(loss=f"{loss:.2e}", step=step)
-        if seconds is not None and time.perf_counter() - t0 > seconds:
+        if over():
             break
     bar.close()
     return loss
