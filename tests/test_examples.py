@@ -69,7 +69,14 @@ def _load(name):
             ["--problem", "2+1", "--optimizer", "kfac*", "--steps", "2"]
             + ["--widths", "8", "--interior", "64", "--boundary", "32"],
         ),
-        ("deeponet_diffusion_reaction", ["--steps", "3", "--train-functions", "30"]),
+        (
+            "deeponet_diffusion_reaction",
+            ["--engd-steps", "2", "--rows", "32", "--train-functions", "30"],
+        ),
+        (
+            "deeponet_diffusion_reaction",
+            ["--optimizer", "adam", "--steps", "3", "--train-functions", "30"],
+        ),
         ("high_dim", ["--dim", "6", "--seconds", "0.5", "--widths", "16", "--batch", "16"]),
         (
             "plate",
@@ -130,6 +137,41 @@ def test_diffusion_reaction_reference_converges():
     u2 = ex.solve_fd(ex.interpolate(f, fine, grid2), grid2, steps=2000, times=11)
     assert (u2[..., ::2] - u).norm() / u.norm() < 2e-3  # second order: h = 0.01 vs 0.005
     assert u[:, 0].abs().max() == 0 and u[..., [0, -1]].abs().max() == 0
+
+
+def test_deeponet_pair_rows_are_the_product_layout_at_paired_entries():
+    """ENGD's row layout of the PI-DeepONet (one (function, point) pair a row) gives the
+    same u as the (M, N) product layout at the pairs, and its u_t, u_xx (collapsed Taylor
+    mode, the sensor and source columns not differentiated) match nested autograd."""
+    import torch
+    from torch.func import hessian, jacrev, vmap
+
+    import taylorc
+    from taylorc_contrib.models import DeepONet
+
+    ex = _load("deeponet_diffusion_reaction")
+    torch.manual_seed(0)
+    S = 6
+    model = ex.HardConstrained(DeepONet(S, 2, width=8, depth=2, basis=5)).double()
+    with torch.no_grad():
+        model.net.bias.fill_(0.3)
+    rows = ex.PairRows(model.net, S)
+    f, pts = torch.randn(7, S, dtype=torch.float64), torch.rand(7, 2, dtype=torch.float64)
+    z = torch.cat([f, pts, torch.randn(7, 1, dtype=torch.float64)], 1)
+    torch.testing.assert_close(rows(z)[:, 0], model(f, pts).diagonal(), rtol=1e-12, atol=1e-14)
+
+    names = [f"f{i}" for i in range(S)] + ["x", "t", "source"]
+    terms = taylorc.compile(rows, {"u_t": "u_t", "u_xx": "u_xx"}, coords=names)(z)
+    one = lambda zz: rows(zz[None])[0, 0]  # noqa: E731
+    H, g = vmap(hessian(one))(z), vmap(jacrev(one))(z)
+    torch.testing.assert_close(terms["u_xx"][:, 0], H[:, S, S], rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(terms["u_t"][:, 0], g[:, S + 1], rtol=1e-10, atol=1e-12)
+
+    grid = torch.linspace(0, 1, 11, dtype=torch.float64)
+    values, x = torch.randn(7, 11, dtype=torch.float64), torch.rand(7, dtype=torch.float64)
+    torch.testing.assert_close(
+        ex.interpolate(values, grid, x, paired=True), ex.interpolate(values, grid, x).diagonal()
+    )
 
 
 def test_the_adam_lbfgs_budget_stops_both_and_keeps_the_best_lbfgs_point():

@@ -300,9 +300,11 @@ def train_second_order(
     resample: int = 100,
     seconds: float | None = None,
     quiet: bool = False,
+    after_step: Callable[[], None] | None = None,
 ) -> float:
     """``opt.step(points)`` for ``steps`` steps (or ``seconds``), new points from ``sample()``
-    every ``resample`` steps (the paper's data regime); returns the last loss. tqdm shows it."""
+    every ``resample`` steps (the paper's data regime), ``after_step()`` after each (e.g. a
+    parameter average's update); returns the last loss. tqdm shows it."""
     from tqdm import tqdm
 
     bar = tqdm(range(steps), desc=type(opt).__name__, disable=quiet)
@@ -311,6 +313,8 @@ def train_second_order(
         if step % resample == 0:
             points = sample()
         loss = sum(opt.step(points).values())
+        if after_step is not None:
+            after_step()
         if step % 10 == 0:
             bar.set_postfix(loss=f"{loss:.2e}", step=step)
         if over():
