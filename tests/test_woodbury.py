@@ -9,8 +9,9 @@ from helpers import mlp
 from test_kfac import oracle_jacobian, residual, value_op
 
 from taylorc.optim import ENGD, SPRING
+from taylorc.optim.factors import lower_gram
 from taylorc.optim.linearization import linearize
-from taylorc.optim.woodbury import gram, jacobian_product, kernel, sample_space_step
+from taylorc.optim.woodbury import jacobian_product, kernel, sample_space_step
 
 DT = torch.float64
 
@@ -77,13 +78,13 @@ def test_kernel_equals_the_jacobian_gram(interior):
 def test_gram_mirrors_the_lower_blocks(n):
     # leaf=4: three levels of row blocks at n = 33, odd splits included
     J = torch.randn(n, 5, dtype=DT, generator=torch.Generator().manual_seed(n))
-    got = gram(J, leaf=4)
+    got = lower_gram(J.T, leaf=4)  # J Jᵀ
     assert torch.equal(got, got.T)
     torch.testing.assert_close(got, J @ J.T, rtol=1e-13, atol=1e-13)
 
 
 def test_the_square_kernel_with_split_and_mirrored_blocks_equals_the_jacobian_gram():
-    # 300 + 40 rows: the diagonal Jacobian blocks split (gram's leaf is 256), the
+    # 300 + 40 rows: the diagonal Jacobian blocks split (lower_gram's leaf is 256), the
     # boundary x interior block is the mirror of the one above it
     model, terms, _ = problem([5, 4], "laplacian")
     gen = torch.Generator().manual_seed(2)

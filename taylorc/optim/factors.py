@@ -47,23 +47,39 @@ def gram(F: torch.Tensor) -> torch.Tensor:
     least ``SYRK_MIN`` multiply-adds (m·k²), it is one symmetric rank-k update (BLAS
     ``?syrk`` from the OpenBLAS that SciPy links, held to one thread with threadpoolctl):
     half the multiply-adds of a general matmul, whose result it equals up to rounding,
-    and exactly symmetric. Otherwise (several threads, CUDA, other dtypes, an ``F`` that
-    requires grad, small or empty ``F``) ``F.T @ F``: OpenBLAS's two-thread ``?syrk`` beside
-    torch's threads is slower than its one-thread one, and the thread limit has a fixed
-    cost a call (figures: bench/notes.md). The limit is process-wide while it lasts (numpy's
-    OpenBLAS in other Python threads runs on one thread meanwhile). The large CPU case
-    goes through the ``torch.library`` op ``taylorc::gram``, so that a traced graph
+    and exactly symmetric. Other CPU float32/float64 cases take :func:`lower_gram` (also
+    exactly symmetric, about half the multiply-adds for k >> 256): OpenBLAS's two-thread
+    ``?syrk`` beside torch's threads is slower than its one-thread one, and the thread
+    limit has a fixed cost a call (figures: bench/notes.md). CUDA, other dtypes and an
+    ``F`` that requires grad take ``F.T @ F``. The limit is process-wide while it lasts
+    (numpy's OpenBLAS in other Python threads runs on one thread meanwhile). The large CPU
+    case goes through the ``torch.library`` op ``taylorc::gram``, so that a traced graph
     (:mod:`taylorc.optim.compiled`) calls it too; the thread count is read when it runs.
     Same dtype and device as ``F``.
     """
-    if (
-        F.dtype not in (torch.float64, torch.float32)
-        or F.device.type != "cpu"
-        or F.requires_grad
-        or F.shape[0] * F.shape[1] ** 2 < SYRK_MIN
-    ):
+    if F.dtype not in (torch.float64, torch.float32) or F.device.type != "cpu" or F.requires_grad:
         return F.T @ F
+    if F.shape[0] * F.shape[1] ** 2 < SYRK_MIN:
+        return lower_gram(F)
     return torch.ops.taylorc.gram(F)
+
+
+def lower_gram(F: torch.Tensor, leaf: int = 256) -> torch.Tensor:
+    """``FᵀF`` ``(k, k)`` of ``F (m, k)``, exactly symmetric: the products of the column
+    blocks' lower triangle, mirrored (about half of ``F.T @ F``'s m k² multiply-adds for
+    k >> ``leaf``; blocks of at most ``leaf`` columns are one product). Same dtype and
+    device as ``F``."""
+    k = F.shape[1]
+    if k <= leaf:  # BLAS's F.T @ F may differ from its transpose in the last bit
+        G = F.T @ F
+        return G.tril() + G.tril(-1).T
+    h = k // 2
+    out = F.new_empty(k, k)
+    out[:h, :h] = lower_gram(F[:, :h], leaf)
+    out[h:, h:] = lower_gram(F[:, h:], leaf)
+    out[h:, :h] = F[:, h:].T @ F[:, :h]
+    out[:h, h:] = out[h:, :h].T
+    return out
 
 
 @torch.library.custom_op("taylorc::gram", mutates_args=())
@@ -73,7 +89,7 @@ def _gram_op(F: torch.Tensor) -> torch.Tensor:
     A ``custom_op``: it survives the module being imported again, which a bare
     ``torch.library.Library`` definition does not."""
     if torch.get_num_threads() != 1:
-        return F.T @ F
+        return lower_gram(F)
     syrk, blas_threads = _syrk_backend()
     with blas_threads.limit(limits=1, user_api="blas"):
         # F row-major is Fᵀ column-major: syrk(Fᵀ) = FᵀF, upper triangle only

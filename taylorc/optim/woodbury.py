@@ -34,7 +34,7 @@ import math
 import torch
 
 from .distributed import LocalReducer
-from .factors import layer_gradient
+from .factors import gram, layer_gradient
 from .gramian import layer_jacobian
 from .layer import Layer
 from .linearization import Linearization
@@ -57,7 +57,7 @@ def _layer_kernel(a: Layer, b: Layer, jacobians: dict | None = None) -> torch.Te
         return K.reshape(Na * Ma, Nb * Mb)
     jacobians = {} if jacobians is None else jacobians
     Ja, Jb = (_jacobian_rows(layer, jacobians) for layer in (a, b))
-    return gram(Ja) if b is a else Ja @ Jb.T
+    return gram(Ja.T) if b is a else Ja @ Jb.T
 
 
 def _jacobian_rows(layer: Layer, memo: dict) -> torch.Tensor:
@@ -65,23 +65,6 @@ def _jacobian_rows(layer: Layer, memo: dict) -> torch.Tensor:
     if id(layer) not in memo:
         memo[id(layer)] = layer_jacobian(layer).flatten(0, 1)
     return memo[id(layer)]
-
-
-def gram(J: torch.Tensor, leaf: int = 256) -> torch.Tensor:
-    """``J Jᵀ`` for ``J (n, p)``, ``(n, n)``, exactly symmetric: the row blocks' lower
-    triangle of products, mirrored (about half of ``J @ J.T``'s n² p multiply-adds for
-    n >> ``leaf``; blocks of at most ``leaf`` rows are one product)."""
-    n = J.shape[0]
-    if n <= leaf:  # BLAS's J @ J.T may differ from its transpose in the last bit
-        G = J @ J.T
-        return G.tril() + G.tril(-1).T
-    h = n // 2
-    out = J.new_empty(n, n)
-    out[:h, :h] = gram(J[:h], leaf)
-    out[h:, h:] = gram(J[h:], leaf)
-    out[h:, :h] = J[h:] @ J[:h].T
-    out[:h, h:] = out[h:, :h].T
-    return out
 
 
 def kernel(
