@@ -70,6 +70,8 @@ def interpolate(
     i = ((x - grid[0]) / h).floor().clamp(0, len(grid) - 2).long()
     w = (x - grid[i]) / h
     if paired:
+        if len(values) != len(x):
+            raise ValueError(f"paired: {len(values)} rows of values for {len(x)} points")
         m = torch.arange(len(x))
         return values[m, i] * (1 - w) + values[m, i + 1] * w
     return values[:, i] * (1 - w) + values[:, i + 1] * w
@@ -164,7 +166,7 @@ def main(argv=None) -> float:
     t_start = time.perf_counter()
     torch.manual_seed(args.seed)
     gen = torch.Generator().manual_seed(args.seed)
-    # ENGD's Cholesky solve of a nearly singular kernel matrix needs float64
+    # ENGD's kernel matrix (nearly singular) is built and solved in float64
     dtype = torch.float64 if args.optimizer == "engd-woodbury" else torch.float32
     fine = torch.linspace(0, 1, 101, dtype=torch.float64)
     sensors = torch.linspace(0, 1, args.sensors, dtype=torch.float64)
@@ -228,8 +230,8 @@ def train_adam(args, model, train_f, fine, sensors, gen) -> None:
 def train_engd(args, model, train_f, fine, sensors, gen) -> None:
     """ENGD with the Woodbury solve on ``args.rows`` fresh (function, point) pairs a step,
     each row its own function (:class:`PairRows`), backtracking, for ``args.seconds``; the
-    model ends with the exponential moving average of the iterates (decay ``AVERAGE``,
-    Polyak-Ruppert averaging, Polyak & Juditsky, SIAM J. Control Optim. 1992)."""
+    model ends with the exponential moving average of the iterates (decay ``AVERAGE``: about
+    the last 10 steps)."""
     model.net.bias.requires_grad_(False)  # added after the basis sum, outside any layer
     rows = PairRows(model.net, args.sensors)
     names = [f"f{i}" for i in range(args.sensors)] + ["x", "t", "source"]
@@ -247,7 +249,15 @@ def train_engd(args, model, train_f, fine, sensors, gen) -> None:
     # the step fits each fresh batch of rows; the average of the iterates drops that noise
     average = AveragedModel(model.net, multi_avg_fn=get_ema_multi_avg_fn(AVERAGE))
     update = lambda: average.update_parameters(model.net)  # noqa: E731
-    train_second_order(opt, draw, args.engd_steps, 1, args.seconds, args.quiet, update)
+    train_second_order(
+        opt,
+        draw,
+        args.engd_steps,
+        resample=1,
+        seconds=args.seconds,
+        quiet=args.quiet,
+        after_step=update,
+    )
     model.net.load_state_dict(average.module.state_dict())
 
 

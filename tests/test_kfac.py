@@ -293,7 +293,7 @@ def test_factors_equal_reference(approx, operator, widths):
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-@pytest.mark.parametrize("shape", [(0, 3), (4, 0), (1, 1), (7, 3), (300, 65)])
+@pytest.mark.parametrize("shape", [(0, 3), (4, 0), (1, 1), (7, 3), (300, 65), (40, 300)])
 def test_gram_equals_sum_of_outer_products(dtype, shape, monkeypatch):
     gen = torch.Generator().manual_seed(shape[0])
     F = torch.randn(shape[0], 2 * shape[1], dtype=dtype, generator=gen)[:, ::2]  # strided
@@ -307,15 +307,14 @@ def test_gram_equals_sum_of_outer_products(dtype, shape, monkeypatch):
     big = shape[0] * shape[1] ** 2 >= factors.SYRK_MIN
     threads = torch.get_num_threads()
     try:
-        for n in (1, 2):  # one thread and a big F: ?syrk; otherwise F.T @ F
+        for n in (1, 2):  # one thread and a big F: ?syrk; otherwise lower_gram (k > 256: split)
             torch.set_num_threads(n)
             calls.clear()
             got = gram(F)
             assert len(calls) == (n == 1 and big)
             assert got.dtype == dtype and got.shape == (shape[1], shape[1])
             torch.testing.assert_close(got, want, atol=atol, rtol=tol)
-            if calls:
-                assert torch.equal(got, got.T)  # both triangles, not only the one BLAS writes
+            assert torch.equal(got, got.T)  # ?syrk: both triangles, not only the one BLAS writes
             P = F.clone().requires_grad_()  # differentiable input: the autograd matmul
             torch.testing.assert_close(gram(P), want, atol=atol, rtol=tol)
     finally:

@@ -8,6 +8,7 @@ import torch
 from helpers import mlp
 from test_kfac import oracle_jacobian, residual, value_op
 
+import taylorc
 from taylorc.optim import ENGD, SPRING
 from taylorc.optim.factors import lower_gram
 from taylorc.optim.linearization import linearize
@@ -94,6 +95,40 @@ def test_the_square_kernel_with_split_and_mirrored_blocks_equals_the_jacobian_gr
     K = kernel(lins)
     assert torch.equal(K[:300, 300:], K[300:, :300].T)
     J, _ = scaled_jacobian(model, "laplacian", points)
+    torch.testing.assert_close(K, J @ J.T, rtol=1e-12, atol=1e-12 * (J @ J.T).abs().max().item())
+
+
+class TwoInputNet(torch.nn.Module):
+    """``u(a, x) = Σ_k b_k(a) t_k(x)`` on rows ``[a (2), x (3)]``: a DeepONet at one
+    (function, point) pair a row; the operator differentiates x only, so the derivative
+    columns of the ``a`` MLP's layers are zero (constant), and the kernel skips them."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.x = mlp(2, [40, 40], out=5), mlp(3, [40, 40], out=5)
+
+    def forward(self, z):
+        return (self.a(z[:, :2]) * torch.tanh(self.x(z[:, 2:]))).sum(-1, keepdim=True)
+
+
+def test_the_kernel_skips_zero_columns_and_equals_the_jacobian_gram():
+    torch.manual_seed(0)
+    model = TwoInputNet().double()
+    z = torch.rand(9, 5, dtype=DT, generator=torch.Generator().manual_seed(3))
+    names = ["a0", "a1", "x", "y", "t"]
+    op = "u_t - u_xx - u_yy + u_xy"
+
+    def residual_by(method):
+        terms = taylorc.compile(model, {"pde": op, "u": "u"}, coords=names, method=method)
+        return lambda x: (lambda d: d["pde"] + d["u"] ** 2 - x[:, 2:3])(terms(x))
+
+    (lin,) = lins_of(model, {"interior": residual_by("collapsed")}, {"interior": z})
+    kept = {n: L.nonzero_columns() for n, L in lin.layers.items()}
+    S = lin.layers["x.2.weight"].S
+    assert S > 1 and all(len(kept[f"a.{i}.weight"]) == 1 for i in (0, 2, 4)), kept  # value only
+    assert kept["x.2.weight"] == kept["x.4.weight"] == list(range(S)), kept
+    J = oracle_jacobian(model, residual_by("nested"), z) / 3.0  # 1/√N, N = 9
+    K = kernel([lin])
     torch.testing.assert_close(K, J @ J.T, rtol=1e-12, atol=1e-12 * (J @ J.T).abs().max().item())
 
 

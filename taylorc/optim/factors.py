@@ -47,19 +47,19 @@ def gram(F: torch.Tensor) -> torch.Tensor:
     least ``SYRK_MIN`` multiply-adds (m·k²), it is one symmetric rank-k update (BLAS
     ``?syrk`` from the OpenBLAS that SciPy links, held to one thread with threadpoolctl):
     half the multiply-adds of a general matmul, whose result it equals up to rounding,
-    and exactly symmetric. Other CPU float32/float64 cases take :func:`lower_gram` (also
-    exactly symmetric, about half the multiply-adds for k >> 256): OpenBLAS's two-thread
-    ``?syrk`` beside torch's threads is slower than its one-thread one, and the thread
-    limit has a fixed cost a call (figures: bench/notes.md). CUDA, other dtypes and an
+    and exactly symmetric. Other float32/float64 cases (CUDA too) take :func:`lower_gram`
+    (also exactly symmetric, about half the multiply-adds for k >> 256): OpenBLAS's
+    two-thread ``?syrk`` beside torch's threads is slower than its one-thread one, and the
+    thread limit has a fixed cost a call (figures: bench/notes.md). Other dtypes and an
     ``F`` that requires grad take ``F.T @ F``. The limit is process-wide while it lasts
     (numpy's OpenBLAS in other Python threads runs on one thread meanwhile). The large CPU
     case goes through the ``torch.library`` op ``taylorc::gram``, so that a traced graph
     (:mod:`taylorc.optim.compiled`) calls it too; the thread count is read when it runs.
     Same dtype and device as ``F``.
     """
-    if F.dtype not in (torch.float64, torch.float32) or F.device.type != "cpu" or F.requires_grad:
+    if F.dtype not in (torch.float64, torch.float32) or F.requires_grad:
         return F.T @ F
-    if F.shape[0] * F.shape[1] ** 2 < SYRK_MIN:
+    if F.device.type != "cpu" or F.shape[0] * F.shape[1] ** 2 < SYRK_MIN:
         return lower_gram(F)
     return torch.ops.taylorc.gram(F)
 

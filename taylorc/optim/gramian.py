@@ -33,8 +33,12 @@ def size(layer: Layer) -> int:
 
 def layer_jacobian(layer: Layer) -> torch.Tensor:
     """Per-point Jacobian block ``(N, M, P_l)`` of one layer, ``J_nm = Σ_s g_mns Z̃_nsᵀ``
-    flattened as ``cat(W.flatten(), b)``."""
-    return to_vector(torch.einsum("mnso,nsi->nmoi", layer.g, layer.Z), layer)
+    flattened as ``cat(W.flatten(), b)`` (the sum over :meth:`Layer.nonzero_columns`)."""
+    cols = layer.nonzero_columns()
+    g, Z = layer.g, layer.Z
+    if len(cols) < layer.S:
+        g, Z = g[:, :, cols], Z[:, cols]
+    return to_vector(torch.einsum("mnso,nsi->nmoi", g, Z), layer)
 
 
 def jacobian(lin: Linearization, layers: list[Layer]) -> torch.Tensor:

@@ -102,6 +102,18 @@ class Layer:
         constant = set(self.constant_columns)
         return [s for s in active if s not in constant], [s for s in active if s in constant]
 
+    def nonzero_columns(self) -> list[int]:
+        """The active columns whose augmented input Z̃ is not zero at every point, ascending.
+
+        A constant column (``X[n, s] = X[0, s]``) with ``X[0, s] = 0`` and no bias entry adds
+        nothing to the Jacobian ``J_n = Σ_s g_ns Z̃_nsᵀ``: e.g. the derivative columns of a
+        layer whose inputs the operator does not differentiate (a DeepONet's branch MLP
+        run on (function, point) rows, a parametric PINN's parameter inputs)."""
+        per_point, constant = self.split_columns()
+        e = self.e
+        zero = {s for s in constant if not self.X[0, s].any() and (e is None or e[s] == 0)}
+        return sorted(s for s in per_point + constant if s not in zero)
+
     @property
     def Z(self) -> torch.Tensor:
         """``(N, S, d_in[+1])`` augmented inputs Z̃ (bias entry last; built on each read)."""

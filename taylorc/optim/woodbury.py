@@ -45,13 +45,14 @@ def _layer_kernel(a: Layer, b: Layer, jacobians: dict | None = None) -> torch.Te
     """``(N_a M_a, N_b M_b)``: one layer's part ``J_a J_bᵀ`` of the kernel matrix, rows
     point-major, then output. ``jacobians`` memoises the per-point Jacobian blocks by
     record (one term's block serves every term pair)."""
-    Sa, Sb, d_out, d_in = a.S, b.S, a.d_out, a.d_in
-    if Sa * Sb * (d_out + d_in) < d_out * d_in:  # wide layer: Gram products of the columns
+    cols_a, cols_b = a.nonzero_columns(), b.nonzero_columns()  # the others add nothing
+    d_out, d_in = a.d_out, a.d_in
+    if len(cols_a) * len(cols_b) * (d_out + d_in) < d_out * d_in:  # wide: Gram products
         ga, Za, gb, Zb = a.g, a.Z, b.g, b.Z  # (M, N, S, d_out), (N, S, d_in [+ 1])
         (Ma, Na), (Mb, Nb) = ga.shape[:2], gb.shape[:2]
         K = ga.new_zeros(Na, Ma, Nb, Mb)
-        for s in range(Sa):
-            for t in range(Sb):
+        for s in cols_a:
+            for t in cols_b:
                 gg = torch.einsum("mno,kpo->nmpk", ga[:, :, s], gb[:, :, t])
                 K += gg * (Za[:, s] @ Zb[:, t].T)[:, None, :, None]
         return K.reshape(Na * Ma, Nb * Mb)
