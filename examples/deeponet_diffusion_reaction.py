@@ -22,7 +22,9 @@ every weight), λ = 1e-4, backtracking, 240 s, and the moving average of the ite
 (decay 0.9) as the result. The kernel matrix is 500 x 500 against P = 28,416
 parameters, so the sample-space solve is the one that pays (dense ENGD would factor a
 P x P Gramian). Chosen by measurement (alone, 2-core EPYC, about 240 s each, seeds 0 and
-1): ENGD-Woodbury with the average 3.5e-3 and 3.1e-3 (without it 4.6e-3 and 1.5e-2: each
+1): ENGD-Woodbury with the average 2.0e-3 and 2.7e-3 (3.5e-3 and 3.1e-3 at 2.7x the step
+time, before the kernel skipped the branch's zero derivative columns; without the average
+4.6e-3 and 1.5e-2 at that step time: each
 step fits its own 500 rows, and the last batch decides the last iterate), Adam 1.3e-2 and
 9.3e-3 (38,000 steps of M = 20 functions x N = 500 points in the product layout with ZCS,
 float32, cosine decay); 250 or 1,000 rows a step and λ = 1e-5 or 1e-3 did worse, and
