@@ -140,26 +140,39 @@ class PairRows(torch.nn.Module):
         return x * (1 - x) * t * self.net.aligned(s, points).unsqueeze(-1)
 
 
+ENGD_OPTIONS = dict(seconds=240.0, engd_steps=100_000, rows=ROWS, damping=DAMPING)
+ADAM_OPTIONS = dict(steps=8000, functions=20, points=500, lr=1e-3, method="zcs")
+
+
 def parse_args(argv=None):
-    """The example's options; ``--optimizer`` picks ENGD-Woodbury (default) or Adam."""
+    """The example's options; ``--optimizer`` picks ENGD-Woodbury (default) or Adam, and an
+    option of the other one is an error (it would do nothing)."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--optimizer", choices=["engd-woodbury", "adam"], default="engd-woodbury")
-    p.add_argument("--seconds", type=float, default=240, help="ENGD-Woodbury's training budget")
-    p.add_argument("--engd-steps", type=int, default=100_000, help="ENGD-Woodbury's step cap")
-    p.add_argument("--rows", type=int, default=ROWS, help="ENGD: (function, point) pairs a step")
-    p.add_argument("--damping", type=float, default=DAMPING, help="ENGD: lambda")
-    p.add_argument("--steps", type=int, default=8000, help="Adam iterations")
-    p.add_argument("--functions", type=int, default=20, help="Adam: M, functions per step")
-    p.add_argument("--points", type=int, default=500, help="Adam: N, collocation points per step")
+    p.add_argument("--seconds", type=float, help="ENGD: training budget (240)")
+    p.add_argument("--engd-steps", type=int, help="ENGD: step cap (100,000)")
+    p.add_argument("--rows", type=int, help=f"ENGD: (function, point) pairs a step ({ROWS})")
+    p.add_argument("--damping", type=float, help=f"ENGD: lambda ({DAMPING})")
+    p.add_argument("--steps", type=int, help="Adam: iterations (8,000)")
+    p.add_argument("--functions", type=int, help="Adam: M, functions per step (20)")
+    p.add_argument("--points", type=int, help="Adam: N, collocation points per step (500)")
+    p.add_argument("--lr", type=float, help="Adam: learning rate (1e-3)")
+    p.add_argument("--method", help="Adam: zcs (default), collapsed, auto or nested")
     p.add_argument("--train-functions", type=int, default=1000)
     p.add_argument("--test-functions", type=int, default=20)
     p.add_argument("--sensors", type=int, default=50)
-    p.add_argument("--lr", type=float, default=1e-3, help="Adam's learning rate")
-    p.add_argument("--method", default="zcs", help="Adam: zcs, collapsed, auto or nested")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--figure", default="deeponet_diffusion_reaction.png")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    mine, other = (ENGD_OPTIONS, ADAM_OPTIONS)[:: 1 if args.optimizer != "adam" else -1]
+    given = ["--" + k.replace("_", "-") for k in other if getattr(args, k) is not None]
+    if given:
+        p.error(f"{', '.join(given)}: not options of --optimizer {args.optimizer}")
+    for k, v in mine.items():
+        if getattr(args, k) is None:
+            setattr(args, k, v)
+    return args
 
 
 def main(argv=None) -> float:

@@ -174,6 +174,51 @@ def test_deeponet_pair_rows_are_the_product_layout_at_paired_entries():
     )
 
 
+def test_deeponet_engd_ends_on_the_moving_average_of_its_iterates(monkeypatch):
+    """``train_engd`` leaves the model at the exponential moving average (decay AVERAGE) of
+    the iterates after each step, not at the last iterate; options of the other optimiser
+    are refused."""
+    import argparse
+
+    import pytest
+    import torch
+
+    from taylorc_contrib.demos import common
+    from taylorc_contrib.models import DeepONet
+
+    ex = _load("deeponet_diffusion_reaction")
+    torch.manual_seed(0)
+    gen = torch.Generator().manual_seed(0)
+    fine = torch.linspace(0, 1, 101, dtype=torch.float64)
+    model = ex.HardConstrained(DeepONet(6, 2, width=8, depth=2, basis=5)).double()
+    iterates = []
+
+    def spy(opt, draw, steps, after_step, **kw):
+        def record():
+            iterates.append([p.detach().clone() for p in model.net.parameters()])
+            after_step()
+
+        return common.train_second_order(opt, draw, 4, resample=1, quiet=True, after_step=record)
+
+    monkeypatch.setattr(ex, "train_second_order", spy)
+    args = argparse.Namespace(sensors=6, rows=16, damping=1e-4, train_functions=5)
+    args.engd_steps, args.seconds, args.quiet = 4, None, True
+    fields = ex.gaussian_random_field(5, fine, 0.2, gen)
+    ex.train_engd(args, model, fields, fine, torch.linspace(0, 1, 6, dtype=torch.float64), gen)
+    average = iterates[0]
+    for it in iterates[1:]:
+        average = [ex.AVERAGE * a + (1 - ex.AVERAGE) * p for a, p in zip(average, it)]
+    final = list(model.net.parameters())
+    assert len(iterates) == 4
+    for got, want in zip(final, average):
+        torch.testing.assert_close(got.detach(), want, rtol=1e-12, atol=1e-14)
+    assert any(not torch.equal(g.detach(), last) for g, last in zip(final, iterates[-1]))
+    with pytest.raises(SystemExit):
+        ex.parse_args(["--steps", "1000"])  # an Adam option under the ENGD default
+    with pytest.raises(SystemExit):
+        ex.parse_args(["--optimizer", "adam", "--rows", "10"])
+
+
 def test_the_adam_lbfgs_budget_stops_both_and_keeps_the_best_lbfgs_point():
     """``train(seconds=...)``: Adam stops at the budget, L-BFGS is not started after it;
     a budget spent inside L-BFGS leaves the parameters of its lowest evaluated loss."""
