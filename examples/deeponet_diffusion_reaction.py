@@ -24,9 +24,8 @@ parameters, so the sample-space solve is the one that pays (dense ENGD would fac
 P x P Gramian). Chosen by measurement (alone, 2-core EPYC, about 240 s each, seeds 0 and
 1): ENGD-Woodbury with the average 2.0e-3 and 2.7e-3 (3.5e-3 and 3.1e-3 at 2.7x the step
 time, before the kernel skipped the branch's zero derivative columns; without the average
-4.6e-3 and 1.5e-2 at that step time: each
-step fits its own 500 rows, and the last batch decides the last iterate), Adam 1.3e-2 and
-9.3e-3 (38,000 steps of M = 20 functions x N = 500 points in the product layout with ZCS,
+4.6e-3 and 1.5e-2 at that step time: each step fits its own 500 rows, and the last batch
+decides the last iterate), Adam 1.3e-2 and 9.3e-3 (38,000 steps of M = 20 functions x N = 500 points in the product layout with ZCS,
 float32, cosine decay); 250 or 1,000 rows a step and λ = 1e-5 or 1e-3 did worse, and
 SPRING with momentum 0.9 much worse (docs/kfac.md, "Every example on its optimiser").
 ``--optimizer adam`` runs Adam with ZCS (``method="zcs"``, ``wrt=1``: one reverse sweep
@@ -51,8 +50,7 @@ from taylorc_contrib.demos.common import agg_figure, relative_l2, train_second_o
 from taylorc_contrib.models import DeepONet
 
 DIFFUSION, REACTION = 0.01, 0.01
-# ENGD-Woodbury's defaults and its iterates' average (module docstring)
-ROWS, DAMPING, AVERAGE = 500, 1e-4, 0.9
+AVERAGE = 0.9  # decay of ENGD's moving average of the iterates (module docstring)
 
 
 def gaussian_random_field(n: int, grid: torch.Tensor, length: float, gen) -> torch.Tensor:
@@ -140,7 +138,8 @@ class PairRows(torch.nn.Module):
         return x * (1 - x) * t * self.net.aligned(s, points).unsqueeze(-1)
 
 
-ENGD_OPTIONS = dict(seconds=240.0, engd_steps=100_000, rows=ROWS, damping=DAMPING)
+# each optimiser's options and their defaults (module docstring)
+ENGD_OPTIONS = dict(seconds=240.0, engd_steps=100_000, rows=500, damping=1e-4)
 ADAM_OPTIONS = dict(steps=8000, functions=20, points=500, lr=1e-3, method="zcs")
 
 
@@ -149,15 +148,20 @@ def parse_args(argv=None):
     option of the other one is an error (it would do nothing)."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--optimizer", choices=["engd-woodbury", "adam"], default="engd-woodbury")
-    p.add_argument("--seconds", type=float, help="ENGD: training budget (240)")
-    p.add_argument("--engd-steps", type=int, help="ENGD: step cap (100,000)")
-    p.add_argument("--rows", type=int, help=f"ENGD: (function, point) pairs a step ({ROWS})")
-    p.add_argument("--damping", type=float, help=f"ENGD: lambda ({DAMPING})")
-    p.add_argument("--steps", type=int, help="Adam: iterations (8,000)")
-    p.add_argument("--functions", type=int, help="Adam: M, functions per step (20)")
-    p.add_argument("--points", type=int, help="Adam: N, collocation points per step (500)")
-    p.add_argument("--lr", type=float, help="Adam: learning rate (1e-3)")
-    p.add_argument("--method", help="Adam: zcs (default), collapsed, auto or nested")
+    helps = dict(
+        seconds="ENGD: training budget",
+        engd_steps="ENGD: step cap",
+        rows="ENGD: (function, point) pairs a step",
+        damping="ENGD: lambda",
+        steps="Adam: iterations",
+        functions="Adam: M, functions per step",
+        points="Adam: N, collocation points per step",
+        lr="Adam: learning rate",
+        method="Adam: zcs, collapsed, auto or nested",
+    )
+    for name, default in {**ENGD_OPTIONS, **ADAM_OPTIONS}.items():  # None: not given
+        flag = "--" + name.replace("_", "-")
+        p.add_argument(flag, type=type(default), help=f"{helps[name]} ({default})")
     p.add_argument("--train-functions", type=int, default=1000)
     p.add_argument("--test-functions", type=int, default=20)
     p.add_argument("--sensors", type=int, default=50)
@@ -165,7 +169,8 @@ def parse_args(argv=None):
     p.add_argument("--figure", default="deeponet_diffusion_reaction.png")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     args = p.parse_args(argv)
-    mine, other = (ENGD_OPTIONS, ADAM_OPTIONS)[:: 1 if args.optimizer != "adam" else -1]
+    adam = args.optimizer == "adam"
+    mine, other = (ADAM_OPTIONS, ENGD_OPTIONS) if adam else (ENGD_OPTIONS, ADAM_OPTIONS)
     given = ["--" + k.replace("_", "-") for k in other if getattr(args, k) is not None]
     if given:
         p.error(f"{', '.join(given)}: not options of --optimizer {args.optimizer}")
