@@ -188,6 +188,9 @@ def finish(args, model, gen, rank: int, world: int, device, per_step: float) -> 
             f"relative L2 error: {err:.3e}  ({args.test_points} fresh points, {world} ranks, "
             f"{per_step * 1e3:.1f} ms/step on rank 0)"
         )
+    # the other ranks wait for rank 0's evaluation: a rank that tears gloo down while its
+    # peer is still connected can abort at exit ("terminate called without an active exception")
+    dist.barrier()
     dist.destroy_process_group()
     return err
 
