@@ -14,7 +14,7 @@ import warnings
 from . import errors, methods, operators, optim, prdp
 from .api import CompiledOperator, compile
 from .methods.stochastic import unbiased_squared_residual
-from .rules.table import register_rule
+from .rules.define import register_rule
 from .runtime import config, cpu
 
 __all__ = [

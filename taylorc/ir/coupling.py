@@ -60,7 +60,7 @@ def check_batch_independence(
         coord: the name of the coordinates' placeholder (batch axis 0).
         probe_inputs: real tensors for the placeholders, or None (analysis only).
         pointwise: ``op -> bool``, ops the analysis follows exactly beyond the op facts'
-            (the rule registry's elementwise ops: :func:`taylorc.rules.table.elementwise`).
+            (the rule registry's elementwise ops: :func:`taylorc.rules.define.elementwise`).
 
     Returns:
         the output's axis that carries the coordinates' batch axis (0 for a

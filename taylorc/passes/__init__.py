@@ -19,7 +19,7 @@ from .. import ir
 from ..ir.coupling import check_batch_independence
 from ..ir.stats import graph_stats
 from ..operators.plan import JetPlan
-from ..rules.table import elementwise
+from ..rules.define import elementwise
 
 
 class Pass(Protocol):
@@ -129,7 +129,7 @@ class PassContext:
 
         :func:`taylorc.ir.coupling.check_batch_independence` with this context's
         coordinates and probe inputs; the rule registry's elementwise ops count as
-        pointwise (:func:`taylorc.rules.table.elementwise`).
+        pointwise (:func:`taylorc.rules.define.elementwise`).
         """
         return check_batch_independence(gm, self.coord, self.probe_inputs, elementwise)
 

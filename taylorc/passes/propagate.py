@@ -68,7 +68,7 @@ def needs_jet(graph: torch.fx.Graph, root: str) -> set[torch.fx.Node]:
 
 
 def rule_for(node: torch.fx.Node):
-    """The registered :class:`~taylorc.rules.table.RuleInfo` of a node.
+    """The registered :class:`~taylorc.rules.define.RuleInfo` of a node.
 
     Raises:
         UnsupportedOperatorError: naming the ATen op, the node, the user's source line,

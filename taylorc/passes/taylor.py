@@ -22,8 +22,9 @@ import torch.fx
 from .. import ir
 from ..errors import UnsupportedOperatorError
 from ..operators.assembly import lost_batch_axis
+from ..rules.define import CONSTANT_OPS
+from ..rules.derivatives import lower_sympy
 from ..rules.jet import Jet, RuleContext, add, scale
-from ..rules.table import CONSTANT_OPS, lower_sympy
 from . import PassContext
 from .propagate import (  # noqa: F401 - the node-level helpers, re-exported for the passes
     depends_on,

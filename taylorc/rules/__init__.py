@@ -20,21 +20,10 @@ Differentiation" (NeurIPS 2025).
 
 from __future__ import annotations
 
-from . import indexing, linalg, special  # noqa: F401 - the rule families register into RULES
+from . import table  # noqa: F401 - importing the table fills RULES
+from .define import CONSTANT_OPS, RULES, RuleInfo, def_bilinear, def_comp, deflinear, register_rule
+from .derivatives import DerivativeTable, X, Y, def_deriv
 from .jet import Jet, RuleContext, compose, leibniz
-from .table import _X as X
-from .table import _Y as Y
-from .table import (
-    CONSTANT_OPS,
-    RULES,
-    DerivativeTable,
-    RuleInfo,
-    def_bilinear,
-    def_comp,
-    def_deriv,
-    deflinear,
-    register_rule,
-)
 
 __all__ = [
     "CONSTANT_OPS",

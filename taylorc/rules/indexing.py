@@ -1,4 +1,4 @@
-"""Rules of writes, scatters and cumulative ops (registered into the one registry, ``RULES``).
+"""Rules of writes, scatters and cumulative ops (the table: :mod:`taylorc.rules.table`).
 
 Functional capture (:mod:`taylorc.capture`) turns ``y[:, 3:5] = v``, ``y[:, idx] = v``,
 ``y += b`` and ``index_add`` into ``slice_scatter``, ``select_scatter``, ``index_put``,
@@ -15,8 +15,8 @@ import torch
 import torch.fx
 
 from ..errors import UnsupportedOperatorError
+from .define import propagate_composite, warn_nonsmooth
 from .jet import Jet
-from .table import _register, def_comp, deflinear, propagate_composite, warn_nonsmooth
 
 aten = torch.ops.aten
 
@@ -38,7 +38,7 @@ def _has_terms(ctx, k, *xs) -> bool:
     return any(isinstance(x, Jet) and x[k] is not None for x in xs)
 
 
-def _scatter_rule(op, nargs_before_src: int):
+def scatter_rule(op, nargs_before_src: int):
     """``op(self, *args, src, *rest)`` with a dim at ``args[0]`` (shifted past the directions)."""
 
     def rule(ctx, k, base, *args, **kwargs):
@@ -59,27 +59,7 @@ def _scatter_rule(op, nargs_before_src: int):
     return rule
 
 
-_register(
-    aten.slice_scatter.default,
-    _scatter_rule(aten.slice_scatter.default, 1),
-    "linear",
-    note="y[..., a:b] = v after functional capture; linear in (y, v)",
-)
-_register(
-    aten.select_scatter.default,
-    _scatter_rule(aten.select_scatter.default, 1),
-    "linear",
-    note="y[..., i] = v after functional capture; linear in (y, v)",
-)
-_register(
-    aten.diagonal_scatter.default,
-    _scatter_rule(aten.diagonal_scatter.default, 1),
-    "linear",
-    note="writes into a diagonal; linear in (y, v)",
-)
-
-
-def _copy_rule(ctx, k, base, src, non_blocking=False):
+def copy_rule(ctx, k, base, src, non_blocking=False):
     c = ctx.coef(src, k)
     if c is None:
         return None  # every element of base is overwritten
@@ -88,9 +68,6 @@ def _copy_rule(ctx, k, base, src, non_blocking=False):
     if source.meta["val"].dtype != ctx.out_val.dtype:
         c = aten._to_copy.default(c, dtype=ctx.out_val.dtype)
     return c
-
-
-_register(aten.copy.default, _copy_rule, "linear", note="y[...] = v: the values written")
 
 
 def _lead_to_end(c, n: int, ndim: int):
@@ -102,7 +79,7 @@ def _lead_to_front(c, n: int, ndim: int):
     return c if n == 0 else aten.permute.default(c, list(range(ndim, ndim + n)) + list(range(ndim)))
 
 
-def _index_put_rule(ctx, k, base, indices, values, accumulate=False):
+def index_put_rule(ctx, k, base, indices, values, accumulate=False):
     if not _has_terms(ctx, k, base, values):
         return None
     n = ctx.nlead(k)
@@ -115,14 +92,6 @@ def _index_put_rule(ctx, k, base, indices, values, accumulate=False):
     return _lead_to_front(out, n, base.ndim)
 
 
-_register(
-    aten.index_put.default,
-    _index_put_rule,
-    "linear",
-    note="y[:, idx] = v, index_add; linear in (y, v), indices constant",
-)
-
-
 def _expanded_index(ctx, k, index):
     idx = index[0] if isinstance(index, Jet) else index
     shape = list(index.shape if isinstance(index, Jet) else idx.shape)
@@ -132,7 +101,7 @@ def _expanded_index(ctx, k, index):
     return idx
 
 
-def _scatter_src_rule(op):
+def scatter_src_rule(op):
     def rule(ctx, k, base, dim, index, src, *rest, **kwargs):
         reduce = rest[0] if rest else kwargs.get("reduce", "sum")
         if op is aten.scatter_reduce.two and reduce in ("amax", "amin"):
@@ -175,31 +144,14 @@ def _scatter_extremum_identity(base, dim, index, src, reduce, *, include_self=Tr
     return total / count
 
 
-for _op in (aten.scatter_add.default, aten.scatter.src, aten.scatter_reduce.two):
-    _register(
-        _op,
-        _scatter_src_rule(_op),
-        "linear",
-        note="linear in (y, src), index constant"
-        + (
-            " (sum, mean; amax, amin follow the selected entries and warn at order >= 2)"
-            if "reduce" in str(_op)
-            else ""
-        ),
-    )
-
-
-def _scatter_value_rule(ctx, k, base, dim, index, value):
+def scatter_value_rule(ctx, k, base, dim, index, value):
     c = base[k] if isinstance(base, Jet) else None
     if c is None:
         return None
     return aten.scatter.value(c, ctx.dim(dim, base.ndim, k), _expanded_index(ctx, k, index), 0.0)
 
 
-_register(aten.scatter.value, _scatter_value_rule, "linear", note="scatters a constant")
-
-
-def _complex_rule(ctx, k, re, im):
+def complex_rule(ctx, k, re, im):
     if not _has_terms(ctx, k, re, im):
         return None
     cr = ctx.broadcast(ctx.coef(re, k), k, _shape(re))
@@ -209,18 +161,7 @@ def _complex_rule(ctx, k, re, im):
     return aten.complex.default(cr, ci)
 
 
-_register(aten.complex.default, _complex_rule, "linear", note="torch.complex(re, im)")
-
-
 # -- cumulative ops -----------------------------------------------------------------------
-
-deflinear(
-    aten.cumsum.default,
-    lambda ctx, k, c, x, dim, dtype=None: aten.cumsum.default(
-        c, ctx.dim(dim, x.ndim, k), **({} if dtype is None else {"dtype": dtype})
-    ),
-    note="linear",
-)
 
 
 def _cumprod_identity(x, dim, dtype=None):
@@ -231,19 +172,11 @@ def _cumprod_identity(x, dim, dtype=None):
     return torch.stack(parts, dim)
 
 
-def _cumprod_rule(ctx, k, *args, **kwargs):
+def cumprod_rule(ctx, k, *args, **kwargs):
     return propagate_composite(ctx, k, _cumprod_identity, args, kwargs)
 
 
-_register(
-    aten.cumprod.default,
-    _cumprod_rule,
-    "composite",
-    note="running products (Leibniz along the dim)",
-)
-
-
-def _cumulative_extremum(ctx, k, x, dim):
+def cumulative_extremum(ctx, k, x, dim):
     warn_nonsmooth(ctx, "derivatives follow the running extremum's entry")
     c = x[k]
     if c is None:
@@ -257,20 +190,10 @@ def _cumulative_extremum(ctx, k, x, dim):
     return aten.gather.default(c, ctx.dim(dim, x.ndim, k), idx), None
 
 
-for _op in (aten.cummax.default, aten.cummin.default):
-    _register(
-        _op,
-        _cumulative_extremum,
-        "linear",
-        smooth=False,
-        note="follows the running extremum; exact a.e.; warns at order >= 2",
-    )
-
-
 # -- advanced indexing, logcumsumexp ------------------------------------------------------
 
 
-def _index_rule(ctx, k, x, indices):
+def index_rule(ctx, k, x, indices):
     """x[idx0, :, idx1, ...] (advanced indexing): linear in x, the indices constant."""
     masks = [
         i
@@ -294,24 +217,8 @@ def _index_rule(ctx, k, x, indices):
     return _lead_to_front(out, n, ctx.out_ndim)
 
 
-_register(
-    aten.index.Tensor,
-    _index_rule,
-    "linear",
-    note="x[:, [0, 2]]; linear in x, integer indices constant",
-)
-
-
-def _logcumsumexp_identity(x, dim):
+def logcumsumexp_identity(x, dim):
     # log sum_{j<=i} exp(x_j) = m + log cumsum(exp(x - m)) for any m constant along dim:
     # the max shift cancels exactly (quiet), as in softmax
     m = x.amax(dim, keepdim=True)
     return torch.log(torch.cumsum(torch.exp(x - m), dim)) + m
-
-
-def_comp(
-    aten.logcumsumexp.default,
-    _logcumsumexp_identity,
-    note="m + log cumsum exp(x - m); the max shift cancels",
-    quiet=True,
-)

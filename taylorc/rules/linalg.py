@@ -22,7 +22,6 @@ import math
 import torch
 
 from .jet import Jet, compose, scale, total
-from .table import _register
 
 aten = torch.ops.aten
 
@@ -70,13 +69,13 @@ def _lower_coefficients(X: list, k: int, emit) -> None:
         emit(len(X))
 
 
-def _inv_rule(ctx, k, A, check_errors=False):
+def inv_rule(ctx, k, A, check_errors=False):
     X = ctx.cache.setdefault("X", [ctx.value[0]])
     _lower_coefficients(X, k, lambda j: _solve_coefficient(ctx, j, A, None, X, A[0]))
     return _solve_coefficient(ctx, k, A, None, X, A[0]), None
 
 
-def _solve_rule(ctx, k, A, B, *, left=True, check_errors=False):
+def solve_rule(ctx, k, A, B, *, left=True, check_errors=False):
     if not left:
         raise NotImplementedError("linalg.solve with left=False: transpose the system instead")
     b_shape = tuple(B.shape if isinstance(B, Jet) else B.shape)
@@ -93,20 +92,6 @@ def _solve_rule(ctx, k, A, B, *, left=True, check_errors=False):
     if Xk is not None and vector:
         Xk = aten.squeeze.dims(Xk, [-1])
     return Xk, None, None, None
-
-
-_register(
-    aten.linalg_inv_ex.default,
-    _inv_rule,
-    "linear",
-    note="X_k = -A0^-1 sum C(k,j) A_j X_(k-j)",
-)
-_register(
-    aten._linalg_solve_ex.default,
-    _solve_rule,
-    "bilinear",
-    note="A X = B: X_k = A0^-1 (B_k - sum C(k,j) A_j X_(k-j))",
-)
 
 
 def _trace_product(y, a):
@@ -149,26 +134,17 @@ def _refuse_complex(ctx):
         raise NotImplementedError(f"{ctx.node.target} of a complex matrix: no Taylor rule")
 
 
-def _slogdet_rule(ctx, k, A):
+def slogdet_rule(ctx, k, A):
     _refuse_complex(ctx)
     return None, _logabsdet_coefficient(ctx, k, A), None, None
 
 
-def _det_rule(ctx, k, A):
+def det_rule(ctx, k, A):
     _refuse_complex(ctx)
     L = Jet([None] + [_logabsdet_coefficient(ctx, j, A) for j in range(1, k + 1)], A.shape[:-2])
     det = ctx.value[0]
     # every derivative of exp(L) is det itself: Faa di Bruno with g_m = det
     return compose(ctx, k, L, [det] * (k + 1)), None, None
-
-
-_register(
-    aten._linalg_slogdet.default,
-    _slogdet_rule,
-    "composite",
-    note="L_k = sum C(k-1,j) tr(Y_j A_(k-j)), Y = A^-1",
-)
-_register(aten._linalg_det.default, _det_rule, "composite", note="det = sign exp(log|det|)")
 
 
 # -- Cholesky --------------------------------------------------------------------------------
@@ -220,18 +196,10 @@ def _cholesky_coefficient(ctx, k: int, A: Jet, Ls: list, upper: bool):
     return Lk
 
 
-def _cholesky_rule(ctx, k, A, *, upper=False, check_errors=False):
+def cholesky_rule(ctx, k, A, *, upper=False, check_errors=False):
     _refuse_complex(ctx)
     L0 = ctx.value[0]
     Ls = ctx.cache.setdefault("L", [_mT(L0) if upper else L0])
     _lower_coefficients(Ls, k, lambda j: _cholesky_coefficient(ctx, j, A, Ls, upper))
     Lk = _cholesky_coefficient(ctx, k, A, Ls, upper)
     return (_mT(Lk) if upper else Lk), None
-
-
-_register(
-    aten.linalg_cholesky_ex.default,
-    _cholesky_rule,
-    "composite",
-    note="L_k = L0 Phi(L0^-1 (A_k - sum C(k,j) L_j L_(k-j)^T) L0^-T), Phi: tril, half diagonal",
-)
