@@ -20,10 +20,9 @@ from __future__ import annotations
 
 import torch
 
-from .distributed import model_reducer, resolve
+from .base import LossTermOptimizer
 from .factors import from_vector, to_vector
 from .gramian import dense_gramian, layout, size
-from .linearizer import Linearizer
 from .nystrom import make_solver
 from .step_rules import check_damping_ema, check_lr, take_step, total_loss
 from .woodbury import damped_solve, sample_space_step
@@ -31,7 +30,7 @@ from .woodbury import damped_solve, sample_space_step
 SOLVES = ("dense", "woodbury", "auto", "nystrom")
 
 
-class ENGD(torch.optim.Optimizer):
+class ENGD(LossTermOptimizer):
     """Energy natural gradient descent on L = Σ_t 1/(2N_t) Σ_n ||r_t,n||².
 
     Same residuals and ``step(points)`` as :class:`taylorc.optim.KFAC`.
@@ -102,24 +101,17 @@ class ENGD(torch.optim.Optimizer):
                 f"solve={solve!r} has no Gramian to average: ema must be 0, got {ema!r}"
             )
         self._nystrom = make_solver(solve, sketch_size, generator, damping)
-        group = resolve(process_group, model)
         self.solve = solve
-        params = [p for p in model.parameters() if p.requires_grad]
-        super().__init__(params, dict(lr=lr, damping=damping, ema=ema, step=0))
-        self.model, self.residuals = model, dict(residuals)
-        self._reducer = model_reducer(group, model)  # one process: a LocalReducer
-        strict = self._reducer.world == 1  # distributed: a rank's compile failure warns
-        self._linearizer = Linearizer(model, backend=backend, strict=strict)
+        super().__init__(
+            model, residuals, dict(lr=lr, damping=damping, ema=ema, step=0), process_group, backend
+        )
 
     def step(self, points: dict) -> dict[str, float]:
         """One ENGD step on ``points``; returns term name -> ½ mean ||r||² before it."""
         group, reducer, terms = self.param_groups[0], self._reducer, list(self.residuals)
         # this rank's shares N_t,r / N_t of the global means, and the global N_t
         weigh, counts = reducer.weighting({t: points.get(t) for t in terms})
-        missing = set(terms) - set(points)
-        if missing:
-            raise ValueError(f"no points for the terms {sorted(missing)}")
-        lins = [self._linearizer(t, f, points[t]) for t, f in self.residuals.items()]
+        lins = list(self.linearize(points).values())
         loss = [weigh(t, lin.loss) for t, lin in zip(terms, lins)]
         layers = layout(lins, self.model)
         if self._woodbury(lins, layers, counts):

@@ -15,17 +15,17 @@ from __future__ import annotations
 
 import torch
 
-from .distributed import factorise, model_reducer, resolve
+from .base import LossTermOptimizer
+from .distributed import factorise
 from .factors import APPROX, layer_factors
 from .gramian import layout
 from .linearization import linearize
-from .linearizer import Linearizer
 from .step_rules import add_, check_damping_ema, kfac_star, line_search, total_loss
 
 RULES = ("auto", "line_search")
 
 
-class KFAC(torch.optim.Optimizer):
+class KFAC(LossTermOptimizer):
     """KFAC for PINN losses L = Σ_t 1/(2N_t) Σ_n ||r_t(x_t,n)||².
 
     Example::
@@ -121,7 +121,6 @@ class KFAC(torch.optim.Optimizer):
         check_damping_ema(damping, ema)
         if not residuals:
             raise ValueError("residuals is empty: give at least one loss term")
-        group = resolve(process_group, model)
         defaults = dict(
             lr=lr,
             damping=damping,
@@ -133,24 +132,13 @@ class KFAC(torch.optim.Optimizer):
             initial_lr=initial_lr,
             step=0,
         )
-        super().__init__([p for p in model.parameters() if p.requires_grad], defaults)
-        self.model, self.residuals = model, dict(residuals)
-        self._reducer = model_reducer(group, model)  # one process: a LocalReducer
-        strict = self._reducer.world == 1  # distributed: a rank's compile failure warns
-        self._linearizer = Linearizer(model, backend=backend, approx=approx, strict=strict)
+        super().__init__(model, residuals, defaults, process_group, backend, approx)
         self._solvers: dict | None = None
         self.last: dict = {}  # the last step's vectors (for tests and diagnostics)
         # the split inversion factorises each layer on one rank (in one process: here)
         self._factorise = self._reducer.solvers if split_inversion is not False else factorise
 
     # -- one step -------------------------------------------------------------------
-
-    def linearize(self, points: dict) -> dict:
-        """Every term's :class:`~taylorc.optim.linearization.Linearization` at ``points``."""
-        missing = set(self.residuals) - set(points)
-        if missing:
-            raise ValueError(f"no points for the terms {sorted(missing)}")
-        return {t: self._linearizer(t, f, points[t]) for t, f in self.residuals.items()}
 
     def step(self, points: dict) -> dict[str, float]:
         """One KFAC step on the batch ``points`` (term name -> ``(N_t, *in)``).

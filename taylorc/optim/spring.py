@@ -17,15 +17,14 @@ from __future__ import annotations
 
 import torch
 
-from .distributed import model_reducer, resolve
+from .base import LossTermOptimizer
 from .gramian import layout
-from .linearizer import Linearizer
 from .nystrom import make_solver
 from .step_rules import check_damping_ema, check_lr, take_step, total_loss
 from .woodbury import sample_space_step
 
 
-class SPRING(torch.optim.Optimizer):
+class SPRING(LossTermOptimizer):
     """SPRING on L = Σ_t 1/(2N_t) Σ_n ||r_t,n||²; ``momentum=0`` is ENGD with the Woodbury solve.
 
     Same residuals and ``step(points)`` as :class:`taylorc.optim.KFAC`. Each step costs
@@ -84,23 +83,20 @@ class SPRING(torch.optim.Optimizer):
         if solve not in ("woodbury", "nystrom"):
             raise ValueError(f"solve must be 'woodbury' or 'nystrom', got {solve!r}")
         self._nystrom = make_solver(solve, sketch_size, generator, damping)
-        group = resolve(process_group, model)
-        params = [p for p in model.parameters() if p.requires_grad]
-        super().__init__(params, dict(lr=lr, damping=damping, momentum=momentum, step=0))
-        self.model, self.residuals = model, dict(residuals)
-        self._reducer = model_reducer(group, model)  # one process: a LocalReducer
-        strict = self._reducer.world == 1  # distributed: a rank's compile failure warns
-        self._linearizer = Linearizer(model, backend=backend, strict=strict)
+        super().__init__(
+            model,
+            residuals,
+            dict(lr=lr, damping=damping, momentum=momentum, step=0),
+            process_group,
+            backend,
+        )
 
     def step(self, points: dict) -> dict[str, float]:
         """One SPRING step on ``points``; returns term name -> ½ mean ||r||² before it."""
         group, reducer, terms = self.param_groups[0], self._reducer, list(self.residuals)
         # this rank's shares N_t,r / N_t of the global means, and the global N_t
         weigh, counts = reducer.weighting({t: points.get(t) for t in terms})
-        missing = set(terms) - set(points)
-        if missing:
-            raise ValueError(f"no points for the terms {sorted(missing)}")
-        lins = [self._linearizer(t, f, points[t]) for t, f in self.residuals.items()]
+        lins = list(self.linearize(points).values())
         loss = [weigh(t, lin.loss) for t, lin in zip(terms, lins)]
         reducer.sum_(loss)
         losses = {t: v.item() for t, v in zip(terms, loss)}
