@@ -17,6 +17,7 @@ aten = torch.ops.aten
 
 
 def gelu_table(approximate="none"):
+    """GELU's derivative table: the erf form, or the tanh approximation's (``approximate``)."""
     if approximate == "tanh":
         c = sympy.sqrt(2 / sympy.pi)
         return DerivativeTable(
@@ -26,6 +27,7 @@ def gelu_table(approximate="none"):
 
 
 def elu_pieces(ctx, x0, alpha=1.0, scale=1.0, input_scale=1.0):
+    """ELU's pieces ``(x0 > 0, [., scale], [., scale alpha s^m e^(s x0)])`` for :func:`~taylorc.rules.define.piecewise`."""
     e = aten.exp.default(aten.mul.Tensor(x0, float(input_scale)))
     neg = [None] + [
         aten.mul.Tensor(e, float(scale * alpha * input_scale**m)) for m in range(1, ctx.K + 1)
@@ -34,10 +36,12 @@ def elu_pieces(ctx, x0, alpha=1.0, scale=1.0, input_scale=1.0):
 
 
 def leaky_pieces(ctx, x0, negative_slope=0.01):
+    """Leaky ReLU's pieces ``(x0 > 0, slope 1, slope negative_slope)``."""
     return aten.gt.Scalar(x0, 0.0), [None, 1.0], [None, float(negative_slope)]
 
 
 def clamp_pieces(ctx, x0, lo=None, hi=None):
+    """clamp's pieces: slope 1 strictly inside ``(lo, hi)``, 0 outside."""
     inside = aten.full_like.default(x0, 1.0)
     if lo is not None:
         inside = aten.mul.Tensor(inside, aten.gt.Scalar(x0, float(lo)))
@@ -50,6 +54,7 @@ _real_abs = nonsmooth(lambda x, y: aten.sign.default(x))
 
 
 def abs_rule(ctx, k, x):
+    """Coefficient k of ``|x|``: ``sign(x)`` times x's (a.e.); of a complex x, ``sqrt(re^2 + im^2)``."""
     if ctx.node.args[0].meta["val"].is_complex():
         # |z| is not holomorphic: sqrt(re^2 + im^2) of the real and imaginary jets
         return propagate_composite(
@@ -61,6 +66,7 @@ def abs_rule(ctx, k, x):
 def clamp_tensor_identity(x, lo=None, hi=None):
     # clamp(x, lo, hi) = min(max(x, lo), hi) (torch's order: hi wins when lo > hi); each
     # where picks the active operand, whose coefficients are the result's (a.e.)
+    """``clamp(x, lo, hi)`` with tensor bounds as two wheres (torch's order: hi wins)."""
     if lo is not None:
         x = torch.where(x < lo, lo, x)
     if hi is not None:

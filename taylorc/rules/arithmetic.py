@@ -16,6 +16,8 @@ aten = torch.ops.aten
 
 
 def add_rule(sign):
+    """The rule of ``a + sign * alpha * b`` (``sign`` 1: add, -1: sub), broadcasting a lone operand."""
+
     def rule(ctx, k, a, b, alpha=1):
         ca, cb = ctx.coef(a, k), ctx.coef(b, k)
         if ca is None or cb is None:
@@ -27,10 +29,12 @@ def add_rule(sign):
 
 
 def matmul(a, b):
+    """``aten.matmul`` of two coefficients (broadcasts over the direction axis)."""
     return aten.matmul.default(a, b)
 
 
 def matmul_rule(ctx, k, a, b):
+    """Coefficient k of ``matmul(a, b)``: Leibniz, or the composite when an operand is 1-d."""
     if min(a.ndim, b.ndim) < 2:
         # A 1-d operand changes matmul's meaning once a direction axis is added.
         return propagate_composite(ctx, k, lambda u, v: torch.ops.aten.matmul(u, v), (a, b), {})
@@ -38,6 +42,7 @@ def matmul_rule(ctx, k, a, b):
 
 
 def addmm_rule(ctx, k, bias, a, b, *, beta=1, alpha=1):
+    """Coefficient k of ``beta bias + alpha a @ b``: Leibniz over mm plus the bias's."""
     prod = scale(leibniz(ctx, k, a, b, matmul), alpha)
     cb = scale(ctx.coef(bias, k), beta)
     if prod is None:
@@ -46,6 +51,7 @@ def addmm_rule(ctx, k, bias, a, b, *, beta=1, alpha=1):
 
 
 def div_rule(ctx, k, a, b):
+    """Coefficient k of ``a / b``: ``a_k / b_0`` for a constant b, else ``a * reciprocal(b)``."""
     if not isinstance(b, Jet) or b.is_constant:
         c = ctx.coef(a, k)
         return None if c is None else aten.div.Tensor(c, ctx.coef(b, 0))
@@ -53,4 +59,5 @@ def div_rule(ctx, k, a, b):
 
 
 def composite_div(ctx, k, a, b):
+    """``a / b`` as ``a * reciprocal(b)`` through the composite rule."""
     return propagate_composite(ctx, k, lambda u, v: u * torch.reciprocal(v), (a, b), {})

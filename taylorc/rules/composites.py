@@ -16,6 +16,7 @@ aten = torch.ops.aten
 
 
 def layer_norm_identity(x, normalized_shape, weight=None, bias=None, eps=1e-5):
+    """``native_layer_norm``: ``((x - mean) rsqrt(var + eps)) * w + b``, with mean and rstd."""
     dims = list(range(x.dim() - len(normalized_shape), x.dim()))
     mean = x.mean(dims, keepdim=True)
     xc = x - mean
@@ -29,16 +30,22 @@ def layer_norm_identity(x, normalized_shape, weight=None, bias=None, eps=1e-5):
 
 
 def softmax_identity(x, dim, half_to_float=False):
+    """softmax as ``exp(x - max) / sum`` (the max shift cancels exactly)."""
     e = torch.exp(x - x.amax(dim, keepdim=True))  # the shift cancels exactly (see def_comp's quiet)
     return e / e.sum(dim, keepdim=True)
 
 
 def log_softmax_identity(x, dim, half_to_float=False):
+    """log softmax as ``(x - max) - log sum exp(x - max)``."""
     z = x - x.amax(dim, keepdim=True)
     return z - torch.log(torch.exp(z).sum(dim, keepdim=True))
 
 
 def vector_norm_identity(x, ord=2, dim=None, keepdim=False, dtype=None):
+    """The 2-norm ``sqrt(sum x^2)`` over ``dim``.
+
+    Raises:
+        NotImplementedError: ``ord`` other than 2 (not smooth)."""
     if ord != 2:
         raise NotImplementedError(f"linalg.vector_norm with ord={ord}: only the 2-norm is smooth")
     return torch.sqrt(
@@ -47,6 +54,10 @@ def vector_norm_identity(x, ord=2, dim=None, keepdim=False, dtype=None):
 
 
 def batch_norm_eval_identity(x, weight, bias, running_mean, running_var, training, momentum, eps):
+    """Eval-mode batch norm: the affine map per channel from the running statistics.
+
+    Raises:
+        NotImplementedError: training mode (couples the batch rows)."""
     if training:  # the batch check rejects it before any rule runs
         raise NotImplementedError("batch norm in training mode couples the batch rows")
     shape = [1, -1] + [1] * (x.dim() - 2)
@@ -94,6 +105,7 @@ def var_identity(x, dim=None, *, correction=None, keepdim=False):
 
 
 def var_mean_identity(x, dim=None, *, correction=None, keepdim=False):
+    """``(var, mean)`` as ``aten.var_mean.correction`` returns them."""
     dims = list(range(x.dim())) if not dim else list(dim)
     return (
         var_identity(x, dim, correction=correction, keepdim=keepdim),
@@ -127,6 +139,10 @@ def cdist_identity(x1, x2, p=2.0, compute_mode=None):
 
 
 def cdist_rule(ctx, k, x1, x2, p, compute_mode=None):
+    """Coefficient k of ``cdist(x1, x2, p)`` through :func:`cdist_identity`.
+
+    Raises:
+        UnsupportedOperatorError: ``p <= 0`` (not differentiable)."""
     if p <= 0:
         raise UnsupportedOperatorError(
             f"no Taylor rule for the ATen op {ctx.node.target} with p={p} (graph node "

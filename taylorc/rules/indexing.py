@@ -60,6 +60,7 @@ def scatter_rule(op, nargs_before_src: int):
 
 
 def copy_rule(ctx, k, base, src, non_blocking=False):
+    """Coefficient k of ``copy(base, src)``: src's, broadcast and cast to the output's dtype."""
     c = ctx.coef(src, k)
     if c is None:
         return None  # every element of base is overwritten
@@ -80,6 +81,7 @@ def _lead_to_front(c, n: int, ndim: int):
 
 
 def index_put_rule(ctx, k, base, indices, values, accumulate=False):
+    """Coefficient k of ``index_put``: the same write on both operands' coefficients."""
     if not _has_terms(ctx, k, base, values):
         return None
     n = ctx.nlead(k)
@@ -102,6 +104,10 @@ def _expanded_index(ctx, k, index):
 
 
 def scatter_src_rule(op):
+    """The rule of ``scatter_add``/``scatter.src``/``scatter_reduce`` (sum, mean; amax and amin through :func:`scatter_extremum_identity`).
+
+    The rule raises UnsupportedOperatorError for other reductions."""
+
     def rule(ctx, k, base, dim, index, src, *rest, **kwargs):
         reduce = rest[0] if rest else kwargs.get("reduce", "sum")
         if op is aten.scatter_reduce.two and reduce in ("amax", "amin"):
@@ -145,6 +151,7 @@ def _scatter_extremum_identity(base, dim, index, src, reduce, *, include_self=Tr
 
 
 def scatter_value_rule(ctx, k, base, dim, index, value):
+    """Coefficient k of ``scatter(base, dim, index, value)``: base's with zeros scattered."""
     c = base[k] if isinstance(base, Jet) else None
     if c is None:
         return None
@@ -152,6 +159,7 @@ def scatter_value_rule(ctx, k, base, dim, index, value):
 
 
 def complex_rule(ctx, k, re, im):
+    """Coefficient k of ``complex(re, im)``: the complex of the coefficients (zeros for a missing one)."""
     if not _has_terms(ctx, k, re, im):
         return None
     cr = ctx.broadcast(ctx.coef(re, k), k, _shape(re))
@@ -173,10 +181,12 @@ def _cumprod_identity(x, dim, dtype=None):
 
 
 def cumprod_rule(ctx, k, *args, **kwargs):
+    """Coefficient k of ``cumprod`` through :func:`cumprod_identity`."""
     return propagate_composite(ctx, k, _cumprod_identity, args, kwargs)
 
 
 def cumulative_extremum(ctx, k, x, dim):
+    """Coefficient k of ``cummax``/``cummin``: the running extremum's entries (a.e.)."""
     warn_nonsmooth(ctx, "derivatives follow the running extremum's entry")
     c = x[k]
     if c is None:
@@ -220,5 +230,6 @@ def index_rule(ctx, k, x, indices):
 def logcumsumexp_identity(x, dim):
     # log sum_{j<=i} exp(x_j) = m + log cumsum(exp(x - m)) for any m constant along dim:
     # the max shift cancels exactly (quiet), as in softmax
+    """``m + log cumsum exp(x - m)`` with m the max along ``dim`` (the shift cancels)."""
     m = x.amax(dim, keepdim=True)
     return torch.log(torch.cumsum(torch.exp(x - m), dim)) + m

@@ -70,12 +70,14 @@ def _lower_coefficients(X: list, k: int, emit) -> None:
 
 
 def inv_rule(ctx, k, A, check_errors=False):
+    """Coefficients of ``linalg_inv_ex(A)``: ``X_k = -A0^-1 sum C(k,j) A_j X_(k-j)``."""
     X = ctx.cache.setdefault("X", [ctx.value[0]])
     _lower_coefficients(X, k, lambda j: _solve_coefficient(ctx, j, A, None, X, A[0]))
     return _solve_coefficient(ctx, k, A, None, X, A[0]), None
 
 
 def solve_rule(ctx, k, A, B, *, left=True, check_errors=False):
+    """Coefficients of ``_linalg_solve_ex(A, B)``: ``X_k = A0^-1 (B_k - sum C(k,j) A_j X_(k-j))``."""
     if not left:
         raise NotImplementedError("linalg.solve with left=False: transpose the system instead")
     b_shape = tuple(B.shape if isinstance(B, Jet) else B.shape)
@@ -135,11 +137,13 @@ def _refuse_complex(ctx):
 
 
 def slogdet_rule(ctx, k, A):
+    """Coefficients of ``_linalg_slogdet``: ``L_k = sum C(k-1,j) tr(Y_j A_(k-j))``, Y = A^-1."""
     _refuse_complex(ctx)
     return None, _logabsdet_coefficient(ctx, k, A), None, None
 
 
 def det_rule(ctx, k, A):
+    """Coefficients of ``_linalg_det``: ``det = sign exp(L)`` by Faa di Bruno."""
     _refuse_complex(ctx)
     L = Jet([None] + [_logabsdet_coefficient(ctx, j, A) for j in range(1, k + 1)], A.shape[:-2])
     det = ctx.value[0]
@@ -197,6 +201,7 @@ def _cholesky_coefficient(ctx, k: int, A: Jet, Ls: list, upper: bool):
 
 
 def cholesky_rule(ctx, k, A, *, upper=False, check_errors=False):
+    """Coefficients of ``linalg_cholesky_ex`` (see the module docstring)."""
     _refuse_complex(ctx)
     L0 = ctx.value[0]
     Ls = ctx.cache.setdefault("L", [_mT(L0) if upper else L0])

@@ -16,16 +16,20 @@ aten = torch.ops.aten
 
 
 def lead_dims(ctx, k, dims, ndim):
+    """The dims ``dims`` of an ``ndim``-d value, shifted past coefficient k's leading dims."""
     return [ctx.dim(d, ndim, k) for d in dims]
 
 
 def expand(ctx, k, c, x, size, implicit=False):
+    """Coefficient ``c`` of ``expand(x, size)``: unsqueezed to ``len(size)`` dims, then expanded."""
     for _ in range(len(size) - x.ndim):
         c = aten.unsqueeze.default(c, ctx.nlead(k))
     return aten.expand.default(c, ctx.lead(k) + list(size))
 
 
 def reduce(op_dim):
+    """The coefficient body of a reduction ``op_dim(x, dims, keepdim)`` (sum, mean)."""
+
     def coef(ctx, k, c, x, dims=None, keepdim=False, dtype=None):
         dims = range(x.ndim) if not dims else dims
         kw = {} if dtype is None else {"dtype": dtype}
@@ -35,10 +39,12 @@ def reduce(op_dim):
 
 
 def zeros_like_coef(ctx, k, jet):
+    """Zeros shaped as coefficient k of ``jet``."""
     return aten.new_zeros.default(ctx.value, ctx.lead(k) + list(jet.shape))
 
 
 def cat_rule(ctx, k, tensors, dim=0, *, stack=False):
+    """Coefficient k of ``cat``/``stack``: zeros for the tensors that carry none."""
     coefs = [ctx.coef(t, k) if isinstance(t, Jet) else None for t in tensors]
     if all(c is None for c in coefs):
         return None
@@ -49,11 +55,13 @@ def cat_rule(ctx, k, tensors, dim=0, *, stack=False):
 
 
 def getitem_rule(ctx, k, x, i):
+    """Coefficient k of output ``i`` of a multi-output op."""
     c = x[k] if isinstance(x, Jet) else None
     return None if c is None else c[i]
 
 
 def gather(ctx, k, c, x, dim, index, sparse_grad=False):
+    """Coefficient ``c`` of ``gather(x, dim, index)``: the index expanded over the leading dims."""
     idx = index[0] if isinstance(index, Jet) else index
     shape = list(ctx.out_shape)
     if ctx.nlead(k):
@@ -62,12 +70,14 @@ def gather(ctx, k, c, x, dim, index, sparse_grad=False):
 
 
 def repeat(ctx, k, c, x, repeats):
+    """Coefficient ``c`` of ``repeat(x, repeats)``: the leading dims repeated once."""
     for _ in range(len(repeats) - x.ndim):
         c = aten.unsqueeze.default(c, ctx.nlead(k))
     return aten.repeat.default(c, [1] * ctx.nlead(k) + list(repeats))
 
 
 def where_rule(ctx, k, cond, a, b):
+    """Coefficient k of ``where(cond, a, b)``: the condition carries no Taylor terms."""
     ca, cb = ctx.coef(a, k), ctx.coef(b, k)
     if ca is None and cb is None:
         return None
@@ -103,6 +113,10 @@ def extremum(op_index):
 
 
 def convolution(ctx, k, x, w, bias, stride, padding, dilation, transposed, output_padding, groups):
+    """Coefficient k of a convolution, linear in x: directions folded into the batch.
+
+    Raises:
+        NotImplementedError: a weight that depends on the coordinates."""
     if isinstance(w, Jet) and not w.is_constant:
         raise NotImplementedError("convolution whose weight depends on the coordinates")
     c = x[k]
@@ -127,6 +141,7 @@ def convolution(ctx, k, x, w, bias, stride, padding, dilation, transposed, outpu
 
 def avg_pool2d(ctx, k, c, x, *args, **kwargs):
     # linear and per plane: every leading dim (directions, batch, channels) folds into one
+    """Coefficient ``c`` of ``avg_pool2d``: every leading dim folded into the planes."""
     h, w = x.shape[-2:]
     out = aten.avg_pool2d.default(aten.reshape.default(c, [-1, h, w]), *args, **kwargs)
     return aten.reshape.default(out, ctx.lead(k) + ctx.out_shape)

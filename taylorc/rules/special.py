@@ -38,6 +38,7 @@ def atan2_identity(a, b):
     # atan(u) + atan(1/u) = sign(u) pi/2): constants carry no Taylor terms, so they are left out;
     # the branch is chosen so that the quotient stays in [-1, 1]; the branch not taken
     # divides by 1 instead (a zero there would send NaN through where's gradient)
+    """``atan2(a, b)`` as ``atan(a/b)`` or ``-atan(b/a)``, whichever quotient is bounded."""
     sel = b.abs() >= a.abs()
     one = torch.ones_like(a)
     return torch.where(
