@@ -123,6 +123,7 @@ class CompiledOperator(GraphCache, torch.nn.Module):
 
     @property
     def fn(self) -> Callable:
+        """The differentiated function: the model, or the function given to :func:`taylorc.compile`."""
         return self.model if self.model is not None else self._fn
 
     # -- validation ---------------------------------------------------------------

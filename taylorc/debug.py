@@ -97,6 +97,8 @@ class Dumper:
         self.dir.mkdir(parents=True, exist_ok=True)
 
     def stage(self, index: int, name: str, gm: torch.fx.GraphModule) -> None:
+        """Write stage ``index`` (after pass ``name``): its code (``.py``), node table (``.txt``)
+        and drawing (``.svg``, with the docs extra)."""
         stem = self.dir / f"{index:02d}_{name}"
         stem.with_suffix(".py").write_text(f"# taylorc stage {index}: {name}\n" + gm.code)
         stem.with_suffix(".txt").write_text(node_table(gm))
@@ -111,6 +113,7 @@ class Dumper:
             pass
 
     def summary(self, ctx) -> None:
+        """Write ``plan.txt`` and ``summary.json``: the jet plan and each pass's record."""
         (self.dir / "plan.txt").write_text(ctx.plan.describe() + "\n")
         summary = {
             "plan": {

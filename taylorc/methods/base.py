@@ -47,6 +47,7 @@ class Method:
         return self
 
     def plan(self, op, D: int) -> _ops.JetPlan:
+        """The :class:`~taylorc.operators.plan.JetPlan` of ``op`` over D coordinates."""
         return _ops.build_plan(op.ops, D, op.coords)
 
     def example(self, x: torch.Tensor, args: tuple) -> tuple[torch.Tensor, tuple]:

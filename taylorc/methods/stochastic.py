@@ -108,6 +108,8 @@ class Stein(Method):
         )
 
     def evaluations(self) -> int:
+        """Model evaluations per point: ``2 S + 1`` with variance reduction (S antithetic
+        pairs and g(x), the control variate), else ``S`` (``samples``)."""
         return 2 * self.samples + 1 if self.variance_reduction else self.samples
 
     def plan(self, op, D):

@@ -83,10 +83,12 @@ class JetPlan:
 
     @property
     def R(self) -> int:
+        """Directions."""
         return len(self.directions)
 
     @property
     def G(self) -> int:
+        """Rows of the collapsed top (collapse weights)."""
         return len(self.top_weights)
 
     @property

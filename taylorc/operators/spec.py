@@ -94,6 +94,11 @@ class Operator:
     name = "operator"
 
     def terms(self, D: int, coords: Sequence[str] | None) -> dict[tuple, object]:
+        """Multi-index -> coefficient of the operator over D coordinates (each subclass's).
+
+        Raises:
+            NotImplementedError: on the base class.
+        """
         raise NotImplementedError
 
     def parts(self, D: int, coords: Sequence[str] | None = None) -> list[Part]:

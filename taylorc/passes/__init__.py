@@ -122,6 +122,7 @@ class PassContext:
     built_batch: int | None = None
 
     def warn(self, message: str) -> None:
+        """Issue ``message`` as a ``UserWarning`` (a pass's finding: a non-smooth op, a fallback)."""
         warnings.warn(message, UserWarning, stacklevel=4)
 
     def check_batch(self, gm: torch.fx.GraphModule) -> int | None:

@@ -51,9 +51,11 @@ class Emitter:
         self.R = R
 
     def proxy(self, node: torch.fx.Node) -> torch.fx.Proxy:
+        """``node`` as a Proxy of the graph being emitted."""
         return torch.fx.Proxy(node, self.tracer)
 
     def last(self) -> torch.fx.Node:
+        """The graph's last node so far."""
         return next(iter(reversed(self.graph.nodes)))
 
     def tag_since(self, marker, source, order: int, layout: str, stop=None, **extra) -> None:

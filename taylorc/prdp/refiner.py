@@ -94,6 +94,7 @@ class Refiner:
         return cls.scaled(estimate_k_eps(solver, tol), **kw)
 
     def reset(self) -> None:
+        """Back to the initial refinement level, history and checkpoint."""
         self.k = self.k0
         self.metrics: list[float] = []
         self.ema: list[float] = []
@@ -147,6 +148,7 @@ class Refiner:
         return state
 
     def load_state_dict(self, state: dict) -> None:
+        """Restore what :meth:`state_dict` saved."""
         for k, v in state.items():
             setattr(self, k, list(v) if isinstance(v, list) else v)
 

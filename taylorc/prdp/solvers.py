@@ -57,6 +57,7 @@ class ConjugateGradient:
         return r if self.precond is None else self.precond(r)
 
     def run(self, b, x, iters: int, history=None, bnorm=None):
+        """``iters`` CG steps from ``x``; ``b, x (N, B)``; appends residual norms to ``history``."""
         A = self.system
         r = b - A.matmul_cols(x)
         z = self._m(r)
@@ -87,6 +88,7 @@ class MultigridIteration:
         self.system, self.cycle = system, VCycle(system, **cycle)
 
     def run(self, b, x, iters: int, history=None, bnorm=None):
+        """``iters`` V-cycles from ``x``; ``b, x (N, B)``; appends residual norms to ``history``."""
         for _ in range(iters):
             r = b - self.system.matmul_cols(x)
             _record(history, r, bnorm)

@@ -67,6 +67,7 @@ class Pattern:
         )
 
     def to(self, device) -> Pattern:
+        """The pattern on ``device``."""
         return Pattern(
             *[getattr(self, f).to(device) for f in ("crow", "col", "row")],
             self.n_rows,
@@ -138,14 +139,17 @@ class SparseSystem:
 
     @property
     def n(self) -> int:
+        """Unknowns (rows)."""
         return self.pattern.n_rows
 
     @property
     def dtype(self):
+        """The values' dtype."""
         return self.values.dtype
 
     @property
     def device(self):
+        """The values' device."""
         return self.values.device
 
     def matmul_cols(self, x: torch.Tensor) -> torch.Tensor:
@@ -185,6 +189,7 @@ class SparseSystem:
         )
 
     def detach(self) -> SparseSystem:
+        """The system with its values (and coarse levels') detached from autograd."""
         coarsen = self.coarsen
         return replace(
             self,

@@ -47,6 +47,7 @@ class Jet:
 
     @property
     def ndim(self) -> int:
+        """Dims of the value."""
         return len(self.shape)
 
     @property
@@ -101,13 +102,16 @@ class RuleContext:
 
     @property
     def out_ndim(self) -> int:
+        """Dims of the op's output value."""
         return self.out_val.dim()
 
     @property
     def out_shape(self) -> list[int]:
+        """Shape of the op's output value."""
         return list(self.out_val.shape)
 
     def is_collapsed(self, k: int) -> bool:
+        """Whether order k is the collapsed top (one sum over directions, no R axis)."""
         return self.collapsed and k == self.K
 
     def lead(self, k: int) -> list[int]:
@@ -119,6 +123,7 @@ class RuleContext:
         return [self.R]
 
     def nlead(self, k: int) -> int:
+        """Number of leading (direction) dims of order-k coefficients."""
         return len(self.lead(k))
 
     def dim(self, d: int, ndim: int, k: int) -> int:
