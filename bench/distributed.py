@@ -21,7 +21,6 @@ Results: ``bench/results/distributed-kfac-<device>.json``.
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import os
 import platform
@@ -77,9 +76,7 @@ def worker(args) -> None:
     if distributed:
         per_rank = [None] * world
         dist.all_gather_object(per_rank, times)
-        del opt  # it holds the group: freed, with gloo's worker threads, before exit
         dist.destroy_process_group()
-        gc.collect()  # (examples/poisson_ddp.py, finish: why)
     if rank == 0:
         result = dict(
             ranks=world,

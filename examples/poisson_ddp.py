@@ -31,7 +31,6 @@ Backend: nccl when CUDA is available (one GPU per local rank), else gloo. Rank 0
 from __future__ import annotations
 
 import argparse
-import gc
 import os
 import time
 
@@ -149,19 +148,14 @@ def main(argv=None) -> float | None:
     torch.manual_seed(args.seed)
     gen = torch.Generator().manual_seed(args.seed)
     model = mlp(args.dim, args.widths).to(dtype)
-    train = train_second_order_ddp if args.optimizer != "adam" else train_adam_ddp
-    # the optimiser (or DDP wrapper) lives inside train: gone before the teardown in finish
-    per_step = train(args, model.to(device), gen, rank, world, device)
-    return finish(args, model, gen, rank, world, device, per_step)
-
-
-def train_adam_ddp(args, model, gen, rank: int, world: int, device) -> float:
-    """Adam on the PINN loss wrapped in DDP; returns seconds per step (step 0 left out)."""
-    dtype = torch.float64
+    if args.optimizer != "adam":
+        per_step = train_second_order_ddp(args, model.to(device), gen, rank, world, device)
+        return finish(args, model, gen, rank, world, device, per_step)
     xi = interior_points(args.interior, args.dim, gen, dtype)
     xb = boundary_points(args.boundary, args.dim, dtype, gen)
     xi, xb = shard(xi, rank, world).to(device), shard(xb, rank, world).to(device)
     f, g = source(xi), exact(xb)
+    model.to(device)
     loss_module = DistributedDataParallel(PoissonLoss(model))
     adam = torch.optim.Adam(loss_module.parameters(), lr=args.lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(
@@ -178,7 +172,8 @@ def train_adam_ddp(args, model, gen, rank: int, world: int, device) -> float:
         sched.step()
         if rank == 0 and step % 100 == 0:
             print(f"step {step}: local loss {loss.item():.3e}", flush=True)
-    return (time.perf_counter() - t0) / max(args.adam_steps - 1, 1)
+    per_step = (time.perf_counter() - t0) / max(args.adam_steps - 1, 1)
+    return finish(args, model, gen, rank, world, device, per_step)
 
 
 def finish(args, model, gen, rank: int, world: int, device, per_step: float) -> float | None:
@@ -193,15 +188,10 @@ def finish(args, model, gen, rank: int, world: int, device, per_step: float) -> 
             f"relative L2 error: {err:.3e}  ({args.test_points} fresh points, {world} ranks, "
             f"{per_step * 1e3:.1f} ms/step on rank 0)"
         )
-    # the other ranks wait for rank 0's evaluation before the group goes
+    # the other ranks wait for rank 0's evaluation: a rank that tears gloo down while its
+    # peer is still connected can abort at exit ("terminate called without an active exception")
     dist.barrier()
     dist.destroy_process_group()
-    # destroy_process_group leaves gloo's worker threads running until the group object is
-    # freed; freed only at exit, a worker still releasing a finished collective's tensors
-    # needs the GIL while the interpreter finalizes, and the process aborts ("terminate
-    # called without an active exception", pytorch/pytorch#179291). The optimiser holding
-    # the group is garbage by now (train returned): free it, joining the workers, here.
-    gc.collect()
     return err
 
 
