@@ -152,3 +152,25 @@ def test_sample_space_two_ranks_uneven_shards_equal_single_process():
     # the control gathered nothing (a group of one rank each): it must not match
     assert found["spring_local"][0] > 1e-6 and found["spring_local"][1] > 1e-6, found
     assert "MISSING_TERM_REJECTED SPRING" in stdout, stdout
+
+
+def test_settled_returns_once_the_backend_lets_go_of_the_tensors():
+    """A collective whose backend thread still holds the tensor after it returns (gloo's
+    worker does, briefly) is waited for, so the caller's reference is the last one; the
+    stand-in for the worker's reference is an autograd graph that saved the tensor."""
+    import threading
+    import time
+
+    from taylorc.optim.distributed import settled
+
+    t = torch.ones(3, requires_grad=True)
+    held = []
+
+    def collective(x):
+        held.append((x * x).sum())  # the graph saves x: a reference outside Python's
+        threading.Timer(0.2, held.clear).start()
+
+    start = time.perf_counter()
+    settled([t], collective, t)
+    assert held == [] and time.perf_counter() - start >= 0.15
+    assert t._use_count() == 1

@@ -20,6 +20,8 @@ collectives are the identity, so that a step reads the same in one and many proc
 
 from __future__ import annotations
 
+import time
+
 import torch
 import torch.distributed as dist
 
@@ -68,6 +70,28 @@ def factorise(pairs: dict[str, list]) -> dict[str, KroneckerSum]:
     """One :class:`KroneckerSum` per layer of ``pairs`` (name -> damped ``[(A_t, B_t)]``),
     all factorised in this process."""
     return {name: KroneckerSum(p) for name, p in pairs.items()}
+
+
+SETTLE_TIMEOUT = 5.0  # s; past it the caller goes on (a backend that keeps its tensors)
+
+
+def settled(tensors: list[torch.Tensor], collective, *args, **kwargs) -> None:
+    """``collective(*args, **kwargs)``, a blocking collective on ``tensors``; returns once the
+    backend holds none of the CPU ones any more (at most :data:`SETTLE_TIMEOUT` s later).
+
+    Gloo's worker thread lets go of a finished collective's tensors only after it has woken
+    the caller. A tensor that Python has dropped by then is freed by that thread, which
+    takes the GIL to release its Python object; at interpreter exit that aborts the process
+    ("terminate called without an active exception": pytorch/pytorch#179291, seen at the
+    end of ``examples/poisson_ddp.py``). Waiting here leaves the last reference with Python.
+    CUDA tensors are not waited for (NCCL's watchdog frees its work on its own schedule).
+    """
+    watched = [(t, t._use_count()) for t in tensors if t.device.type == "cpu"]
+    collective(*args, **kwargs)
+    deadline = time.monotonic() + SETTLE_TIMEOUT
+    for t, count in watched:
+        while t._use_count() > count and time.monotonic() < deadline:
+            time.sleep(0)  # yields the GIL: the worker drops its reference without it
 
 
 def _point_counts(points: dict) -> dict[str, int]:
@@ -148,7 +172,7 @@ class Reducer:
             by_kind.setdefault((t.dtype, t.device), []).append(t)
         for ts in by_kind.values():
             flat = torch.cat([t.reshape(-1) for t in ts])
-            collective(flat)
+            settled([flat], collective, flat)
             i = 0
             for t in ts:
                 t.copy_(flat[i : i + t.numel()].view_as(t))
@@ -169,7 +193,7 @@ class Reducer:
         local = torch.tensor(
             [[n[t], n[t] == 0] for t in terms], dtype=torch.int64, device=self.device
         )
-        dist.all_reduce(local, group=self.group)
+        settled([local], dist.all_reduce, local, group=self.group)
         empty = [t for t, (_, e) in zip(terms, local.tolist()) if e]
         if empty:
             raise ValueError(
@@ -207,7 +231,7 @@ class Reducer:
         buf = flat.new_zeros(max(lengths))
         buf[: flat.numel()] = flat
         out = [torch.empty_like(buf) for _ in range(self.world)]
-        dist.all_gather(out, buf, group=self.group)
+        settled([buf, *out], dist.all_gather, out, buf, group=self.group)
         return [o[:n] for o, n in zip(out, lengths)]
 
     def solvers(self, pairs: dict[str, list]) -> dict[str, KroneckerSum]:
@@ -234,7 +258,7 @@ class Reducer:
                 buf = torch.cat([t.reshape(-1) for n in mine for t in out[n].prepared()])
             else:
                 buf = torch.empty(numel, dtype=torch.float64, device=device)
-            dist.broadcast(buf, group=self.group, group_src=r)
+            settled([buf], dist.broadcast, buf, group=self.group, group_src=r)
             i = 0
             for n in mine:
                 got = []
