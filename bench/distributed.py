@@ -157,3 +157,7 @@ def main(argv=None) -> None:
 
 if __name__ == "__main__":
     main()
+    if "RANK" in os.environ:  # a torchrun worker: no finalization (examples/poisson_ddp.py)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import time
 
 import torch
@@ -197,3 +198,12 @@ def finish(args, model, gen, rank: int, world: int, device, per_step: float) -> 
 
 if __name__ == "__main__":
     main()
+    # End without the interpreter's finalization. gloo wakes a caller before its worker
+    # thread lets go of the collective's tensors; a worker that frees one after the
+    # interpreter began to finalize needs the GIL and aborts the process ("terminate called
+    # without an active exception", pytorch/pytorch#179291). taylorc's optimisers wait for
+    # their own collectives (taylorc.optim.distributed.settled), DDP's are not theirs to
+    # wait for. The process group is destroyed and every output flushed by now.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)

@@ -55,6 +55,7 @@ UNEVEN shards, 17/16 interior and 5/4 boundary points of 33/9: R = 42 rows < P =
 
 from __future__ import annotations
 
+import os
 import sys
 
 import torch
@@ -378,3 +379,6 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+    sys.stdout.flush()  # no interpreter finalization: examples/poisson_ddp.py says why
+    sys.stderr.flush()
+    os._exit(0)
