@@ -154,14 +154,15 @@ def test_sample_space_two_ranks_uneven_shards_equal_single_process():
     assert "MISSING_TERM_REJECTED SPRING" in stdout, stdout
 
 
-def test_settled_returns_once_the_backend_lets_go_of_the_tensors():
+def test_collective_tensors_stay_referenced_until_the_backend_lets_go():
     """A collective whose backend thread still holds the tensor after it returns (gloo's
-    worker does, briefly) is waited for, so the caller's reference is the last one; the
-    stand-in for the worker's reference is an autograd graph that saved the tensor."""
+    worker does, briefly) keeps it referenced from Python, and the exit hook waits for the
+    backend to let go; the stand-in for the worker's reference is an autograd graph that
+    saved the tensor."""
     import threading
     import time
 
-    from taylorc.optim.distributed import settled
+    from taylorc.optim import distributed
 
     t = torch.ones(3, requires_grad=True)
     held = []
@@ -170,7 +171,9 @@ def test_settled_returns_once_the_backend_lets_go_of_the_tensors():
         held.append((x * x).sum())  # the graph saves x: a reference outside Python's
         threading.Timer(0.2, held.clear).start()
 
+    distributed.run_collective([t], collective, t)
+    assert held and any(x is t for x, _ in distributed._HELD)  # kept, not waited for
     start = time.perf_counter()
-    settled([t], collective, t)
+    distributed.settle_all()
     assert held == [] and time.perf_counter() - start >= 0.15
-    assert t._use_count() == 1
+    assert distributed._HELD == [] and t._use_count() == 1

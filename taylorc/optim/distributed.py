@@ -20,6 +20,7 @@ collectives are the identity, so that a step reads the same in one and many proc
 
 from __future__ import annotations
 
+import atexit
 import time
 
 import torch
@@ -72,26 +73,40 @@ def factorise(pairs: dict[str, list]) -> dict[str, KroneckerSum]:
     return {name: KroneckerSum(p) for name, p in pairs.items()}
 
 
-SETTLE_TIMEOUT = 5.0  # s; past it the caller goes on (a backend that keeps its tensors)
+SETTLE_TIMEOUT = 5.0  # s that settle_all waits at exit; past it the process goes on
+# CPU tensors of finished collectives that the backend may still hold, with their use
+# count before the collective: kept alive here until it has let go of them
+_HELD: list[tuple[torch.Tensor, int]] = []
 
 
-def settled(tensors: list[torch.Tensor], collective, *args, **kwargs) -> None:
-    """``collective(*args, **kwargs)``, a blocking collective on ``tensors``; returns once the
-    backend holds none of the CPU ones any more (at most :data:`SETTLE_TIMEOUT` s later).
+def run_collective(tensors: list[torch.Tensor], collective, *args, **kwargs) -> None:
+    """``collective(*args, **kwargs)``, a blocking collective on ``tensors``; the CPU ones stay
+    referenced from Python until the backend has let go of them (checked at every call,
+    waited for at exit by :func:`settle_all`).
 
     Gloo's worker thread lets go of a finished collective's tensors only after it has woken
-    the caller. A tensor that Python has dropped by then is freed by that thread, which
-    takes the GIL to release its Python object; at interpreter exit that aborts the process
-    ("terminate called without an active exception": pytorch/pytorch#179291, seen at the
-    end of ``examples/poisson_ddp.py``). Waiting here leaves the last reference with Python.
-    CUDA tensors are not waited for (NCCL's watchdog frees its work on its own schedule).
+    the caller (in about 2 of 5 calls here). A tensor that Python has dropped by then is
+    freed by that thread, which takes the GIL to release its Python object; during the
+    interpreter's finalization that aborts the process ("terminate called without an
+    active exception": pytorch/pytorch#179291, seen at the end of
+    ``examples/poisson_ddp.py``). Kept here, the last reference is Python's. CUDA tensors
+    are not kept (NCCL's watchdog frees its work on its own schedule).
     """
-    watched = [(t, t._use_count()) for t in tensors if t.device.type == "cpu"]
+    counts = [(t, t._use_count()) for t in tensors if t.device.type == "cpu"]
     collective(*args, **kwargs)
+    _HELD[:] = [(t, n) for t, n in _HELD if t._use_count() > n]
+    _HELD.extend((t, n) for t, n in counts if t._use_count() > n)
+
+
+@atexit.register
+def settle_all() -> None:
+    """Wait (at most :data:`SETTLE_TIMEOUT` s) until the backend holds none of the tensors
+    :func:`run_collective` keeps, then drop them. Registered with ``atexit``: it runs before
+    the interpreter finalizes, while a worker thread can still take the GIL."""
     deadline = time.monotonic() + SETTLE_TIMEOUT
-    for t, count in watched:
-        while t._use_count() > count and time.monotonic() < deadline:
-            time.sleep(0)  # yields the GIL: the worker drops its reference without it
+    while any(t._use_count() > n for t, n in _HELD) and time.monotonic() < deadline:
+        time.sleep(0)  # yields the GIL
+    _HELD.clear()
 
 
 def _point_counts(points: dict) -> dict[str, int]:
@@ -172,7 +187,7 @@ class Reducer:
             by_kind.setdefault((t.dtype, t.device), []).append(t)
         for ts in by_kind.values():
             flat = torch.cat([t.reshape(-1) for t in ts])
-            settled([flat], collective, flat)
+            run_collective([flat], collective, flat)
             i = 0
             for t in ts:
                 t.copy_(flat[i : i + t.numel()].view_as(t))
@@ -193,7 +208,7 @@ class Reducer:
         local = torch.tensor(
             [[n[t], n[t] == 0] for t in terms], dtype=torch.int64, device=self.device
         )
-        settled([local], dist.all_reduce, local, group=self.group)
+        run_collective([local], dist.all_reduce, local, group=self.group)
         empty = [t for t, (_, e) in zip(terms, local.tolist()) if e]
         if empty:
             raise ValueError(
@@ -231,7 +246,7 @@ class Reducer:
         buf = flat.new_zeros(max(lengths))
         buf[: flat.numel()] = flat
         out = [torch.empty_like(buf) for _ in range(self.world)]
-        settled([buf, *out], dist.all_gather, out, buf, group=self.group)
+        run_collective([buf, *out], dist.all_gather, out, buf, group=self.group)
         return [o[:n] for o, n in zip(out, lengths)]
 
     def solvers(self, pairs: dict[str, list]) -> dict[str, KroneckerSum]:
@@ -258,7 +273,7 @@ class Reducer:
                 buf = torch.cat([t.reshape(-1) for n in mine for t in out[n].prepared()])
             else:
                 buf = torch.empty(numel, dtype=torch.float64, device=device)
-            settled([buf], dist.broadcast, buf, group=self.group, group_src=r)
+            run_collective([buf], dist.broadcast, buf, group=self.group, group_src=r)
             i = 0
             for n in mine:
                 got = []
