@@ -172,17 +172,13 @@ def complex_rule(ctx, k, re, im):
 # -- cumulative ops -----------------------------------------------------------------------
 
 
-def _cumprod_identity(x, dim, dtype=None):
+def cumprod_identity(x, dim, dtype=None):
+    """Running products along ``dim``, one pairwise product per entry (Leibniz along the dim)."""
     x = x if dtype is None else x.to(dtype)
     parts = [x.select(dim, 0)]
     for i in range(1, x.shape[dim]):
         parts.append(parts[-1] * x.select(dim, i))
     return torch.stack(parts, dim)
-
-
-def cumprod_rule(ctx, k, *args, **kwargs):
-    """Coefficient k of ``cumprod`` through :func:`cumprod_identity`."""
-    return propagate_composite(ctx, k, _cumprod_identity, args, kwargs)
 
 
 def cumulative_extremum(ctx, k, x, dim):

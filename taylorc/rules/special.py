@@ -10,23 +10,18 @@ from __future__ import annotations
 
 import torch
 
-from .define import propagate_composite
-from .define import warn_nonsmooth as _warn
+from .define import nonsmooth_comp
 
 aten = torch.ops.aten
 
 
 def remainder(rounding):
-    """``a - rounding(a / b) * b``: the rounded quotient is piecewise constant."""
+    """The rule of ``a - rounding(a / b) * b``: the rounded quotient is piecewise constant."""
 
     def identity(a, b):
         return a - rounding(a / b) * b
 
-    def rule(ctx, k, a, b):
-        _warn(ctx, "it jumps where the quotient crosses an integer")
-        return propagate_composite(ctx, k, identity, (a, b), {})
-
-    return rule
+    return nonsmooth_comp(identity, "it jumps where the quotient crosses an integer")
 
 
 # -- polygamma, atan2, hypot ---------------------------------------------------------------

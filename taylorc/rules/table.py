@@ -398,30 +398,25 @@ register(
     "linear",
     note="y[..., a:b] = v after functional capture; linear in (y, v)",
 )
-
 register(
     aten.select_scatter.default,
     indexing.scatter_rule(aten.select_scatter.default, 1),
     "linear",
     note="y[..., i] = v after functional capture; linear in (y, v)",
 )
-
 register(
     aten.diagonal_scatter.default,
     indexing.scatter_rule(aten.diagonal_scatter.default, 1),
     "linear",
     note="writes into a diagonal; linear in (y, v)",
 )
-
 register(aten.copy.default, indexing.copy_rule, "linear", note="y[...] = v: the values written")
-
 register(
     aten.index_put.default,
     indexing.index_put_rule,
     "linear",
     note="y[:, idx] = v, index_add; linear in (y, v), indices constant",
 )
-
 for _op in (aten.scatter_add.default, aten.scatter.src, aten.scatter_reduce.two):
     register(
         _op,
@@ -434,11 +429,8 @@ for _op in (aten.scatter_add.default, aten.scatter.src, aten.scatter_reduce.two)
             else ""
         ),
     )
-
 register(aten.scatter.value, indexing.scatter_value_rule, "linear", note="scatters a constant")
-
 register(aten.complex.default, indexing.complex_rule, "linear", note="torch.complex(re, im)")
-
 deflinear(
     aten.cumsum.default,
     lambda ctx, k, c, x, dim, dtype=None: aten.cumsum.default(
@@ -446,14 +438,11 @@ deflinear(
     ),
     note="linear",
 )
-
-register(
+def_comp(
     aten.cumprod.default,
-    indexing.cumprod_rule,
-    "composite",
+    indexing.cumprod_identity,
     note="running products (Leibniz along the dim)",
 )
-
 for _op in (aten.cummax.default, aten.cummin.default):
     register(
         _op,
@@ -462,14 +451,12 @@ for _op in (aten.cummax.default, aten.cummin.default):
         smooth=False,
         note="follows the running extremum; exact a.e.; warns at order >= 2",
     )
-
 register(
     aten.index.Tensor,
     indexing.index_rule,
     "linear",
     note="x[:, [0, 2]]; linear in x, integer indices constant",
 )
-
 def_comp(
     aten.logcumsumexp.default,
     indexing.logcumsumexp_identity,
@@ -486,23 +473,19 @@ register(
     "linear",
     note="X_k = -A0^-1 sum C(k,j) A_j X_(k-j)",
 )
-
 register(
     aten._linalg_solve_ex.default,
     linalg.solve_rule,
     "bilinear",
     note="A X = B: X_k = A0^-1 (B_k - sum C(k,j) A_j X_(k-j))",
 )
-
 register(
     aten._linalg_slogdet.default,
     linalg.slogdet_rule,
     "composite",
     note="L_k = sum C(k-1,j) tr(Y_j A_(k-j)), Y = A^-1",
 )
-
 register(aten._linalg_det.default, linalg.det_rule, "composite", note="det = sign exp(log|det|)")
-
 register(
     aten.linalg_cholesky_ex.default,
     linalg.cholesky_rule,
@@ -514,23 +497,16 @@ register(
 # -- special functions and remainders ------------------------------------------
 
 def_deriv(aten.erfc.default, table_of(sympy.erfc))
-
 def_deriv(
     aten.erfinv.default,
     DerivativeTable(ode=sympy.sqrt(sympy.pi) / 2 * sympy.exp(Y**2)),
     note="g' = sqrt(pi)/2 exp(g^2)",
 )
-
 def_deriv(aten.acosh.default, table_of(sympy.acosh), note="x > 1")
-
 def_deriv(aten.atanh.default, table_of(sympy.atanh), note="|x| < 1")
-
 def_deriv(aten.exp2.default, DerivativeTable(ode=sympy.log(2) * Y), note="g' = log(2) g")
-
 def_deriv(aten.lgamma.default, table_of(sympy.loggamma), note="derivatives: polygamma")
-
 def_deriv(aten.digamma.default, DerivativeTable(expr=sympy.polygamma(0, X)), note="polygamma")
-
 for _op, _round in (
     (aten.fmod.Scalar, torch.trunc),
     (aten.fmod.Tensor, torch.trunc),
@@ -552,12 +528,10 @@ def_deriv(
     note="g^(m) = polygamma(n + m)",
     operand=1,
 )
-
 def_comp(
     aten.atan2.default,
     special.atan2_identity,
     note="atan(a/b) or -atan(b/a), whichever quotient is bounded (constants dropped)",
 )
-
 # hypot(a, b) = sqrt(a^2 + b^2): smooth away from a = b = 0
 def_comp(aten.hypot.default, lambda a, b: torch.sqrt(a * a + b * b), note="sqrt(a^2 + b^2)")
