@@ -15,8 +15,9 @@ from the coordinates to the output. Per hidden layer with activation g
 starting from ``v = x``, ``v_r = e_r``, ``s = 0`` (so the first layer's ``z_r`` is the
 column ``W[:, r]``: no GEMM) and ending with the last linear layer, whose ``z_s``
 is the Laplacian. Padded units carry zero coefficients, so padding changes
-nothing. Implementations: PyTorch reference on the same packed layout (off CUDA;
-also the autograd rule, by recomputation), Triton (CUDA; the CPU under
+nothing. Implementations: C on the CPU for float32 ``tanh`` networks
+(:mod:`taylorc.kernels.mlp_laplacian_cpu`), PyTorch reference on the same packed layout
+(elsewhere off CUDA; also the autograd rule, by recomputation), Triton (CUDA; the CPU under
 ``TRITON_INTERPRET=1`` in the tests), fake.
 """
 
@@ -25,6 +26,7 @@ from __future__ import annotations
 import torch
 
 from .jet_activation import ACT_CODES, ACTIVATIONS, derivatives, triton
+from .mlp_laplacian_cpu import mlp_laplacian_cpu, supports
 
 if triton is not None:
     import triton.language as tl
@@ -45,6 +47,11 @@ def fits(dim: int, widths: list[int]) -> bool:
     return dim <= MAX_DIM and len(widths) <= MAX_DEPTH and max(widths) <= MAX_WIDTH
 
 
+def padded_width(weights: list[torch.Tensor]) -> int:
+    """P of :func:`pack`: the widest ``(out, in)`` dimension as a power of two, at least 16."""
+    return _pow2(max(max(w.shape) for w in weights))
+
+
 def pack(weights: list[torch.Tensor], biases: list[torch.Tensor | None]):
     """``(L, P, P)`` weights and ``(L, P)`` biases, zero-padded; differentiable (plain torch ops).
 
@@ -52,7 +59,7 @@ def pack(weights: list[torch.Tensor], biases: list[torch.Tensor | None]):
         weights: L tensors ``(out_l, in_l)`` (``nn.Linear`` layout).
         biases: L tensors ``(out_l,)`` or None.
     """
-    P = _pow2(max(max(w.shape) for w in weights))
+    P = padded_width(weights)
     ref = weights[0]
     w = torch.stack(
         [torch.nn.functional.pad(w, (0, P - w.shape[1], 0, P - w.shape[0])) for w in weights]
@@ -181,6 +188,8 @@ def mlp_laplacian(
         )
     if x.is_cuda and triton is not None:
         return mlp_laplacian_triton(x, w, b, act)
+    if supports(x, w, act):
+        return mlp_laplacian_cpu(x, w, b, act)
     u, lap = mlp_laplacian_reference(x, w, b, act)
     return u.contiguous(), lap.contiguous()
 

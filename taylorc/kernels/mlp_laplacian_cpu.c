@@ -23,12 +23,16 @@
 
 #if defined(__AVX512F__)
 #define VBYTES 64
+#ifndef CB
 #define CB 4 /* vectors per micro-tile row */
 #define MR 6 /* rows per micro-tile: 24 accumulators of 32 registers */
+#endif
 #else
 #define VBYTES 32
+#ifndef CB
 #define CB 2
 #define MR 6 /* 12 accumulators of 16 registers */
+#endif
 #endif
 #define LANES (VBYTES / 4)
 #define COLS (CB * LANES)
@@ -38,7 +42,9 @@
 #undef COLS
 #define COLS P
 #endif
+#ifndef TILE
 #define TILE 16 /* points per tile: the two buffers stay within L2 */
+#endif
 #define MAXD 16
 
 typedef float vf __attribute__((vector_size(VBYTES), aligned(4)));
@@ -135,12 +141,13 @@ static float dot(const float *a, const float *b) {
 }
 
 /* x (B, D); w (L, P, P) packed (out, in); wt (L, P, P) its transposes; b (L, P);
- * u, lap (B, P): the network's value and Laplacian; columns >= n_out are set to zero. */
+ * u, lap (B, P): the network's value and Laplacian; columns >= n_out are set to zero;
+ * threads: the OpenMP team's size (the caller's torch.get_num_threads()). */
 void mlp_laplacian_tanh_f32(const float *x, const float *w, const float *wt, const float *b,
-                            float *u, float *lap, long B, int D, int L, int n_out) {
+                            float *u, float *lap, long B, int D, int L, int n_out, int threads) {
   const int R = D + 2;
   const long tiles = (B + TILE - 1) / TILE;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) num_threads(threads)
   for (long tile = 0; tile < tiles; tile++) {
     float A[(TILE * (MAXD + 2) + MR) * P] __attribute__((aligned(64)));
     float C[(TILE * (MAXD + 2) + MR) * P] __attribute__((aligned(64)));

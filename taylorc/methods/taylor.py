@@ -13,7 +13,7 @@ from ..passes.collapse import CollapsePass
 from ..passes.cpu_tanh import CPUTanhPass
 from ..passes.layers import KeepInputsPass, LayerPass
 from ..passes.lower import LowerPass
-from ..passes.mlp import MLPPass
+from ..passes.mlp import MLPPass, cpu_inference
 from ..passes.taylor import TaylorPass
 from ..passes.unstack import UnstackPass
 from .base import Method
@@ -38,6 +38,8 @@ class Taylor(Method):
     def passes(self, op, cap, ctx, x) -> list:
         cfg = op.config
         passes = [TaylorPass()] + ([CollapsePass()] if self.collapse else [])
+        if self.collapse and cfg.whole_mlp:  # the C kernel for calls without autograd
+            ctx.inference = cpu_inference(cap.gm, ctx)
         lower = op.backend == "taylorc" or cfg.lower_everywhere
         if lower:
             passes.append(LowerPass(force=cfg.lower_everywhere))
@@ -45,6 +47,16 @@ class Taylor(Method):
             if self.collapse and cfg.whole_mlp and whole.match(cap.gm, ctx):
                 passes = [whole]  # one kernel for the whole network replaces the layered passes
         return finish(op, passes, unstack=True)
+
+    def run(self, op, args: tuple, i: int) -> list:
+        """The operators' values at ``args[i]``: the graph's, or, for a call that records no
+        autograd graph, ``ctx.inference``'s when the pipeline found one (the CPU whole-MLP
+        kernel, :class:`taylorc.passes.mlp.InferenceMLP`)."""
+        gm, cap, ctx = op.graph_for(args[i], args, self)
+        inputs = cap.inputs(op.model, *args)
+        if ctx.inference is not None and op.config.whole_mlp and ctx.inference.applies(inputs):
+            return ctx.inference(inputs)
+        return gm(*inputs, *self.inputs(args[i], gm, ctx))
 
     def with_layers(self, perturbations: bool = True, taps: bool | None = None) -> LayerVariant:
         """This method's graph that keeps every linear layer's coefficient columns (KFAC's);

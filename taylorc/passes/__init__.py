@@ -103,6 +103,8 @@ class PassContext:
         latency: seconds of the first call's stages (``"capture"``, ``"passes"``,
             ``"batch check"``, ``"compile"``), set by :class:`~taylorc.api.CompiledOperator`.
         batch: whether the graph serves every batch size, or why it is specialised to one.
+        inference: a faster callable of the graph's inputs for calls that record no autograd
+            graph (:class:`taylorc.passes.mlp.InferenceMLP`: the CPU whole-MLP kernel), or None.
         built_batch: the batch size the graph was built at, when it serves every batch
             size (its shapes still hold that count, e.g. a placeholder's fake value); None
             for a graph specialised to one.
@@ -120,6 +122,7 @@ class PassContext:
     latency: dict[str, float] = field(default_factory=dict)
     batch: str = ""
     built_batch: int | None = None
+    inference: Any = None
 
     def warn(self, message: str) -> None:
         """Issue ``message`` as a ``UserWarning`` (a pass's finding: a non-smooth op, a fallback)."""

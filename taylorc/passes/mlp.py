@@ -14,11 +14,14 @@ it acts on CUDA graphs unless forced (the tests force it on the CPU).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.fx
 
 from .. import ir
-from ..kernels.mlp_laplacian import collapsed_laplacian, fits
+from ..kernels import mlp_laplacian_cpu as cpu_kernel
+from ..kernels.mlp_laplacian import collapsed_laplacian, fits, padded_width
 from . import PassContext, PassResult
 from .patterns import MLPMatch, match_mlp
 
@@ -102,3 +105,56 @@ class MLPPass:
         new = torch.fx.GraphModule(gm, graph)
         ir.set_info(new, ir.GraphInfo("mlp", gm, options={"mlp": m}))
         return PassResult(new, {"layers": len(m.weights), "activation": m.activation})
+
+
+@dataclass
+class InferenceMLP:
+    """A CPU float32 MLP's Laplacian by the C kernel, for calls that record no autograd graph.
+
+    Why not the graph: the kernel has no backward of its own (its autograd rule recomputes
+    the PyTorch reference, about 2x the layered graph's compiled backward), so training
+    calls keep the layered graph and only calls without autograd (``torch.no_grad``,
+    evaluation) take the kernel (issue 33: about 1.4x the layered graph at D = 5,
+    B = 4096, tanh 64 x 3; docs/benchmarks.md).
+
+    Attributes:
+        weights, biases: positions of each linear layer's parameters among the graph's
+            inputs (None: no bias), in forward order.
+        coord: position of the coordinates ``(B, D)``; activation: ``"tanh"``.
+    """
+
+    weights: list[int]
+    biases: list[int | None]
+    coord: int
+    activation: str
+
+    @staticmethod
+    def applies(inputs) -> bool:
+        """Whether this call records no autograd graph (so the kernel may serve it)."""
+        if not torch.is_grad_enabled():
+            return True
+        return not any(isinstance(t, torch.Tensor) and t.requires_grad for t in inputs)
+
+    def __call__(self, inputs) -> tuple[torch.Tensor]:
+        """The graph's outputs, ``(lap,)`` with ``lap`` ``(B, out)``, from its inputs."""
+        weights = [inputs[i] for i in self.weights]
+        biases = [None if i is None else inputs[i] for i in self.biases]
+        return (collapsed_laplacian(inputs[self.coord], weights, biases, self.activation),)
+
+
+def cpu_inference(gm: torch.fx.GraphModule, ctx: PassContext) -> InferenceMLP | None:
+    """The :class:`InferenceMLP` of a captured CPU float32 graph when the whole-MLP match holds
+    (unit-weight collapsed Laplacian, an activation the C kernel has, widths it is built
+    for, a working C compiler: :mod:`taylorc.kernels.mlp_laplacian_cpu`), else None."""
+    if torch.device(ctx.device).type != "cpu" or ctx.dtype != torch.float32:
+        return None
+    m = MLPPass(force=True).match(gm, ctx)
+    if m is None or m.activation not in cpu_kernel.ACTIVATIONS or len(m.weights) < 2:
+        return None
+    P = padded_width([w.meta["val"] for w in m.weights])
+    if P not in cpu_kernel.WIDTHS or cpu_kernel.library(P) is None:
+        return None
+    index = {n: i for i, n in enumerate(n for n in gm.graph.nodes if n.op == "placeholder")}
+    coord = next(n for n in index if n.name == ctx.coord)
+    biases = [None if b is None else index[b] for b in m.biases]
+    return InferenceMLP([index[w] for w in m.weights], biases, index[coord], m.activation)

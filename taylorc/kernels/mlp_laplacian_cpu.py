@@ -1,0 +1,157 @@
+"""``taylorc::mlp_laplacian`` on the CPU: the C kernel ``mlp_laplacian_cpu.c``, built at first use.
+
+Why a kernel of our own (issue 33, docs/benchmarks.md "Roofline"): on the CPU the layered
+collapsed Laplacian of a small MLP spends a quarter of its time outside the GEMMs, writing
+each GEMM's output to memory and reading it back for the activation's Taylor step. The C
+kernel keeps a tile of points' whole jet in the core's cache from the coordinates to the
+output (Dangel, Mueller, Zeinhofer 2024, "Collapsing Taylor mode AD", eq. 8 at K = 2, the
+same propagation as :func:`taylorc.kernels.mlp_laplacian.mlp_laplacian_reference`).
+
+It is compiled once per padded width P and machine with the system C compiler
+(``$CC``, else ``cc``; ``-O3 -march=native -fopenmp``) into a cache directory
+(``$TAYLORC_CACHE_DIR``, else ``~/.cache/taylorc``; keyed by the source, the flags, the
+compiler's version and the CPU's flags, so a shared home never runs code built for another
+CPU) and loaded with :mod:`ctypes` (the call releases the GIL). Its OpenMP runtime is the
+``libgomp.so.1`` PyTorch already loaded, and it runs on ``torch.get_num_threads()`` threads.
+Where no compiler works, :func:`library` returns None once and the callers keep the layered
+path. Float32 and ``tanh`` only: other dtypes and activations are not built.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import logging
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger(__name__)
+
+SOURCE = Path(__file__).with_name("mlp_laplacian_cpu.c")
+WIDTHS = (16, 32, 64, 128)  # padded widths the C source is built for
+ACTIVATIONS = ("tanh",)
+FLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC")
+_LIBS: dict[int, ctypes.CDLL | None] = {}
+_LOCK = threading.Lock()
+
+
+def supports(x: torch.Tensor, w: torch.Tensor, act: str) -> bool:
+    """Whether the C kernel serves these arguments (then :func:`mlp_laplacian_cpu` may be called).
+
+    Args:
+        x: ``(B, D)`` coordinates; w: ``(L, P, P)`` packed weights; act: the activation.
+    """
+    return (
+        x.device.type == "cpu"
+        and x.dtype == w.dtype == torch.float32
+        and act in ACTIVATIONS
+        and w.shape[-1] in WIDTHS
+        and w.shape[0] >= 2
+        and x.shape[1] <= 16
+        and sys.platform.startswith("linux")
+        and library(w.shape[-1]) is not None
+    )
+
+
+def _cache_dir() -> Path:
+    root = os.environ.get("TAYLORC_CACHE_DIR") or Path.home() / ".cache" / "taylorc"
+    path = Path(root) / "kernels"
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+    except OSError:  # a read-only home
+        path = Path(tempfile.gettempdir()) / f"taylorc-{os.getuid()}" / "kernels"
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+
+def _cpu_flags() -> str:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return ""
+    return next((ln for ln in text.splitlines() if ln.startswith("flags")), "")
+
+
+def _build(P: int) -> Path:
+    cc = os.environ.get("CC", "cc")
+    version = subprocess.run([cc, "--version"], capture_output=True, text=True, check=True)
+    key = hashlib.sha256(
+        "\0".join(
+            [SOURCE.read_text(), " ".join(FLAGS), str(P), version.stdout, _cpu_flags()]
+        ).encode()
+    ).hexdigest()[:16]
+    lib = _cache_dir() / f"mlp_laplacian_cpu_p{P}_{key}.so"
+    if lib.exists():
+        return lib
+    tmp = lib.with_suffix(f".{os.getpid()}.tmp")
+    subprocess.run(
+        [cc, *FLAGS, f"-DP={P}", str(SOURCE), "-o", str(tmp)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    os.replace(tmp, lib)  # atomic: a concurrent process loads a whole file or builds its own
+    return lib
+
+
+def library(P: int) -> ctypes.CDLL | None:
+    """The kernel built for padded width P, loaded; None where it cannot be built (logged once)."""
+    with _LOCK:
+        if P not in _LIBS:
+            try:
+                lib = ctypes.CDLL(str(_build(P)))
+                fn = lib.mlp_laplacian_tanh_f32
+                fn.restype = None
+                fn.argtypes = [ctypes.c_void_p] * 6 + [ctypes.c_long] + [ctypes.c_int] * 4
+                _LIBS[P] = lib
+            except (OSError, subprocess.CalledProcessError) as e:
+                detail = getattr(e, "stderr", "") or e
+                log.info("taylorc: the CPU mlp_laplacian kernel is not built (%s)", detail)
+                _LIBS[P] = None
+        return _LIBS[P]
+
+
+def output_width(w: torch.Tensor) -> int:
+    """The last layer's output width inside its zero padding: rows of ``w[-1]`` up to the
+    last nonzero one (the kernel computes only those, as dot products)."""
+    nonzero = torch.nonzero(w[-1].ne(0).any(1))
+    return int(nonzero[-1]) + 1 if len(nonzero) else 1
+
+
+def mlp_laplacian_cpu(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, act: str):
+    """Value and collapsed Laplacian of the packed MLP at every point, by the C kernel.
+
+    Args:
+        x: ``(B, D)`` float32 CPU coordinates, D <= 16.
+        w: ``(L, P, P)`` float32 packed weights (:func:`taylorc.kernels.mlp_laplacian.pack`),
+            L >= 2, P in :data:`WIDTHS`; b: ``(L, P)`` packed biases.
+        act: ``"tanh"``.
+
+    Returns:
+        ``(u, lap)``, each ``(B, P)`` float32; columns beyond the output width are zero.
+
+    Raises:
+        ValueError: arguments :func:`supports` refuses.
+    """
+    if not supports(x, w, act):
+        raise ValueError(
+            f"mlp_laplacian_cpu: float32 CPU tensors, act in {ACTIVATIONS}, P in {WIDTHS}, "
+            f">= 2 layers, D <= 16 and a working C compiler; got {x.dtype} {x.device}, "
+            f"act={act!r}, w {tuple(w.shape)}"
+        )
+    x, w, b = x.detach().contiguous(), w.detach().contiguous(), b.detach().contiguous()
+    wt = w.transpose(1, 2).contiguous()
+    B, D = x.shape
+    L, P, _ = w.shape
+    u, lap = x.new_empty(B, P), x.new_empty(B, P)
+    ptrs = [ctypes.c_void_p(t.data_ptr()) for t in (x, w, wt, b, u, lap)]
+    threads = torch.get_num_threads()
+    library(P).mlp_laplacian_tanh_f32(*ptrs, B, D, L, output_width(w), threads)
+    return u, lap
