@@ -15,7 +15,11 @@ jitted forward Laplacian. The two processes alternate ``--rounds`` times; within
 process the methods run in round robin, so load changes hit all alike; medians over
 all samples. ``--isolate`` runs each method in a process of its own instead (no method's
 threads or caches left warm or busy by another's; the processes still alternate by
-framework). ``taylorc/auto`` is the default path after its warm-up and background compile. The torch process calls ``taylorc.runtime.cpu.tune_allocator()`` unless
+framework). ``taylorc/auto`` is the default path after its warm-up and background compile
+(for a float32 tanh MLP under ``no_grad``, the CPU whole-MLP kernel);
+``taylorc/auto-layered`` the same with ``config.whole_mlp = False`` (the compiled layered
+graph, the default path before that kernel). The torch process calls
+``taylorc.runtime.cpu.tune_allocator()`` unless
 ``--default-allocator`` (it then applies to every torch method alike).
 
 Writes ``bench/results/cpu-peers-<device>.json`` and prints the ratios of the
@@ -45,6 +49,7 @@ CONFIGS = {
 }
 TORCH_METHODS = [
     "taylorc/auto",
+    "taylorc/auto-layered",
     "taylorc/eager",
     "taylorc/inductor",
     "taylorc/taylorc",
@@ -96,6 +101,11 @@ def torch_methods(weights: dict) -> dict:
         op = ops[backend] = taylorc.compile(model, "laplacian", backend=backend)
         fns[f"taylorc/{backend}"] = lambda op=op: op(x).reshape(-1)
     PREPARE["taylorc/auto"] = lambda: _past_compile(ops["auto"], x)
+    # the default path without the CPU whole-MLP kernel: the compiled layered graph
+    layered = taylorc.compile(model, "laplacian")
+    layered.config.whole_mlp = False
+    fns["taylorc/auto-layered"] = lambda: layered(x).reshape(-1)
+    PREPARE["taylorc/auto-layered"] = lambda: _past_compile(layered, x)
 
     def trace_hessian(xi):
         return torch.func.hessian(lambda z: model(z).squeeze())(xi).trace()

@@ -162,7 +162,7 @@ def mlp_laplacian_triton(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, act:
 
 @torch.library.custom_op("taylorc::mlp_laplacian", mutates_args=())
 def mlp_laplacian(
-    x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, act: str
+    x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, act: str, out_width: int = 0
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Value and collapsed Laplacian of a whole MLP at every point, in one launch.
 
@@ -171,6 +171,8 @@ def mlp_laplacian(
         w: ``(L, P, P)`` packed weights (:func:`pack`), L <= 8 linear layers, P <= 128.
         b: ``(L, P)`` packed biases.
         act: the activation between the layers, one of :data:`ACTIVATIONS`.
+        out_width: the network's output width when known (the CPU kernel then computes
+            only those columns of the last layer); 0: read from ``w``'s zero padding.
 
     Returns:
         ``(u, lap)``, each ``(B, P)``: the network's output and its Laplacian over
@@ -189,18 +191,18 @@ def mlp_laplacian(
     if x.is_cuda and triton is not None:
         return mlp_laplacian_triton(x, w, b, act)
     if supports(x, w, act):
-        return mlp_laplacian_cpu(x, w, b, act)
+        return mlp_laplacian_cpu(x, w, b, act, out_width or None)
     u, lap = mlp_laplacian_reference(x, w, b, act)
     return u.contiguous(), lap.contiguous()
 
 
 @mlp_laplacian.register_fake
-def _(x, w, b, act):
+def _(x, w, b, act, out_width=0):
     return x.new_empty(x.shape[0], w.shape[-1]), x.new_empty(x.shape[0], w.shape[-1])
 
 
 def _setup(ctx, inputs, output):
-    x, w, b, act = inputs
+    x, w, b, act, _ = inputs
     ctx.act = act
     ctx.save_for_backward(x, w, b)
 
@@ -209,7 +211,7 @@ def _backward(ctx, g_u, g_lap):
     x, w, b = ctx.saved_tensors
     with torch.enable_grad():
         _, vjp = torch.func.vjp(lambda *t: mlp_laplacian_reference(*t, ctx.act), x, w, b)
-        return (*vjp((g_u, g_lap)), None)
+        return (*vjp((g_u, g_lap)), None, None)
 
 
 mlp_laplacian.register_autograd(_backward, setup_context=_setup)
@@ -224,5 +226,6 @@ def collapsed_laplacian(
     :func:`mlp_laplacian`; ``weights[l]`` is ``(out_l, in_l)``.
     """
     w, b = pack(weights, biases)
-    _, lap = torch.ops.taylorc.mlp_laplacian(x, w, b, act)
-    return lap[:, : weights[-1].shape[0]]
+    out = weights[-1].shape[0]
+    _, lap = torch.ops.taylorc.mlp_laplacian(x, w, b, act, out)
+    return lap[:, :out]

@@ -15,6 +15,7 @@
  * (one ATen GEMM per coefficient block, then inductor's elementwise kernels) cannot avoid.
  * Threads: OpenMP over tiles, the runtime PyTorch already loaded (one libgomp).
  */
+#include <stdlib.h>
 #include <string.h>
 
 #ifndef P
@@ -140,11 +141,17 @@ static float dot(const float *a, const float *b) {
   return s;
 }
 
-/* x (B, D); w (L, P, P) packed (out, in); wt (L, P, P) its transposes; b (L, P);
+/* x (B, D); w (L, P, P) packed (out, in); b (L, P);
  * u, lap (B, P): the network's value and Laplacian; columns >= n_out are set to zero;
- * threads: the OpenMP team's size (the caller's torch.get_num_threads()). */
-void mlp_laplacian_tanh_f32(const float *x, const float *w, const float *wt, const float *b,
-                            float *u, float *lap, long B, int D, int L, int n_out, int threads) {
+ * threads: the OpenMP team's size (the caller's torch.get_num_threads()).
+ * Returns 0, or 1 when the transposed weights could not be allocated (nothing written). */
+int mlp_laplacian_tanh_f32(const float *x, const float *w, const float *b, float *u,
+                           float *lap, long B, int D, int L, int n_out, int threads) {
+  float *wt = malloc((size_t)L * P * P * sizeof(float)); /* W^T per layer: the GEMMs' B */
+  if (!wt) return 1; /* out of memory: the caller raises */
+  for (int l = 0; l < L; l++)
+    for (int i = 0; i < P; i++)
+      for (int j = 0; j < P; j++) wt[(long)l * P * P + j * P + i] = w[(long)l * P * P + i * P + j];
   const int R = D + 2;
   const long tiles = (B + TILE - 1) / TILE;
 #pragma omp parallel for schedule(static) num_threads(threads)
@@ -183,4 +190,6 @@ void mlp_laplacian_tanh_f32(const float *x, const float *w, const float *wt, con
       }
     }
   }
+  free(wt);
+  return 0;
 }

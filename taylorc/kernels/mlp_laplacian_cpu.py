@@ -108,8 +108,8 @@ def library(P: int) -> ctypes.CDLL | None:
             try:
                 lib = ctypes.CDLL(str(_build(P)))
                 fn = lib.mlp_laplacian_tanh_f32
-                fn.restype = None
-                fn.argtypes = [ctypes.c_void_p] * 6 + [ctypes.c_long] + [ctypes.c_int] * 4
+                fn.restype = ctypes.c_int
+                fn.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_long] + [ctypes.c_int] * 4
                 _LIBS[P] = lib
             except (OSError, subprocess.CalledProcessError) as e:
                 detail = getattr(e, "stderr", "") or e
@@ -125,7 +125,9 @@ def output_width(w: torch.Tensor) -> int:
     return int(nonzero[-1]) + 1 if len(nonzero) else 1
 
 
-def mlp_laplacian_cpu(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, act: str):
+def mlp_laplacian_cpu(
+    x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, act: str, out_width: int | None = None
+):
     """Value and collapsed Laplacian of the packed MLP at every point, by the C kernel.
 
     Args:
@@ -133,12 +135,15 @@ def mlp_laplacian_cpu(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, act: st
         w: ``(L, P, P)`` float32 packed weights (:func:`taylorc.kernels.mlp_laplacian.pack`),
             L >= 2, P in :data:`WIDTHS`; b: ``(L, P)`` packed biases.
         act: ``"tanh"``.
+        out_width: the network's output width (at least it: columns beyond are computed as
+            zero); None reads it from ``w`` (:func:`output_width`).
 
     Returns:
         ``(u, lap)``, each ``(B, P)`` float32; columns beyond the output width are zero.
 
     Raises:
-        ValueError: arguments :func:`supports` refuses.
+        ValueError: arguments :func:`supports` refuses. MemoryError: the kernel could not
+        allocate its transposed weights.
     """
     if not supports(x, w, act):
         raise ValueError(
@@ -147,11 +152,12 @@ def mlp_laplacian_cpu(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, act: st
             f"act={act!r}, w {tuple(w.shape)}"
         )
     x, w, b = x.detach().contiguous(), w.detach().contiguous(), b.detach().contiguous()
-    wt = w.transpose(1, 2).contiguous()
     B, D = x.shape
     L, P, _ = w.shape
+    out_width = output_width(w) if out_width is None else min(out_width, P)
     u, lap = x.new_empty(B, P), x.new_empty(B, P)
-    ptrs = [ctypes.c_void_p(t.data_ptr()) for t in (x, w, wt, b, u, lap)]
+    ptrs = [ctypes.c_void_p(t.data_ptr()) for t in (x, w, b, u, lap)]
     threads = torch.get_num_threads()
-    library(P).mlp_laplacian_tanh_f32(*ptrs, B, D, L, output_width(w), threads)
+    if library(P).mlp_laplacian_tanh_f32(*ptrs, B, D, L, out_width, threads):
+        raise MemoryError(f"mlp_laplacian_cpu: no memory for {L} x {P} x {P} weights")
     return u, lap
