@@ -114,8 +114,9 @@ static void tile_gemm(const float *A, const float *Wt, float *C, int rows) {
     }
 }
 
-/* the Taylor step of tanh on one point's rows: C (z, z_1..z_D, z_s) -> A (v, v_r, s) */
-static void tanh_step(const float *C, const float *bias, float *A, int D) {
+/* the Taylor step of tanh on one point's rows: C (z, z_1..z_D, z_s) -> A (v, v_r, s);
+ * dirs = 0 before the output layer, which reads only v and s */
+static void tanh_step(const float *C, const float *bias, float *A, int D, int dirs) {
   const int S = D + 1;
   for (int n = 0; n < P; n += LANES) {
     vf z = load(C + n) + load(bias + n);
@@ -126,7 +127,7 @@ static void tanh_step(const float *C, const float *bias, float *A, int D) {
     for (int d = 1; d <= D; d++) {
       vf zr = load(C + d * P + n);
       sq += zr * zr;
-      store(A + d * P + n, g1 * zr);
+      if (dirs) store(A + d * P + n, g1 * zr);
     }
     store(A + n, t);
     store(A + S * P + n, g1 * load(C + S * P + n) + g2 * sq);
@@ -136,9 +137,11 @@ static void tanh_step(const float *C, const float *bias, float *A, int D) {
 static float dot(const float *a, const float *b) {
   vf acc = splat(0.0f);
   for (int k = 0; k < P; k += LANES) acc += load(a + k) * load(b + k);
-  float s = 0.0f;
-  for (int l = 0; l < LANES; l++) s += acc[l];
-  return s;
+  float t[LANES]; /* a tree: log2(LANES) dependent adds, not LANES */
+  memcpy(t, &acc, sizeof t);
+  for (int w = LANES / 2; w > 0; w /= 2)
+    for (int l = 0; l < w; l++) t[l] += t[l + w];
+  return t[0];
 }
 
 /* x (B, D); w (L, P, P) packed (out, in); b (L, P);
@@ -174,7 +177,8 @@ int mlp_laplacian_tanh_f32(const float *x, const float *w, const float *b, float
       memset(c + (D + 1) * P, 0, P * sizeof(float));
     }
     for (int l = 1; l < L; l++) {
-      for (int p = 0; p < pts; p++) tanh_step(C + p * R * P, b + (l - 1) * P, A + p * R * P, D);
+      for (int p = 0; p < pts; p++)
+        tanh_step(C + p * R * P, b + (l - 1) * P, A + p * R * P, D, l < L - 1);
       if (l < L - 1) {
         tile_gemm(A, wt + (long)l * P * P, C, rows);
         continue;
