@@ -132,3 +132,22 @@ def test_without_a_compiler_nothing_is_built_and_the_graph_serves(monkeypatch, t
     w, b = pack([m.weight for m in model if isinstance(m, nn.Linear)], [None] * 3)
     with pytest.raises(ValueError, match="working C compiler"):
         cpu_kernel.mlp_laplacian_cpu(x, w, b, "tanh")
+
+
+@built
+def test_a_nan_coordinate_gives_nan_not_a_number():
+    """tanh's range reduction clamps its argument: a NaN must not come out finite."""
+    torch.manual_seed(3)
+    model, x = mlp(3, [16, 16, 1]), torch.randn(20, 3)
+    x[4, 1] = float("nan")
+    x[7, 0] = float("inf")
+    lins = [m for m in model if isinstance(m, nn.Linear)]
+    with torch.no_grad():
+        w, b = pack([m.weight for m in lins], [m.bias for m in lins])
+        u, lap = cpu_kernel.mlp_laplacian_cpu(x, w, b, "tanh")
+        value = model(x)
+    assert torch.isnan(lap[4, 0]) and torch.isnan(u[4, 0])
+    assert torch.isfinite(lap[7, 0]) and torch.allclose(u[7, 0], value[7, 0], atol=1e-6)
+    finite = torch.ones(20, dtype=torch.bool)
+    finite[4] = False
+    assert torch.isfinite(lap[finite, 0]).all()

@@ -81,7 +81,8 @@ static inline vf tanh_v(vf x) {
   small = small * z - 3.33332819422e-1f;
   small = small * z * a + a;
   vi m = (vi)(a < splat(0.625f));
-  return (vf)(((vi)small & m) | ((vi)big & ~m) | sign);
+  vi nan = (vi)(x != x); /* NaN stays NaN (the clamp in exp_neg would make it finite) */
+  return (vf)(((((vi)small & m) | ((vi)big & ~m) | sign) & ~nan) | ((vi)x & nan));
 }
 
 static inline vf load(const float *p) { vf v; memcpy(&v, p, sizeof v); return v; }
