@@ -315,6 +315,11 @@ def _first_call(ctx) -> str:
             f"compile: {lat['compile'] * 1e3:.0f} ms at call {at} (Dynamo, inductor, one "
             f"evaluation{where})"
         )
+    if ctx.inference is not None:
+        lines.append(
+            f"calls without autograd: the CPU whole-MLP kernel ({len(ctx.inference.weights)} "
+            f"layers, {ctx.inference.activation}; taylorc/kernels/mlp_laplacian_cpu.c)"
+        )
     return "\n".join(lines)
 
 

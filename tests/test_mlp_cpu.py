@@ -87,6 +87,7 @@ def test_calls_without_autograd_take_the_kernel_and_agree_with_the_graph(monkeyp
         evaluated = op(x)
     assert calls, "a call without autograd did not reach the C kernel"
     assert op.graph_for(x)[2].inference is not None
+    assert "calls without autograd: the CPU whole-MLP kernel (4 layers, tanh" in op.explain()
     ref = nested_laplacian(model, x)
     scale = ref.abs().max().item()
     assert (evaluated.double() - ref).abs().max().item() <= 2e-6 * scale
