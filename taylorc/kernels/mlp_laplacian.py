@@ -15,7 +15,7 @@ from the coordinates to the output. Per hidden layer with activation g
 starting from ``v = x``, ``v_r = e_r``, ``s = 0`` (so the first layer's ``z_r`` is the
 column ``W[:, r]``: no GEMM) and ending with the last linear layer, whose ``z_s``
 is the Laplacian. Padded units carry zero coefficients, so padding changes
-nothing. Implementations: C on the CPU for float32 ``tanh`` networks
+nothing. Implementations: C on the CPU for float32 and float64 ``tanh`` networks
 (:mod:`taylorc.kernels.mlp_laplacian_cpu`), PyTorch reference on the same packed layout
 (elsewhere off CUDA; also the autograd rule, by recomputation), Triton (CUDA; the CPU under
 ``TRITON_INTERPRET=1`` in the tests), fake.

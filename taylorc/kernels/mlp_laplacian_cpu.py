@@ -7,14 +7,14 @@ kernel keeps a tile of points' whole jet in the core's cache from the coordinate
 output (Dangel, Mueller, Zeinhofer 2024, "Collapsing Taylor mode AD", eq. 8 at K = 2, the
 same propagation as :func:`taylorc.kernels.mlp_laplacian.mlp_laplacian_reference`).
 
-It is compiled once per padded width P and machine with the system C compiler
+It is compiled once per padded width P, dtype and machine with the system C compiler
 (``$CC``, else ``cc``; ``-O3 -march=native -fopenmp``) into a cache directory
 (``$TAYLORC_CACHE_DIR``, else ``~/.cache/taylorc``; keyed by the source, the flags, the
 compiler's version and the CPU's flags, so a shared home never runs code built for another
 CPU) and loaded with :mod:`ctypes` (the call releases the GIL). Its OpenMP runtime is the
 ``libgomp.so.1`` PyTorch already loaded, and it runs on ``torch.get_num_threads()`` threads.
 Where no compiler works, :func:`library` returns None once and the callers keep the layered
-path. Float32 and ``tanh`` only: other dtypes and activations are not built.
+path. Float32 and float64, ``tanh`` only: other activations are not built.
 """
 
 from __future__ import annotations
@@ -36,8 +36,9 @@ log = logging.getLogger(__name__)
 SOURCE = Path(__file__).with_name("mlp_laplacian_cpu.c")
 WIDTHS = (16, 32, 64, 128)  # padded widths the C source is built for
 ACTIVATIONS = ("tanh",)
+DTYPES = {torch.float32: ("f32", []), torch.float64: ("f64", ["-DREAL_DOUBLE"])}
 FLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC")
-_LIBS: dict[int, ctypes.CDLL | None] = {}
+_LIBS: dict[tuple, ctypes.CDLL | None] = {}
 _LOCK = threading.Lock()
 
 
@@ -49,13 +50,14 @@ def supports(x: torch.Tensor, w: torch.Tensor, act: str) -> bool:
     """
     return (
         x.device.type == "cpu"
-        and x.dtype == w.dtype == torch.float32
+        and x.dtype == w.dtype
+        and x.dtype in DTYPES
         and act in ACTIVATIONS
         and w.shape[-1] in WIDTHS
         and w.shape[0] >= 2
         and x.shape[1] <= 16
         and sys.platform.startswith("linux")
-        and library(w.shape[-1]) is not None
+        and library(w.shape[-1], x.dtype) is not None
     )
 
 
@@ -79,43 +81,40 @@ def _cpu_flags() -> str:
     return next((ln for ln in text.splitlines() if ln.startswith("flags")), "")
 
 
-def _build(P: int) -> Path:
+def _build(P: int, dtype: torch.dtype) -> Path:
     cc = os.environ.get("CC", "cc")
     version = subprocess.run([cc, "--version"], capture_output=True, text=True, check=True)
-    key = hashlib.sha256(
-        "\0".join(
-            [SOURCE.read_text(), " ".join(FLAGS), str(P), version.stdout, _cpu_flags()]
-        ).encode()
-    ).hexdigest()[:16]
-    lib = _cache_dir() / f"mlp_laplacian_cpu_p{P}_{key}.so"
+    name, defines = DTYPES[dtype]
+    flags = [*FLAGS, f"-DP={P}", *defines]
+    text = "\0".join([SOURCE.read_text(), " ".join(flags), version.stdout, _cpu_flags()])
+    key = hashlib.sha256(text.encode()).hexdigest()[:16]
+    lib = _cache_dir() / f"mlp_laplacian_cpu_{name}_p{P}_{key}.so"
     if lib.exists():
         return lib
     tmp = lib.with_suffix(f".{os.getpid()}.tmp")
-    subprocess.run(
-        [cc, *FLAGS, f"-DP={P}", str(SOURCE), "-o", str(tmp)],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
+    subprocess.run([cc, *flags, str(SOURCE), "-o", str(tmp)], capture_output=True, check=True)
     os.replace(tmp, lib)  # atomic: a concurrent process loads a whole file or builds its own
     return lib
 
 
-def library(P: int) -> ctypes.CDLL | None:
-    """The kernel built for padded width P, loaded; None where it cannot be built (logged once)."""
+def library(P: int, dtype: torch.dtype = torch.float32):
+    """The kernel function built for padded width P and ``dtype`` (float32 or float64),
+    loaded (a :mod:`ctypes` function); None where it cannot be built (logged once)."""
+    key = (P, dtype)
     with _LOCK:
-        if P not in _LIBS:
+        if key not in _LIBS:
             try:
-                lib = ctypes.CDLL(str(_build(P)))
-                fn = lib.mlp_laplacian_tanh_f32
+                fn = getattr(
+                    ctypes.CDLL(str(_build(P, dtype))), f"mlp_laplacian_tanh_{DTYPES[dtype][0]}"
+                )
                 fn.restype = ctypes.c_int
                 fn.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_long] + [ctypes.c_int] * 4
-                _LIBS[P] = lib
+                _LIBS[key] = fn
             except (OSError, subprocess.CalledProcessError) as e:
                 detail = getattr(e, "stderr", "") or e
                 log.info("taylorc: the CPU mlp_laplacian kernel is not built (%s)", detail)
-                _LIBS[P] = None
-        return _LIBS[P]
+                _LIBS[key] = None
+        return _LIBS[key]
 
 
 def output_width(w: torch.Tensor) -> int:
@@ -131,23 +130,23 @@ def mlp_laplacian_cpu(
     """Value and collapsed Laplacian of the packed MLP at every point, by the C kernel.
 
     Args:
-        x: ``(B, D)`` float32 CPU coordinates, D <= 16.
-        w: ``(L, P, P)`` float32 packed weights (:func:`taylorc.kernels.mlp_laplacian.pack`),
+        x: ``(B, D)`` float32 or float64 CPU coordinates, D <= 16.
+        w: ``(L, P, P)`` packed weights of x's dtype (:func:`taylorc.kernels.mlp_laplacian.pack`),
             L >= 2, P in :data:`WIDTHS`; b: ``(L, P)`` packed biases.
         act: ``"tanh"``.
         out_width: the network's output width (at least it: columns beyond are computed as
             zero); None reads it from ``w`` (:func:`output_width`).
 
     Returns:
-        ``(u, lap)``, each ``(B, P)`` float32; columns beyond the output width are zero.
+        ``(u, lap)``, each ``(B, P)`` of x's dtype; columns beyond the output width are zero.
 
     Raises:
         ValueError: arguments :func:`supports` refuses. MemoryError: the kernel could not
-        allocate its transposed weights.
+        allocate its buffers.
     """
     if not supports(x, w, act):
         raise ValueError(
-            f"mlp_laplacian_cpu: float32 CPU tensors, act in {ACTIVATIONS}, P in {WIDTHS}, "
+            f"mlp_laplacian_cpu: float32 or float64 CPU tensors, act in {ACTIVATIONS}, P in {WIDTHS}, "
             f">= 2 layers, D <= 16 and a working C compiler; got {x.dtype} {x.device}, "
             f"act={act!r}, w {tuple(w.shape)}"
         )
@@ -158,6 +157,6 @@ def mlp_laplacian_cpu(
     u, lap = x.new_empty(B, P), x.new_empty(B, P)
     ptrs = [ctypes.c_void_p(t.data_ptr()) for t in (x, w, b, u, lap)]
     threads = torch.get_num_threads()
-    if library(P).mlp_laplacian_tanh_f32(*ptrs, B, D, L, out_width, threads):
-        raise MemoryError(f"mlp_laplacian_cpu: no memory for {L} x {P} x {P} weights")
+    if library(P, x.dtype)(*ptrs, B, D, L, out_width, threads):
+        raise MemoryError(f"mlp_laplacian_cpu: no memory for its buffers ({L} x {P} x {P})")
     return u, lap

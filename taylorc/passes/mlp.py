@@ -109,13 +109,13 @@ class MLPPass:
 
 @dataclass
 class InferenceMLP:
-    """A CPU float32 MLP's Laplacian by the C kernel, for calls that record no autograd graph.
+    """A CPU MLP's Laplacian by the C kernel (float32 or float64), for calls without autograd.
 
     Why not the graph: the kernel has no backward of its own (its autograd rule recomputes
     the PyTorch reference, about 2x the layered graph's compiled backward), so training
     calls keep the layered graph and only calls without autograd (``torch.no_grad``,
-    evaluation) take the kernel (issue 33: about 1.4x the layered graph at D = 5,
-    B = 4096, tanh 64 x 3; docs/benchmarks.md).
+    evaluation) take the kernel (issue 33: about 1.4x the layered graph in float32 and 2.5x
+    in float64 at D = 5, B = 4096, tanh 64 x 3; docs/benchmarks.md).
 
     Attributes:
         weights, biases: positions of each linear layer's parameters among the graph's
@@ -143,16 +143,16 @@ class InferenceMLP:
 
 
 def cpu_inference(gm: torch.fx.GraphModule, ctx: PassContext) -> InferenceMLP | None:
-    """The :class:`InferenceMLP` of a captured CPU float32 graph when the whole-MLP match holds
+    """The :class:`InferenceMLP` of a captured CPU float32/float64 graph when the whole-MLP match holds
     (unit-weight collapsed Laplacian, an activation the C kernel has, widths it is built
     for, a working C compiler: :mod:`taylorc.kernels.mlp_laplacian_cpu`), else None."""
-    if torch.device(ctx.device).type != "cpu" or ctx.dtype != torch.float32:
+    if torch.device(ctx.device).type != "cpu" or ctx.dtype not in cpu_kernel.DTYPES:
         return None
     m = MLPPass(force=True).match(gm, ctx)
     if m is None or m.activation not in cpu_kernel.ACTIVATIONS or len(m.weights) < 2:
         return None
     P = padded_width([w.meta["val"] for w in m.weights])
-    if P not in cpu_kernel.WIDTHS or cpu_kernel.library(P) is None:
+    if P not in cpu_kernel.WIDTHS or cpu_kernel.library(P, ctx.dtype) is None:
         return None
     index = {n: i for i, n in enumerate(n for n in gm.graph.nodes if n.op == "placeholder")}
     coord = next(n for n in index if n.name == ctx.coord)
