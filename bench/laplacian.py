@@ -6,7 +6,9 @@ CPU. ``--suite`` runs issue 5's GPU suite: paper B in {256, 1024, 4096}; PINN-si
 D in {2, 5}, tanh 64x4, B in {4096, 65536}; biharmonic D=5, tanh 64x4, B=4096
 (``--batch-scale`` shrinks every B, for a smoke run on the CPU). Methods: taylorc
 collapsed on the eager, inductor and taylorc backends (the last lowers to the fused
-kernels on CUDA: per layer, or the whole MLP), standard Taylor, nested autograd,
+kernels on CUDA: per layer, or the whole MLP; on the CPU every backend's no-grad calls of a
+tanh MLP take the C whole-MLP kernel, and ``collapsed/taylorc-layered`` is the taylorc
+backend without it, ``config.whole_mlp = False``), standard Taylor, nested autograd,
 torch-jet eager and under torch.compile. The device's floors are measured in the
 same run (a large GEMM's FLOP rate and a copy's bandwidth), and each method gets
 its fraction of the GEMM floor: the GEMM FLOPs of taylorc's collapsed graph over
@@ -45,6 +47,7 @@ METHODS = [
     "collapsed",
     "collapsed/inductor",
     "collapsed/taylorc",
+    "collapsed/taylorc-layered",
     "taylor",
     "nested",
     "jet",
@@ -103,7 +106,12 @@ def operator_fn(method, model, x, operator="laplacian"):
             op = torch.compile(op)
         return lambda x: op(x)[:, None]
     name, _, backend = method.partition("/")
-    return taylorc.compile(model, operator, method=name, backend=backend or "eager")
+    layered = backend.endswith("-layered")  # without the CPU whole-MLP kernel of no-grad calls
+    op = taylorc.compile(
+        model, operator, method=name, backend=backend.removesuffix("-layered") or "eager"
+    )
+    op.config.whole_mlp = not layered
+    return op
 
 
 def gemm_flops(model, x, operator) -> int:
