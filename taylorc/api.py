@@ -308,17 +308,17 @@ def _first_call(ctx) -> str:
     stages = [k for k in ("capture", "passes", "batch check") if k in lat]
     parts = " + ".join(f"{k} {lat[k] * 1e3:.0f} ms" for k in stages)
     lines = [f"batch: {ctx.batch}", f"build: {sum(lat[k] for k in stages) * 1e3:.0f} ms = {parts}"]
+    if ctx.inference is not None:
+        lines.append(
+            f"calls without autograd: the CPU whole-MLP kernel ({len(ctx.inference.weights)} "
+            f"layers, {ctx.inference.activation}; taylorc/kernels/mlp_laplacian_cpu.c)"
+        )
     if "compile" in lat:
         at, ready = lat.get("compile call", 1), lat.get("compile ready call")
         where = f"; in the background, serving from call {ready}" if ready not in (None, at) else ""
         lines.append(
             f"compile: {lat['compile'] * 1e3:.0f} ms at call {at} (Dynamo, inductor, one "
             f"evaluation{where})"
-        )
-    if ctx.inference is not None:
-        lines.append(
-            f"calls without autograd: the CPU whole-MLP kernel ({len(ctx.inference.weights)} "
-            f"layers, {ctx.inference.activation}; taylorc/kernels/mlp_laplacian_cpu.c)"
         )
     return "\n".join(lines)
 
