@@ -2,7 +2,9 @@
 
 Every op has a PyTorch reference implementation (used off CUDA), a Triton
 implementation (CUDA; checked on the CPU under ``TRITON_INTERPRET=1``), a fake
-implementation for tracing, and an autograd rule.
+implementation for tracing, and an autograd rule. ``mlp_laplacian`` also has a C
+implementation for the CPU (:mod:`taylorc.kernels.mlp_laplacian_cpu`, float32 and float64
+tanh networks), which calls without autograd use.
 """
 
 from .jet_activation import ACTIVATIONS, jet_activation, jet_activation_reference

@@ -12,7 +12,7 @@ It is compiled once per padded width P, dtype and machine with the system C comp
 (``$TAYLORC_CACHE_DIR``, else ``~/.cache/taylorc``; keyed by the source, the flags, the
 compiler's version and the CPU's flags, so a shared home never runs code built for another
 CPU) and loaded with :mod:`ctypes` (the call releases the GIL). Its OpenMP runtime is the
-``libgomp.so.1`` PyTorch already loaded, and it runs on ``torch.get_num_threads()`` threads.
+``libgomp.so.1`` PyTorch already loaded (checked: one libgomp in the process), and it runs on ``torch.get_num_threads()`` threads.
 Where no compiler works, :func:`library` returns None once and the callers keep the layered
 path. Float32 and float64, ``tanh`` only: other activations are not built.
 """
@@ -38,7 +38,7 @@ WIDTHS = (16, 32, 64, 128)  # padded widths the C source is built for
 ACTIVATIONS = ("tanh",)
 DTYPES = {torch.float32: ("f32", []), torch.float64: ("f64", ["-DREAL_DOUBLE"])}
 FLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC")
-_LIBS: dict[tuple, ctypes.CDLL | None] = {}
+_LIBS: dict[tuple, object] = {}  # (P, dtype) -> the loaded function, or None
 _LOCK = threading.Lock()
 
 
