@@ -12,7 +12,8 @@ It is compiled once per padded width P, dtype and machine with the system C comp
 (``$TAYLORC_CACHE_DIR``, else ``~/.cache/taylorc``; keyed by the source, the flags, the
 compiler's version and the CPU's flags, so a shared home never runs code built for another
 CPU) and loaded with :mod:`ctypes` (the call releases the GIL). Its OpenMP runtime is the
-``libgomp.so.1`` PyTorch already loaded (checked: one libgomp in the process), and it runs on ``torch.get_num_threads()`` threads.
+``libgomp.so.1`` PyTorch already loaded (checked: one libgomp in the process), and it runs
+on ``torch.get_num_threads()`` threads.
 Where no compiler works, :func:`library` returns None once and the callers keep the layered
 path. Float32 and float64, ``tanh`` only: other activations are not built.
 """
@@ -147,7 +148,8 @@ def mlp_laplacian_cpu(
     """
     if not supports(x, w, act):
         raise ValueError(
-            f"mlp_laplacian_cpu: float32 or float64 CPU tensors, act in {ACTIVATIONS}, P in {WIDTHS}, "
+            f"mlp_laplacian_cpu: float32 or float64 CPU tensors, act in {ACTIVATIONS}, "
+            f"P in {WIDTHS}, "
             f">= 2 layers, D <= 16 and a working C compiler; got {x.dtype} {x.device}, "
             f"act={act!r}, w {tuple(w.shape)}"
         )
