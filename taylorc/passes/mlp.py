@@ -143,9 +143,9 @@ class InferenceMLP:
 
 
 def cpu_inference(gm: torch.fx.GraphModule, ctx: PassContext) -> InferenceMLP | None:
-    """The :class:`InferenceMLP` of a captured CPU float32/float64 graph when the whole-MLP match holds
-    (unit-weight collapsed Laplacian, an activation the C kernel has, widths it is built
-    for, a working C compiler: :mod:`taylorc.kernels.mlp_laplacian_cpu`), else None."""
+    """The :class:`InferenceMLP` of a captured CPU float32/float64 graph when the whole-MLP
+    match holds (unit-weight collapsed Laplacian, an activation the C kernel has, widths it
+    is built for, a working C compiler: :mod:`taylorc.kernels.mlp_laplacian_cpu`), else None."""
     if torch.device(ctx.device).type != "cpu" or ctx.dtype not in cpu_kernel.DTYPES:
         return None
     m = MLPPass(force=True).match(gm, ctx)
