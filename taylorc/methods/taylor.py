@@ -10,6 +10,7 @@ from __future__ import annotations
 from ..deprecation import renamed, renamed_keyword
 from ..passes.cleanup import CleanupPass
 from ..passes.collapse import CollapsePass
+from ..passes.cpu_linear import CPULinearPass
 from ..passes.cpu_tanh import CPUTanhPass
 from ..passes.layers import KeepInputsPass, LayerPass
 from ..passes.lower import LowerPass
@@ -26,6 +27,7 @@ def finish(op, passes: list, *, unstack: bool) -> list:
         passes.append(UnstackPass())  # a no-op off the CPU and for many directions
     if op.backend == "taylorc":
         passes.append(CPUTanhPass())  # a no-op off the CPU and for float64
+        passes.append(CPULinearPass())  # the same
     return passes
 
 

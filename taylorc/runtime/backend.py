@@ -22,6 +22,7 @@ import torch.fx
 from torch.fx.experimental.proxy_tensor import make_fx
 from torch.fx.passes.dialect.common.cse_pass import CSEPass
 
+from ..passes.cpu_linear import rewrite_linear
 from ..passes.cpu_tanh import rewrite_tanh
 from ..passes.lower import lower_structural
 from .config import CONFIG
@@ -137,8 +138,9 @@ class AutoGraph:
 
     The first ``config.auto_compile_after`` calls run ``gm`` op by op (the first call
     stays as fast as the eager backend's). At the next call the compile starts: the CPU's
-    float32 ``tanh`` rewritten (:func:`taylorc.passes.cpu_tanh.rewrite_tanh`, as
-    ``backend="taylorc"`` does) on a copy of the graph, compiled as a
+    float32 ``tanh`` and wide layer products rewritten (:func:`taylorc.passes.cpu_tanh.rewrite_tanh`,
+    :func:`taylorc.passes.cpu_linear.rewrite_linear`, as ``backend="taylorc"`` does) on a
+    copy of the graph, compiled as a
     :class:`CompiledGraph` (batch dim dynamic when ``dynamic`` is given) and run once,
     forward and backward, on detached copies of that call's inputs. With
     ``config.background_compile`` (the default) this happens in a background thread while
@@ -217,8 +219,9 @@ class AutoGraph:
         torch.set_num_threads(threads)
         try:
             with TRACING:
-                if self.rewrite_tanh:
+                if self.rewrite_tanh:  # a CPU float32 graph
                     rewrite_tanh(gm)
+                    rewrite_linear(gm)
                 compiled = CompiledGraph(gm, self.dynamic, self.latency)
                 _warm(compiled, example, grad)
             self.counts.add(threads)
