@@ -26,8 +26,8 @@ def finish(op, passes: list, *, unstack: bool) -> list:
     if unstack:
         passes.append(UnstackPass())  # a no-op off the CPU and for many directions
     if op.backend == "taylorc":
-        passes.append(CPUTanhPass())  # a no-op off the CPU and for float64
-        passes.append(CPULinearPass())  # the same
+        passes.append(CPULinearPass())  # a no-op off the CPU and for float64
+        passes.append(CPUTanhPass())  # the same
     return passes
 
 
