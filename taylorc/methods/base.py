@@ -63,10 +63,15 @@ class Method:
         return []
 
     def run(self, op, args: tuple, i: int) -> list:
-        """The operators' values at ``args[i]``, in the order of ``op.ops``."""
+        """The operators' values at ``args[i]``, in the order of ``op.ops``: the graph's, or,
+        for a call that records no autograd graph, ``ctx.inference``'s when the pipeline found
+        one (the CPU whole-MLP kernel, :class:`taylorc.passes.mlp.InferenceMLP`)."""
         x = args[i]
         gm, cap, ctx = op.graph_for(x, args, self)
-        return gm(*cap.inputs(op.model, *args), *self.inputs(x, gm, ctx))
+        inputs = cap.inputs(op.model, *args)
+        if ctx.inference is not None and op.config.whole_mlp and ctx.inference.applies(inputs):
+            return ctx.inference(inputs)
+        return gm(*inputs, *self.inputs(x, gm, ctx))
 
     def __repr__(self) -> str:
         opts = ", ".join(f"{k}={v!r}" for k, v in self.key()[1:])

@@ -50,16 +50,6 @@ class Taylor(Method):
                 passes = [whole]  # one kernel for the whole network replaces the layered passes
         return finish(op, passes, unstack=True)
 
-    def run(self, op, args: tuple, i: int) -> list:
-        """The operators' values at ``args[i]``: the graph's, or, for a call that records no
-        autograd graph, ``ctx.inference``'s when the pipeline found one (the CPU whole-MLP
-        kernel, :class:`taylorc.passes.mlp.InferenceMLP`)."""
-        gm, cap, ctx = op.graph_for(args[i], args, self)
-        inputs = cap.inputs(op.model, *args)
-        if ctx.inference is not None and op.config.whole_mlp and ctx.inference.applies(inputs):
-            return ctx.inference(inputs)
-        return gm(*inputs, *self.inputs(args[i], gm, ctx))
-
     def with_layers(self, perturbations: bool = True, taps: bool | None = None) -> LayerVariant:
         """This method's graph that keeps every linear layer's coefficient columns (KFAC's);
         ``taps=``: the old name of ``perturbations=`` (deprecated)."""

@@ -26,10 +26,10 @@ import torch.fx
 
 from .. import ir
 from . import PassContext
+from .patterns import weight_product
 
 aten = torch.ops.aten
 MIN_WIDTH = 128  # in and out features of a product worth oneDNN's call
-_PRODUCTS = (aten.mm.default, aten.matmul.default, aten.addmm.default)
 
 
 def onednn_available() -> bool:
@@ -84,14 +84,14 @@ def _float32_cpu(node) -> bool:
 
 
 def _operands(node: torch.fx.Node):
-    """``(X, W, b)`` of a product this pass rewrites, else None."""
-    if node.target not in _PRODUCTS or node.kwargs:  # addmm's beta/alpha: not a plain layer
+    """``(X, W, b)`` of a product this pass rewrites, else None: a
+    :func:`~taylorc.passes.patterns.weight_product` written ``permute(W, [1, 0])``, without
+    keyword arguments, on float32 CPU values, W 2-D and at least :data:`MIN_WIDTH` wide."""
+    product = weight_product(node)
+    if product is None or node.kwargs:  # addmm's beta/alpha: not a plain layer
         return None
-    bias, x, wt = node.args if node.target is aten.addmm.default else (None, *node.args)
-    if not isinstance(wt, torch.fx.Node) or wt.target is not aten.permute.default:
-        return None
-    w = wt.args[0]
-    if list(wt.args[1]) != [1, 0] or not (_float32_cpu(w) and _float32_cpu(x)):
+    x, w, bias, wt = product
+    if wt.target is not aten.permute.default or not (_float32_cpu(w) and _float32_cpu(x)):
         return None
     if w.meta["val"].dim() != 2 or x.meta["val"].dim() < 2:
         return None

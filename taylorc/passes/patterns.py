@@ -34,6 +34,25 @@ aten = torch.ops.aten
 ACTIVATION_TARGETS = valued("activation")
 
 
+def weight_product(node: torch.fx.Node):
+    """``(input, W, bias or None, W^T node)`` of ``addmm(b, h, W^T)``, ``mm(h, W^T)`` or
+    ``matmul(h, W^T)`` with ``W^T`` = ``permute(W, [1, 0])`` or ``t(W)`` and unit
+    ``alpha``/``beta``; None otherwise. W may be any node (:func:`linear_use` asks for a
+    parameter)."""
+    products = (aten.addmm.default, aten.mm.default, aten.matmul.default)
+    if node.op != "call_function" or node.target not in products:
+        return None
+    if node.kwargs.get("beta", 1) != 1 or node.kwargs.get("alpha", 1) != 1:
+        return None
+    bias, h, wt = node.args[:3] if node.target is aten.addmm.default else (None, *node.args[:2])
+    if not isinstance(wt, torch.fx.Node) or not isinstance(h, torch.fx.Node):
+        return None
+    transposed = wt.target is aten.permute.default and list(wt.args[1]) == [1, 0]
+    if not (transposed or wt.target is aten.t.default):
+        return None
+    return h, wt.args[0], bias, wt
+
+
 def linear_use(node: torch.fx.Node, params: dict[torch.fx.Node, str]):
     """``(input, weight node, bias node or None)`` of ``addmm(b, h, permute(W))`` / ``mm(h, permute(W))``.
 
@@ -42,15 +61,11 @@ def linear_use(node: torch.fx.Node, params: dict[torch.fx.Node, str]):
     """
     if node.op != "call_function" or node.target not in (aten.addmm.default, aten.mm.default):
         return None
-    if node.kwargs.get("beta", 1) != 1 or node.kwargs.get("alpha", 1) != 1:
+    product = weight_product(node)
+    if product is None or product[1] not in params:
         return None
-    bias, h, wt = (None, *node.args[:2]) if node.target is aten.mm.default else node.args[:3]
-    if not isinstance(wt, torch.fx.Node) or not isinstance(h, torch.fx.Node):
-        return None
-    transposed = wt.target is aten.permute.default and list(wt.args[1]) == [1, 0]
-    if not (transposed or wt.target is aten.t.default) or wt.args[0] not in params:
-        return None
-    return h, wt.args[0], bias if bias in params else None
+    h, w, bias, _ = product
+    return h, w, bias if bias in params else None
 
 
 def linear_layer(node, params: dict[torch.fx.Node, str]):
